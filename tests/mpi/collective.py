@@ -1,0 +1,27 @@
+"""Helpers for multi-rank tests: run a test body on every rank, then agree on the outcome.
+
+A bare ``assert`` that fails on one rank leaves the others waiting in the next collective. So a
+multi-rank test writes its checks inside a function and hands it to :func:`collective`, which
+runs it on every rank, gathers every rank's outcome, and fails on *every* rank (naming the ranks
+and their messages) if any rank failed. Tests are written for any world size (1, 2, 3 ...):
+expected values derive from ``world.size``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, Callable
+
+
+def collective(world, body: Callable[[], Any]) -> Any:
+    """Run ``body()`` on every rank; raise AssertionError on all ranks if any rank failed."""
+    result, error = None, None
+    try:
+        result = body()
+    except BaseException as e:  # noqa: BLE001 - every failure must be agreed on
+        error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
+    errors = world.allgather(error)
+    failed = [(r, e) for r, e in enumerate(errors) if e]
+    if failed:
+        raise AssertionError("\n".join(f"--- rank {r} of {world.size} ---\n{e}" for r, e in failed))
+    return result

@@ -1,0 +1,92 @@
+"""What an ingest reader provides: a schema, a sample count and random access by global index.
+
+A reader (``twinhpc/data/readers/<kind>.py``) subclasses :class:`Source`. Ingest calls
+:meth:`Source.open` once on every rank (local work only, no MPI), then :meth:`Source.read` with
+the sorted global indices of the samples that this rank's shards need. Global indices number the
+source's samples in one order that every rank agrees on (file order), which is what makes the
+resulting dataset independent of the number of ranks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import IngestError
+from .format import FieldSpec
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What :meth:`Source.open` learns about a source.
+
+    Attributes
+    ----------
+    fields : the schema of every sample.
+    count : number of samples (all splits together).
+    label_field : name of the label field, if the source has labels.
+    classes : class names, index = label value (empty for regression or unlabeled data).
+    categorical : for each categorical input column, its levels; the stored code is the index.
+    given_split : per-sample split name (``"train"``, ``"test"``, ``"unlabeled"``) for sources
+        that come split (CIFAR-10, IMDB), else ``None``.
+    details : extra provenance (e.g. the files read), recorded in the manifest.
+    """
+
+    fields: tuple[FieldSpec, ...]
+    count: int
+    label_field: str | None = None
+    classes: tuple[str, ...] = ()
+    categorical: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    given_split: np.ndarray | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Source(ABC):
+    """A source of samples for ``twinhpc ingest KIND SRC``.
+
+    Parameters
+    ----------
+    path : the SRC argument (a file or a directory, depending on the kind).
+    options : reader options from the command line (``--label``, ``--fields``, ...); a reader
+        raises :class:`IngestError` naming an option it cannot use.
+    """
+
+    kind: ClassVar[str]
+    #: options this reader understands, with a one-line description for ``--help``
+    option_help: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, path: str | Path, options: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.options = dict(options or {})
+
+    @abstractmethod
+    def open(self) -> SourceInfo:
+        """Inspect the source (local work only) and return its schema and sample count.
+
+        Raises :class:`IngestError` naming the path when the source is missing, empty or not of
+        this kind.
+        """
+
+    @abstractmethod
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Return the samples at ``indices`` (sorted, unique, int64) as one array per field.
+
+        Each array has ``len(indices)`` rows in the order of ``indices``, the field's dtype and
+        per-sample shape (``object`` arrays of ``str`` for text fields).
+        """
+
+    # helpers for readers ----------------------------------------------------------------
+    def require_exists(self, directory: bool | None = None) -> None:
+        if not self.path.exists():
+            raise IngestError(f"{self.path}: source does not exist")
+        if directory is True and not self.path.is_dir():
+            raise IngestError(f"{self.path}: the {self.kind} source must be a directory")
+        if directory is False and not self.path.is_file():
+            raise IngestError(f"{self.path}: the {self.kind} source must be a file")
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
