@@ -150,7 +150,11 @@ def ingest(kind: str, src: str | os.PathLike, out: str | os.PathLike, *, shards:
                 _install(tmp, out, overwrite)
 
         world.run(finish, IngestError)
-    except BaseException:
+    except TwinError:  # raised on every rank together (World.run): clean up, then leave together
+        world_failed_cleanup(world, tmp)
+        world.barrier()
+        raise
+    except BaseException:  # a local interruption: clean up what this rank can, never wait
         world_failed_cleanup(world, tmp)
         raise
     log.info("ingest done: %s (%d samples, %.1f s)", out, info.count, time.perf_counter() - t0)

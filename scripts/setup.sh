@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up everything twinhpc needs on a fresh Debian machine (as root): Open MPI from Debian,
+# a Python venv with the pinned packages, and the compiled extension. Re-running is fast:
+# nothing already in place is installed again (apt is skipped when mpicxx exists, pip when
+# requirements.txt is unchanged, and the extension build is incremental).
+#
+#   bash scripts/setup.sh            # VENV=.venv by default
+#
+# Why Debian's Open MPI (not the MPI wheels on PyPI): it is the MPI a Slurm site provides here
+# (srun --mpi=pmix launches it), it brings the mpicxx wrapper and headers the extension is built
+# against, and mpi4py gets MPI_THREAD_MULTIPLE from it. One MPI per environment: Open MPI 4 and 5
+# share the soname libmpi.so.40.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+step() { printf '\n== %s\n' "$*"; }
+
+if ! command -v mpicxx >/dev/null 2>&1 || ! command -v mpirun >/dev/null 2>&1; then
+  step "installing Open MPI (Debian packages openmpi-bin libopenmpi-dev)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends openmpi-bin libopenmpi-dev openssh-client
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating the venv $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+stamp="$VENV/.twinhpc-requirements.sha256"
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  step "installing Python packages (requirements.txt; torch is the 2.13.0 CPU build)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+step "building the compiled core (twinhpc._C) and installing twinhpc in editable mode"
+MAX_JOBS=${MAX_JOBS:-2} "$VENV/bin/python" setup.py -q build_ext --inplace
+if ! "$VENV/bin/pip" show -q twinhpc >/dev/null 2>&1; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+fi
+"$VENV/bin/python" -c "import twinhpc, twinhpc._C; print('twinhpc', twinhpc.__version__, 'ready in', '$VENV')"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up everything (scripts/setup.sh), then run every test: serial tests (multi-rank tests at
+# 1 rank included), then the multi-rank tests under `mpirun -n 2` and `mpirun -n 3` (oversubscribed
+# on 2 cores). Ends with one line `TOTAL: N passed, M failed, K skipped`; exit status 0 only when
+# nothing failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || { echo "setup failed"; echo "TOTAL: 0 passed, 1 failed, 0 skipped"; exit 1; }
+
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1   # CI runs as root
+export OMPI_MCA_rmaps_base_oversubscribe=1                         # 3 ranks on 2 cores
+export PATH="$PWD/$VENV/bin:$PATH"
+export TWINHPC_TEST_RESULTS="$PWD/build/test-results"
+R=$TWINHPC_TEST_RESULTS
+rm -rf "$R"; mkdir -p "$R"
+
+printf '\n== serial tests (tests/mpi included at 1 rank)\n'
+timeout 2400 "$PY" -m pytest tests --junitxml="$R/serial.xml" "$@"
+runs=("serial (1 process)=serial.xml")
+color=(); [ -t 1 ] || color=(--color=no)   # mpirun gives ranks a pty: no colour codes in CI logs
+for n in 2 3; do
+  printf '\n== multi-rank tests: mpirun -n %s (other ranks log to %s/mpi-n%s-rank*.log)\n' "$n" "$R" "$n"
+  timeout 900 mpirun -n "$n" "$PY" tests/run_mpi.py tests/mpi --junitxml="$R/mpi-n$n.xml" "${color[@]}" "$@"
+  runs+=("mpirun -n $n (tests/mpi)=mpi-n$n.xml")
+done
+"$PY" tests/summary.py "$R" "${runs[@]}"

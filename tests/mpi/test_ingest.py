@@ -1,0 +1,198 @@
+"""Ingest under N ranks (1, 2, 3, ...): same dataset for every N, errors on every rank, no debris.
+
+Run unchanged with plain pytest (1 rank) and ``mpirun -n N python tests/run_mpi.py tests/mpi``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.mpi.collective import collective
+from twinhpc.comm.world import World
+from twinhpc.data.format import Manifest
+from twinhpc.data.ingest import ingest
+from twinhpc.data.inspect import verify_dataset
+from twinhpc.data.split import assign_splits
+from twinhpc.errors import TwinError
+
+N_SAMPLES = 257  # odd, so shards and ranks divide it unevenly
+
+
+def make_source(world, tmp, n=N_SAMPLES):
+    """A deterministic npz source with a unique ``id`` per sample, written by rank 0."""
+    path = tmp / "src.npz"
+    if world.rank == 0:
+        rng = np.random.default_rng(7)
+        np.savez(path, id=np.arange(n, dtype=np.int64), x=rng.random((n, 5, 3), dtype=np.float32),
+                 y=(np.arange(n) % 4).astype(np.int64))
+    world.barrier()
+    return path
+
+
+def read_split(directory, manifest, split):
+    parts = {f.name: [] for f in manifest.fields}
+    for sh in manifest.split(split).shards:
+        with h5py.File(directory / sh.file, "r") as f:
+            for name in parts:
+                parts[name].append(f[name][:])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def leftovers(tmp):
+    return sorted(n for n in os.listdir(tmp) if ".tmp-" in n or n.endswith(".part"))
+
+
+def test_same_dataset_for_any_rank_count(world, shared_tmp):
+    """The N-rank dataset equals the 1-rank dataset byte for byte, and holds each sample once."""
+    src = make_source(world, shared_tmp)
+    out_n = shared_tmp / f"ds-n{world.size}"
+    m = ingest("npz", src, out_n, shards=4, val_fraction=0.2, test_fraction=0.1, seed=3, world=world)
+    # the same ingest by rank 0 alone, on a one-rank communicator
+    m1 = None
+    if world.rank == 0:
+        m1 = ingest("npz", src, shared_tmp / "ds-ref", shards=4, val_fraction=0.2, test_fraction=0.1,
+                    seed=3, world=World(world.MPI.COMM_SELF))
+    world.barrier()
+
+    def body():
+        source = np.load(src)
+        expect = assign_splits(N_SAMPLES, 0.2, 0.1, 3)
+        assert m.split_names == tuple(expect)
+        seen = []
+        for split, idx in expect.items():
+            got = read_split(out_n, m, split)
+            np.testing.assert_array_equal(got["id"], idx)  # stored order = planned order
+            np.testing.assert_array_equal(got["x"], source["x"][idx])
+            np.testing.assert_array_equal(got["y"], source["y"][idx])
+            seen.append(got["id"])
+        seen = np.concatenate(seen)
+        assert len(seen) == N_SAMPLES and len(np.unique(seen)) == N_SAMPLES
+        if world.rank == 0:
+            ref = Manifest.load(shared_tmp / "ds-ref")
+            for a, b in zip(ref.splits, m.splits):
+                assert a.shards == b.shards, f"split {a.name}: shards differ between 1 and {world.size} ranks"
+        assert m.provenance["ranks"] == world.size
+        assert leftovers(shared_tmp) == []
+
+    collective(world, body)
+
+
+def test_bad_options_fail_on_every_rank(world, shared_tmp):
+    src = make_source(world, shared_tmp, n=10)
+    cases = [
+        (dict(shards=11), "--shards 11 is larger than the sample count (10)"),
+        (dict(val_fraction=1.5), "--val-fraction"),
+        (dict(val_fraction=0.5, test_fraction=0.5), "--test-fraction must be < 1"),
+    ]
+    for kwargs, needle in cases:
+        with pytest.raises(TwinError) as err:
+            ingest("npz", src, shared_tmp / "out", world=world, **kwargs)
+        collective(world, lambda: _check(needle in str(err.value), f"{needle!r} not in {err.value}"))
+    collective(world, lambda: _check(not (shared_tmp / "out").exists() and leftovers(shared_tmp) == [],
+                                     f"debris left: {os.listdir(shared_tmp)}"))
+
+
+def _check(ok, msg):
+    assert ok, msg
+
+
+def test_unwritable_output_names_the_path(world, shared_tmp):
+    src = make_source(world, shared_tmp, n=10)
+    blocker = shared_tmp / "a-file"
+    if world.rank == 0:
+        blocker.write_text("not a directory")
+    world.barrier()
+    out = blocker / "dataset"  # parent is a regular file: cannot be created (even as root)
+    with pytest.raises(TwinError) as err:
+        ingest("npz", src, out, world=world)
+    collective(world, lambda: _check(str(out) in str(err.value), str(err.value)))
+
+
+def test_existing_output_needs_overwrite(world, shared_tmp):
+    src = make_source(world, shared_tmp, n=20)
+    out = shared_tmp / "ds"
+    ingest("npz", src, out, world=world)
+    with pytest.raises(TwinError, match="already exists"):
+        ingest("npz", src, out, world=world)
+    before = Manifest.load(out)
+    m = ingest("npz", src, out, world=world, overwrite=True, seed=5)
+    collective(world, lambda: _check(m.provenance["seed"] == 5 and before.provenance["seed"] == 0
+                                     and leftovers(shared_tmp) == [], "overwrite did not replace"))
+
+
+def test_failure_on_one_rank_fails_all_and_leaves_nothing(world, shared_tmp, monkeypatch):
+    """A read error on the last rank only: every rank raises, naming that rank; no dataset left."""
+    from twinhpc.data.readers.npz import NpzSource
+
+    src = make_source(world, shared_tmp, n=40)
+    bad_rank = world.size - 1
+    if world.rank == bad_rank:
+        def broken(self, indices):
+            raise OSError(f"simulated read failure in {self.path}")
+        monkeypatch.setattr(NpzSource, "read", broken)
+    out = shared_tmp / "ds"
+    with pytest.raises(TwinError) as err:
+        ingest("npz", src, out, shards=world.size, world=world)
+    msg = str(err.value)
+
+    def body():
+        assert "simulated read failure" in msg, msg
+        if world.size > 1:
+            assert f"rank {bad_rank}" in msg, msg
+        assert not out.exists(), "a dataset was left under the final name"
+        assert leftovers(shared_tmp) == [], f"temporary files left: {leftovers(shared_tmp)}"
+
+    collective(world, body)
+
+
+def test_verify_names_each_bad_shard_on_every_rank(world, shared_tmp):
+    src = make_source(world, shared_tmp, n=60)
+    out = shared_tmp / "ds"
+    ingest("npz", src, out, shards=3, world=world)
+    _, problems, _ = verify_dataset(out, world)
+    collective(world, lambda: _check(problems == [], f"fresh dataset has problems: {problems}"))
+    if world.rank == 0:
+        with open(out / "train-1-of-3.h5", "r+b") as f:  # flip one byte in the middle
+            f.seek(f.seek(0, 2) // 2)
+            b = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([b[0] ^ 0xFF]))
+        (out / "val-0-of-3.h5").unlink()
+    world.barrier()
+    _, problems, _ = verify_dataset(out, world)
+
+    def body():
+        text = "\n".join(problems)
+        assert len(problems) == 2, text
+        assert "train-1-of-3.h5: checksum mismatch" in text, text
+        assert "val-0-of-3.h5: missing" in text, text
+
+    collective(world, body)
+
+
+def test_manifest_records_schema_and_provenance(world, shared_tmp):
+    src = make_source(world, shared_tmp, n=30)
+    out = shared_tmp / "ds"
+    ingest("npz", src, out, shards=2, world=world, command="twinhpc ingest npz src --out ds")
+
+    def body():
+        d = json.loads((out / "manifest.json").read_text())
+        fields = {f["name"]: (f["dtype"], f["shape"]) for f in d["fields"]}
+        assert fields == {"id": ("int64", []), "x": ("float32", [5, 3]), "y": ("int64", [])}
+        assert d["label_field"] == "y" and d["classes"] == ["0", "1", "2", "3"]
+        assert sum(s["count"] for s in d["splits"].values()) == 30
+        for s in d["splits"].values():
+            for sh in s["shards"]:
+                assert len(sh["sha256"]) == 64
+        p = d["provenance"]
+        assert p["kind"] == "npz" and p["source"] == str(src) and p["command"].startswith("twinhpc ingest")
+        assert p["twinhpc_version"] and p["created"]
+        with h5py.File(out / d["splits"]["train"]["shards"][0]["file"]) as f:
+            assert f["x"].chunks[1:] == (5, 3)  # chunked along the sample axis only
+
+    collective(world, body)
