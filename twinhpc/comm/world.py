@@ -67,13 +67,9 @@ class World:
         for r, e in enumerate(errors):
             if e:
                 by_msg.setdefault(e, []).append(r)
-        if self.size == 1:
-            raise exc(next(iter(by_msg)))
-        parts = []
-        for msg, ranks in by_msg.items():
-            who = "rank " + ",".join(map(str, ranks)) if len(ranks) < self.size else "all ranks"
-            parts.append(f"[{who}] {msg}")
-        raise exc("; ".join(parts))
+        if len(by_msg) == 1 and len(next(iter(by_msg.values()))) == self.size:
+            raise exc(next(iter(by_msg)))  # every rank saw the same problem: say it once
+        raise exc("; ".join(f"rank {','.join(map(str, ranks))}: {msg}" for msg, ranks in by_msg.items()))
 
     def run(self, fn: Callable[[], T], exc: type[TwinError] = TwinError) -> T:
         """Collective: call ``fn`` on every rank, then agree whether any rank failed.
