@@ -43,7 +43,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists (after the new one is complete)")
     r = p.add_argument_group("reader options (each applies to the kinds named)")
     r.add_argument("--label", help="label array/column/key (npz, csv, parquet, jsonl)")
-    r.add_argument("--fields", help="comma-separated fields to keep (npz, csv, parquet, jsonl)")
+    r.add_argument("--fields", help="comma-separated fields/columns to keep (npz, csv, parquet)")
     r.add_argument("--categorical", help="comma-separated columns to treat as categorical (csv, parquet; default: non-numeric)")
     r.add_argument("--text-field", help="text key (jsonl; default 'text')")
     r.add_argument("--classes", help="comma-separated label values in class order (jsonl, csv, parquet; default: sorted)")

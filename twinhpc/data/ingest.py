@@ -95,7 +95,11 @@ def ingest(kind: str, src: str | os.PathLike, out: str | os.PathLike, *, shards:
         raise TwinError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
     source = reader_class(kind)(src, options)
 
-    info = world.run(source.open, IngestError)
+    def open_source():
+        source.check_options()
+        return source.open()
+
+    info = world.run(open_source, IngestError)
     counts = world.allgather(info.count)
     if len(set(counts)) != 1:  # ranks must agree, or the plan differs between them
         raise IngestError(f"{src}: ranks see different sample counts {counts}; is the source changing?")

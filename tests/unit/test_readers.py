@@ -1,0 +1,220 @@
+"""Reader-level behaviour: random access, options, and the details of each format."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import fixtures as fx
+from twinhpc.data.readers import reader_class
+from twinhpc.errors import IngestError
+
+
+def opened(kind, path, **options):
+    source = reader_class(kind)(path, options)
+    return source, source.open()
+
+
+def make_source(kind, tmp_path):
+    """A fixture of ``kind`` and its opened reader."""
+    if kind == "csv":
+        fx.write_csv(tmp_path / "t.csv", n=40)
+        return opened(kind, tmp_path / "t.csv")
+    if kind == "parquet":
+        fx.write_parquet(tmp_path / "pq", n=40, parts=3, row_group_size=5)
+        return opened(kind, tmp_path / "pq")
+    if kind == "cifar10":
+        fx.write_cifar10(tmp_path / "c", n_train_per_batch=5, n_test=7)
+        return opened(kind, tmp_path / "c")
+    if kind == "imdb":
+        fx.write_imdb(tmp_path / "a", n_per_class=4)
+        return opened(kind, tmp_path / "a", keep_unsup=True)
+    if kind == "image-folder":
+        fx.write_image_folder(tmp_path / "i", n_per_class=4)
+        return opened(kind, tmp_path / "i", image_size="6x5")
+    fx.write_jsonl(tmp_path / "r.jsonl", n=40)
+    return opened(kind, tmp_path / "r.jsonl")
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "cifar10", "imdb", "image-folder", "jsonl"])
+def test_any_sorted_subset_reads_as_the_full_read(kind, tmp_path):
+    source, info = make_source(kind, tmp_path)
+    full = source.read(np.arange(info.count, dtype=np.int64))
+    for spec in info.fields:
+        assert full[spec.name].shape == (info.count, *spec.shape)
+        assert full[spec.name].dtype == spec.numpy_dtype()
+    rng = np.random.default_rng(1)
+    subsets = [np.array([0]), np.array([info.count - 1]), np.arange(1, info.count, 3)]
+    subsets += [np.sort(rng.choice(info.count, size=k, replace=False)) for k in (2, info.count // 2)]
+    for idx in subsets:
+        part = source.read(idx.astype(np.int64))
+        for name, values in part.items():
+            if values.dtype == object:
+                assert list(values) == list(full[name][idx])
+            else:
+                np.testing.assert_array_equal(values, full[name][idx])
+
+
+# -- csv and parquet ----------------------------------------------------------------------------
+def test_csv_options_select_and_type_columns(tmp_path):
+    cols = fx.write_csv(tmp_path / "t.csv", label_kind="int")
+    source, info = opened("csv", tmp_path / "t.csv", fields="f2,color,f1", categorical="f2", classes="10,3,1")
+    assert [f.name for f in info.fields] == ["x", "cat_f2", "cat_color", "label"]
+    assert info.details["x_columns"] == ["f1"]
+    levels = tuple(sorted({str(v) for v in cols["f2"]}))
+    assert info.categorical["f2"] == levels
+    assert info.classes == ("10", "3", "1")
+    got = source.read(np.arange(info.count))
+    np.testing.assert_array_equal(got["cat_f2"], [levels.index(str(v)) for v in cols["f2"]])
+    np.testing.assert_array_equal(got["label"], [info.classes.index(str(v)) for v in cols["label"]])
+    assert np.isnan(got["x"][cols["f1"].index(None), 0])
+
+
+def test_csv_integer_labels_are_classes_in_numeric_order(tmp_path):
+    cols = fx.write_csv(tmp_path / "t.csv", label_kind="int")
+    source, info = opened("csv", tmp_path / "t.csv")
+    distinct = sorted(set(cols["label"]))
+    assert info.classes == tuple(str(v) for v in distinct)
+    np.testing.assert_array_equal(source.read(np.arange(info.count))["label"], [distinct.index(v) for v in cols["label"]])
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_float_labels_are_a_regression_target(kind, tmp_path):
+    path = tmp_path / ("t.csv" if kind == "csv" else "t.parquet")
+    cols = (fx.write_csv if kind == "csv" else fx.write_parquet)(path, label_kind="float")
+    source, info = opened(kind, path)
+    assert info.classes == () and info.fields[-1].dtype == "float32"
+    np.testing.assert_array_equal(source.read(np.arange(info.count))["label"], np.float32(cols["label"]))
+
+
+def test_csv_option_naming_a_missing_column_is_an_error(tmp_path):
+    fx.write_csv(tmp_path / "t.csv")
+    for option in ("fields", "categorical"):
+        with pytest.raises(IngestError, match=f"t.csv: --{option} names column 'nope'"):
+            opened("csv", tmp_path / "t.csv", **{option: "nope"})
+
+
+def test_parquet_reads_only_the_row_groups_it_needs(tmp_path):
+    fx.write_parquet(tmp_path / "p.parquet", n=40, row_group_size=10)
+    source, info = opened("parquet", tmp_path / "p.parquet")
+    source.read(np.array([12, 15, 19]))
+    assert list(source._cache) == [1]
+    source.read(np.array([3, 35]))
+    assert sorted(source._cache) == [0, 1, 3]
+
+
+def test_parquet_cache_bound_keeps_results_right(tmp_path, monkeypatch):
+    from twinhpc.data.readers import parquet
+
+    fx.write_parquet(tmp_path / "p.parquet", n=40, row_group_size=4)
+    source, info = opened("parquet", tmp_path / "p.parquet")
+    full = source.read(np.arange(info.count))
+    monkeypatch.setattr(parquet, "CACHE_BYTES", 1)
+    fresh, _ = opened("parquet", tmp_path / "p.parquet")
+    np.testing.assert_array_equal(fresh.read(np.arange(info.count))["x"], full["x"])
+    assert len(fresh._cache) == 1
+
+
+def test_parquet_hive_partitions_become_a_categorical_column(tmp_path):
+    cols = fx.write_parquet(tmp_path / "h", hive=True)
+    source, info = opened("parquet", tmp_path / "h")
+    levels = tuple(sorted({"" if c is None else c for c in cols["color"]}))
+    assert info.categorical == {"color": levels}
+    got = source.read(np.arange(info.count))
+    np.testing.assert_array_equal(got["x"][:, 0], cols["id"])
+    np.testing.assert_array_equal(got["cat_color"], [levels.index("" if c is None else c) for c in cols["color"]])
+
+
+def test_parquet_schema_mismatch_names_the_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fx.write_parquet(tmp_path / "pq", parts=2)
+    odd = sorted((tmp_path / "pq").glob("part-*"))[1]
+    pq.write_table(pa.table({"id": [1.5], "label": ["x"]}), odd)
+    with pytest.raises(IngestError, match=f"{odd.name}: schema differs"):
+        opened("parquet", tmp_path / "pq")
+
+
+# -- cifar10 ------------------------------------------------------------------------------------
+def test_cifar10_pixels_are_height_width_rgb(tmp_path):
+    fx.write_cifar10(tmp_path / "c", n_train_per_batch=1, n_test=1)
+    data = np.zeros((1, 3072), np.uint8)
+    data[0, 0 * 1024 + 1] = 10   # red, row 0, column 1
+    data[0, 1 * 1024 + 32] = 20  # green, row 1, column 0
+    data[0, 2 * 1024 + 1023] = 30  # blue, row 31, column 31
+    fx.py2_pickle({b"data": data, b"labels": [7]}, tmp_path / "c" / "test_batch")
+    source, info = opened("cifar10", tmp_path / "c")
+    image = source.read(np.array([info.count - 1]))["image"][0]
+    assert (image[0, 1, 0], image[1, 0, 1], image[31, 31, 2]) == (10, 20, 30)
+    assert image.sum() == 60
+
+
+def test_cifar10_without_meta_names_classes_by_number(tmp_path):
+    fx.write_cifar10(tmp_path / "c", n_train_per_batch=2, n_test=2, meta=False)
+    assert opened("cifar10", tmp_path / "c")[1].classes == tuple(str(i) for i in range(10))
+
+
+def test_cifar10_reads_batches_pickled_by_python3(tmp_path):
+    written = fx.write_cifar10(tmp_path / "c", n_train_per_batch=2, n_test=3)
+    data = written["image"][-3:].transpose(0, 3, 1, 2).reshape(3, -1)
+    (tmp_path / "c" / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": [1, 2, 3]}, protocol=4))
+    source, info = opened("cifar10", tmp_path / "c")
+    got = source.read(np.arange(info.count - 3, info.count))
+    np.testing.assert_array_equal(got["image"], written["image"][-3:])
+    np.testing.assert_array_equal(got["label"], [1, 2, 3])
+
+
+# -- imdb, jsonl --------------------------------------------------------------------------------
+def test_imdb_ignores_unsup_unless_asked(tmp_path):
+    written = fx.write_imdb(tmp_path / "a")
+    _, info = opened("imdb", tmp_path / "a")
+    assert info.count == (written["split"] != "unlabeled").sum()
+    assert set(info.given_split) == {"train", "test"}
+
+
+def test_imdb_bad_file_name_is_named(tmp_path):
+    fx.write_imdb(tmp_path / "a")
+    (tmp_path / "a" / "train" / "pos" / "review.txt").write_text("x")
+    with pytest.raises(IngestError, match="review.txt: review file name"):
+        opened("imdb", tmp_path / "a")
+
+
+def test_jsonl_options(tmp_path):
+    records = fx.write_jsonl(tmp_path / "r.jsonl", label_key="label")
+    source, info = opened("jsonl", tmp_path / "r.jsonl", text_field="review_id", classes="5,4,3,2,1")
+    got = source.read(np.arange(info.count))
+    assert list(got["text"]) == [r["review_id"] for r in records]
+    np.testing.assert_array_equal(got["label"], [5 - r["label"] for r in records])
+
+
+def test_jsonl_text_labels_sort_as_text(tmp_path):
+    (tmp_path / "r.jsonl").write_text('{"text": "a", "y": "pos"}\n{"text": "b", "y": "neg"}\n{"text": "c", "y": 3}\n')
+    source, info = opened("jsonl", tmp_path / "r.jsonl", label="y")
+    assert info.classes == ("3", "neg", "pos")
+    np.testing.assert_array_equal(source.read(np.arange(3))["label"], [2, 1, 0])
+
+
+# -- image-folder -------------------------------------------------------------------------------
+def test_image_folder_resizes_and_converts(tmp_path):
+    colour = (200, 30, 90)
+    for cls, fmt, ext in (("a", "JPEG", "JPG"), ("b", "PNG", "png")):
+        (tmp_path / "i" / cls).mkdir(parents=True)
+        Image.new("RGB", (640, 480), colour).save(tmp_path / "i" / cls / f"big.{ext}", format=fmt)
+    Image.new("L", (3, 7), 77).save(tmp_path / "i" / "b" / "small.jpeg", format="JPEG")
+    source, info = opened("image-folder", tmp_path / "i", image_size=16)
+    assert info.fields[0].shape == (16, 16, 3) and info.classes == ("a", "b") and info.count == 3
+    images = source.read(np.arange(3))["image"].astype(int)
+    assert np.abs(images[0] - colour).max() <= 3  # JPEG is lossy
+    assert (images[1] == colour).all()
+    assert np.abs(images[2] - 77).max() <= 3
+
+
+def test_image_folder_empty_class_is_named(tmp_path):
+    fx.write_image_folder(tmp_path / "i")
+    (tmp_path / "i" / "empty_class").mkdir()
+    with pytest.raises(IngestError, match="empty_class: class folder holds no"):
+        opened("image-folder", tmp_path / "i")
