@@ -196,3 +196,41 @@ def test_manifest_records_schema_and_provenance(world, shared_tmp):
             assert f["x"].chunks[1:] == (5, 3)  # chunked along the sample axis only
 
     collective(world, body)
+
+
+def _write_every_kind(tmp):
+    """One small source of every KIND (tests/fixtures.py writes the real formats)."""
+    from tests import fixtures
+
+    sources = {
+        "npz": (tmp / "src.npz", {}),
+        "csv": (tmp / "src.csv", {}),
+        "parquet": (tmp / "parquet", {}),
+        "jsonl": (tmp / "reviews.jsonl", {}),
+        "cifar10": (tmp / "cifar", {}),
+        "imdb": (tmp / "aclImdb", {"keep_unsup": True}),
+        "image-folder": (tmp / "images", {"image_size": "8"}),
+    }
+    fixtures.write_npz(sources["npz"][0], n=40)
+    fixtures.write_csv(sources["csv"][0], n=40)
+    fixtures.write_parquet(sources["parquet"][0], n=40, parts=3)
+    fixtures.write_jsonl(sources["jsonl"][0], n=40)
+    fixtures.write_cifar10(sources["cifar10"][0], n_train_per_batch=6, n_test=8)
+    fixtures.write_imdb(sources["imdb"][0], n_per_class=5, n_unsup=3)
+    fixtures.write_image_folder(sources["image-folder"][0], n_per_class=4)
+    return sources
+
+
+@pytest.mark.parametrize("kind", ["npz", "csv", "parquet", "jsonl", "cifar10", "imdb", "image-folder"])
+def test_every_kind_is_rank_count_invariant(world, shared_tmp, kind):
+    """Each KIND ingested on all ranks equals the same ingest on rank 0 alone (shard checksums)."""
+    sources = _write_every_kind(shared_tmp) if world.rank == 0 else None
+    sources = world.bcast(sources)
+    src, options = sources[kind]
+    m = ingest(kind, src, shared_tmp / "ds", shards=2, options=options, world=world)
+    ref = None
+    if world.rank == 0:
+        ref = ingest(kind, src, shared_tmp / "ref", shards=2, options=options, world=World(world.MPI.COMM_SELF))
+    ref = world.bcast(ref)
+    collective(world, lambda: _check([s.shards for s in m.splits] == [s.shards for s in ref.splits],
+                                     f"{kind}: shards differ between 1 and {world.size} ranks"))
