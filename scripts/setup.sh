@@ -42,4 +42,4 @@ MAX_JOBS=${MAX_JOBS:-2} "$VENV/bin/python" setup.py -q build_ext --inplace
 if ! "$VENV/bin/pip" show -q twinhpc >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 fi
-"$VENV/bin/python" -c "import twinhpc, twinhpc._C; print('twinhpc', twinhpc.__version__, 'ready in', '$VENV')"
+"$VENV/bin/python" -c "import sys, twinhpc, twinhpc.ops as ops; cuda = ops.build_info()['cuda']; print('twinhpc', twinhpc.__version__, 'ready in', sys.prefix, '(extension built with CUDA)' if cuda else '(extension built, CPU only)')"
