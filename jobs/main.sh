@@ -32,6 +32,6 @@ step "verify on $NP ranks"
 mpirun -n "$NP" twinhpc verify "$WORK/oscillators"
 
 step "loader benchmark on $NP ranks (results in $WORK/bench/loader.h5)"
-mpirun -n "$NP" twinhpc bench loader "$WORK/oscillators" --results "$WORK/bench"
+mpirun -n "$NP" twinhpc bench loader "$WORK/oscillators" --seconds 2 --results "$WORK/bench"
 
 step "done: dataset $WORK/oscillators, benchmark $WORK/bench/loader.h5 (h5dump -A $WORK/bench/loader.h5)"
