@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set up everything (scripts/setup.sh), then run every test: serial tests (multi-rank tests at
-# 1 rank included), then the multi-rank tests under `mpirun -n 2` and `mpirun -n 3` (oversubscribed
-# on 2 cores). Ends with one line `TOTAL: N passed, M failed, K skipped`; exit status 0 only when
-# nothing failed.
+# Set up everything (scripts/setup.sh), start a single-node Slurm cluster for the Slurm
+# integration tests (scripts/slurm-up.sh; TWINHPC_SLURM=0 skips it and those tests), then run
+# every test: serial tests (multi-rank tests at 1 rank included), then the multi-rank tests under
+# `mpirun -n 2` and `mpirun -n 3` (oversubscribed on 2 cores). Ends with one line
+# `TOTAL: N passed, M failed, K skipped`; exit status 0 only when nothing failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "setup failed"; echo "TOTAL: 0 passed, 1 failed, 0 skipped"; exit 1; }
@@ -16,9 +17,20 @@ export TWINHPC_TEST_RESULTS="$PWD/build/test-results"
 R=$TWINHPC_TEST_RESULTS
 rm -rf "$R"; mkdir -p "$R"
 
-printf '\n== serial tests (tests/mpi included at 1 rank)\n'
+runs=()
+if [ "${TWINHPC_SLURM:-1}" != 0 ]; then
+  printf '\n== starting a single-node Slurm cluster (scripts/slurm-up.sh; log in %s/slurm-up.log)\n' "$R"
+  if ! timeout 900 bash scripts/slurm-up.sh > "$R/slurm-up.log" 2>&1; then
+    tail -25 "$R/slurm-up.log"
+    runs+=("Slurm cluster setup=slurm-up-failed.xml")   # no such file: counted as a failure
+  else
+    tail -2 "$R/slurm-up.log"
+  fi
+fi
+
+printf '\n== serial tests (tests/mpi included at 1 rank; tests/integration needs Slurm)\n'
 timeout 2400 "$PY" -m pytest tests --junitxml="$R/serial.xml" "$@"
-runs=("serial (1 process)=serial.xml")
+runs+=("serial (1 process)=serial.xml")
 color=(); [ -t 1 ] || color=(--color=no)   # mpirun gives ranks a pty: no colour codes in CI logs
 for n in 2 3; do
   printf '\n== multi-rank tests: mpirun -n %s (other ranks log to %s/mpi-n%s-rank*.log)\n' "$n" "$R" "$n"

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
             note = ""
         else:
             p, f, s = 0, 1, 0
-            note = "  (no results: the run was killed or crashed; see its output above)"
+            note = "  (no results: it failed, was killed or crashed; see its output above)"
         total = [total[0] + p, total[1] + f, total[2] + s]
         print(f"  {label:<28} {p} passed, {f} failed, {s} skipped{note}")
     print(f"TOTAL: {total[0]} passed, {total[1]} failed, {total[2]} skipped")
