@@ -1,0 +1,236 @@
+"""``RUN/results.h5``: what the writer records reads back, the layout matches the golden file, a
+flush that fails leaves the previous file, resume drops records after the checkpoint; and the
+classification / regression reports against hand-computed cases and a second, simpler method."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from twinhpc.errors import TwinError
+from twinhpc.io import results as results_mod
+from twinhpc.io.results import ResultsWriter, confusion_report, read_results, regression_report
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden" / "results-layout.txt"
+CONFIG = json.dumps({"data": {"dataset": "d"}, "model": {"name": "cnn"}})
+ENV = {"twinhpc": "0.1", "ranks": 2}
+
+
+def small_run(run_dir: Path) -> ResultsWriter:
+    """Three epochs of a 3-class run: metrics, timing, five step records and the final report."""
+    w = ResultsWriter(run_dir, CONFIG, ENV)
+    for epoch in range(3):
+        w.append_epoch({"loss": 1.0 / (epoch + 1), "val_loss": 1.5 / (epoch + 1), "val_accuracy": 0.5 + 0.1 * epoch,
+                        "lr": 0.1, "epoch_time_s": 2.0, "samples_per_s": 500.0},
+                       timing={"data_wait": 0.1, "forward_backward": 1.5, "communication": 0.3, "optimizer": 0.1})
+    w.append_steps({"step": [10, 20, 30, 40, 50], "loss": [1.0, 0.9, 0.8, 0.7, 0.6], "lr": [0.1] * 5,
+                    "step_time_s": [0.02] * 5})
+    report = confusion_report(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3, ["cat", "dog", "emu"])
+    w.write_report({**report, "loss": 0.4, "split": "val"})
+    w.flush()
+    return w
+
+
+def layout(path: Path) -> str:
+    """The tree of an HDF5 file as text: groups with attribute names and types, datasets with
+    dtype, shape, maximum shape and chunks (constant attributes with their values)."""
+    lines = []
+
+    def attrs(obj) -> str:
+        parts = []
+        for k in sorted(obj.attrs):
+            v = obj.attrs[k]
+            shown = f" = {(v.item() if isinstance(v, np.generic) else v)!r}" if k in ("format", "version") else ""
+            parts.append(f"{k}: {type(v).__name__}{shown}")
+        return f"  attrs: {', '.join(parts)}" if parts else ""
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Group):
+            lines.append(f"/{name} group{attrs(obj)}")
+        else:
+            dtype = "str" if h5py.check_string_dtype(obj.dtype) else str(obj.dtype)
+            extra = f" max {obj.maxshape} chunks {obj.chunks}" if obj.chunks else ""
+            lines.append(f"/{name} {dtype} {obj.shape}{extra}{attrs(obj)}")
+
+    with h5py.File(path, "r") as f:
+        lines.append(f"/ group{attrs(f)}")
+        f.visititems(visit)
+    return "\n".join(lines) + "\n"
+
+
+def test_layout_matches_the_golden_file(tmp_path):
+    small_run(tmp_path)
+    got = layout(tmp_path / "results.h5")
+    if os.environ.get("TWINHPC_UPDATE_GOLDEN"):
+        GOLDEN.write_text(got)
+    want = GOLDEN.read_text()
+    diff = "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True), "golden", "written"))
+    assert got == want, f"results.h5 layout changed (TWINHPC_UPDATE_GOLDEN=1 rewrites the golden file):\n{diff}"
+
+
+def test_the_format_doc_shows_the_golden_layout():
+    assert GOLDEN.read_text() in (ROOT / "docs" / "results-format.md").read_text()
+
+
+def test_what_is_written_reads_back(tmp_path):
+    small_run(tmp_path)
+    r = read_results(tmp_path)  # a run directory or the file itself
+    assert (r["format"], r["version"], r["epochs"]) == ("twinhpc-results", 1, 3)
+    assert r["config"] == json.loads(CONFIG) and r["environment"] == ENV
+    np.testing.assert_array_equal(r["metrics"]["loss"], [1.0, 0.5, 1 / 3])
+    np.testing.assert_array_equal(r["timing"]["communication"], [0.3] * 3)
+    np.testing.assert_array_equal(r["steps"]["step"], [10, 20, 30, 40, 50])
+    assert r["steps"]["step"].dtype == np.int64 and r["metrics"]["lr"].dtype == np.float64
+    assert r["report"]["classes"] == ["cat", "dog", "emu"] and r["report"]["split"] == "val"
+    assert r["report"]["loss"] == 0.4 and r["report"]["accuracy"] == 0.75
+    np.testing.assert_array_equal(r["report"]["confusion"], [[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+
+
+def test_a_name_missing_from_some_rows_is_nan_there(tmp_path):
+    w = ResultsWriter(tmp_path, CONFIG, ENV)
+    w.append_epoch({"loss": 1.0})
+    w.append_epoch({"loss": 0.5, "val_loss": 0.7})
+    w.append_epoch({"val_loss": 0.6})
+    w.append_steps({"step": [1], "loss": 2.0})
+    w.append_steps({"step": [2, 3], "lr": [0.1, 0.2]})
+    w.flush()
+    r = read_results(tmp_path)
+    np.testing.assert_array_equal(r["metrics"]["loss"], [1.0, 0.5, np.nan])
+    np.testing.assert_array_equal(r["metrics"]["val_loss"], [np.nan, 0.7, 0.6])
+    np.testing.assert_array_equal(r["steps"]["loss"], [2.0, np.nan, np.nan])
+    np.testing.assert_array_equal(r["steps"]["lr"], [np.nan, 0.1, 0.2])
+    with pytest.raises(ValueError, match="'loss' has 2 value"):
+        w.append_steps({"step": [4], "loss": [1.0, 2.0]})
+
+
+def test_a_failed_flush_leaves_the_previous_file(tmp_path, monkeypatch):
+    w = small_run(tmp_path)
+    before = read_results(tmp_path)
+    w.append_epoch({"loss": 0.1})
+
+    def broken(group, report):
+        group.attrs["half"] = 1
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results_mod, "_write_report", broken)
+    with pytest.raises(OSError, match="disk full"):
+        w.flush()
+    assert sorted(os.listdir(tmp_path)) == ["results.h5"]
+    after = read_results(tmp_path)
+    assert after["epochs"] == before["epochs"] == 3
+
+
+def test_resume_keeps_the_records_up_to_the_checkpoint(tmp_path):
+    small_run(tmp_path)
+    w = ResultsWriter(tmp_path, CONFIG, ENV, resume=True)
+    assert w.epochs == 3
+    w.truncate(epochs=2, step=30)
+    w.append_epoch({"loss": 0.2, "val_loss": 0.3}, timing={"data_wait": 0.2})
+    w.append_steps({"step": [40], "loss": [0.65]})
+    w.flush()
+    r = read_results(tmp_path)
+    np.testing.assert_array_equal(r["metrics"]["loss"], [1.0, 0.5, 0.2])
+    np.testing.assert_array_equal(r["metrics"]["lr"], [0.1, 0.1, np.nan])
+    np.testing.assert_array_equal(r["timing"]["data_wait"], [0.1, 0.1, 0.2])
+    np.testing.assert_array_equal(r["steps"]["step"], [10, 20, 30, 40])
+    np.testing.assert_array_equal(r["steps"]["loss"], [1.0, 0.9, 0.8, 0.65])
+    assert r["report"]["classes"] == ["cat", "dog", "emu"]
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(TwinError, match=rf"{tmp_path}/results.h5: no results file"):
+        read_results(tmp_path)
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not hdf5 at all" * 10)
+    with pytest.raises(TwinError, match=rf"{garbage}: unreadable results file"):
+        read_results(garbage)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.attrs["format"] = "twinhpc-checkpoint"
+    with pytest.raises(TwinError, match=rf"{other}: not a twinhpc results file"):
+        read_results(other)
+    small_run(tmp_path)
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes((tmp_path / "results.h5").read_bytes()[:3000])
+    with pytest.raises(TwinError, match=rf"{truncated}: unreadable results file"):
+        read_results(truncated)
+
+
+# -- reports ----------------------------------------------------------------------------------
+def test_confusion_report_of_a_hand_checked_case():
+    r = confusion_report([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 0, 2], 3)
+    np.testing.assert_array_equal(r["confusion"], [[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+    assert r["confusion"].dtype == np.int64 and r["classes"] == ["0", "1", "2"]
+    assert r["accuracy"] == pytest.approx(4 / 6)
+    np.testing.assert_allclose(r["precision"], [1 / 2, 2 / 3, 1])
+    np.testing.assert_allclose(r["recall"], [1 / 2, 1, 1 / 2])
+    np.testing.assert_allclose(r["f1"], [1 / 2, 4 / 5, 2 / 3])
+    np.testing.assert_array_equal(r["support"], [2, 2, 2])
+    assert r["macro_f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+
+
+def test_confusion_report_equals_counting_by_hand_on_random_labels():
+    rng = np.random.default_rng(0)
+    n_classes = 5
+    y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 5, 200)  # class 4 never true
+    r = confusion_report(y_true, y_pred, n_classes)
+    for c in range(n_classes):
+        tp = sum(1 for t, p in zip(y_true, y_pred) if t == c and p == c)
+        fp = sum(1 for t, p in zip(y_true, y_pred) if t != c and p == c)
+        fn = sum(1 for t, p in zip(y_true, y_pred) if t == c and p != c)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        assert r["precision"][c] == pytest.approx(precision) and r["recall"][c] == pytest.approx(recall)
+        assert r["f1"][c] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+        assert r["support"][c] == tp + fn
+    assert r["accuracy"] == pytest.approx(np.mean(y_true == y_pred))
+    assert r["confusion"].sum() == 200
+
+
+def test_a_class_never_predicted_or_present():
+    r = confusion_report([0, 0, 1], [0, 0, 0], 3)  # class 1 never predicted, class 2 absent
+    np.testing.assert_array_equal(r["precision"], [2 / 3, 0, 0])
+    np.testing.assert_array_equal(r["recall"], [1, 0, 0])
+    assert r["macro_f1"] == pytest.approx((0.8 + 0) / 2)  # over classes 0 and 1 only
+
+
+@pytest.mark.parametrize("y_true, y_pred, match", [
+    ([0, 3], [0, 1], r"y_true must hold class indices in \[0, 3\)"),
+    ([0, 1], [0, -1], "y_pred must hold class indices"),
+    ([0.0, 1.0], [0, 1], "y_true must hold class indices"),
+    ([0, 1], [0], "equal length"),
+    ([], [], "non-empty"),
+])
+def test_confusion_report_rejects_bad_input(y_true, y_pred, match):
+    with pytest.raises(ValueError, match=match):
+        confusion_report(np.array(y_true), np.array(y_pred), 3)
+
+
+def test_regression_report_of_a_hand_checked_case():
+    r = regression_report([1, 2, 3, 4], [1, 2, 3, 6])
+    assert r == {"task": "regression", "n": 4, "mae": 0.5, "rmse": 1.0, "r2": pytest.approx(1 - 4 / 5)}
+
+
+def test_regression_report_of_several_outputs_averages_r2():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(50, 3))
+    yhat = y + rng.normal(scale=0.3, size=(50, 3))
+    r = regression_report(y, yhat)
+    per_output = [regression_report(y[:, k], yhat[:, k])["r2"] for k in range(3)]
+    assert r["r2"] == pytest.approx(np.mean(per_output))
+    assert r["mae"] == pytest.approx(np.mean([regression_report(y[:, k], yhat[:, k])["mae"] for k in range(3)]))
+    assert r["rmse"] == pytest.approx(np.sqrt(np.mean((y - yhat) ** 2)))
+
+
+def test_regression_report_of_a_constant_target():
+    assert regression_report([2, 2], [2, 2])["r2"] == 1.0
+    assert regression_report([2, 2], [2, 3])["r2"] == 0.0
+    with pytest.raises(ValueError, match="equal shape"):
+        regression_report([1, 2], [1, 2, 3])

@@ -1,0 +1,14 @@
+"""What a run leaves on disk: ``RUN/results.h5`` and ``RUN/ckpt/step-<N>.h5``.
+
+- :mod:`twinhpc.io.results`: :class:`~twinhpc.io.results.ResultsWriter` (rank 0),
+  :func:`~twinhpc.io.results.read_results`, and the reports
+  :func:`~twinhpc.io.results.confusion_report` / :func:`~twinhpc.io.results.regression_report`
+  (numpy only). Layout: ``docs/results-format.md``.
+- :mod:`twinhpc.io.checkpoint`: :func:`~twinhpc.io.checkpoint.save_checkpoint`,
+  :func:`~twinhpc.io.checkpoint.load_checkpoint`, :func:`~twinhpc.io.checkpoint.latest`,
+  :func:`~twinhpc.io.checkpoint.rng_state` (imports torch).
+
+The submodules are not imported here, so reading results (``twinhpc report``) does not import
+torch. This layer imports h5py, numpy and torch, never mpi4py: callers gather what several ranks
+hold (RNG states) and pass it in.
+"""

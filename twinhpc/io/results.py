@@ -1,0 +1,367 @@
+"""``RUN/results.h5``: the record of a training run, and the validation reports stored in it.
+
+Layout (format ``twinhpc-results`` version 1; ``docs/results-format.md`` is the user-facing
+description, ``tests/golden/results-layout.txt`` the checked one)::
+
+    /                  attrs: format, version, config (job JSON), environment (JSON)
+    /metrics/<name>    float64 [epochs]   one row per epoch: loss, val_loss, val_accuracy, lr, ...
+    /steps/step        int64   [records]  the optimizer step of each per-step record
+    /steps/<name>      float64 [records]  loss, lr, step_time_s, ... at those steps
+    /timing/<phase>    float64 [epochs]   seconds per epoch: data_wait, forward_backward, ...
+    /report            attrs: scalars (task, accuracy, loss ...); datasets: arrays, class names
+
+Every 1-D array is chunked with an unlimited maximum shape. A name missing from some rows
+holds NaN there, so every array of a group has the group's length.
+
+Only rank 0 writes (:class:`ResultsWriter`); anyone reads (:func:`read_results`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import TwinError
+
+FORMAT_NAME = "twinhpc-results"
+FORMAT_VERSION = 1
+RESULTS = "results.h5"
+#: rows per HDF5 chunk of every growable array (8 KiB of float64)
+CHUNK_ROWS = 1024
+
+
+class _Rows:
+    """Named float64 columns that grow by rows; a name first seen late is NaN before."""
+
+    def __init__(self):
+        self.columns: dict[str, list[np.ndarray]] = {}
+        self.n = 0
+
+    def append(self, values: Mapping[str, Any], rows: int = 1) -> None:
+        for name, value in values.items():
+            arr = np.asarray(value, dtype=np.float64).reshape(-1)
+            if arr.size != rows:
+                raise ValueError(f"{name!r} has {arr.size} value(s), expected {rows}")
+            if name not in self.columns:
+                self.columns[name] = [np.full(self.n, np.nan)]
+            self.columns[name].append(arr)
+        for name, parts in self.columns.items():
+            if name not in values:
+                parts.append(np.full(rows, np.nan))
+        self.n += rows
+
+    def keep(self, mask_or_rows) -> None:
+        """Keep the first ``rows`` rows (an ``int``) or the rows where a boolean mask is true."""
+        for name in self.columns:
+            arr = self.array(name)
+            self.columns[name] = [arr[:mask_or_rows] if isinstance(mask_or_rows, int) else arr[mask_or_rows]]
+        self.n = mask_or_rows if isinstance(mask_or_rows, int) else int(np.count_nonzero(mask_or_rows))
+
+    def array(self, name: str) -> np.ndarray:
+        return np.concatenate(self.columns[name]) if self.columns[name] else np.zeros(0)
+
+
+class ResultsWriter:
+    """Writes ``RUN/results.h5``; used by rank 0 only.
+
+    Parameters
+    ----------
+    run_dir : the run directory (created if missing).
+    config_json : the job as JSON (:meth:`twinhpc.config.Job.to_json`).
+    environment : JSON-able description of where the run ran (versions, ranks, hosts ...).
+    resume : continue the records of an existing ``results.h5`` (call :meth:`truncate` with the
+        checkpoint's epoch and step, so records made after it are dropped); without it, an
+        existing file is replaced at the first :meth:`flush`.
+
+    Raises
+    ------
+    TwinError
+        With ``resume``, when the existing file cannot be read (it is named).
+
+    Note:
+        Each :meth:`flush` writes the whole file to ``results.h5.tmp``, fsyncs it and renames it
+        over ``results.h5``. A reader (``twinhpc report`` during training) or a crash therefore
+        always finds a complete file: the previous flush or this one. Appending in place would be
+        cheaper, but an HDF5 file whose writer dies mid-update can be unreadable as a whole
+        (HDF5 has no journal; SWMR needs one writer kept open and readers that opt in), and a
+        file held open for days is fragile on parallel file systems. The price is rewriting a
+        few MB per flush — per epoch and per checkpoint, not per step — which is small next to
+        an epoch. The records are kept in memory between flushes; the datasets are still
+        written chunked with an unlimited maximum shape, so tools may append to a finished file.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, config_json: str, environment: Mapping[str, Any],
+                 *, resume: bool = False):
+        self.path = Path(run_dir) / RESULTS
+        self.config_json = config_json
+        self.environment_json = json.dumps(environment, sort_keys=True)
+        self.metrics, self.timing, self.steps = _Rows(), _Rows(), _Rows()
+        self.step_index: list[np.ndarray] = []
+        self.report: dict[str, Any] = {}
+        if resume and self.path.exists():
+            old = read_results(self.path)
+            self.metrics.append(old["metrics"], rows=old["epochs"])
+            self.timing.append(old["timing"], rows=old["epochs"])
+            steps = dict(old["steps"])
+            step = steps.pop("step", np.zeros(0, np.int64))
+            self.step_index.append(step)
+            self.steps.append(steps, rows=len(step))
+            self.report = old["report"]
+
+    @property
+    def epochs(self) -> int:
+        """Epoch rows recorded."""
+        return self.metrics.n
+
+    def append_epoch(self, metrics: Mapping[str, float], timing: Mapping[str, float] | None = None) -> None:
+        """Record one epoch: ``metrics`` (``loss``, ``val_loss``, ``lr``, ``epoch_time_s`` ...) and
+        ``timing`` (seconds per phase: ``data_wait``, ``forward_backward``, ``communication``,
+        ``optimizer``). Not on disk until :meth:`flush`."""
+        self.metrics.append(metrics)
+        self.timing.append(timing or {})
+
+    def append_steps(self, steps: Mapping[str, Any]) -> None:
+        """Record per-step values: ``steps["step"]`` (optimizer step numbers) and other names
+        (``loss``, ``lr``, ``step_time_s``) as equal-length arrays or scalars.
+
+        Raises
+        ------
+        ValueError
+            Without ``"step"``, or with arrays of a different length than it.
+        """
+        if "step" not in steps:
+            raise ValueError("append_steps needs the optimizer step numbers under 'step'")
+        index = np.asarray(steps["step"], dtype=np.int64).reshape(-1)
+        self.steps.append({k: v for k, v in steps.items() if k != "step"}, rows=len(index))
+        self.step_index.append(index)
+
+    def write_report(self, report: Mapping[str, Any]) -> None:
+        """Set the final report (e.g. :func:`confusion_report`'s dict plus ``loss``): strings and
+        numbers become attributes of ``/report``, arrays and lists of names datasets."""
+        self.report = dict(report)
+
+    def truncate(self, epochs: int, step: int) -> None:
+        """Keep the first ``epochs`` epoch rows and the step records up to ``step`` (on resume)."""
+        self.metrics.keep(min(epochs, self.metrics.n))
+        self.timing.keep(min(epochs, self.timing.n))
+        index = np.concatenate(self.step_index) if self.step_index else np.zeros(0, np.int64)
+        mask = index <= step
+        self.steps.keep(mask)
+        self.step_index = [index[mask]]
+
+    def flush(self) -> None:
+        """Write everything recorded so far; on return ``results.h5`` is complete and durable.
+
+        Raises
+        ------
+        OSError
+            When the run directory cannot be written; ``results.h5`` is then the previous flush.
+        """
+        import h5py
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = FORMAT_NAME
+                f.attrs["version"] = FORMAT_VERSION
+                f.attrs["config"] = self.config_json
+                f.attrs["environment"] = self.environment_json
+                for group, rows in (("metrics", self.metrics), ("timing", self.timing)):
+                    g = f.create_group(group)
+                    for name in rows.columns:
+                        _growable(g, name, rows.array(name))
+                g = f.create_group("steps")
+                index = np.concatenate(self.step_index) if self.step_index else np.zeros(0, np.int64)
+                _growable(g, "step", index)
+                for name in self.steps.columns:
+                    _growable(g, name, self.steps.array(name))
+                if self.report:
+                    _write_report(f.create_group("report"), self.report)
+            replace_durably(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _growable(group, name: str, data: np.ndarray) -> None:
+    group.create_dataset(name, data=data, maxshape=(None,), chunks=(CHUNK_ROWS,))
+
+
+def replace_durably(tmp: Path, final: Path) -> None:
+    """Rename the finished file ``tmp`` over ``final`` so that after a crash ``final`` is either
+    the old or the new file, complete: fsync ``tmp``, rename, fsync the directory."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    try:
+        fd = os.open(final.parent, os.O_RDONLY)
+    except OSError:  # a platform that cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_report(group, report: Mapping[str, Any]) -> None:
+    import h5py
+
+    for name, value in report.items():
+        if isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_)):
+            group.attrs[name] = value
+            continue
+        arr = np.asarray(value)
+        if arr.dtype.kind in "US":
+            group.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype("utf-8"))
+        elif arr.dtype.kind in "biuf":
+            group.create_dataset(name, data=arr)
+        else:
+            raise TypeError(f"report entry {name!r}: cannot store {arr.dtype} values")
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything in a ``results.h5`` (a file, or a run directory holding one).
+
+    Returns
+    -------
+    dict
+        ``format``, ``version``, ``config`` (the job as a dict), ``environment`` (dict),
+        ``epochs`` (rows recorded), ``metrics``, ``steps``, ``timing`` (name → numpy array; steps
+        include ``step``), ``report`` (name → scalar, array, or list of class names; empty if
+        none was written).
+
+    Raises
+    ------
+    TwinError
+        Naming the file: missing, not HDF5, not a twinhpc results file, a newer version, or
+        damaged.
+    """
+    import h5py
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS
+    if not path.is_file():
+        raise TwinError(f"{path}: no results file (is it a run directory of `twinhpc train`?)")
+    try:
+        with h5py.File(path, "r") as f:
+            fmt, version = _scalar(f.attrs.get("format")), _scalar(f.attrs.get("version"))
+            if fmt != FORMAT_NAME:
+                raise TwinError(f"{path}: not a twinhpc results file (attribute 'format' is {fmt!r})")
+            if version != FORMAT_VERSION:
+                raise TwinError(f"{path}: results format version {version} is not supported "
+                                f"(this twinhpc reads {FORMAT_VERSION})")
+            out: dict[str, Any] = {"format": fmt, "version": version,
+                                   "config": json.loads(_scalar(f.attrs["config"])),
+                                   "environment": json.loads(_scalar(f.attrs["environment"]))}
+            for group in ("metrics", "steps", "timing"):
+                out[group] = {name: ds[()] for name, ds in f[group].items()}
+            per_epoch = [*out["metrics"].values(), *out["timing"].values()]
+            out["epochs"] = len(per_epoch[0]) if per_epoch else 0
+            report: dict[str, Any] = {}
+            if "report" in f:
+                g = f["report"]
+                report.update({k: _scalar(v) for k, v in g.attrs.items()})
+                for name, ds in g.items():
+                    report[name] = (list(ds.asstr()[()]) if h5py.check_string_dtype(ds.dtype)
+                                    else ds[()])
+            out["report"] = report
+    except TwinError:
+        raise
+    except (OSError, KeyError, ValueError) as e:  # h5py: not HDF5 / truncated; JSON: damaged
+        raise TwinError(f"{path}: unreadable results file ({e})") from None
+    return out
+
+
+# -- reports ----------------------------------------------------------------------------------
+def confusion_report(y_true, y_pred, n_classes: int, class_names=None) -> dict[str, Any]:
+    """The classification report of predicted against true class indices.
+
+    Parameters
+    ----------
+    y_true, y_pred : 1-D integer arrays of equal length, values in ``[0, n_classes)``.
+    n_classes : number of classes.
+    class_names : names of the classes (default ``"0"``, ``"1"`` ...).
+
+    Returns
+    -------
+    dict
+        ``task="classification"``, ``n`` (samples), ``accuracy``, ``macro_f1`` (mean F1 over
+        the classes that occur in ``y_true`` or ``y_pred``), ``confusion`` (int64
+        ``[n_classes, n_classes]``, row = true class, column = predicted), per class
+        ``precision``, ``recall``, ``f1`` (float64; 0 where undefined: nothing predicted, or no
+        sample, of that class) and ``support`` (int64: true samples), ``classes`` (names).
+
+    Raises
+    ------
+    ValueError
+        For empty or unequal inputs, or a class index outside ``[0, n_classes)``.
+    """
+    y_true = np.asarray(y_true).reshape(-1)
+    y_pred = np.asarray(y_pred).reshape(-1)
+    if y_true.shape != y_pred.shape or y_true.size == 0:
+        raise ValueError(f"y_true and y_pred must be non-empty and of equal length, got "
+                         f"{y_true.size} and {y_pred.size}")
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(f"{name} must hold class indices in [0, {n_classes}), got "
+                             f"{y.dtype} values in [{y.min()}, {y.max()}]")
+    names = [str(c) for c in (class_names if class_names is not None else range(n_classes))]
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names for {n_classes} classes")
+    confusion = np.bincount(y_true.astype(np.int64) * n_classes + y_pred, minlength=n_classes ** 2)
+    confusion = confusion.reshape(n_classes, n_classes).astype(np.int64)
+    hits = np.diag(confusion).astype(np.float64)
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    precision = np.divide(hits, predicted, out=np.zeros(n_classes), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros(n_classes), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n_classes), where=denom > 0)
+    seen = (support + predicted) > 0
+    return {"task": "classification", "n": int(y_true.size), "accuracy": float(hits.sum() / y_true.size),
+            "macro_f1": float(f1[seen].mean()), "confusion": confusion, "precision": precision,
+            "recall": recall, "f1": f1, "support": support.astype(np.int64), "classes": names}
+
+
+def regression_report(y, yhat) -> dict[str, Any]:
+    """The regression report of predictions ``yhat`` against targets ``y``.
+
+    Parameters
+    ----------
+    y, yhat : arrays of equal shape ``[n]`` or ``[n, outputs]``.
+
+    Returns
+    -------
+    dict
+        ``task="regression"``, ``n`` (samples), ``mae`` and ``rmse`` over all values, ``r2``:
+        the mean over outputs of ``1 - SS_res / SS_tot``; an output with constant targets
+        (``SS_tot = 0``) counts 1.0 if predicted exactly, else 0.0 (as scikit-learn).
+
+    Raises
+    ------
+    ValueError
+        For empty inputs or unequal shapes.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    yhat = np.asarray(yhat, dtype=np.float64)
+    if y.shape != yhat.shape or y.size == 0 or y.ndim not in (1, 2):
+        raise ValueError(f"y and yhat must be non-empty [n] or [n, outputs] arrays of equal shape, "
+                         f"got {y.shape} and {yhat.shape}")
+    err = yhat - y
+    y2, e2 = y.reshape(len(y), -1), err.reshape(len(y), -1)
+    ss_res = (e2 ** 2).sum(axis=0)
+    ss_tot = ((y2 - y2.mean(axis=0)) ** 2).sum(axis=0)
+    r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), (ss_res == 0).astype(float))
+    return {"task": "regression", "n": int(len(y)), "mae": float(np.abs(err).mean()),
+            "rmse": float(np.sqrt((err ** 2).mean())), "r2": float(r2.mean())}
