@@ -2,7 +2,7 @@
 # Set up everything twinhpc needs on a fresh Debian machine (as root): Open MPI from Debian,
 # a Python venv with the pinned packages, and the compiled extension. Re-running is fast:
 # nothing already in place is installed again (apt is skipped when mpicxx exists, pip when
-# requirements.txt is unchanged, and the extension build is incremental).
+# requirements*.txt are unchanged, and the extension build is incremental).
 #
 #   bash scripts/setup.sh            # VENV=.venv by default
 #
@@ -30,10 +30,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.twinhpc-requirements.sha256"
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   step "installing Python packages (requirements.txt; torch is the 2.13.0 CPU build)"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
 fi
 
