@@ -1,0 +1,80 @@
+"""The fused image kernel of :mod:`.image` for NVIDIA GPUs, with numba.cuda.
+
+:func:`normalize_augment_cuda` does what :func:`.image.normalize_augment` does — normalise, random
+crop with zero padding, horizontal flip, NHWC → NCHW — with one GPU thread per output pixel, and
+gives the same bits (the same float32 table lookup). The batch may be a host numpy array (copied
+to the device) or a device array (numba device array, or anything with
+``__cuda_array_interface__``, e.g. a torch CUDA tensor); the result is a numba device array that
+torch takes without a copy: ``torch.as_tensor(result, device="cuda")``. The random offsets and
+flips still come from :func:`.image.augment_params` on the host (a few bytes per image).
+
+Without a GPU, ``NUMBA_ENABLE_CUDASIM=1`` (set before numba.cuda is first imported) runs the kernel
+on numba's CPU simulator: slow, but the same code path, which is how the tests run it.
+Importing this module does not need a GPU; calling the function without one raises numba's
+``CudaSupportError``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from .image import _check_images, _check_params
+
+#: threads per block
+THREADS = 256
+
+
+@cuda.jit
+def _augment_kernel(x, table, offsets, flips, pad, nchw, out):
+    idx = cuda.grid(1)
+    n, h, w, c = x.shape
+    if idx >= n * h * w:
+        return
+    b = idx // (h * w)
+    i = (idx // w) % h
+    j = idx % w
+    sy = i + offsets[b, 0] - pad
+    sx = (w - 1 - j if flips[b] else j) + offsets[b, 1] - pad
+    inside = 0 <= sy < h and 0 <= sx < w
+    for ch in range(c):
+        v = table[ch, x[b, sy, sx, ch]] if inside else table[ch, 0]
+        if nchw:
+            out[b, ch, i, j] = v
+        else:
+            out[b, i, j, ch] = v
+
+
+def normalize_augment_cuda(x, mean, std, *, offsets=None, flips=None, pad: int = 0,
+                           layout: str = "NCHW", out=None, stream=0):
+    """:func:`.image.normalize_augment` on the GPU; returns the float32 device array.
+
+    Parameters
+    ----------
+    x : uint8 (n, H, W, C), host numpy array or CUDA device array
+    mean, std, offsets, flips, pad, layout
+        As :func:`.image.normalize_augment` (``offsets``/``flips`` host arrays).
+    out : float32 device array of the result's shape, optional
+    stream : numba CUDA stream, or 0 for the default stream
+        The copies and the kernel are queued on it; synchronise before reading on the host.
+
+    Raises
+    ------
+    ValueError
+        A bad shape, dtype or value of an argument (the message names it).
+    """
+    _check_images(x)
+    table, offsets, flips = _check_params(tuple(x.shape), mean, std, offsets, flips, pad, layout)
+    n, h, w, c = x.shape
+    shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+    if out is None:
+        out = cuda.device_array(shape, np.float32, stream=stream)
+    elif tuple(out.shape) != shape or np.dtype(out.dtype) != np.float32:
+        raise ValueError(f"out: expected a float32 device array of shape {shape}, got {out.dtype} {tuple(out.shape)}")
+    if isinstance(x, np.ndarray):      # device arrays go to the kernel as they are
+        x = cuda.to_device(np.ascontiguousarray(x), stream=stream)
+    args = [cuda.to_device(a, stream=stream) for a in (table, offsets, flips)]
+    if n * h * w:
+        blocks = (n * h * w + THREADS - 1) // THREADS
+        _augment_kernel[blocks, THREADS, stream](x, args[0], args[1], args[2], int(pad), layout == "NCHW", out)
+    return out
