@@ -1,14 +1,18 @@
 // The one registration file: op schemas, CPU kernels, and the Python module's plain functions.
 //
 // Ops are called as torch.ops.twinhpc.<name>; twinhpc/ops.py wraps them. CUDA kernels are
-// registered in cuda/pack_cuda.cpp, which only the CUDA build compiles.
+// registered in cuda/pack_cuda.cpp, which only the CUDA build compiles. The all-reduce Engine
+// and its Work handles are pybind11 classes (csrc/engine.h); twinhpc/comm/engine.py wraps them.
 #include <mpi.h>
 #include <torch/extension.h>
 #include <torch/version.h>
 
 #include <string>
 
+#include "engine.h"
+#include "mpit.h"
 #include "pack.h"
+#include "reduce.h"
 
 namespace twinhpc {
 namespace {
@@ -61,6 +65,110 @@ pybind11::dict build_info() {
   return info;
 }
 
+namespace py = pybind11;
+
+// Raises the Python exception of a failed operation.
+void raise_error(ErrorKind kind, const std::string& message) {
+  switch (kind) {
+    case ErrorKind::kNone: return;
+    case ErrorKind::kType: throw py::type_error(message);
+    case ErrorKind::kValue: throw py::value_error(message);
+    case ErrorKind::kRuntime: throw std::runtime_error(message);
+  }
+}
+
+py::dict timings_of(Work& w) {
+  Timings t;
+  {
+    std::lock_guard<std::mutex> lock(w.mu);
+    t = w.timings;
+  }
+  py::dict d;
+  d["enqueue"] = t.enqueue;
+  d["start"] = t.start;
+  d["pack_done"] = t.pack_done;
+  d["reduce_done"] = t.reduce_done;
+  d["unpack_done"] = t.unpack_done;
+  return d;
+}
+
+// The reduction kernels on tensors, for tests: inout += in; dst = sum of srcs.
+void reduce_into_py(at::Tensor inout, const at::Tensor& in) {
+  TORCH_CHECK_VALUE(inout.is_cpu() && in.is_cpu() && inout.is_contiguous() && in.is_contiguous() &&
+                        inout.numel() == in.numel() && inout.scalar_type() == in.scalar_type(),
+                    "reduce_into: two contiguous CPU tensors of one dtype and size");
+  reduce_into(inout.data_ptr(), in.data_ptr(), inout.numel(), inout.scalar_type());
+}
+
+void reduce_many_py(at::Tensor dst, const std::vector<at::Tensor>& srcs) {
+  std::vector<const void*> ptrs;
+  for (const at::Tensor& s : srcs) {
+    TORCH_CHECK_VALUE(s.is_cpu() && s.is_contiguous() && s.numel() == dst.numel() &&
+                          s.scalar_type() == dst.scalar_type() && dst.is_contiguous(),
+                      "reduce_many: contiguous CPU tensors of one dtype and size");
+    ptrs.push_back(s.data_ptr());
+  }
+  TORCH_CHECK_VALUE(!ptrs.empty(), "reduce_many: no sources");
+  reduce_many(dst.data_ptr(), ptrs.data(), static_cast<int>(ptrs.size()), dst.numel(), dst.scalar_type());
+}
+
+void bind_engine(py::module& m) {
+  py::class_<Work, std::shared_ptr<Work>>(m, "Work", "One queued collective of an Engine.")
+      .def("wait", [](Work& w) {
+            std::pair<ErrorKind, std::string> outcome;
+            {
+              py::gil_scoped_release no_gil;
+              outcome = w.wait();
+            }
+            raise_error(outcome.first, outcome.second);
+          }, "Block (without the GIL) until done; raise its error, if any.")
+      .def("done", &Work::is_done)
+      .def("timings", &timings_of, "Monotonic microseconds of each phase (0: not reached).")
+      .def_readonly("index", &Work::index)
+      .def_readonly("name", &Work::name);
+
+  py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine", "The all-reduce engine (csrc/engine.h).")
+      .def(py::init([](int64_t fortran_comm, double stall_timeout, int64_t segment_bytes) {
+             return std::make_shared<Engine>(MPI_Comm_f2c(static_cast<MPI_Fint>(fortran_comm)),
+                                             stall_timeout, segment_bytes);
+           }),
+           py::arg("fortran_comm"), py::arg("stall_timeout"), py::arg("segment_bytes"),
+           py::call_guard<py::gil_scoped_release>())
+      // Submitting takes the GIL only to convert the arguments; a blocking submit runs without it.
+      .def("allreduce",
+           [](Engine& e, std::vector<at::Tensor> tensors, bool average, std::optional<at::ScalarType> wire,
+              std::string name, std::optional<int> algorithm, bool blocking) {
+             py::gil_scoped_release no_gil;
+             return e.allreduce(std::move(tensors), average, wire, std::move(name), algorithm, blocking);
+           },
+           py::arg("tensors"), py::arg("average"), py::arg("wire"), py::arg("name"),
+           py::arg("algorithm"), py::arg("blocking"))
+      .def("broadcast",
+           [](Engine& e, at::Tensor tensor, int root, std::string name, bool blocking) {
+             py::gil_scoped_release no_gil;
+             return e.broadcast(std::move(tensor), root, std::move(name), blocking);
+           },
+           py::arg("tensor"), py::arg("root"), py::arg("name"), py::arg("blocking"))
+      .def("barrier",
+           [](Engine& e, std::string name, bool blocking) {
+             py::gil_scoped_release no_gil;
+             return e.barrier(std::move(name), blocking);
+           },
+           py::arg("name"), py::arg("blocking"))
+      .def("set_table", &Engine::set_table, py::arg("table"))
+      .def("table", &Engine::table)
+      .def("has_algorithm", &Engine::has_algorithm, py::arg("algorithm"))
+      .def("close", &Engine::close, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("rank", &Engine::rank)
+      .def_property_readonly("size", &Engine::size);
+  m.def("reduce_into", &reduce_into_py, py::arg("inout"), py::arg("in"),
+        "inout += in with the engine's kernel (16-bit floats summed in float32).");
+  m.def("reduce_many", &reduce_many_py, py::arg("dst"), py::arg("srcs"),
+        "dst = sum of srcs with the engine's kernel (16-bit floats accumulated in float32).");
+  m.def("set_control_variable", &set_control_variable, py::arg("name"), py::arg("value"),
+        "Write an integer MPI_T control variable; returns '' on success, else why not.");
+}
+
 }  // namespace
 
 TORCH_LIBRARY(twinhpc, m) {
@@ -79,7 +187,8 @@ TORCH_LIBRARY_IMPL(twinhpc, CPU, m) {
 }  // namespace twinhpc
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "twinhpc compiled core: ops registered as torch.ops.twinhpc.*, plus build_info()";
+  m.doc() = "twinhpc compiled core: ops registered as torch.ops.twinhpc.*, build_info(), the all-reduce Engine";
   m.def("build_info", &twinhpc::build_info,
         "How this extension was built: CUDA, MPI (compiled and loaded), compiler, torch.");
+  twinhpc::bind_engine(m);
 }

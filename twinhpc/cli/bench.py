@@ -69,12 +69,73 @@ def run_loader(args) -> int:
     return 0
 
 
+ALLREDUCE_DESCRIPTION = """\
+Measure the all-reduce engine (twinhpc.comm.engine.Engine: each algorithm and `auto`) against
+mpi4py's Allreduce on numpy buffers (MPI's defaults, and each Open MPI algorithm forced on its
+own communicator), torch.distributed gloo (and NCCL with GPUs), and a memcpy of the same size,
+interleaved in one job, for float32 messages of powers of 4 from --min-bytes to --max-bytes.
+Prints time, algbw and busbw = algbw * 2(n-1)/n per implementation and size, then the ratios of
+twinhpc:auto over mpi4py (target >= 1.0 from 1 MiB) and over the best MPI row (target >= 0.9).
+
+Results go to FOLDER/allreduce.h5 (written by rank 0, atomically): compound datasets `rows` and
+`ratios`, attributes world_size, rounds, targets. The exit status is 0 whether or not the
+targets are met.
+
+example:
+  mpirun -n 2 twinhpc bench allreduce --max-bytes 64MiB
+"""
+
+
+def parse_bytes(text: str) -> int:
+    """``"4096"``, ``"64KiB"``, ``"64MiB"``, ``"1GiB"`` -> bytes."""
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper()
+    for unit, factor in units.items():
+        if t.endswith(unit) and t[:-len(unit)].isdigit():
+            return int(t[:-len(unit)]) * factor
+    if t.isdigit():
+        return int(t)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4096, 64KiB, 64MiB)")
+
+
+def add_allreduce(sub) -> argparse.ArgumentParser:
+    from ..bench.allreduce import DEFAULT_MAX_BYTES, DEFAULT_MIN_BYTES
+
+    p = sub.add_parser("allreduce", help="the all-reduce engine against MPI, mpi4py and gloo",
+                       description=ALLREDUCE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--min-bytes", type=parse_bytes, default=DEFAULT_MIN_BYTES, metavar="B",
+                   help="smallest message (default 4KiB)")
+    p.add_argument("--max-bytes", type=parse_bytes, default=DEFAULT_MAX_BYTES, metavar="B",
+                   help="largest message (default 64MiB; up to 256MiB as memory allows)")
+    p.add_argument("--rounds", type=int, default=5, metavar="R", help="interleaved rounds; medians reported (default 5)")
+    p.add_argument("--no-gloo", action="store_true", help="skip torch.distributed (gloo / NCCL)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.add_argument("--results", default="bench-results", metavar="FOLDER",
+                   help="folder for allreduce.h5 (default ./bench-results)")
+    return p
+
+
+def run_allreduce(args) -> int:
+    from ..bench.allreduce import bench_allreduce, prepare_mpi, report
+
+    prepare_mpi()  # before MPI starts
+    from ..comm.world import get_world
+
+    world = get_world()
+    setup_logging_for(args, world)
+    figures = bench_allreduce(args.min_bytes, args.max_bytes, rounds=args.rounds, gloo=not args.no_gloo,
+                              results=args.results, world=world)
+    if world.is_root:
+        print(json.dumps(figures["rows"], indent=1) if args.json else report(figures), flush=True)
+    return 0
+
+
 #: benchmark name -> (add its sub-parser, run it)
-BENCHMARKS = {"loader": (add_loader, run_loader)}
+BENCHMARKS = {"loader": (add_loader, run_loader), "allreduce": (add_allreduce, run_allreduce)}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help="benchmarks (loader)", description=DESCRIPTION,
+    p = sub.add_parser("bench", help="benchmarks (loader, allreduce)", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     benches = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, (add, _) in BENCHMARKS.items():

@@ -1,0 +1,128 @@
+// Sum kernels (plain loops the compiler vectorises) and the MPI types and operators per dtype.
+#include "reduce.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <mutex>
+
+namespace twinhpc {
+
+bool is_floating(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+bool reducible(at::ScalarType t) { return is_floating(t) || t == at::kInt || t == at::kLong; }
+
+std::string dtype_name(at::ScalarType t) { return std::string(c10::getDtypeNames(t).first); }
+
+namespace {
+
+// The type additions happen in: float for the 16-bit floats, the type itself otherwise.
+template <typename T> struct Accumulator { using type = T; };
+template <> struct Accumulator<c10::Half> { using type = float; };
+template <> struct Accumulator<c10::BFloat16> { using type = float; };
+
+template <typename T>
+void into_typed(T* __restrict inout, const T* __restrict in, int64_t n) {
+  using Acc = typename Accumulator<T>::type;
+  for (int64_t i = 0; i < n; ++i) {
+    inout[i] = static_cast<T>(static_cast<Acc>(inout[i]) + static_cast<Acc>(in[i]));
+  }
+}
+
+// Elements summed per block of reduce_many: the float accumulator of a block stays in L1.
+constexpr int64_t kManyBlock = 2048;
+
+template <typename T>
+void many_typed(T* dst, const T* const* srcs, int k, int64_t n) {
+  using Acc = typename Accumulator<T>::type;
+  Acc acc[kManyBlock];
+  for (int64_t lo = 0; lo < n; lo += kManyBlock) {
+    const int64_t m = std::min(kManyBlock, n - lo);
+    const T* s0 = srcs[0] + lo;
+    for (int64_t i = 0; i < m; ++i) acc[i] = static_cast<Acc>(s0[i]);
+    for (int j = 1; j < k; ++j) {
+      const T* s = srcs[j] + lo;
+      for (int64_t i = 0; i < m; ++i) acc[i] += static_cast<Acc>(s[i]);
+    }
+    T* d = dst + lo;
+    for (int64_t i = 0; i < m; ++i) d[i] = static_cast<T>(acc[i]);
+  }
+}
+
+// Calls fn(T{}) with the C++ element type of a reducible dtype.
+template <typename Fn>
+void with_type(at::ScalarType t, Fn&& fn) {
+  switch (t) {
+    case at::kFloat: fn(float{}); return;
+    case at::kDouble: fn(double{}); return;
+    case at::kHalf: fn(c10::Half{}); return;
+    case at::kBFloat16: fn(c10::BFloat16{}); return;
+    case at::kInt: fn(int32_t{}); return;
+    case at::kLong: fn(int64_t{}); return;
+    default: TORCH_CHECK_TYPE(false, "twinhpc: cannot reduce dtype ", dtype_name(t));
+  }
+}
+
+// The 2-byte MPI datatypes of float16 and bfloat16, and the operator summing either.
+MPI_Datatype half_type = MPI_DATATYPE_NULL;
+MPI_Datatype bfloat16_type = MPI_DATATYPE_NULL;
+MPI_Op half_sum = MPI_OP_NULL;
+std::once_flag half_once;
+
+void half_sum_fn(void* in, void* inout, int* len, MPI_Datatype* type) {
+  if (*type == half_type) {
+    into_typed(static_cast<c10::Half*>(inout), static_cast<const c10::Half*>(in), *len);
+  } else if (*type == bfloat16_type) {
+    into_typed(static_cast<c10::BFloat16*>(inout), static_cast<const c10::BFloat16*>(in), *len);
+  }
+}
+
+void create_half_types() {
+  std::call_once(half_once, [] {
+    MPI_Type_contiguous(2, MPI_BYTE, &half_type);
+    MPI_Type_commit(&half_type);
+    MPI_Type_contiguous(2, MPI_BYTE, &bfloat16_type);
+    MPI_Type_commit(&bfloat16_type);
+    MPI_Op_create(&half_sum_fn, /*commute=*/1, &half_sum);
+  });
+}
+
+}  // namespace
+
+void reduce_into(void* inout, const void* in, int64_t n, at::ScalarType t) {
+  with_type(t, [&](auto zero) {
+    using T = decltype(zero);
+    into_typed(static_cast<T*>(inout), static_cast<const T*>(in), n);
+  });
+}
+
+void reduce_many(void* dst, const void* const* srcs, int k, int64_t n, at::ScalarType t) {
+  with_type(t, [&](auto zero) {
+    using T = decltype(zero);
+    many_typed(static_cast<T*>(dst), reinterpret_cast<const T* const*>(srcs), k, n);
+  });
+}
+
+MPI_Datatype mpi_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return MPI_FLOAT;
+    case at::kDouble: return MPI_DOUBLE;
+    case at::kInt: return MPI_INT32_T;
+    case at::kLong: return MPI_INT64_T;
+    case at::kHalf: create_half_types(); return half_type;
+    case at::kBFloat16: create_half_types(); return bfloat16_type;
+    default: TORCH_CHECK_TYPE(false, "twinhpc: no MPI datatype for dtype ", dtype_name(t));
+  }
+}
+
+MPI_Op mpi_sum(at::ScalarType t) {
+  if (t == at::kHalf || t == at::kBFloat16) {
+    create_half_types();
+    return half_sum;
+  }
+  return MPI_SUM;
+}
+
+}  // namespace twinhpc

@@ -1,0 +1,35 @@
+// Sum reductions of the all-reduce: element kernels, and the MPI datatype and operator of each
+// supported dtype.
+//
+// float16 and bfloat16 are summed in float32 and rounded once per call, so reduce_many over k
+// buffers rounds once however large k is. MPI has no 16-bit float types, so they travel as a
+// 2-byte contiguous datatype with our own commutative MPI_Op (which widens the same way).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <mpi.h>
+
+#include <cstdint>
+#include <string>
+
+namespace twinhpc {
+
+// Whether the engine can reduce this dtype (float32/64, float16, bfloat16, int32, int64).
+bool reducible(at::ScalarType t);
+bool is_floating(at::ScalarType t);
+// The torch spelling of a dtype ("float32"), for error messages.
+std::string dtype_name(at::ScalarType t);
+
+// inout[i] += in[i] for i < n.
+void reduce_into(void* inout, const void* in, int64_t n, at::ScalarType t);
+// dst[i] = srcs[0][i] + ... + srcs[k-1][i] for i < n, k >= 1; dst may be one of the srcs.
+// 16-bit floats accumulate in float32 over all k and round once.
+void reduce_many(void* dst, const void* const* srcs, int k, int64_t n, at::ScalarType t);
+
+// The MPI datatype of one element of t, and the operator that sums it (MPI_SUM, or the
+// widening operator for the 16-bit floats). Both are valid after MPI_Init, created on first use
+// and never freed (they live as long as the process).
+MPI_Datatype mpi_type(at::ScalarType t);
+MPI_Op mpi_sum(at::ScalarType t);
+
+}  // namespace twinhpc

@@ -1,0 +1,141 @@
+"""The engine's parts on one process: reduction kernels against numpy, the tuning cache, and
+the engine over MPI.COMM_SELF (a world of one)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from twinhpc import ops
+
+if not ops.available():
+    pytest.skip(f"the compiled extension twinhpc._C is not built; {ops.BUILD_HINT}", allow_module_level=True)
+
+from mpi4py import MPI  # noqa: E402
+
+from twinhpc.comm import tuning  # noqa: E402
+from twinhpc.comm.engine import ALL_SIZES, Engine  # noqa: E402
+
+FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+DTYPES = FLOATS + (torch.int32, torch.int64)
+N = 5003  # odd, more than one block of reduce_many
+
+
+def make(dtype, seed) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if dtype in FLOATS:
+        return (torch.randn(N, generator=g, dtype=torch.float64) * 100).to(dtype)
+    return torch.randint(-10**6, 10**6, (N,), generator=g, dtype=dtype)
+
+
+def rounded(x: np.ndarray, dtype) -> torch.Tensor:
+    """float32 (or wider) values rounded once to ``dtype``, as the kernels round."""
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(ops._round_bfloat16(x.astype(np.float32))).to(torch.bfloat16)
+    if dtype == torch.float16:
+        return torch.from_numpy(x.astype(np.float32).astype(np.float16))
+    return torch.from_numpy(x).to(dtype)
+
+
+def wide(t: torch.Tensor) -> np.ndarray:
+    """The values as numpy in the kernels' accumulator type (float32 for 16-bit floats)."""
+    return ops._to_numpy(t).astype(np.float32) if t.dtype in (torch.float16, torch.bfloat16) else t.numpy()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_reduce_into_adds_in_the_accumulator_type(dtype):
+    a, b = make(dtype, 1), make(dtype, 2)
+    expected = rounded(wide(a) + wide(b), dtype)
+    ops._load().reduce_into(a, b)
+    torch.testing.assert_close(a, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_reduce_many_rounds_16_bit_floats_once(dtype):
+    srcs = [make(dtype, s) for s in range(5)]
+    acc = wide(srcs[0]).copy()
+    for s in srcs[1:]:
+        acc += wide(s)
+    dst = torch.empty_like(srcs[0])
+    ops._load().reduce_many(dst, srcs)
+    torch.testing.assert_close(dst, rounded(acc, dtype), rtol=0, atol=0)
+
+
+def test_widening_keeps_small_addends_that_16_bit_sums_lose():
+    big = torch.full((3,), 2048.0, dtype=torch.float16)  # fp16 spacing at 2048 is 2
+    ones = torch.ones(3, dtype=torch.float16)
+    dst = torch.empty_like(big)
+    ops._load().reduce_many(dst, [big, ones, ones])
+    assert torch.equal(dst, torch.full((3,), 2050.0, dtype=torch.float16))
+
+
+# -- the tuning cache -------------------------------------------------------------------------
+def test_cache_path_follows_the_environment(tmp_path):
+    assert tuning.cache_path({tuning.CACHE_ENV: str(tmp_path)}) == tmp_path / tuning.CACHE_FILE
+    assert tuning.cache_path({}).parts[-3:] == (".cache", "twinhpc", tuning.CACHE_FILE)
+
+
+def test_store_then_load_round_trips_and_keeps_other_keys(tmp_path):
+    path = tmp_path / "sub" / tuning.CACHE_FILE
+    assert tuning.load(path) == {}
+    tuning.store(path, "a", {"table": [[10, "ring"]]})
+    tuning.store(path, "b", {"table": [[20, "mpi"]]})
+    assert tuning.load(path) == {"a": {"table": [[10, "ring"]]}, "b": {"table": [[20, "mpi"]]}}
+    assert [p.name for p in path.parent.iterdir()] == [tuning.CACHE_FILE]  # no temporary left
+
+
+def test_a_corrupt_cache_is_ignored(tmp_path):
+    path = tmp_path / tuning.CACHE_FILE
+    path.write_text("{not json")
+    assert tuning.load(path) == {}
+    tuning.store(path, "k", {"table": []})
+    assert json.loads(path.read_text()) == {"k": {"table": []}}
+
+
+def test_table_takes_the_fastest_per_size_and_merges_neighbours():
+    times = {4096: {"mpi": 1.0, "ring": 2.0}, 65536: {"mpi": 1.0, "ring": 3.0},
+             1 << 20: {"mpi": 2.0, "ring": 1.0}}
+    assert tuning.table_from_times(times) == [(int((65536 * (1 << 20)) ** 0.5), "mpi"), (ALL_SIZES, "ring")]
+
+
+def test_tuning_key_names_what_changes_the_answer():
+    key = tuning.tuning_key("Open MPI v4.1.4", "AMD EPYC", 3, 1, 1 << 20)
+    for part in ("Open MPI v4.1.4", "AMD EPYC", "ranks=3", "nodes=1", f"segment={1 << 20}", f"v{tuning.FORMAT}"):
+        assert part in key
+
+
+# -- the engine on one process ----------------------------------------------------------------
+def test_engine_of_one_rank_leaves_sums_and_averages_unchanged():
+    with Engine(MPI.COMM_SELF) as eng:
+        assert (eng.rank, eng.size) == (0, 1)
+        assert eng.table() == [(ALL_SIZES, "mpi")]
+        t = torch.arange(7, dtype=torch.float32)
+        assert torch.equal(eng.allreduce_(t, op="avg"), torch.arange(7, dtype=torch.float32))
+        h = eng.allreduce_async_(torch.ones(3), wire_dtype=torch.bfloat16, name="b0")
+        assert torch.equal(h.wait(), torch.ones(3)) and h.done() and h.name == "b0"
+        times = h.timings()
+        assert list(times) == ["enqueue", "start", "pack_done", "reduce_done", "unpack_done"]
+        assert 0 < times["enqueue"] <= times["start"] <= times["pack_done"] <= times["unpack_done"]
+
+
+def test_engine_rejects_bad_communicators_and_names():
+    with pytest.raises(ValueError, match="COMM_NULL"):
+        Engine(MPI.COMM_NULL)
+    with pytest.raises(TypeError, match="mpi4py communicator"):
+        Engine("world")
+    with pytest.raises(ValueError, match="unknown algorithm 'fastest'"):
+        Engine(MPI.COMM_SELF, algorithm="fastest")
+    with Engine(MPI.COMM_SELF) as eng:
+        with pytest.raises(ValueError, match="op must be one of"):
+            eng.allreduce_(torch.ones(2), op="max")
+        with pytest.raises(TypeError, match="expected a torch.Tensor"):
+            eng.allreduce_(np.ones(2))
+
+
+def test_closed_engine_refuses_work_and_closes_twice():
+    eng = Engine(MPI.COMM_SELF)
+    eng.close()
+    eng.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        eng.allreduce_(torch.ones(2))

@@ -1,0 +1,307 @@
+"""The compiled all-reduce engine: in-place collectives on torch tensors, run in order by a C++ thread.
+
+Usage (every rank makes the same calls in the same order)::
+
+    from twinhpc.comm.engine import Engine
+
+    eng = Engine()                                    # over MPI.COMM_WORLD; collective
+    eng.allreduce_(t, op="avg")                       # blocking, in place
+    h = eng.allreduce_async_(g, op="avg", wire_dtype=torch.bfloat16, name="bucket3")
+    h = eng.allreduce_many_async_([g1, g2, g3], op="avg")   # fused into one buffer
+    h.wait()                                          # releases the GIL while waiting
+    eng.broadcast_(p, root=0); eng.barrier(); eng.close()
+
+Every operation goes through one FIFO queue served by a background C++ thread
+(``csrc/engine.h``), on the engine's own duplicate of the communicator, so asynchronous
+operations overlap Python work and complete in the order they were enqueued.
+
+Dtypes: float32, float64, float16, bfloat16, int32, int64; ``op="avg"`` needs a floating-point
+dtype. float16/bfloat16 are summed in float32 (rounded to the 16-bit type once per addition
+step of the algorithm; the ``shm`` algorithm rounds once in all). A ``wire_dtype`` casts
+floating-point tensors to that dtype for the exchange and back (``avg`` scales after the cast
+back, in float32).
+
+Errors:
+    Errors Python sees in the arguments themselves (not a tensor, an unknown ``op`` or algorithm
+    name) raise at the call, on the rank that made it. Errors in the tensors (unsupported dtype,
+    non-contiguous, ``avg`` of integers) and disagreements between ranks (a different element
+    count, dtype, op or wire dtype on some rank) are exchanged before any data moves, in one
+    small ``MPI_Allgather`` per operation, and raise the same ``TypeError`` or ``ValueError``
+    from ``wait()`` (or the blocking call) on every rank, naming the ranks and the problem. MPI
+    failures raise ``RuntimeError``. A rank that does not arrive at an operation within
+    ``stall_timeout`` seconds makes rank 0 print the missing ranks and abort the job
+    (``MPI_Abort``, non-zero exit).
+
+Note:
+    The per-operation agreement costs one 256-byte-per-rank ``MPI_Allgather`` (a few
+    microseconds on one node). Checking only the first time a bucket name is seen would be
+    cheaper but is unsafe: if ranks disagree about whether a name is new, they disagree about
+    whether to run the check, which is exactly the mismatched-collective hang the check exists
+    to prevent. For gradient buckets of megabytes the cost is below measurement noise.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import weakref
+from typing import Sequence
+
+import torch
+from mpi4py import MPI  # before the exit handler below: MPI must outlive the engines
+
+#: algorithm name -> the core's Algorithm value (csrc/engine.h)
+ALGORITHMS = {"mpi": 0, "ring": 1, "shm": 2}
+#: reductions
+OPS = ("sum", "avg")
+#: environment variable overriding ``algorithm="auto"`` (a name of :data:`ALGORITHMS`)
+ALGO_ENV = "TWINHPC_ALLREDUCE_ALGO"
+#: bytes per ring message and per shared-memory round (fits the last-level cache several times)
+DEFAULT_SEGMENT_BYTES = 1 << 20
+#: larger than any message: the table entry that covers every size
+ALL_SIZES = (1 << 63) - 1
+
+
+def _core():
+    from .. import ops
+
+    return ops._load()
+
+
+class Handle:
+    """An operation enqueued on an :class:`Engine`; ``wait()`` returns its tensor(s)."""
+
+    __slots__ = ("_work", "_result")
+
+    def __init__(self, work, result):
+        self._work = work
+        self._result = result
+
+    def wait(self):
+        """Block until the operation is complete (the GIL is released meanwhile).
+
+        Returns
+        -------
+        Tensor or list of Tensor
+            The tensor(s) given, now holding the result.
+
+        Raises
+        ------
+        TypeError, ValueError
+            A bad tensor or a disagreement between ranks (raised on every rank).
+        RuntimeError
+            An MPI error.
+        """
+        self._work.wait()
+        return self._result
+
+    def done(self) -> bool:
+        """Whether the operation has finished (never blocks)."""
+        return self._work.done()
+
+    def timings(self) -> dict[str, int]:
+        """Monotonic microseconds (``time.monotonic() * 1e6``) of each phase, 0 where not reached.
+
+        Keys: ``enqueue``, ``start`` (the thread took it), ``pack_done`` (ranks agreed, fusion
+        buffer filled), ``reduce_done`` (the exchange finished), ``unpack_done`` (complete).
+        """
+        return self._work.timings()
+
+    @property
+    def name(self) -> str:
+        return self._work.name
+
+    @property
+    def index(self) -> int:
+        """Position in the engine's queue (the same on every rank)."""
+        return self._work.index
+
+
+class Engine:
+    """Collectives on torch tensors over an MPI communicator, run by a C++ thread in FIFO order.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm, optional
+        The ranks taking part (default ``MPI.COMM_WORLD``); the engine duplicates it.
+        Constructing an engine is collective over ``comm``.
+    stall_timeout : float
+        Seconds an operation may wait for ranks that have not arrived before rank 0 prints
+        them and aborts the job; ``0`` disables the stall inspector.
+    algorithm : str
+        ``"auto"``: per message size, measured once per machine and communicator shape and
+        cached (:mod:`twinhpc.comm.tuning`); ``$TWINHPC_ALLREDUCE_ALGO`` overrides it. Or one of
+        :data:`ALGORITHMS`: ``"mpi"`` (``MPI_Allreduce``), ``"ring"`` (reduce-scatter +
+        all-gather over point-to-point), ``"shm"`` (MPI-3 shared memory; all ranks on one node).
+    segment_bytes : int
+        Bytes per ring message and per shared-memory round.
+
+    Raises
+    ------
+    TypeError
+        If ``comm`` is not an mpi4py intracommunicator.
+    ValueError
+        If ``comm`` is ``MPI.COMM_NULL`` or invalid, or ``algorithm`` is unknown or unavailable.
+    RuntimeError
+        If MPI is not initialised with ``MPI_THREAD_MULTIPLE``.
+    """
+
+    def __init__(self, comm=None, stall_timeout: float = 60.0, algorithm: str = "auto",
+                 segment_bytes: int = DEFAULT_SEGMENT_BYTES):
+        self._core = None
+        comm = MPI.COMM_WORLD if comm is None else comm
+        if not isinstance(comm, MPI.Comm):
+            raise TypeError(f"twinhpc.Engine: comm must be an mpi4py communicator, not {type(comm).__name__}")
+        if comm == MPI.COMM_NULL:
+            raise ValueError("twinhpc.Engine: comm is MPI.COMM_NULL")
+        if comm.Is_inter():
+            raise ValueError("twinhpc.Engine: comm is an intercommunicator; an intracommunicator is needed")
+        if algorithm != "auto" and algorithm not in ALGORITHMS:
+            raise ValueError(f"twinhpc.Engine: unknown algorithm {algorithm!r} "
+                             f"(expected 'auto' or one of {', '.join(ALGORITHMS)})")
+        self.comm = comm
+        self._core = _core().Engine(comm.py2f(), float(stall_timeout), int(segment_bytes))
+        self.rank: int = self._core.rank
+        self.size: int = self._core.size
+        self._available = [a for a, code in ALGORITHMS.items() if self._core.has_algorithm(code)]
+        self.stall_timeout = float(stall_timeout)
+        self.segment_bytes = int(segment_bytes)
+        _live.add(self)
+        self.algorithm = os.environ.get(ALGO_ENV, "auto") if algorithm == "auto" else algorithm
+        if self.algorithm == "auto":
+            from .tuning import algorithm_table
+
+            self.set_table(algorithm_table(self))
+        else:
+            self.set_table([(ALL_SIZES, self.algorithm)])
+
+    # -- algorithm choice -----------------------------------------------------------------------
+    def available_algorithms(self) -> list[str]:
+        """The algorithms that can run on this communicator (``shm`` needs one node)."""
+        return list(self._available)
+
+    def set_table(self, table: Sequence[tuple[int, str]]) -> None:
+        """Use ``table``'s algorithm for messages up to each size in bytes (the last beyond).
+
+        ``table`` is ``[(max_bytes, name), ...]``; it must be the same on every rank (an
+        operation whose algorithm differs across ranks fails on every rank with ValueError).
+        """
+        for _, name in table:
+            if name not in ALGORITHMS:
+                raise ValueError(f"twinhpc.Engine: unknown algorithm {name!r}")
+        self._core.set_table([(int(b), ALGORITHMS[name]) for b, name in table])
+
+    def table(self) -> list[tuple[int, str]]:
+        """The algorithm per message size now in use (see :meth:`set_table`)."""
+        names = {code: name for name, code in ALGORITHMS.items()}
+        return [(b, names[code]) for b, code in self._core.table()]
+
+    # -- operations -----------------------------------------------------------------------------
+    def allreduce_async_(self, t: torch.Tensor, op: str = "sum", wire_dtype: torch.dtype | None = None,
+                         name: str = "allreduce", algorithm: str | None = None) -> Handle:
+        """Enqueue an in-place all-reduce of ``t``; returns at once.
+
+        Parameters
+        ----------
+        t : Tensor
+            A contiguous CPU (or, when built with CUDA, CUDA) tensor of a supported dtype.
+        op : {"sum", "avg"}
+            Sum over the ranks, or the sum divided by the number of ranks (floating point only).
+        wire_dtype : torch.dtype, optional
+            Exchange the values as this floating-point dtype (e.g. ``torch.bfloat16``), cast back
+            afterwards; default ``t.dtype``.
+        name : str
+            A label for stall and error messages (and the front end's timeline).
+        algorithm : str, optional
+            Force an algorithm for this operation (default: the engine's table by size).
+
+        Returns
+        -------
+        Handle
+            ``wait()`` returns ``t``.
+        """
+        self._check_tensor(t)
+        return Handle(self._submit([t], op, wire_dtype, name, algorithm, blocking=False), t)
+
+    def allreduce_(self, t: torch.Tensor, op: str = "sum", wire_dtype: torch.dtype | None = None,
+                   name: str = "allreduce", algorithm: str | None = None) -> torch.Tensor:
+        """Blocking :meth:`allreduce_async_`; returns ``t`` holding the result.
+
+        With nothing queued, the calling thread runs the operation itself (without the GIL),
+        saving the two thread hand-offs of enqueue-and-wait.
+        """
+        self._check_tensor(t)
+        return Handle(self._submit([t], op, wire_dtype, name, algorithm, blocking=True), t).wait()
+
+    def allreduce_many_async_(self, tensors: Sequence[torch.Tensor], op: str = "sum",
+                              wire_dtype: torch.dtype | None = None, name: str | None = None,
+                              algorithm: str | None = None) -> Handle:
+        """Enqueue one all-reduce of several tensors fused into one buffer; returns at once.
+
+        The tensors (one dtype, one device, each contiguous) are packed in order into the
+        engine's fusion buffer (cast to ``wire_dtype``), summed in one exchange, and unpacked
+        back (cast back and, for ``avg``, scaled). ``wait()`` returns the list of tensors.
+        """
+        tensors = list(tensors)
+        for t in tensors:
+            self._check_tensor(t)
+        return Handle(self._submit(tensors, op, wire_dtype, name or "allreduce_many", algorithm, blocking=False),
+                      tensors)
+
+    def broadcast_async_(self, t: torch.Tensor, root: int = 0, name: str = "broadcast") -> Handle:
+        """Enqueue an in-place broadcast of ``t`` from rank ``root``; ``wait()`` returns ``t``."""
+        self._check_tensor(t)
+        return Handle(self._core.broadcast(t, int(root), name, False), t)
+
+    def broadcast_(self, t: torch.Tensor, root: int = 0, name: str = "broadcast") -> torch.Tensor:
+        """Blocking :meth:`broadcast_async_`: every rank's ``t`` becomes rank ``root``'s."""
+        self._check_tensor(t)
+        return Handle(self._core.broadcast(t, int(root), name, True), t).wait()
+
+    def barrier(self, name: str = "barrier") -> None:
+        """Block until every rank has reached this point of the queue."""
+        self._core.barrier(name, True).wait()
+
+    def close(self) -> None:
+        """Finish the queued operations, stop the thread and free the communicators.
+
+        Idempotent; also called at interpreter exit (before mpi4py finalises MPI). With the
+        shared-memory algorithm available, freeing its window is collective: every rank closes.
+        """
+        if self._core is not None:
+            self._core.close()
+        _live.discard(self)
+
+    def __del__(self):
+        self.close()  # without the GIL, unlike the core's destructor
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- helpers --------------------------------------------------------------------------------
+    @staticmethod
+    def _check_tensor(t) -> None:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"twinhpc.Engine: expected a torch.Tensor, got {type(t).__name__}")
+
+    def _submit(self, tensors, op, wire_dtype, name, algorithm, blocking):
+        if op not in OPS:
+            raise ValueError(f"twinhpc.Engine: op must be one of {OPS}, not {op!r}")
+        if algorithm is not None and algorithm not in ALGORITHMS:
+            raise ValueError(f"twinhpc.Engine: unknown algorithm {algorithm!r} (expected one of {', '.join(ALGORITHMS)})")
+        code = None if algorithm is None else ALGORITHMS[algorithm]
+        return self._core.allreduce(tensors, op == "avg", wire_dtype, name, code, blocking)
+
+
+#: engines not yet closed, closed at exit (before mpi4py's own exit handler finalises MPI)
+_live: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for engine in list(_live):
+        engine.close()
+
