@@ -1,0 +1,57 @@
+"""Every job file in jobs/ is valid: known keys, a registered model, structure keys the model's
+builder accepts; the sbatch script runs the four steps with srun; the digits writer works."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twinhpc.config import check_structure, load_job
+from twinhpc.models import _BUILDERS, names
+from twinhpc.preprocess.prepared import SEQUENCE_MODELS
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+JOB_FILES = sorted(JOBS.glob("*.toml"))
+
+
+def test_there_are_job_files_for_every_workload():
+    models = {load_job(p).model.name for p in JOB_FILES}
+    assert {"cnn", "resnet18", "mlp", "transformer", "minilm"} <= models
+    assert {p.stem for p in JOB_FILES} >= {"digits", "cifar10_cnn", "cifar10_resnet18", "imdb_tfidf_mlp",
+                                           "imdb_transformer", "imdb_minilm", "tabular_csv"}
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
+def test_job_file_is_valid(path):
+    job = load_job(path)
+    assert job.model.name in names()
+    check_structure(_BUILDERS[job.model.name], job.model.structure, where=str(path))
+    if job.data.inputs == ("text",):  # what `twinhpc preprocess` would refuse (it needs the data)
+        wanted = "sequence" if job.model.name in SEQUENCE_MODELS else "tfidf"
+        assert job.preprocess.text.representation == wanted
+
+
+def test_train_sbatch_runs_each_step():
+    text = (JOBS / "train.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", str(JOBS / "train.sbatch")]).returncode == 0
+    steps = [line.split()[:3] for line in text.splitlines() if line.startswith(("srun", "twinhpc"))]
+    assert steps == [["srun", "twinhpc", "preprocess"], ["srun", "twinhpc", "train"],
+                     ["srun", "twinhpc", "validate"], ["twinhpc", "report", '"$RUN"']]
+    assert "#SBATCH --ntasks=" in text
+
+
+def test_digits_to_npz(tmp_path):
+    out = tmp_path / "digits.npz"
+    subprocess.run([sys.executable, str(JOBS / "digits_to_npz.py"), "--out", str(out)], check=True,
+                   capture_output=True)
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    with np.load(out) as f:
+        assert f["image"].dtype == np.uint8 and f["image"].shape == (len(d.target), 8, 8, 1)
+        assert f["image"].max() == 255 and f["label"].tolist() == d.target.tolist()
+        np.testing.assert_allclose(f["image"][..., 0] / 255 * 16, d.images, atol=16 / 255)

@@ -1,0 +1,229 @@
+"""`twinhpc preprocess` and the contract `open_prepared` on tiny fixtures of every input kind.
+
+The expected values come from the references: numpy statistics of the training split, the
+kernels' numpy references, and scikit-learn's ``TfidfVectorizer`` on the same documents.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.fixtures import write_cifar10, write_csv, write_imdb, write_npz
+from twinhpc.config import Job, override
+from twinhpc.data.format import Manifest
+from twinhpc.data.ingest import ingest
+from twinhpc.errors import TwinError
+from twinhpc.kernels import text as ktext
+from twinhpc.kernels.image import augment_params, batch_rng, normalize_augment_reference
+from twinhpc.preprocess import open_prepared, preprocess
+from twinhpc.preprocess.fit import read_rows
+from twinhpc.preprocess.prepared import STATE, read_state, write_state
+from twinhpc.preprocess.transform import Image, Sequence, Tabular, Tfidf
+
+
+def whole_split(directory, split, fields=None):
+    """Every row of ``split`` in stored order (shards concatenated), as the references see it."""
+    m = Manifest.load(directory)
+    specs = m.fields if fields is None else tuple(m.field(f) for f in fields)
+    parts = [read_rows(directory, sh.file, specs, 0, sh.count) for sh in m.split(split).shards]
+    return {s.name: np.concatenate([p[s.name] for p in parts]) for s in specs}
+
+
+def make_job(dataset, tmp, **tables) -> Job:
+    tables.setdefault("model", {"name": "mlp"})
+    return Job.from_dict({"data": {"dataset": str(dataset), **tables.pop("data", {})},
+                          "preprocess": {"out": str(tmp / "pre"), **tables.pop("preprocess", {})}, **tables})
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cifar")
+    write_cifar10(tmp / "src", n_train_per_batch=8, n_test=6)
+    ingest("cifar10", tmp / "src", tmp / "data", shards=2)
+    return tmp / "data"
+
+
+@pytest.fixture(scope="module")
+def imdb(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("imdb")
+    write_imdb(tmp / "src", n_per_class=6)
+    ingest("imdb", tmp / "src", tmp / "data", shards=2)
+    return tmp / "data"
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("csv")
+    write_csv(tmp / "t.csv", n=40)
+    ingest("csv", tmp / "t.csv", tmp / "data", shards=2)
+    return tmp / "data"
+
+
+# -- images -------------------------------------------------------------------------------------
+def test_image_statistics_and_transform_equal_the_references(cifar, tmp_path):
+    job = make_job(cifar, tmp_path, model={"name": "cnn"},
+                   preprocess={"image": {"crop_padding": 2, "flip": True}})
+    assert preprocess(job)["status"] == "written"
+    prep = open_prepared(job)
+    images = whole_split(cifar, "train", ["image"])["image"]
+    mean = images.reshape(-1, 3).mean(0) / 255
+    std = images.reshape(-1, 3).std(0) / 255
+    state = prep.state
+    transform, _ = read_state(prep.dataset_dir / STATE)
+    np.testing.assert_allclose(transform.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(transform.std, std, rtol=1e-12)
+    assert state["kind"] == "image" and prep.fields == ("image", "label")
+    assert prep.model_defaults == {"in_channels": 3, "input_size": 32, "classes": 10}
+
+    stored = whole_split(prep.dataset_dir, "train")
+    np.testing.assert_array_equal(stored["image"], images)  # stored unchanged
+    x, y = prep.transform(stored, train=True, rng=batch_rng(3, 0, 1, 2))
+    offsets, flips = augment_params(batch_rng(3, 0, 1, 2), len(y), pad=2, flip=True)
+    assert flips.any() and (offsets != 2).any()  # the draw really augments
+    want = normalize_augment_reference(stored["image"], mean, std, offsets=offsets, flips=flips, pad=2)
+    np.testing.assert_allclose(x.numpy(), want, rtol=1e-6, atol=1e-6)
+    x, y = prep.transform(stored, train=False)
+    np.testing.assert_allclose(x.numpy(), normalize_augment_reference(stored["image"], mean, std), rtol=1e-6, atol=1e-6)
+    assert y.dtype.is_floating_point is False and y.tolist() == stored["label"].tolist()
+    with pytest.raises(ValueError, match="rng"):
+        prep.transform(stored, train=True)
+
+
+def test_rerun_is_a_no_op_and_a_changed_job_is_stale(cifar, tmp_path):
+    job = make_job(cifar, tmp_path, model={"name": "cnn"})
+    out = tmp_path / "pre"
+    with pytest.raises(TwinError, match=f"{out}.*twinhpc preprocess"):
+        open_prepared(job)
+    assert preprocess(job)["status"] == "written"
+    before = os.stat(out / STATE).st_mtime_ns
+    assert preprocess(job)["status"] == "up to date"
+    assert os.stat(out / STATE).st_mtime_ns == before
+    changed = override(job, {"preprocess.image.flip": True})
+    with pytest.raises(TwinError, match=f"{out}.*twinhpc preprocess"):
+        open_prepared(changed)
+    open_prepared(override(job, {"optim.lr": 0.5}))  # training keys do not make it stale
+    assert preprocess(changed)["status"] == "written"
+    open_prepared(changed)
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n or ".old-" in n]
+
+
+def test_a_failing_rank_leaves_nothing_behind(cifar, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(cifar, broken)
+    shard = Manifest.load(broken).split("test").shards[0].file
+    (broken / shard).write_bytes(b"not hdf5")
+    with pytest.raises(TwinError, match=shard):
+        preprocess(make_job(broken, tmp_path, model={"name": "cnn"}))
+    assert not (tmp_path / "pre").exists()
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+# -- text ---------------------------------------------------------------------------------------
+def test_tfidf_equals_scikit_learn(imdb, tmp_path):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    job = make_job(imdb, tmp_path, data={"inputs": "text"}, preprocess={"text": {"min_freq": 2}})
+    preprocess(job)
+    prep = open_prepared(job)
+    train_docs = list(whole_split(imdb, "train", ["text"])["text"])
+    counts = ktext.count_terms_reference(train_docs)
+    vocab = ktext.build_vocabulary(counts, min_freq=2, by="df")
+    transform, _ = read_state(prep.dataset_dir / STATE)
+    assert transform.vocab.terms == vocab.terms and len(vocab) > 3
+    assert prep.model_defaults == {"in_features": len(vocab), "classes": 2}
+    sk = TfidfVectorizer(vocabulary=vocab.index).fit(train_docs)
+    np.testing.assert_allclose(transform.idf, sk.idf_, rtol=1e-12)
+    for split in ("train", "test"):
+        x, y = prep.transform(whole_split(prep.dataset_dir, split))
+        want = sk.transform(list(whole_split(imdb, split, ["text"])["text"])).toarray()
+        np.testing.assert_allclose(x.to_dense().numpy(), want, rtol=1e-6, atol=1e-7)
+        assert x.layout.__repr__() == "torch.sparse_csr"
+
+
+def test_sequence_ids_equal_the_reference_encoding(imdb, tmp_path):
+    text = {"representation": "sequence", "max_len": 9, "stop_words": ["review"], "max_vocab": 6}
+    job = make_job(imdb, tmp_path, data={"inputs": "text"}, model={"name": "lstm"}, preprocess={"text": text})
+    preprocess(job)
+    prep = open_prepared(job)
+    counts = ktext.count_terms_reference(list(whole_split(imdb, "train", ["text"])["text"]), stop_words=["review"])
+    vocab = ktext.build_vocabulary(counts, max_size=6, by="df")
+    docs = list(whole_split(imdb, "test", ["text"])["text"])
+    x, _ = prep.transform(whole_split(prep.dataset_dir, "test"))
+    np.testing.assert_array_equal(x.numpy(), ktext.encode_reference(docs, vocab, 9, stop_words=["review"]))
+    assert (x == ktext.UNK).any() and (x == ktext.PAD).any()
+    assert prep.model_defaults["vocab_size"] == len(vocab) + ktext.RESERVED
+    assert prep.encode({"text": np.array(docs, dtype=object)})["ids"].tolist() == x.tolist()
+
+
+def test_text_job_errors_name_the_key(imdb, tmp_path):
+    with pytest.raises(TwinError, match="preprocess.text.representation"):
+        preprocess(make_job(imdb, tmp_path, data={"inputs": "text"}, model={"name": "transformer"}))
+    with pytest.raises(TwinError, match="data.inputs"):
+        preprocess(make_job(imdb, tmp_path, data={"inputs": ["text", "rating"]}))
+    with pytest.raises(TwinError, match="data.label"):
+        preprocess(make_job(imdb, tmp_path, data={"label": "stars"}))
+
+
+# -- tables -------------------------------------------------------------------------------------
+def test_tabular_standardisation_and_one_hot(table, tmp_path):
+    job = make_job(table, tmp_path)
+    preprocess(job)
+    prep = open_prepared(job)
+    train = whole_split(table, "train")["x"].astype(np.float64)
+    mean, std = np.nanmean(train, 0), np.nanstd(train, 0)
+    levels = Manifest.load(table).categorical["color"]
+    assert prep.model_defaults == {"in_features": train.shape[1] + len(levels), "classes": 3}
+    assert prep.classes == ("bird", "cat", "dog")
+    for split in ("train", "test"):
+        src = whole_split(table, split)
+        raw = src["x"].astype(np.float64)
+        want = (np.where(np.isnan(raw), mean, raw) - mean) / std
+        onehot = np.eye(len(levels))[src["cat_color"]]
+        x, y = prep.transform(whole_split(prep.dataset_dir, split))
+        np.testing.assert_allclose(x.numpy(), np.concatenate([want, onehot], 1), rtol=1e-5, atol=1e-6)
+        assert y.tolist() == src["label"].tolist()
+    assert np.isnan(whole_split(table, "train")["x"]).any() or np.isnan(whole_split(table, "test")["x"]).any()
+
+
+def test_regression_labels_and_task_check(tmp_path):
+    arrays = write_npz(tmp_path / "r.npz", n=24)
+    np.savez(tmp_path / "r.npz", x=arrays["x"], y=arrays["x"][:, 1].copy())
+    ingest("npz", tmp_path / "r.npz", tmp_path / "data", options={"label": "y"})
+    with pytest.raises(TwinError, match="train.task"):
+        preprocess(make_job(tmp_path / "data", tmp_path))
+    job = make_job(tmp_path / "data", tmp_path, train={"task": "regression"})
+    preprocess(job)
+    prep = open_prepared(job)
+    x, y = prep.transform(whole_split(prep.dataset_dir, "val"))
+    assert prep.task == "regression" and prep.classes == () and prep.model_defaults["classes"] == 1
+    assert y.dtype.is_floating_point and y.tolist() == whole_split(tmp_path / "data", "val")["y"].tolist()
+
+
+# -- state.h5 -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("transform", [
+    Image("image", (4, 5, 3), [0.1, 0.2, 0.3], [0.4, 0.5, 0.6], crop_padding=1, flip=True),
+    Image("pic", (4, 4, 1)),
+    Sequence("text", ["héllo", "world", "x_y"], max_len=7, stop_words=("the",)),
+    Tfidf("text", ["a1", "b2"], [1.5, 2.25], width=3),
+    Tabular([("x", (2,)), ("z", ())], [("cat_c", ("", "red"))], [1.0, 2.0, 3.0], [4.0, 5.0, 6.0], False),
+], ids=lambda t: t.kind)
+def test_state_round_trip(transform, tmp_path):
+    write_state(tmp_path / STATE, transform, {"fingerprint": "abc"})
+    back, attrs = read_state(tmp_path / STATE)
+    assert type(back) is type(transform) and attrs["fingerprint"] == "abc"
+    arrays, settings = transform.state()
+    arrays2, settings2 = back.state()
+    assert settings2 == settings and arrays2.keys() == arrays.keys()
+    for k in arrays:
+        assert arrays2[k].tolist() == arrays[k].tolist()
+
+
+def test_unreadable_state_names_the_file(tmp_path):
+    (tmp_path / STATE).write_bytes(b"garbage")
+    with pytest.raises(TwinError, match=str(tmp_path / STATE)):
+        read_state(tmp_path / STATE)

@@ -1,0 +1,49 @@
+"""``twinhpc preprocess JOB.toml [--set k=v]``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .main import add_common, setup_logging_for
+
+DESCRIPTION = """\
+Fit preprocessing on the training split of the job's dataset and write the preprocessed dataset
+(job.preprocessed_dir: [preprocess] out, default <data.dataset>-pre) with its fitted state
+state.h5: image per-channel mean/std, tabular per-feature mean/std, text vocabulary and idf.
+Every later step (train, validate, predict) reads it. Running it again with an unchanged job and
+dataset does nothing and says so. Under `mpirun -n N` / `srun` the ranks share the work; the
+result is the same for every N. Format: docs/preprocess.md.
+"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("preprocess", help="fit statistics/vocabularies and write the preprocessed dataset",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job", metavar="JOB.toml", help="job file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a job-file key, e.g. --set preprocess.text.max_vocab=20000 (repeatable)")
+    p.add_argument("--force", action="store_true", help="rewrite even when the existing one is up to date")
+    add_common(p)
+    return p
+
+
+def run(args) -> int:
+    from ..comm.world import get_world
+    from ..config import load_job
+    from ..preprocess import preprocess
+
+    world = get_world()
+    setup_logging_for(args, world)
+    job = world.run(lambda: load_job(args.job, args.overrides))
+    result = preprocess(job, world=world, force=args.force,
+                        command="twinhpc " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    if world.is_root:
+        samples = ", ".join(f"{k} {v}" for k, v in result["samples"].items())
+        if result["status"] == "up to date":
+            print(f"{result['path']}: up to date (same job settings and dataset); nothing to do")
+        else:
+            print(f"wrote {result['path']} ({samples}) in {result['seconds']:.1f} s on {world.size} rank(s)")
+        print(f"  {result['kind']}: {result['summary']}")
+    return 0

@@ -1,0 +1,189 @@
+"""Fitting preprocessing on the training split across ranks: statistics and vocabularies.
+
+Every rank reads a disjoint part of the training split (whole *blocks* of :data:`FIT_BLOCK`
+consecutive samples of a shard, contiguous runs of blocks balanced by sample count), computes
+partial results with the kernels, and the partial results are merged after an ``allgather``:
+
+- images: per-channel :func:`~twinhpc.kernels.stats.image_moments` → ``merge_moments``;
+- tables: per-column NaN-aware :func:`~twinhpc.kernels.stats.tabular_moments` → ``merge_moments``;
+- text: :func:`~twinhpc.kernels.text.count_terms` (occurrences and document frequencies) →
+  ``merge_term_counts`` → ``build_vocabulary``, and the smooth idf of the vocabulary's
+  document frequencies.
+
+Note:
+    Moments are computed *per block* and merged in block order, not per rank: the blocks depend
+    on the dataset alone, so the fitted mean and std are the same bits for any number of ranks
+    (a per-rank merge would differ in the last bits between 1 and 3 ranks, and so would the
+    standardised features written with them). Term and document counts are integers, so their
+    merge is exact in any grouping; each rank counts its whole share at once.
+
+Note:
+    The idf comes from the document frequencies that ``count_terms`` already merged (the
+    documents of the training split containing each term, with the same tokeniser), so the
+    training documents are tokenised once; it equals ``document_frequencies`` →
+    ``merge_document_frequencies`` → ``idf_from_df`` over the same documents (tested against
+    scikit-learn's ``TfidfVectorizer``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+from pathlib import Path
+
+import numpy as np
+
+from ..comm.world import World
+from ..data.format import FieldSpec, SplitInfo
+from ..data.shards import open_shard
+from ..errors import DatasetError, TwinError
+from ..kernels import stats, text, tfidf
+from .transform import Image, Tabular, stop_word_list
+
+#: samples per block of the fitting pass (the unit of the per-block moments)
+FIT_BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows ``lo:hi`` of one shard file (``index``: the block's place in the split)."""
+
+    index: int
+    file: str
+    lo: int
+    hi: int
+
+
+def split_blocks(split: SplitInfo, rows: int | None = None) -> list[Block]:
+    """The blocks of ``split`` (``rows`` samples, default :data:`FIT_BLOCK`), in shard order,
+    none crossing a shard boundary."""
+    rows = rows or FIT_BLOCK
+    out = []
+    for shard in split.shards:
+        for lo in range(0, shard.count, rows):
+            out.append(Block(len(out), shard.file, lo, min(lo + rows, shard.count)))
+    return out
+
+
+def share(weights, rank: int, size: int) -> list[int]:
+    """The items (indices) of ``rank``: contiguous runs of items, balanced by ``weights``.
+
+    Item ``i`` goes to the rank whose equal share of the total weight holds the item's start,
+    so every rank computes the same assignment and the runs are disjoint and cover every item.
+    """
+    starts = np.concatenate([[0], np.cumsum(weights)[:-1]]).astype(np.int64)
+    total = int(np.sum(weights))
+    owner = (starts * size) // max(total, 1)
+    return [i for i in range(len(starts)) if owner[i] == rank]
+
+
+def read_rows(directory: Path, file: str, fields: tuple[FieldSpec, ...], lo: int, hi: int) -> dict[str, np.ndarray]:
+    """Rows ``lo:hi`` of ``fields`` of one shard (text as object arrays of ``str``).
+
+    Raises
+    ------
+    DatasetError
+        The shard is missing, unreadable or lacks a field (naming the file and the field).
+    """
+    path = directory / file
+    with open_shard(path) as f:
+        out = {}
+        for spec in fields:
+            if spec.name not in f:
+                raise DatasetError(f"{path}: field {spec.name!r} is missing")
+            ds = f[spec.name]
+            out[spec.name] = (np.array(ds.asstr()[lo:hi], dtype=object) if spec.is_text
+                              else ds[lo:hi])
+    return out
+
+
+def _my_blocks(world: World, split: SplitInfo) -> list[Block]:
+    blocks = split_blocks(split)
+    return [blocks[i] for i in share([b.hi - b.lo for b in blocks], world.rank, world.size)]
+
+
+def _merge_block_moments(world: World, mine: list[tuple[int, stats.Moments]], n: int) -> stats.Moments:
+    """Every rank's per-block moments, merged in block order (the same bits on every rank)."""
+    parts = sorted((p for rank_parts in world.allgather(mine) for p in rank_parts), key=lambda p: p[0])
+    return reduce(stats.merge_moments, (m for _, m in parts), stats.empty_moments(n))
+
+
+def fit_image(world: World, directory: Path, split: SplitInfo, spec: FieldSpec, config) -> Image:
+    """Per-channel mean and std of the image field ``spec`` over ``split`` (collective).
+
+    Parameters
+    ----------
+    config : ``job.preprocess.image`` (``normalize``, ``crop_padding``, ``flip``).
+
+    Raises
+    ------
+    TwinError
+        On every rank, when any rank cannot read its blocks or the split is empty.
+    """
+    if not config.normalize:
+        return Image(spec.name, spec.shape, None, None, config.crop_padding, config.flip)
+
+    def local():
+        return [(b.index, stats.image_moments(read_rows(directory, b.file, (spec,), b.lo, b.hi)[spec.name]))
+                for b in _my_blocks(world, split)]
+
+    mine = world.run(local, DatasetError)
+    total = _merge_block_moments(world, mine, spec.shape[-1])
+    if split.count == 0 or total.count.min() == 0:
+        raise TwinError(f"split {split.name!r} has no samples to fit the image statistics on")
+    std = total.std / 255
+    return Image(spec.name, spec.shape, total.mean / 255, np.where(std > 0, std, 1.0),
+                 config.crop_padding, config.flip)
+
+
+def fit_tabular(world: World, directory: Path, split: SplitInfo, numeric: tuple[FieldSpec, ...],
+                categorical: list[tuple[str, tuple[str, ...]]], config) -> Tabular:
+    """Per-column NaN-aware mean and std of the numeric fields over ``split`` (collective).
+
+    A column without values gets mean 0; a column with std 0 (constant) or without values gets
+    std 1, so standardising never divides by zero.
+    """
+    shapes = [(f.name, f.shape) for f in numeric]
+    columns = int(sum(np.prod(f.shape, dtype=np.int64) for f in numeric))
+    probe = Tabular(shapes, categorical, np.zeros(columns), np.ones(columns))
+
+    def local():
+        return [(b.index, stats.tabular_moments(probe.numeric_columns(read_rows(directory, b.file, numeric, b.lo, b.hi))))
+                for b in _my_blocks(world, split)] if numeric else []
+
+    mine = world.run(local, DatasetError)
+    total = _merge_block_moments(world, mine, columns)
+    mean = np.where(total.count > 0, total.mean, 0.0)
+    std = np.nan_to_num(total.std, nan=1.0)
+    return Tabular(shapes, categorical, mean, np.where(std > 0, std, 1.0), config.standardize)
+
+
+def fit_vocabulary(world: World, directory: Path, split: SplitInfo, spec: FieldSpec, config
+                   ) -> tuple[text.Vocabulary, np.ndarray, text.TermCounts]:
+    """The vocabulary of the text field ``spec`` over ``split`` and its smooth idf (collective).
+
+    Parameters
+    ----------
+    config : ``job.preprocess.text``: ``stop_words``, ``min_freq`` (documents), ``max_vocab``.
+
+    Returns
+    -------
+    vocabulary : terms with document frequency >= ``min_freq``, most frequent first (ties by
+        term), at most ``max_vocab``.
+    idf : float64 per vocabulary term, ``ln((1 + n) / (1 + df)) + 1``.
+    counts : the merged term counts of the split (every term; for reports and tests).
+    """
+    stop = stop_word_list(config.stop_words)
+
+    def local():
+        docs = [d for b in _my_blocks(world, split)
+                for d in read_rows(directory, b.file, (spec,), b.lo, b.hi)[spec.name]]
+        return text.count_terms(docs, stop_words=stop or None)
+
+    mine = world.run(local, DatasetError)
+    counts = reduce(text.merge_term_counts, world.allgather(mine))
+    vocab = text.build_vocabulary(counts, min_freq=config.min_freq, max_size=config.max_vocab, by="df")
+    position = {t: i for i, t in enumerate(counts.terms)}
+    df = counts.df[[position[t] for t in vocab.terms]] if len(vocab) else np.zeros(0, np.int64)
+    idf = tfidf.idf_from_df(tfidf.DocumentFrequencies(df, counts.n_docs))
+    return vocab, idf, counts

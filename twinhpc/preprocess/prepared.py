@@ -1,0 +1,478 @@
+"""The preprocessed dataset: written by ``twinhpc preprocess``, opened by every later step.
+
+::
+
+    from twinhpc.preprocess import open_prepared, preprocess
+
+    preprocess(job)                      # collective: fit on the training split, write the dataset
+    prep = open_prepared(job)            # TwinError naming the path when missing or stale
+    loader = ShardedLoader(prep.dataset_dir, "train", batch, fields=prep.fields, ...)
+    for batch in loader:
+        x, y = prep.transform(batch, train=True, rng=batch_rng(seed, rank, epoch, step))
+
+``job.preprocessed_dir`` holds a dataset of format v1 (``docs/dataset-format.md``: the same
+splits and shard files as the source, each field transformed to its stored form, see
+:mod:`.transform`) and ``state.h5``, the fitted state (HDF5; ``h5dump state.h5`` shows it)::
+
+    /            attrs: format = "twinhpc-preprocess-state", version = 1, kind, fingerprint,
+                        settings (JSON: the transform's settings), config (JSON: the job keys
+                        it was made with), source (the source dataset), label, twinhpc_version
+    /mean /std   float64 per channel ([0, 1] units) or per numeric column   (image, tabular)
+    /terms       UTF-8 strings: the vocabulary, column k = sequence id k + 2 (sequence, tfidf)
+    /idf         float64 per term                                            (tfidf)
+
+Note:
+    The *fingerprint* is the SHA-256 of the job keys that shape the preprocessed data (the
+    fields, the training split, the relevant ``[preprocess.*]`` table, the tokenizer) and of
+    the source manifest's schema and shard checksums (not its creation time: re-ingesting the
+    same data keeps it). ``preprocess`` with an unchanged fingerprint does nothing;
+    ``open_prepared`` refuses a preprocessed dataset whose fingerprint differs from the job's,
+    so a model is never trained on data prepared for another configuration.
+
+Note:
+    The output has one shard per source shard, with the same name and samples; ranks divide the
+    shards among themselves (balanced by sample count) and each shard's content depends only on
+    the source shard and the fitted state, which is itself the same for any number of ranks
+    (:mod:`.fit`). So ``mpirun -n 1, 2, 3`` write byte-identical shard files.
+
+Note:
+    The tokenizer follows the model: ``model.name = "minilm"`` reads text with MiniLM's own
+    WordPiece tokenizer (its vocabulary ships with the weights; nothing is fitted), every other
+    model with twinhpc's word tokenizer and the fitted vocabulary. Models that read token ids
+    need ``preprocess.text.representation = "sequence"``, ``mlp`` needs ``"tfidf"``; a mismatch
+    is an error naming the key before anything is fitted.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..comm.world import World, get_world
+from ..config import Job, JobFileError
+from ..data.format import FieldSpec, Manifest, SplitInfo
+from ..data.shards import write_shard
+from ..errors import DatasetError, TwinError
+from . import fit
+from .transform import KINDS, Image, MiniLM, Sequence, Tfidf
+
+log = logging.getLogger("twinhpc")
+
+STATE = "state.h5"
+STATE_FORMAT = "twinhpc-preprocess-state"
+STATE_VERSION = 1
+#: models whose input is token ids (``preprocess.text.representation = "sequence"``)
+SEQUENCE_MODELS = ("lstm", "gru", "transformer", "gpt", "gpt_lm", "minilm")
+#: models whose input is a feature vector (TF-IDF for text)
+VECTOR_MODELS = ("mlp",)
+
+
+# -- what a job preprocesses ------------------------------------------------------------------
+class Plan:
+    """The input fields of a job, their kind, and the label, checked against the manifest.
+
+    Attributes
+    ----------
+    kind : ``"image"``, ``"text"`` or ``"tabular"``.
+    inputs : the source input fields.
+    label : the label field, or ``None`` (a dataset without labels).
+    categorical : ``(field, levels)`` of the tabular inputs holding categorical codes.
+    """
+
+    def __init__(self, job: Job, manifest: Manifest):
+        label = job.data.label or manifest.label_field
+        names = [f.name for f in manifest.fields]
+        if label is not None and label not in names:
+            raise JobFileError("data.label", f"names field {label!r}, but the dataset "
+                                             f"{job.data.dataset} has {names}")
+        inputs = job.data.inputs or tuple(n for n in names if n != label)
+        for n in inputs:
+            if n not in names:
+                raise JobFileError("data.inputs", f"names field {n!r}, but the dataset "
+                                                  f"{job.data.dataset} has {names}")
+        self.inputs = tuple(manifest.field(n) for n in inputs)
+        self.label = manifest.field(label) if label is not None else None
+        texts = [f for f in self.inputs if f.is_text]
+        images = [f for f in self.inputs if f.dtype == "uint8" and len(f.shape) == 3]
+        if (texts or images) and len(self.inputs) != 1:
+            raise JobFileError("data.inputs", f"a text or image field must be the only input, got "
+                                              f"{[f.name for f in self.inputs]}")
+        self.kind = "text" if texts else "image" if images else "tabular"
+        self.categorical = [(f.name, manifest.categorical[f.name[4:]]) for f in self.inputs
+                            if f.name.startswith("cat_") and f.name[4:] in manifest.categorical]
+        cat = {n for n, _ in self.categorical}
+        self.numeric = tuple(f for f in self.inputs if f.name not in cat)
+        if job.train.task == "classification" and self.label is not None and (
+                self.label.is_text or np.dtype(self.label.dtype).kind not in "iu"):
+            raise JobFileError("train.task", f"is 'classification', but the label field "
+                                             f"{self.label.name!r} holds {self.label.dtype} values "
+                                             f"(set train.task = \"regression\")")
+        self.text_mode = None
+        if self.kind == "text":
+            rep = job.preprocess.text.representation
+            self.text_mode = "minilm" if job.model.name == "minilm" else rep
+            wants = ("sequence" if job.model.name in SEQUENCE_MODELS
+                     else "tfidf" if job.model.name in VECTOR_MODELS else rep)
+            if rep != wants:
+                raise JobFileError("preprocess.text.representation",
+                                   f"is {rep!r}, but model {job.model.name!r} reads {wants!r} input")
+            if not job.preprocess.text.lowercase:
+                raise JobFileError("preprocess.text.lowercase", "false is not supported: the "
+                                                                "tokenizer always lower-cases")
+
+    def settings(self, job: Job) -> dict[str, Any]:
+        """The job keys that shape the preprocessed data (the fingerprint's configuration)."""
+        table = {"image": job.preprocess.image, "text": job.preprocess.text,
+                 "tabular": job.preprocess.tabular}[self.kind]
+        return {"train_split": job.data.train_split, "inputs": [f.name for f in self.inputs],
+                "label": self.label.name if self.label else None, "kind": self.kind,
+                "text_mode": self.text_mode, f"preprocess.{self.kind}": table.to_dict()}
+
+
+def fingerprint(settings: dict[str, Any], manifest: Manifest) -> str:
+    """SHA-256 (hex) of the settings and of the source's schema, splits and shard checksums."""
+    source = {k: v for k, v in manifest.to_dict().items() if k != "provenance"}
+    text = json.dumps({"settings": settings, "source": source}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- state.h5 ---------------------------------------------------------------------------------
+def write_state(path: Path, transform, attrs: dict[str, Any]) -> None:
+    """Write ``state.h5``: the transform's arrays as datasets, its settings and ``attrs`` as
+    attributes (written to a temporary name, then renamed)."""
+    import h5py
+
+    arrays, settings = transform.state()
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w", track_order=True) as f:
+        f.attrs["format"] = STATE_FORMAT
+        f.attrs["version"] = STATE_VERSION
+        f.attrs["kind"] = transform.kind
+        f.attrs["settings"] = json.dumps(settings)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        for name, arr in arrays.items():
+            if arr.dtype == object:
+                f.create_dataset(name, data=arr, shape=arr.shape, dtype=h5py.string_dtype("utf-8"))
+            else:
+                f.create_dataset(name, data=arr)
+    os.replace(tmp, path)
+
+
+def read_state(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The transform stored in ``state.h5`` and the file's attributes.
+
+    Raises
+    ------
+    TwinError
+        Naming the file: missing, not HDF5, another format or version, or damaged.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v)
+                     for k, v in f.attrs.items()}
+            if attrs.get("format") != STATE_FORMAT:
+                raise TwinError(f"{path}: not a twinhpc preprocessing state (attribute 'format' is "
+                                f"{attrs.get('format')!r})")
+            if attrs.get("version") != STATE_VERSION:
+                raise TwinError(f"{path}: state version {attrs.get('version')} is not supported "
+                                f"(this twinhpc reads {STATE_VERSION})")
+            arrays = {name: (np.array(ds.asstr()[()], dtype=object) if h5py.check_string_dtype(ds.dtype)
+                             else ds[()]) for name, ds in f.items()}
+        transform = KINDS[attrs["kind"]].from_state(arrays, json.loads(attrs["settings"]))
+    except TwinError:
+        raise
+    except (OSError, KeyError, ValueError) as e:
+        raise TwinError(f"{path}: unreadable preprocessing state ({type(e).__name__}: {e})") from None
+    return transform, attrs
+
+
+def _stored_fingerprint(out: Path) -> str | None:
+    """The fingerprint recorded in ``out/state.h5`` (``None`` if absent or unreadable)."""
+    if not (out / STATE).is_file() or not (out / "manifest.json").is_file():
+        return None
+    try:
+        return read_state(out / STATE)[1].get("fingerprint")
+    except TwinError:
+        return None
+
+
+# -- the contract -----------------------------------------------------------------------------
+class Prepared:
+    """An opened preprocessed dataset (see the module docstring).
+
+    Attributes
+    ----------
+    dataset_dir : Path, the preprocessed dataset (for :class:`~twinhpc.data.loader.ShardedLoader`).
+    task : ``"classification"`` or ``"regression"`` (``train.task``).
+    classes : class names (tuple), ``()`` for regression.
+    model_defaults : structure defaults inferred from the data (``in_channels``, ``input_size``,
+        ``vocab_size``, ``max_len``, ``block_size``, ``in_features``, ``classes``); a builder
+        takes those of its keys it accepts, the job's ``[model.structure]`` wins.
+    fields : the stored fields to read: the inputs, then the label (when the data has one).
+    raw_fields : the source fields :meth:`encode` needs (inputs, then the label).
+    label : the label field name, or ``None``.
+    kind : ``image``, ``sequence``, ``minilm``, ``tfidf`` or ``tabular`` (the transform's).
+    state : the attributes of ``state.h5`` (fingerprint, config, source ...).
+    """
+
+    def __init__(self, dataset_dir: Path, transform, task: str, manifest: Manifest, plan: Plan, state: dict):
+        self.dataset_dir = Path(dataset_dir)
+        self.task = task
+        self._transform = transform
+        self.kind = transform.kind
+        self.label = plan.label.name if plan.label else None
+        self.classes = tuple(manifest.classes) if task == "classification" else ()
+        outputs = (len(self.classes) if task == "classification"
+                   else int(np.prod(plan.label.shape, dtype=np.int64)) if plan.label else 1)
+        self.model_defaults = {**transform.model_defaults(), "classes": outputs}
+        label = (self.label,) if self.label else ()
+        self.fields = tuple(f.name for f in transform.stored) + label
+        self.raw_fields = tuple(f.name for f in plan.inputs) + label
+        self.state = state
+
+    def encode(self, batch) -> dict[str, np.ndarray]:
+        """A batch of the *source* dataset (``raw_fields``) in the stored form (``fields``)."""
+        out = self._transform.encode(batch)
+        if self.label and self.label in batch:
+            out[self.label] = batch[self.label]
+        return out
+
+    def transform(self, batch, train: bool = False, rng: np.random.Generator | None = None):
+        """``(x, y)`` torch tensors of a batch of the preprocessed dataset.
+
+        Parameters
+        ----------
+        batch : ``dict`` field → numpy array with ``fields`` (the loader's batch).
+        train : apply the training augmentation (image crop/flip per ``[preprocess.image]``).
+        rng : numpy Generator of the augmentation, needed when ``train`` augments.
+
+        Returns
+        -------
+        x : float32 (N, C, H, W) images; int64 (N, L) token ids; float32 sparse CSR (N, V)
+            TF-IDF rows; or float32 (N, features).
+        y : int64 (N,) class indices, float32 (N, ...) targets for regression, or ``None``
+            when the batch has no label.
+        """
+        import torch
+
+        x = self._transform(batch, train=train, rng=rng)
+        y = None
+        if self.label and self.label in batch:
+            dtype = np.int64 if self.task == "classification" else np.float32
+            y = torch.from_numpy(np.ascontiguousarray(batch[self.label], dtype))
+        return x, y
+
+
+def open_prepared(job: Job) -> Prepared:
+    """The preprocessed dataset of ``job`` (``job.preprocessed_dir``), checked against the job.
+
+    Raises
+    ------
+    TwinError
+        Naming the directory, with "run `twinhpc preprocess JOB` first", when it is missing,
+        incomplete, or was made with another configuration or source dataset; or naming the
+        source dataset when that cannot be read.
+    """
+    out = Path(job.preprocessed_dir)
+    hint = "run `twinhpc preprocess JOB` first"
+    if not (out / STATE).is_file() or not (out / "manifest.json").is_file():
+        raise TwinError(f"{out}: no preprocessed dataset (missing {out / STATE}); {hint}")
+    manifest = Manifest.load(job.data.dataset)
+    plan = Plan(job, manifest)
+    transform, state = read_state(out / STATE)
+    if state.get("fingerprint") != fingerprint(plan.settings(job), manifest):
+        raise TwinError(f"{out}: preprocessed with another configuration or source dataset than "
+                        f"this job (state.h5 fingerprint differs); {hint}")
+    return Prepared(out, transform, job.train.task, manifest, plan, state)
+
+
+# -- writing ----------------------------------------------------------------------------------
+def _fit(world: World, job: Job, manifest: Manifest, plan: Plan):
+    directory = Path(job.data.dataset)
+    train = manifest.split(job.data.train_split)
+    if plan.kind == "image":
+        return fit.fit_image(world, directory, train, plan.inputs[0], job.preprocess.image)
+    if plan.kind == "tabular":
+        return fit.fit_tabular(world, directory, train, plan.numeric, plan.categorical, job.preprocess.tabular)
+    spec, cfg = plan.inputs[0], job.preprocess.text
+    if plan.text_mode == "minilm":
+        return MiniLM(spec.name, cfg.max_len)
+    vocab, idf, _ = fit.fit_vocabulary(world, directory, train, spec, cfg)
+    if plan.text_mode == "sequence":
+        return Sequence(spec.name, vocab.terms, cfg.max_len, fit.stop_word_list(cfg.stop_words))
+    return Tfidf(spec.name, vocab.terms, idf)
+
+
+def _all_shards(manifest: Manifest) -> list[tuple[SplitInfo, int]]:
+    return [(split, i) for split in manifest.splits for i in range(len(split.shards))]
+
+
+def _tfidf_width(world: World, directory: Path, manifest: Manifest, transform: Tfidf, mine) -> int:
+    """The most distinct vocabulary terms of any document of the dataset (collective)."""
+    spec = manifest.field(transform.field)
+
+    def local():
+        widths = [0]
+        for split, i in mine:
+            sh = split.shards[i]
+            for lo in range(0, sh.count, fit.FIT_BLOCK):
+                docs = fit.read_rows(directory, sh.file, (spec,), lo, min(lo + fit.FIT_BLOCK, sh.count))
+                widths.append(transform.widest(docs[spec.name]))
+        return max(widths)
+
+    return max(world.allgather(world.run(local, DatasetError)))
+
+
+def _make_tmpdir(out: Path) -> str:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the dataset gets the usual mode
+        return tmp
+    except OSError as e:
+        raise TwinError(f"preprocess.out {out}: cannot create a temporary directory in "
+                        f"{out.parent} ({e.strerror})") from None
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``; an existing ``out`` is removed only after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def preprocess(job: Job, *, world: World | None = None, force: bool = False,
+               command: str | None = None) -> dict[str, Any]:
+    """Fit on the training split and write ``job.preprocessed_dir`` (collective).
+
+    Parameters
+    ----------
+    force : rewrite even when the recorded fingerprint matches.
+    command : the command line recorded in the manifest's provenance.
+
+    Returns
+    -------
+    dict
+        ``status`` (``"written"`` or ``"up to date"``), ``path``, ``kind``, ``fingerprint``,
+        ``samples`` (per split), ``seconds`` and ``summary`` (one line on the fitted state); the
+        same on every rank.
+
+    Raises
+    ------
+    TwinError
+        On every rank when any rank fails (a bad key, an unreadable shard ...); nothing is then
+        left under ``job.preprocessed_dir`` but what was there before.
+    """
+    world = world or get_world()
+    t0 = time.perf_counter()
+    source = Path(job.data.dataset).absolute()
+    out = Path(job.preprocessed_dir).absolute()
+    manifest, plan = world.run(lambda: (lambda m: (m, Plan(job, m)))(Manifest.load(source)))
+    world.run(lambda: manifest.split(job.data.train_split))
+    fp = fingerprint(plan.settings(job), manifest)
+    samples = {s.name: s.count for s in manifest.splits}
+    result = {"path": str(out), "kind": plan.kind, "fingerprint": fp, "samples": samples}
+    current = world.bcast(_stored_fingerprint(out) if world.is_root else None)
+    if current == fp and not force:
+        transform, _ = world.run(lambda: read_state(out / STATE))
+        return {**result, "status": "up to date", "kind": transform.kind, "summary": _summary(transform),
+                "seconds": time.perf_counter() - t0}
+
+    transform = _fit(world, job, manifest, plan)
+    shards = _all_shards(manifest)
+    mine = [shards[i] for i in fit.share([s.shards[i].count for s, i in shards], world.rank, world.size)]
+    if isinstance(transform, Tfidf):
+        transform = Tfidf(transform.field, transform.vocab.terms, transform.idf,
+                          _tfidf_width(world, source, manifest, transform, mine))
+    fields = transform.stored + ((plan.label,) if plan.label else ())
+    raw = plan.inputs + ((plan.label,) if plan.label else ())
+
+    tmp = Path(world.bcast(world.run(lambda: _make_tmpdir(out) if world.is_root else None)))
+    try:
+        def write_mine():
+            written = []
+            for split, i in mine:
+                sh = split.shards[i]
+
+                def read(idx, sh=sh):
+                    batch = fit.read_rows(source, sh.file, raw, int(idx[0]), int(idx[-1]) + 1)
+                    stored = transform.encode(batch)
+                    if plan.label:
+                        stored[plan.label.name] = batch[plan.label.name]
+                    return stored
+
+                written.append((split.name, i, write_shard(tmp / sh.file, fields, np.arange(sh.count), read)))
+            return written
+
+        everything = [w for part in world.allgather(world.run(write_mine, DatasetError)) for w in part]
+
+        def finish():
+            if not world.is_root:
+                return
+            splits = tuple(SplitInfo(s.name, s.count, tuple(info for name, _, info in sorted(
+                (w for w in everything if w[0] == s.name), key=lambda w: w[1]))) for s in manifest.splits)
+            Manifest(fields=fields, splits=splits, label_field=plan.label.name if plan.label else None,
+                     classes=manifest.classes, provenance={
+                         "source": str(source), "kind": "preprocess",
+                         "command": command or " ".join(sys.argv), "twinhpc_version": __version__,
+                         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         "ranks": world.size, "state": STATE}).save(tmp)
+            write_state(tmp / STATE, transform, {
+                "fingerprint": fp, "config": json.dumps(plan.settings(job)), "source": str(source),
+                "label": plan.label.name if plan.label else "", "twinhpc_version": __version__})
+            _install(tmp, out)
+
+        world.run(finish, DatasetError)
+    except TwinError:  # raised on every rank together (World.run): clean up, then leave together
+        _cleanup(world, tmp)
+        world.barrier()
+        raise
+    except BaseException:  # a local interruption: clean up what this rank can, never wait
+        _cleanup(world, tmp)
+        raise
+    return {**result, "status": "written", "kind": transform.kind, "summary": _summary(transform),
+            "seconds": time.perf_counter() - t0}
+
+
+def _cleanup(world: World, tmp: Path) -> None:
+    if world.is_root and tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _summary(transform) -> str:
+    """One line on the fitted state, for the command's output."""
+    if isinstance(transform, Image):
+        if not transform.normalize:
+            return f"images {transform.shape}: no normalisation"
+        fmt = lambda a: "[" + ", ".join(f"{v:.4f}" for v in a) + "]"  # noqa: E731
+        return f"images {transform.shape}: mean {fmt(transform.mean)}, std {fmt(transform.std)}"
+    if isinstance(transform, Tfidf):
+        return f"tf-idf: vocabulary {len(transform.vocab)} terms, up to {transform.width} per document"
+    if isinstance(transform, Sequence):
+        return f"token ids: vocabulary {len(transform.vocab)} terms + PAD, UNK; max_len {transform.max_len}"
+    if isinstance(transform, MiniLM):
+        return f"token ids of MiniLM's tokenizer; max_len {transform.max_len}"
+    return (f"tabular: {transform.width} features ({len(transform.mean)} numeric"
+            f"{', standardised' if transform.standardize else ''}, "
+            f"{transform.width - len(transform.mean)} one-hot)")

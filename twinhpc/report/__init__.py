@@ -1,0 +1,126 @@
+"""``twinhpc report RUN``: the summary of a training run and its plots.
+
+::
+
+    from twinhpc.report import report
+    text, pngs = report("runs/digits")       # summary text; PNGs written beside results.h5
+
+Reads ``RUN/results.h5`` with :func:`twinhpc.io.results.read_results` (``docs/results-format.md``)
+and writes ``loss.png``, ``metric.png``, ``confusion.png`` (classification) and ``timing.png``
+(:mod:`.plots`).
+
+Note:
+    The report only reads: it works on a run that is still training (``results.h5`` is always a
+    complete file, replaced atomically by each flush) and on a copied run directory without the
+    dataset or the job file, because the job's configuration is stored in ``results.h5``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io.results import RESULTS, read_results
+from . import plots
+
+#: at most this many epoch rows in the table (the first and the last ones beyond it)
+TABLE_ROWS = 20
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "nan" if not np.isfinite(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [header] + [[_fmt(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+
+
+def metric_of(results: dict[str, Any]) -> str:
+    """The run's per-epoch metric: ``train.metric``, else the task's default (accuracy / rmse)."""
+    train = results["config"].get("train", {})
+    task = results["report"].get("task") or train.get("task", "classification")
+    return train.get("metric") or ("accuracy" if task == "classification" else "rmse")
+
+
+def summary(results: dict[str, Any], run: str | os.PathLike = "RUN") -> str:
+    """The text ``twinhpc report`` prints for a ``read_results`` dict."""
+    config, metrics, rep = results["config"], results["metrics"], results["report"]
+    metric = metric_of(results)
+    lines = [f"run {run}: {results['epochs']} epoch(s), model {config.get('model', {}).get('name', '?')}, "
+             f"dataset {config.get('data', {}).get('dataset', '?')}"]
+    names = [n for n in ("loss", "val_loss", metric, f"val_{metric}", "lr", "epoch_time_s", "samples_per_s")
+             if n in metrics] + sorted(n for n in metrics if n not in
+                                       ("loss", "val_loss", metric, f"val_{metric}", "lr", "epoch_time_s", "samples_per_s"))
+    key = [m for m in ("loss", "val_loss", metric, f"val_{metric}") if m in metrics]
+    n = results["epochs"]
+    if n:
+        shown = list(range(n)) if n <= TABLE_ROWS else [*range(5), *range(n - TABLE_ROWS + 5, n)]
+        lines += ["", *_table(["epoch", *names], [[e + 1, *(metrics[m][e] for m in names)] for e in shown])]
+        watched = f"val_{metric}" if f"val_{metric}" in metrics else "val_loss" if "val_loss" in metrics else None
+        if watched and np.isfinite(metrics[watched]).any():
+            b = plots.best_epoch(metrics[watched], watched.removeprefix("val_"))
+            lines += ["", f"best epoch {b + 1}: " + ", ".join(f"{m} {_fmt(metrics[m][b])}" for m in key)]
+        lines.append(f"last epoch {n}: " + ", ".join(f"{m} {_fmt(metrics[m][-1])}" for m in key))
+    if rep:
+        lines += ["", _report_text(rep)]
+    else:
+        lines += ["", "final report: none yet (written when training ends)"]
+    timing = {k: float(np.nansum(v)) for k, v in results["timing"].items()}
+    if timing:
+        total = sum(timing.values()) or 1.0
+        lines += ["", "timing over all epochs (rank 0): " + ", ".join(
+            f"{k} {v:.2f} s ({v / total:.1%})" for k, v in sorted(timing.items(), key=lambda kv: -kv[1]))]
+    return "\n".join(lines)
+
+
+def _report_text(rep: dict[str, Any]) -> str:
+    head = f"final report ({rep.get('split', '?')} split, {rep.get('n', '?')} samples): "
+    if rep.get("task") == "regression":
+        return head + ", ".join(f"{k} {_fmt(rep[k])}" for k in ("loss", "mae", "rmse", "r2") if k in rep)
+    lines = [head + ", ".join(f"{k} {_fmt(rep[k])}" for k in ("accuracy", "loss", "macro_f1") if k in rep)]
+    if "precision" in rep:
+        classes = rep.get("classes", [str(i) for i in range(len(rep["precision"]))])
+        lines += _table(["class", "precision", "recall", "f1", "support"],
+                        [[c, p, r, f, int(s)] for c, p, r, f, s in
+                         zip(classes, rep["precision"], rep["recall"], rep["f1"], rep["support"])])
+    return "\n".join(lines)
+
+
+def write_plots(results: dict[str, Any], directory: str | os.PathLike) -> list[Path]:
+    """Write the run's PNGs into ``directory``; returns their paths (plots without data are
+    left out: no confusion matrix for regression or before the final report)."""
+    directory = Path(directory)
+    out = []
+    if results["epochs"]:
+        out.append(plots.loss_plot(results, directory / "loss.png"))
+        out.append(plots.metric_plot(results, metric_of(results), directory / "metric.png"))
+    if "confusion" in results["report"]:
+        out.append(plots.confusion_plot(results["report"], directory / "confusion.png"))
+    if results["timing"] and results["epochs"]:
+        out.append(plots.timing_plot(results, directory / "timing.png"))
+    return out
+
+
+def report(run: str | os.PathLike, plot: bool = True) -> tuple[str, list[Path]]:
+    """The summary of the run ``run`` (a run directory or its ``results.h5``) and its PNGs.
+
+    Raises
+    ------
+    TwinError
+        Naming the file when ``results.h5`` is missing or unreadable.
+    """
+    run = Path(run)
+    directory = run if run.is_dir() else run.parent
+    results = read_results(run)
+    pngs = write_plots(results, directory) if plot else []
+    text = summary(results, directory / RESULTS if not run.is_dir() else run)
+    if pngs:
+        text += "\n\nplots: " + ", ".join(str(p) for p in pngs)
+    return text, pngs
