@@ -1,0 +1,195 @@
+"""Data-parallel overhead: ``mpirun -n N python benchmarks/dp_overhead.py [options]`` (``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from twinhpc.bench import format_table, median, write_results
+from twinhpc.comm.buckets import DEFAULT_BUCKET_CAP_MB
+from twinhpc.comm.ddp import DataParallel
+from twinhpc.comm.world import get_world
+
+DESCRIPTION = f"""\
+Step time of data-parallel training (twinhpc.comm.ddp.DataParallel) on N ranks against the same
+per-rank work with communication off, at one intra-op thread per rank.
+
+The model is an MLP (WIDTH inputs, LAYERS hidden layers of WIDTH units, 10 outputs; the defaults
+give 3.16M float32 parameters, 12.6 MB of gradients). Each rank trains on its own fixed random
+batches of BATCH samples (cross-entropy, SGD). A step is forward, backward, (synchronize),
+optimizer step. Measured in one run, interleaved: after a warm-up step of each, ROUNDS rounds
+each time STEPS steps of the communication-free model and of one DataParallel model per
+(bucket cap, wire dtype), in alternating order; a measurement's time is the slowest rank's
+(barrier before, MPI max after), and the medians over rounds are reported. ratio = step time with
+communication / step time without (target <= 1.10 on 2 ranks). wait_s is the median time per step
+spent in synchronize(), i.e. communication that backward did not hide.
+
+All DataParallel models start from the same parameters and see the same batches, so their
+parameters after the run can be compared: max_rel_diff is max over tensors of max|p - q| / max|q|
+against the first float32 model (0 between float32 models of any cap).
+
+Rank 0 prints a table (or with --json the rows as JSON: impl, ranks, bytes, time_s,
+step_s_comm, step_s_nocomm, ratio, wait_s, bucket_cap_mb, buckets, wire_dtype, max_rel_diff) and
+writes FOLDER/dp_overhead.h5 atomically: one table per wire dtype (a row per bucket cap, numeric
+columns of the JSON rows) and the settings as attributes.
+
+example:
+  mpirun -n 2 python benchmarks/dp_overhead.py --bucket-cap-mb 1,5,{DEFAULT_BUCKET_CAP_MB:g},100 --wire-dtype float32,bfloat16
+"""
+
+TARGET = 1.10
+WIRE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BATCHES = 4  # distinct batches per rank, cycled
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="dp_overhead.py", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--width", type=int, default=1024, help="MLP input and hidden width (default 1024)")
+    p.add_argument("--layers", type=int, default=3, help="hidden layers (default 3)")
+    p.add_argument("--batch", type=int, default=64, help="samples per rank per step (default 64)")
+    p.add_argument("--steps", type=int, default=10, help="steps per measurement (default 10)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported (default 5)")
+    p.add_argument("--bucket-cap-mb", default=f"{DEFAULT_BUCKET_CAP_MB:g}", metavar="CAPS",
+                   help=f"comma-separated bucket caps in MiB to measure (default {DEFAULT_BUCKET_CAP_MB:g}, "
+                        f"the library default)")
+    p.add_argument("--wire-dtype", default="float32", metavar="DTYPES",
+                   help=f"comma-separated wire dtypes among {', '.join(WIRE_DTYPES)} (default float32)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.add_argument("--results", default="bench-results", metavar="FOLDER",
+                   help="folder for dp_overhead.h5 (default ./bench-results)")
+    args = p.parse_args(argv)
+    args.caps = [float(c) for c in args.bucket_cap_mb.split(",")]
+    args.wires = ["float32"] + [w for w in args.wire_dtype.split(",") if w != "float32"]  # float32: the reference
+    unknown = [w for w in args.wires if w not in WIRE_DTYPES]
+    if unknown:
+        p.error(f"--wire-dtype: unknown {', '.join(unknown)} (choose among {', '.join(WIRE_DTYPES)})")
+    return args
+
+
+def mlp(width: int, layers: int) -> nn.Sequential:
+    torch.manual_seed(0)
+    hidden = [m for _ in range(layers) for m in (nn.Linear(width, width), nn.ReLU())]
+    return nn.Sequential(*hidden, nn.Linear(width, 10))
+
+
+class Trainer:
+    """One model, its optimizer and batches; ``steps(n)`` trains ``n`` steps."""
+
+    def __init__(self, model: nn.Module, batches, dp: DataParallel | None):
+        self.model, self.batches, self.dp = model, batches, dp
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        self.done = 0
+        self.wait_s = 0.0
+
+    def steps(self, n: int) -> None:
+        for _ in range(n):
+            x, y = self.batches[self.done % len(self.batches)]
+            self.opt.zero_grad()
+            F.cross_entropy(self.model(x), y).backward()
+            if self.dp is not None:
+                self.wait_s += self.dp.synchronize()
+            self.opt.step()
+            self.done += 1
+
+
+def timed(world, trainer: Trainer, steps: int) -> tuple[float, float]:
+    """Seconds per step (slowest rank) and synchronize seconds per step (slowest rank)."""
+    from mpi4py import MPI
+
+    world.barrier()
+    wait0, t0 = trainer.wait_s, time.perf_counter()
+    trainer.steps(steps)
+    mine = [(time.perf_counter() - t0) / steps, (trainer.wait_s - wait0) / steps]
+    return tuple(world.comm.allreduce(v, op=MPI.MAX) for v in mine)
+
+
+def max_rel_diff(a: nn.Module, b: nn.Module) -> float:
+    return max(((p - q).abs().max() / q.abs().max()).item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+def run(args) -> list[dict]:
+    from twinhpc.comm.engine import Engine
+
+    torch.set_num_threads(1)
+    world = get_world()
+    engine = Engine(comm=world.comm)
+    g = torch.Generator().manual_seed(world.rank)
+    batches = [(torch.randn(args.batch, args.width, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
+               for _ in range(BATCHES)]
+    baseline = Trainer(mlp(args.width, args.layers), batches, None)
+    configs = [(wire, cap) for wire in args.wires for cap in args.caps]
+    trainers = []
+    for wire, cap in configs:
+        dp = DataParallel(mlp(args.width, args.layers), engine=engine, bucket_cap_mb=cap, wire_dtype=WIRE_DTYPES[wire])
+        trainers.append(Trainer(dp, batches, dp))
+
+    for t in (baseline, *trainers):  # warm-up: first-touch allocations, the engine's buffers
+        t.steps(1)
+    nocomm, comm = [], [[] for _ in trainers]
+    for r in range(args.rounds):
+        order = list(range(-1, len(trainers)))  # -1: the baseline
+        for i in order if r % 2 == 0 else order[::-1]:
+            if i < 0:
+                nocomm.append(timed(world, baseline, args.steps)[0])
+            else:
+                comm[i].append(timed(world, trainers[i], args.steps))
+
+    grad_bytes = sum(p.numel() * p.element_size() for p in baseline.model.parameters())
+    reference = trainers[0].model.module
+    rows = []
+    for (wire, cap), t, times in zip(configs, trainers, comm):
+        step_s = median(s for s, _ in times)
+        step_s_nocomm = median(nocomm)
+        rows.append({"impl": "twinhpc", "ranks": world.size, "bytes": grad_bytes, "time_s": step_s,
+                     "step_s_comm": step_s, "step_s_nocomm": step_s_nocomm,
+                     "ratio": median(s / n for (s, _), n in zip(times, nocomm)),
+                     "wait_s": median(w for _, w in times), "bucket_cap_mb": cap, "buckets": len(t.dp.buckets),
+                     "wire_dtype": wire, "max_rel_diff": max_rel_diff(t.model.module, reference)})
+        t.dp.close()
+    engine.close()
+    return rows
+
+
+def report(args, rows: list[dict]) -> str:
+    r0 = rows[0]
+    head = (f"dp_overhead: MLP {args.layers}x{args.width}, {r0['bytes'] / 1e6:.1f} MB of gradients, "
+            f"{r0['ranks']} rank(s), batch {args.batch}/rank, 1 thread/rank, "
+            f"{args.steps} steps x {args.rounds} rounds (median)")
+    formats = {"wire_dtype": "s", "bucket_cap_mb": "g", "buckets": "d", "step_s_comm": ".4f",
+               "step_s_nocomm": ".4f", "ratio": ".3f", "wait_s": ".4f", "max_rel_diff": ".2e"}
+    default = [r for r in rows if r["wire_dtype"] == "float32" and r["bucket_cap_mb"] == DEFAULT_BUCKET_CAP_MB]
+    lines = [head, format_table(rows, formats)]
+    if default:
+        ratio = default[0]["ratio"]
+        lines.append(f"float32, default cap {DEFAULT_BUCKET_CAP_MB:g} MiB: ratio {ratio:.3f} "
+                     f"(target <= {TARGET:.2f} on 2 ranks): {'PASS' if ratio <= TARGET else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def save(args, rows: list[dict]) -> str:
+    tables = {wire: [{k: v for k, v in r.items() if k not in ("impl", "wire_dtype")}
+                     for r in rows if r["wire_dtype"] == wire] for wire in args.wires}
+    attrs = {"impl": "twinhpc", "model": f"mlp {args.layers}x{args.width}", "batch_per_rank": args.batch,
+             "steps": args.steps, "rounds": args.rounds, "threads_per_rank": 1, "target_ratio": TARGET,
+             "default_bucket_cap_mb": DEFAULT_BUCKET_CAP_MB}
+    return str(write_results(f"{args.results}/dp_overhead.h5", tables, attrs).absolute())
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    rows = run(args)
+    if get_world().is_root:
+        path = save(args, rows)
+        print(json.dumps(rows, indent=2) if args.json else f"{report(args, rows)}\nresults: {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

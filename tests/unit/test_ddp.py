@@ -1,0 +1,199 @@
+"""DataParallel at world size 1 against a recording fake engine: when and what it launches.
+
+The fake has the engine's API for one rank (an average over one rank is the identity) and
+records every ``allreduce_many_async_`` call. Multi-rank behaviour with the real engine is in
+tests/mpi/test_ddp.py.
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from twinhpc.comm.ddp import DataParallel
+from twinhpc.comm.timeline import LANES, now_us
+from twinhpc.errors import TwinError
+
+
+class FakeHandle:
+    def __init__(self):
+        t = now_us()
+        self._timings = {"enqueue": t, "start": t, "pack_done": t, "reduce_done": t, "unpack_done": t}
+
+    def wait(self):
+        return None
+
+    def done(self):
+        return True
+
+    def timings(self):
+        return dict(self._timings)
+
+
+class FakeEngine:
+    rank, size = 0, 1
+
+    def __init__(self):
+        self.launches = []  # (name, tensors, wire_dtype) per allreduce_many_async_ call
+        self.closed = False
+
+    def allreduce_(self, t, op="sum", wire_dtype=None):
+        return t
+
+    def allreduce_many_async_(self, tensors, op="avg", wire_dtype=None, name=None):
+        assert op == "avg"
+        self.launches.append((name, list(tensors), wire_dtype))
+        return FakeHandle()
+
+    def broadcast_(self, t, root=0):
+        return t
+
+    def close(self):
+        self.closed = True
+
+
+class Rank0Differs(FakeEngine):
+    """Rank 0's model digest differs from this rank's."""
+
+    def broadcast_(self, t, root=0):
+        if t.dtype == torch.int64 and t.numel() == 1:
+            t += 1
+        return t
+
+
+class WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(8, 8)
+        self.unused = nn.Linear(8, 8)
+        self.last = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.last(torch.relu(self.first(x)))
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def batch(seed=0, n=6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def backward(model, seed=0):
+    x, y = batch(seed)
+    F.cross_entropy(model(x), y).backward()
+
+
+SMALL_CAP_MB = 600 / (1 << 20)  # 600 bytes: several buckets for these small models
+
+
+def test_every_bucket_launches_during_backward_in_order_with_the_params_grads():
+    eng = FakeEngine()
+    dp = DataParallel(mlp(), engine=eng, bucket_cap_mb=SMALL_CAP_MB)
+    assert len(dp.buckets) > 2
+    backward(dp)
+    assert [name for name, _, _ in eng.launches] == [f"bucket{b.index}" for b in dp.buckets]
+    for bucket, (_, tensors, _) in zip(dp.buckets, eng.launches):
+        assert all(t is p.grad for t, p in zip(tensors, bucket.params))
+    assert dp.synchronize() >= 0
+    assert len(eng.launches) == len(dp.buckets)  # nothing left to launch
+    backward(dp, seed=1)  # the next step launches again
+    assert len(eng.launches) == 2 * len(dp.buckets)
+
+
+def test_buckets_hold_the_trainable_params_in_reverse_order():
+    model = mlp()
+    model[0].bias.requires_grad_(False)
+    dp = DataParallel(model, engine=FakeEngine(), bucket_cap_mb=SMALL_CAP_MB)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert [p for b in dp.buckets for p in b.params] == trainable[::-1]
+
+
+def test_unused_parameter_waits_for_synchronize_and_gets_a_zero_gradient():
+    eng = FakeEngine()
+    model = WithUnused()
+    dp = DataParallel(model, engine=eng, bucket_cap_mb=SMALL_CAP_MB)
+    unused = {id(p) for p in model.unused.parameters()}
+    first_blocked = next(b.index for b in dp.buckets if any(id(p) in unused for p in b.params))
+    backward(dp)
+    assert len(eng.launches) == first_blocked  # later buckets wait behind the incomplete one
+    dp.synchronize()
+    assert len(eng.launches) == len(dp.buckets)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.unused.parameters())
+    assert all(p.grad.abs().sum() > 0 for p in model.last.parameters())
+
+
+def test_backward_twice_without_synchronize_is_an_error():
+    dp = DataParallel(mlp(), engine=FakeEngine())
+    backward(dp)
+    with pytest.raises(TwinError, match="no_sync"):
+        backward(dp, seed=1)
+
+
+def test_no_sync_accumulates_locally_and_the_next_backward_reduces_the_sum():
+    eng = FakeEngine()
+    dp = DataParallel(mlp(), engine=eng, bucket_cap_mb=SMALL_CAP_MB)
+    plain = mlp()
+    with dp.no_sync():
+        backward(dp, seed=0)
+        backward(dp, seed=1)
+        with pytest.raises(TwinError, match="inside no_sync"):
+            dp.synchronize()
+    assert eng.launches == []
+    backward(dp, seed=2)
+    dp.synchronize()
+    for seed in range(3):
+        backward(plain, seed)
+    reduced = {id(t) for _, tensors, _ in eng.launches for t in tensors}
+    for p, q in zip(dp.module.parameters(), plain.parameters()):
+        assert id(p.grad) in reduced
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_no_sync_after_a_synced_backward_is_an_error():
+    dp = DataParallel(mlp(), engine=FakeEngine())
+    backward(dp)
+    with pytest.raises(TwinError, match="synchronize"):
+        with dp.no_sync():
+            pass
+
+
+def test_wire_dtype_goes_with_every_launch():
+    eng = FakeEngine()
+    dp = DataParallel(mlp(), engine=eng, bucket_cap_mb=SMALL_CAP_MB, wire_dtype=torch.bfloat16)
+    backward(dp)
+    dp.synchronize()
+    assert {w for _, _, w in eng.launches} == {torch.bfloat16}
+
+
+def test_a_model_differing_from_rank_0_is_an_error_naming_the_rank():
+    with pytest.raises(TwinError, match=r"rank\(s\) 0 differs"):
+        DataParallel(mlp(), engine=Rank0Differs())
+
+
+def test_timeline_has_every_bucket_of_every_step(tmp_path):
+    dp = DataParallel(mlp(), engine=FakeEngine(), bucket_cap_mb=SMALL_CAP_MB, timeline=tmp_path)
+    steps = 2
+    for step in range(steps):
+        backward(dp, step)
+        dp.synchronize()
+    dp.close()
+    events = json.loads((tmp_path / "trace.rank0.json").read_text())["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    allreduces = sorted((e["args"]["step"], e["args"]["bucket"]) for e in spans if e["name"].startswith("bucket")
+                        and LANES[e["tid"]] == "allreduce")
+    assert allreduces == [(s, b.index) for s in range(steps) for b in dp.buckets]
+    assert sum(e["name"] == "synchronize" for e in spans) == steps
+
+
+def test_close_unhooks_the_model_and_keeps_a_borrowed_engine_open():
+    eng = FakeEngine()
+    dp = DataParallel(mlp(), engine=eng)
+    dp.close()
+    backward(dp.module)
+    assert eng.launches == [] and not eng.closed

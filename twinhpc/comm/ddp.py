@@ -1,0 +1,252 @@
+"""Data parallelism: every rank trains a replica of the model on its share of each batch.
+
+Usage (nanoGPT-style loop, one process per rank under ``mpirun``/``srun``)::
+
+    from twinhpc.comm.ddp import DataParallel
+
+    model = DataParallel(build_model())          # rank 0's parameters and buffers everywhere
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in batches:                         # this rank's share of the global batch
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()                          # buckets are all-reduced as they fill
+        model.synchronize()                      # wait for what is left: grads are now averages
+        opt.step()
+        opt.zero_grad()
+    model.close()                                # writes the timeline, if any
+
+Gradient accumulation: run the first micro-batches' backward inside ``with model.no_sync():``
+(no communication), the last one outside; its ``synchronize()`` averages the accumulated grads.
+
+Note:
+    The design is PyTorch DDP's with the policy in Python and the hot path in the compiled
+    engine (:mod:`twinhpc.comm.engine`, C++ over MPI with a background thread):
+
+    - *Buckets* (:func:`~twinhpc.comm.buckets.assign_buckets`): the trainable parameters in
+      reverse registration order, grouped up to ``bucket_cap_mb`` per bucket. Their shapes,
+      dtypes and the bucket layout are compared across ranks once, at construction.
+    - *Launch*: a post-accumulate-grad hook on every parameter counts the gradients still
+      missing from its bucket. Buckets are launched strictly in index order: bucket ``k`` goes to
+      the engine (``allreduce_many_async_``: pack, one all-reduce, unpack and average, on the
+      engine's thread) as soon as it and all buckets before it are complete. Since the engine
+      runs collectives in FIFO order, every rank issues the same all-reduces in the same order
+      whatever order its backward produced the gradients in, and the communication of the first
+      buckets overlaps the rest of backward.
+    - *Synchronize*: buckets that have not been launched when :meth:`DataParallel.synchronize`
+      is called (because some parameter got no gradient in this backward, on this rank or
+      another) are launched then, in index order, each missing gradient contributing its
+      current ``.grad`` (zeros when it is ``None``). So a parameter unused on every rank gets a
+      zero gradient, one unused on some ranks gets the average of the others' gradients and
+      zeros, and nothing hangs. Then it waits for every bucket, in order.
+    - *Accumulation*: inside :meth:`DataParallel.no_sync` the hooks do nothing; grads
+      accumulate locally as usual and the next synced backward reduces the sums.
+
+    The per-step state is a count of missing gradients per bucket, the index of the next bucket
+    to launch and the launched buckets' handles; the only switch is ``no_sync``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import TwinError
+from .buckets import DEFAULT_BUCKET_CAP_MB, assign_buckets
+from .timeline import Timeline, now_us
+
+_MIB = 1 << 20
+
+
+class _Bucket:
+    """One bucket: its parameters (reverse registration order) and this step's progress."""
+
+    def __init__(self, index: int, params: list[nn.Parameter]):
+        self.index = index
+        self.params = params
+        self.nbytes = sum(p.numel() * p.element_size() for p in params)
+        self.missing = len(params)   # gradients not yet ready in this step
+        self.first_ready_us = 0      # when the first of them became ready (timeline)
+
+    def reset(self) -> None:
+        self.missing = len(self.params)
+        self.first_ready_us = 0
+
+
+class DataParallel(nn.Module):
+    """Wrap ``module`` for data-parallel training over the engine's ranks.
+
+    Parameters
+    ----------
+    module : the model; every rank builds the same architecture. Its parameters and buffers are
+        overwritten with rank 0's at construction.
+    engine : the :class:`~twinhpc.comm.engine.Engine` to communicate with; ``None`` creates one
+        over ``COMM_WORLD`` (closed by :meth:`close`).
+    bucket_cap_mb : the most MiB of gradients per bucket (see :mod:`twinhpc.comm.buckets`).
+    wire_dtype : ``None`` (gradients travel in their own dtype), ``torch.bfloat16`` or
+        ``torch.float16``: gradients are cast for the all-reduce (the engine accumulates in
+        float32) and back. Halves the bytes; the accuracy cost is in docs/data-parallel.md.
+    timeline : a folder: record the phases of every step and write
+        ``timeline/trace.rank<r>.json`` at :meth:`close` (see :mod:`twinhpc.comm.timeline`).
+
+    Raises
+    ------
+    TwinError
+        On every rank, if the parameters, buffers, bucket layout or wire dtype differ from
+        rank 0's on some rank (the message names those ranks).
+
+    Notes
+    -----
+    Collective: construction, :meth:`broadcast_state` and every synced step must be reached
+    by every rank. ``forward`` is the wrapped module's.
+    """
+
+    def __init__(self, module: nn.Module, engine=None, bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+                 wire_dtype: torch.dtype | None = None, timeline: str | Path | None = None):
+        super().__init__()
+        if engine is None:
+            from .engine import Engine
+            engine, self._owns_engine = Engine(), True
+        else:
+            self._owns_engine = False
+        self.module = module
+        self.engine = engine
+        self.wire_dtype = wire_dtype
+        self.timeline = Timeline(timeline, engine.rank) if timeline is not None else None
+        self.steps = 0  # completed synchronize() calls
+
+        params = [p for p in module.parameters() if p.requires_grad]
+        layout = assign_buckets([p.numel() * p.element_size() for p in params], int(bucket_cap_mb * _MIB),
+                                [(p.dtype, p.device) for p in params])
+        self.buckets = [_Bucket(k, [params[i] for i in members]) for k, members in enumerate(layout)]
+        self._check_same_on_every_rank(layout)
+        self.broadcast_state()
+
+        self._sync = True          # False inside no_sync()
+        self._next = 0             # the next bucket to launch
+        self._handles: list = []   # handles of the launched buckets, in launch order
+        self._hooks = []
+        for bucket in self.buckets:
+            for p in bucket.params:
+                self._hooks.append(p.register_post_accumulate_grad_hook(
+                    lambda p, bucket=bucket: self._grad_ready(bucket)))
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    # -- start-up ---------------------------------------------------------------------------
+    def _check_same_on_every_rank(self, layout: list[list[int]]) -> None:
+        """Compare a digest of the model's tensors and the buckets with rank 0's; raise on every
+        rank if any rank differs (two small collectives)."""
+        described = [(tuple(t.shape), str(t.dtype)) for t in (*self.module.parameters(), *self.module.buffers())]
+        text = repr((described, layout, str(self.wire_dtype)))
+        mine = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
+        root = torch.tensor([mine], dtype=torch.int64)
+        self.engine.broadcast_(root, root=0)
+        differs = torch.zeros(self.engine.size, dtype=torch.int64)
+        differs[self.engine.rank] = int(root.item() != mine)
+        self.engine.allreduce_(differs, op="sum")
+        if differs.any():
+            ranks = ", ".join(str(r) for r in differs.nonzero().flatten().tolist())
+            raise TwinError(f"DataParallel: the model on rank(s) {ranks} differs from rank 0's "
+                            f"(parameter or buffer shapes or dtypes, bucket cap or wire dtype); "
+                            f"every rank must build the same model with the same settings")
+
+    @torch.no_grad()
+    def broadcast_state(self) -> None:
+        """Overwrite every parameter and buffer with rank 0's (collective).
+
+        Called at construction; call again to re-align buffers that ranks update on their own
+        (e.g. batch-norm running statistics) before validation or a checkpoint.
+        """
+        for t in (*self.module.parameters(), *self.module.buffers()):
+            self.engine.broadcast_(t.detach(), root=0)
+
+    # -- during backward --------------------------------------------------------------------
+    def _grad_ready(self, bucket: _Bucket) -> None:
+        """Hook: one more gradient of ``bucket`` is accumulated; launch what is complete."""
+        if not self._sync:
+            return
+        if bucket.index < self._next or bucket.missing == 0:
+            raise TwinError("DataParallel: a gradient arrived twice in one step (backward ran again "
+                            "before synchronize()); use no_sync() for gradient accumulation")
+        if bucket.missing == len(bucket.params):
+            bucket.first_ready_us = now_us()
+        bucket.missing -= 1
+        while self._next < len(self.buckets) and self.buckets[self._next].missing == 0:
+            self._launch(self.buckets[self._next])
+
+    def _launch(self, bucket: _Bucket) -> None:
+        grads = []
+        for p in bucket.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        if not bucket.first_ready_us:
+            bucket.first_ready_us = now_us()
+        self._handles.append(self.engine.allreduce_many_async_(grads, op="avg", wire_dtype=self.wire_dtype,
+                                                               name=f"bucket{bucket.index}"))
+        self._next += 1
+
+    # -- before the optimizer step ----------------------------------------------------------
+    def synchronize(self) -> float:
+        """Finish this step's gradient all-reduce; call after backward, before ``optimizer.step()``.
+
+        Launches the buckets not launched yet (in order; a gradient that did not arrive
+        contributes its current ``.grad``, zeros if ``None``), waits for every bucket and resets
+        for the next step. Collective.
+
+        Returns
+        -------
+        float
+            The seconds spent here (waiting for communication that backward did not hide).
+        """
+        if not self._sync:
+            raise TwinError("DataParallel.synchronize() inside no_sync(): the gradients would not be "
+                            "averaged; call it after the first backward outside no_sync()")
+        start = now_us()
+        while self._next < len(self.buckets):
+            self._launch(self.buckets[self._next])
+        for bucket, handle in zip(self.buckets, self._handles):
+            handle.wait()
+            if self.timeline is not None:
+                self.timeline.bucket(self.steps, bucket.index, bucket.nbytes, bucket.first_ready_us, handle.timings())
+        end = now_us()
+        if self.timeline is not None:
+            self.timeline.span("optimizer wait", "synchronize", start, end, step=self.steps)
+        for bucket in self.buckets:
+            bucket.reset()
+        self._next, self._handles = 0, []
+        self.steps += 1
+        return (end - start) / 1e6
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Accumulate gradients locally: backward inside this context communicates nothing.
+
+        The next backward outside it (then :meth:`synchronize`) averages the accumulated
+        gradients. Entering it while a synced step is in progress (a backward since the last
+        :meth:`synchronize`) raises :class:`TwinError`.
+        """
+        if self._next or any(b.missing < len(b.params) for b in self.buckets):
+            raise TwinError("DataParallel.no_sync() entered after a synced backward; "
+                            "call synchronize() first")
+        outer, self._sync = self._sync, False
+        try:
+            yield
+        finally:
+            self._sync = outer
+
+    def close(self) -> None:
+        """Remove the hooks, write the timeline (if any) and close the engine if this object
+        created it. The wrapped module stays usable on its own."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self.timeline is not None:
+            self.timeline.write()
+        if self._owns_engine:
+            self.engine.close()
