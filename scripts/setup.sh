@@ -39,8 +39,12 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
 fi
 
 step "building the compiled core (twinhpc._C) and installing twinhpc in editable mode"
-MAX_JOBS=${MAX_JOBS:-2} "$VENV/bin/python" setup.py -q build_ext --inplace
+export MAX_JOBS=${MAX_JOBS:-2}
 if ! "$VENV/bin/pip" show -q twinhpc >/dev/null 2>&1; then
+  # first time: the editable install builds the extension into twinhpc/ (a few minutes)
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+else
+  # later: an incremental rebuild (ninja recompiles only what changed)
+  "$VENV/bin/python" setup.py -q build_ext --inplace
 fi
 "$VENV/bin/python" -c "import sys, twinhpc, twinhpc.ops as ops; cuda = ops.build_info()['cuda']; print('twinhpc', twinhpc.__version__, 'ready in', sys.prefix, '(extension built with CUDA)' if cuda else '(extension built, CPU only)')"
