@@ -44,6 +44,16 @@ def names() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def builder(name: str) -> Builder:
+    """The builder registered as ``name`` (its signature is the model's structure schema).
+
+    Raises :class:`TwinError` naming the known models for an unknown name.
+    """
+    if name not in _BUILDERS:
+        raise TwinError(f"unknown model {name!r}; known models: {', '.join(names())}")
+    return _BUILDERS[name]
+
+
 def build(name: str, **structure: Any) -> nn.Module:
     """Build the model ``name`` with the given structure arguments (the others take defaults).
 
@@ -53,15 +63,13 @@ def build(name: str, **structure: Any) -> nn.Module:
         For an unknown model name or a structure key the builder does not take (the message
         names it and lists the valid ones).
     """
-    if name not in _BUILDERS:
-        raise TwinError(f"unknown model {name!r}; known models: {', '.join(names())}")
-    builder = _BUILDERS[name]
-    known = list(inspect.signature(builder).parameters)
+    make = builder(name)
+    known = list(inspect.signature(make).parameters)
     unknown = [key for key in structure if key not in known]
     if unknown:
         raise TwinError(f"model {name!r}: unknown structure key(s) {', '.join(map(repr, unknown))}; "
                         f"valid keys: {', '.join(known)}")
-    return builder(**structure)
+    return make(**structure)
 
 
 from . import cnn, gpt, minilm, mlp, resnet, rnn, transformer  # noqa: E402,F401  (registers their models)

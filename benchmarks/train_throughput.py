@@ -1,0 +1,182 @@
+"""Training throughput of twinhpc's loop against a plain PyTorch loop:
+``mpirun -n N python benchmarks/train_throughput.py [options]`` (``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from twinhpc.bench import format_table, median, write_results
+from twinhpc.comm.world import get_world
+from twinhpc.config import load_job
+from twinhpc.data.ingest import ingest
+from twinhpc.io.results import read_results
+from twinhpc.preprocess import open_prepared, preprocess
+from twinhpc.train import train
+from twinhpc.train.loop import build_model
+from twinhpc.train.optim import make_optimizer
+
+DESCRIPTION = """\
+Per-rank training throughput (samples/s) of `twinhpc.train.train` — sharded HDF5 loader with
+prefetch, per-batch normalisation and augmentation (crop 2, flip), DataParallel, the per-step
+all-reduce of loss and flags — against a plain PyTorch loop on the same model, per-rank batch,
+optimizer (SGD momentum) and thread count, whose batches are ready-made float32 tensors in memory
+(no loading, no augmentation, no communication). Every rank runs both at the same time.
+
+Data: synthetic CIFAR-sized images (32x32x3 uint8, 10 classes), STEPS x BATCH x N training
+samples, ingested and preprocessed into a temporary folder. Each measurement of twinhpc is one
+epoch of STEPS optimizer steps (validation and checkpoint excluded: the samples_per_s that
+results.h5 records); a plain measurement is STEPS steps. After a warm-up of each, ROUNDS
+interleaved rounds; medians reported. ratio = twinhpc / plain (target >= 0.95). data_wait is
+the fraction of twinhpc's step time spent waiting for data, transform included (results.h5
+/timing: data_wait over the sum of the phases; target < 5%).
+
+Rank 0 prints a table (or with --json the rows) and writes FOLDER/train_throughput.h5: one
+compound table per model (a row of the numeric columns) and the settings as attributes.
+
+example:
+  mpirun -n 2 python benchmarks/train_throughput.py --models cnn,resnet18 --steps 8 --rounds 3
+"""
+
+TARGET_RATIO, TARGET_WAIT = 0.95, 0.05
+BATCH = {"cnn": 64, "resnet18": 16}
+JOB = """
+[data]
+dataset = "{dir}/data"
+batch_size = {batch}
+prefetch = 2
+[preprocess.image]
+crop_padding = 2
+flip = true
+[model]
+name = "{model}"
+[optim]
+name = "sgd"
+lr = 0.01
+[train]
+epochs = 1
+checkpoint_every = 1000000
+log_every = 1000000
+"""
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="train_throughput.py", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="cnn,resnet18", help="comma-separated models (default cnn,resnet18)")
+    p.add_argument("--batch", type=int, help="samples per rank per step (default: cnn 64, resnet18 16)")
+    p.add_argument("--steps", type=int, default=8, help="optimizer steps per measurement (default 8)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported (default 3)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.add_argument("--results", default="bench-results", help="folder for train_throughput.h5 (default ./bench-results)")
+    return p.parse_args(argv)
+
+
+def prepare(world, work: Path, model: str, batch: int, steps: int):
+    """Ingest and preprocess STEPS·BATCH·N synthetic images (+ one batch per rank to validate)."""
+    n_train, n_val = steps * batch * world.size, batch * world.size
+    src = work / f"{model}.npz"
+    if world.rank == 0:
+        rng = np.random.default_rng(0)
+        n = n_train + n_val
+        np.savez(src, image=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), label=rng.integers(0, 10, n))
+    world.barrier()
+    folder = work / model
+    ingest("npz", src, folder / "data", options={"label": "label"}, val_fraction=n_val / (n_train + n_val),
+           test_fraction=0.0, world=world, overwrite=True)
+    if world.rank == 0:
+        (folder / "job.toml").write_text(JOB.format(dir=folder, batch=batch * world.size, model=model))
+    world.barrier()
+    job = load_job(folder / "job.toml")
+    preprocess(job, world=world)
+    return job
+
+
+def plain_loop(job, steps: int, batch: int) -> float:
+    """Samples/s of a plain PyTorch loop (one rank, no communication) on in-memory batches."""
+    prep = open_prepared(job)
+    torch.manual_seed(0)
+    model = build_model(job, prep).train()
+    opt = make_optimizer(model.parameters(), job.optim)
+    g = torch.Generator().manual_seed(1)
+    shape = (batch, 3, 32, 32)
+    batches = [(torch.randn(shape, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(4)]
+    t0 = time.perf_counter()
+    for step in range(steps):
+        x, y = batches[step % len(batches)]
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def twinhpc_loop(world, job, run_dir: Path) -> tuple[float, float]:
+    """Per-rank samples/s of one epoch of ``train`` and its data-wait fraction (from results.h5)."""
+    train(job, run_dir, world=world, progress=False)
+    r = read_results(run_dir) if world.rank == 0 else None
+    if r is None:
+        return world.bcast(None)
+    timing = {k: float(v[-1]) for k, v in r["timing"].items()}
+    out = (float(r["metrics"]["samples_per_s"][-1]) / world.size, timing["data_wait"] / sum(timing.values()))
+    return world.bcast(out)
+
+
+def run(args) -> list[dict]:
+    world = get_world()
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="twinhpc-bench-") as tmp:
+        work = Path(world.bcast(tmp if world.rank == 0 else None))
+        for model in args.models.split(","):
+            batch = args.batch or BATCH.get(model, 32)
+            job = prepare(world, work, model, batch, args.steps)
+            plain_loop(job, 1, batch)                                  # warm-up of both
+            twinhpc_loop(world, job, work / model / "warmup")
+            plain, ours, waits = [], [], []
+            for k in range(args.rounds):
+                world.barrier()
+                plain.append(world.comm.allreduce(plain_loop(job, args.steps, batch)) / world.size)
+                world.barrier()
+                sps, wait = twinhpc_loop(world, job, work / model / f"run{k}")
+                ours.append(sps)
+                waits.append(wait)
+            ratios = [o / p for o, p in zip(ours, plain)]
+            rows.append({"model": model, "ranks": world.size, "batch": batch, "threads": args.threads,
+                         "steps": args.steps, "plain_sps": median(plain), "twinhpc_sps": median(ours),
+                         "ratio": median(ratios), "data_wait": median(waits),
+                         "pass_ratio": median(ratios) >= TARGET_RATIO, "pass_wait": median(waits) < TARGET_WAIT})
+    return rows
+
+
+def report(rows: list[dict]) -> str:
+    return format_table(rows, {"model": "", "ranks": "", "batch": "", "threads": "", "steps": "",
+                               "plain_sps": ".1f", "twinhpc_sps": ".1f", "ratio": ".3f",
+                               "data_wait": ".2%", "pass_ratio": "", "pass_wait": ""}) + \
+        f"\ntargets: ratio >= {TARGET_RATIO}, data_wait < {TARGET_WAIT:.0%} (samples/s per rank)"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rows = run(args)
+    world = get_world()
+    if world.rank == 0:
+        print(json.dumps(rows, indent=2) if args.json else report(rows), flush=True)
+        tables = {r["model"]: [{k: v for k, v in r.items() if k != "model"}] for r in rows}  # numeric columns
+        path = write_results(f"{args.results}/train_throughput.h5", tables,
+                             {"target_ratio": TARGET_RATIO, "target_data_wait": TARGET_WAIT,
+                              "ranks": world.size, "rounds": args.rounds})
+        print(f"results: {path.absolute()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

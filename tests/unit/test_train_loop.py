@@ -1,0 +1,94 @@
+"""The training loop in one process: NaN/inf detection, early stopping, dropout, structure."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from twinhpc.comm.world import get_world
+from twinhpc.config import load_job, override
+from twinhpc.data.ingest import ingest
+from twinhpc.data.loader import ShardedLoader
+from twinhpc.io.checkpoint import list_checkpoints
+from twinhpc.io.results import read_results
+from twinhpc.preprocess import open_prepared, preprocess
+from twinhpc.train import NonFiniteLoss, train
+from twinhpc.train.loop import build_model, set_dropout
+
+JOB = """
+[data]
+dataset = "{dir}/data"
+batch_size = 8
+[model]
+name = "cnn"
+[model.structure]
+channels = 4
+hidden = 8
+[optim]
+name = "sgd"
+lr = 0.1
+[train]
+epochs = 3
+checkpoint_every = 1
+keep_checkpoints = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """48 training and 16 validation 8×8 grey images of 3 classes, preprocessed."""
+    work = tmp_path_factory.mktemp("loop")
+    rng = np.random.default_rng(1)
+    np.savez(work / "images.npz", image=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8),
+             label=rng.integers(0, 3, 64))
+    world = get_world()
+    ingest("npz", work / "images.npz", work / "data", options={"label": "label"}, val_fraction=0.25,
+           test_fraction=0.0, world=world)
+    (work / "job.toml").write_text(JOB.format(dir=work))
+    job = override(load_job(work / "job.toml"), {"train.out": str(work / "run")})
+    preprocess(job, world=world)
+    return job
+
+
+def test_nan_loss_stops_naming_step_samples_and_last_good_checkpoint(job, tmp_path):
+    exploding = override(job, {"optim.lr": 1e12, "optim.momentum": 0.0})
+    with pytest.raises(NonFiniteLoss) as e:
+        train(exploding, tmp_path, progress=False)
+    message = str(e.value)
+    m = re.search(r"loss is (\S+) at optimizer step (\d+) \(epoch (\d+), batch (\d+)\); samples (\[[\d, ]+\]) "
+                  r"of split 'train'; last good checkpoint: (\S+)", message)
+    assert m, message
+    value, step, epoch, batch, samples, ckpt = m.groups()
+    assert not np.isfinite(float(value))
+    saved = list_checkpoints(tmp_path)
+    assert saved and saved[-1][0] == int(step) - 1 and str(saved[-1][1]) == ckpt   # before the bad step
+    loader = ShardedLoader(open_prepared(job).dataset_dir, "train", 8, seed=job.data.seed, size=1, rank=0)
+    b = int(batch) - 1
+    assert eval(samples) == loader.indices(int(epoch) - 1)[b * 8:(b + 1) * 8].tolist()
+
+
+def test_early_stopping_ends_after_patience_epochs_without_improvement(job, tmp_path):
+    """lr=0: nothing improves after the first epoch, so patience 1 stops after epoch 2."""
+    frozen = override(job, {"optim.lr": 1e-30, "train.early_stopping": {"patience": 1, "metric": "val_loss"}})
+    result = train(frozen, tmp_path, progress=False)
+    assert result.status == "early_stopped" and result.epoch == 2
+    results = read_results(tmp_path)
+    assert results["epochs"] == 2 and results["report"]["n"] == 16
+
+
+def test_structure_defaults_come_from_the_data_and_the_job_wins(job):
+    prep = open_prepared(job)
+    model = build_model(job, prep)
+    conv, last = model[0], model[-1]
+    assert conv.in_channels == 1 and conv.out_channels == 4      # data: 1 channel; job: 4 filters
+    assert last.out_features == len(prep.classes) == 3
+
+
+def test_set_dropout_reaches_every_dropout_layer():
+    model = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(2, 2), torch.nn.Dropout2d(0.3),
+                                torch.nn.MultiheadAttention(4, 2, dropout=0.0))
+    assert set_dropout(model, 0.25) == 3
+    assert model[0].p == model[2].p == model[3].dropout == 0.25

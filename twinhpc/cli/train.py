@@ -1,0 +1,56 @@
+"""``twinhpc train JOB.toml [--out RUN] [--resume] [--set k=v]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from .main import add_common
+
+DESCRIPTION = """\
+Train the job's model on its preprocessed data (run `twinhpc preprocess JOB.toml` first).
+Data parallel over the ranks of `mpirun -n N` / `srun` (one process works too): data.batch_size
+is the global batch, split over the ranks. Rank 0 prints one line per epoch (loss, metric,
+val_loss, val_metric, time, samples/s) and a progress bar on a terminal; every rank logs to
+RUN/logs/twinhpc-train.rank<r>.log. Writes RUN/results.h5 (metrics, timing, final report) and
+RUN/ckpt/step-<N>.h5.
+
+SIGUSR2 or SIGTERM: the ranks checkpoint after the current step and exit with status 255 (the
+requeue status); run the same command with --resume to continue bit-identically. --resume
+without a checkpoint starts from scratch, so a requeued batch script can always pass it.
+Exit status: 0 done (or stopped early), 2 an error (a bad job, data, NaN/inf loss), 255 preempted.
+"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train the job's model (data parallel over the MPI ranks)",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job", metavar="JOB.toml", help="job file")
+    p.add_argument("--out", metavar="RUN", help="run directory (default: train.out, else runs/<job name>)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN's newest checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a job-file key, e.g. --set optim.lr=0.01 (repeatable)")
+    add_common(p)
+    return p
+
+
+def run(args) -> int:
+    import torch
+
+    from ..comm.world import get_world
+    from ..config import load_job
+    from ..log import setup_logging
+    from ..train.loop import run_directory, train
+    from ..train.signals import REQUEUE_EXIT_STATUS
+
+    world = get_world()
+    job = world.run(lambda: load_job(args.job, args.overrides))
+    run_dir = run_directory(job, args.out)
+    setup_logging(world.rank, args.log_dir or run_dir / "logs", name="twinhpc-train", verbose=args.verbose)
+    torch.set_num_threads(job.slurm.cpus_per_task if world.size > 1 else torch.get_num_threads())
+    result = train(job, run_dir, resume=args.resume, world=world)
+    if result.status == "preempted":
+        return REQUEUE_EXIT_STATUS
+    if world.is_root:
+        print(f"{result.status}: {result.step} steps, {result.epoch} epoch(s); results {run_dir / 'results.h5'}, "
+              f"checkpoint {result.checkpoint}", flush=True)
+    return 0

@@ -1,0 +1,62 @@
+"""``twinhpc validate JOB.toml --run RUN | --checkpoint PATH [--split S] [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .main import add_common, setup_logging_for
+
+DESCRIPTION = """\
+Evaluate a trained checkpoint (RUN's newest, or --checkpoint) on a split of the job's
+preprocessed data (default data.val_split), distributed over the ranks, and print the report:
+loss, accuracy, macro F1 and the confusion matrix with per-class precision/recall/F1
+(classification), or MAE, RMSE and R2 (regression). --json prints it as one JSON object.
+"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("validate", help="evaluate a trained checkpoint on a split",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job", metavar="JOB.toml", help="job file")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", metavar="RUN", help="run directory of `twinhpc train` (its newest checkpoint)")
+    g.add_argument("--checkpoint", metavar="PATH", help="a checkpoint file RUN/ckpt/step-<N>.h5")
+    p.add_argument("--split", help="split to evaluate (default: data.val_split)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a job-file key (repeatable)")
+    add_common(p)
+    return p
+
+
+def format_report(report: dict) -> str:
+    """The report as text: the headline figures, then a per-class table (classification)."""
+    lines = [f"{report['split']} split, {report['n']} samples, checkpoint {report['checkpoint']}",
+             f"loss {report['loss']:.4f}"]
+    if report["task"] == "classification":
+        lines[-1] += f"  accuracy {report['accuracy']:.4f}  macro F1 {report['macro_f1']:.4f}"
+        lines.append(f"{'class':>12} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+        for i, name in enumerate(report["classes"]):
+            lines.append(f"{name:>12} {report['precision'][i]:9.4f} {report['recall'][i]:9.4f} "
+                         f"{report['f1'][i]:9.4f} {report['support'][i]:8d}")
+        lines.append("confusion (row: true class, column: predicted):")
+        lines += ["  " + " ".join(f"{v:5d}" for v in row) for row in report["confusion"]]
+    else:
+        lines[-1] += f"  MAE {report['mae']:.4g}  RMSE {report['rmse']:.4g}  R2 {report['r2']:.4f}"
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from ..comm.world import get_world
+    from ..config import load_job
+    from ..train.predict import validate
+
+    world = get_world()
+    setup_logging_for(args, world)
+    job = world.run(lambda: load_job(args.job, args.overrides))
+    report = validate(job, args.run, checkpoint=args.checkpoint, split=args.split, world=world)
+    if world.is_root:
+        plain = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in report.items()}
+        print(json.dumps(plain) if args.json else format_report(report), flush=True)
+    return 0

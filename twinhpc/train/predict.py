@@ -1,0 +1,174 @@
+"""A trained checkpoint at work: validate it on a split, or predict a dataset into ``PRED.h5``.
+
+::
+
+    report = validate(job, run="runs/digits", split="test")      # collective; same on every rank
+    predict(job, run="runs/digits", dataset="data/new", out="pred.h5")   # collective
+
+``PRED.h5`` (format ``twinhpc-predictions``, version 1)::
+
+    /            attrs: format, version, task, dataset, split, checkpoint, config (job JSON),
+                 classes (JSON list; [] for regression)
+    /index       int64 [n]            the sample's index in the split (stored order), ascending
+    /output      float32 [n, k]       logits (classification) or predicted values (regression)
+    /prediction  int64 [n]            the predicted class (classification only)
+    /target      [n, ...]             the label, when the dataset has one
+
+Note:
+    Ranks predict disjoint parts (each rank its share of the split, ``policy="pad"`` so every
+    sample is covered; the few samples read twice are dropped by index), rank 0 gathers the
+    rows with ``MPI_Gatherv``, orders them by index and writes the file under a temporary name,
+    fsyncs and renames it: ``PRED.h5`` is complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..comm.world import World, get_world
+from ..config import Job
+from ..data.format import Manifest
+from ..errors import TwinError
+from ..io.checkpoint import latest, load_checkpoint
+from ..io.results import replace_durably
+from .evaluate import evaluate, infer, merge, split_loader
+
+log = logging.getLogger("twinhpc")
+
+FORMAT_NAME = "twinhpc-predictions"
+FORMAT_VERSION = 1
+
+
+def find_checkpoint(run=None, checkpoint=None) -> Path:
+    """``checkpoint``, or the newest checkpoint of the run directory ``run``."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if run is None:
+        raise TwinError("give a run directory (--run RUN) or a checkpoint (--checkpoint PATH)")
+    path = latest(run)
+    if path is None:
+        raise TwinError(f"{run}: no checkpoint in {Path(run) / 'ckpt'} (is it the run directory of "
+                        f"`twinhpc train`?)")
+    return path
+
+
+def load_model(job: Job, prep, path: Path):
+    """The job's model with the checkpoint's weights, in eval mode (no RNG state is touched)."""
+    from .loop import build_model
+
+    model = build_model(job, prep)
+    load_checkpoint(path, model, restore_rng=False)
+    return model.eval()
+
+
+def _prepared(job: Job, world: World, prepared):
+    if prepared is not None:
+        return prepared
+    from ..preprocess import open_prepared
+
+    return world.run(lambda: open_prepared(job))
+
+
+def validate(job: Job, run=None, *, checkpoint=None, split: str | None = None, world: World | None = None,
+             prepared=None) -> dict:
+    """Evaluate a checkpoint on a split of the preprocessed data; collective.
+
+    Parameters
+    ----------
+    run, checkpoint : the run directory (its newest checkpoint) or a checkpoint file.
+    split : default ``data.val_split``.
+
+    Returns
+    -------
+    dict
+        The report (as results.h5's ``/report``: accuracy, confusion, per-class precision,
+        recall, F1, or MAE, RMSE, R²; ``loss``, ``split``) plus ``checkpoint``; on every rank.
+    """
+    world = world or get_world()
+    prep = _prepared(job, world, prepared)
+    path = find_checkpoint(run, checkpoint)
+    model = world.run(lambda: load_model(job, prep, path))
+    loader = split_loader(prep.dataset_dir, split or job.data.val_split, job, world, prep.fields)
+    with loader:
+        ev = evaluate(model, loader, prep.transform, job, world, tuple(prep.classes))
+    return {**ev.report(), "checkpoint": str(path)}
+
+
+def predict(job: Job, run=None, dataset=None, out=None, *, checkpoint=None, split: str | None = None,
+            world: World | None = None, prepared=None) -> Path | None:
+    """Predict every sample of ``dataset``'s split with a checkpoint into ``out``; collective.
+
+    Parameters
+    ----------
+    dataset : a dataset directory as ``twinhpc ingest`` writes it, with the fields of the job's
+        ``data.dataset`` (the label may be missing); it is preprocessed per batch with the
+        job's fitted state.
+    split : default ``data.test_split`` when the dataset has it, else its only split.
+
+    Returns
+    -------
+    Path or None
+        ``out`` on rank 0, ``None`` elsewhere.
+    """
+    world = world or get_world()
+    if dataset is None or out is None:
+        raise TwinError("predict needs --input DATASET and --out PRED.h5")
+    prep = _prepared(job, world, prepared)
+    path = find_checkpoint(run, checkpoint)
+    manifest = Manifest.load(dataset)
+    split = split or _default_split(manifest, job, dataset)
+    names = {f.name for f in manifest.fields}
+    missing = [f for f in prep.raw_fields if f not in names and f != prep.label]
+    if missing:
+        raise TwinError(f"{dataset}: no field(s) {', '.join(missing)}, which the job's model reads")
+    fields = [f for f in prep.raw_fields if f in names]
+    model = world.run(lambda: load_model(job, prep, path))
+    loader = split_loader(dataset, split, job, world, fields)
+    with loader:
+        rows = merge(world, infer(model, loader, lambda batch: prep.transform(prep.encode(batch)),
+                                  bf16=job.train.bf16), root=0)
+    if world.rank != 0:
+        world.barrier()
+        return None
+    try:
+        _write(Path(out), rows, job, prep, path, dataset, split)
+    finally:
+        world.barrier()
+    log.info("predicted %d samples of %s split %r into %s", len(rows["index"]), dataset, split, out)
+    return Path(out)
+
+
+def _default_split(manifest: Manifest, job: Job, dataset) -> str:
+    splits = list(manifest.to_dict()["splits"])
+    if job.data.test_split in splits:
+        return job.data.test_split
+    if len(splits) == 1:
+        return splits[0]
+    raise TwinError(f"{dataset}: has splits {', '.join(splits)} but no {job.data.test_split!r}; "
+                    f"choose one with --split")
+
+
+def _write(out: Path, rows: dict, job: Job, prep, checkpoint: Path, dataset, split: str) -> None:
+    import h5py
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "task": job.train.task,
+                            "dataset": str(dataset), "split": split, "checkpoint": str(checkpoint),
+                            "config": job.to_json(), "classes": json.dumps(list(prep.classes))})
+            f.create_dataset("index", data=rows["index"])
+            f.create_dataset("output", data=rows["output"].astype(np.float32))
+            if job.train.task == "classification":
+                f.create_dataset("prediction", data=rows["output"].argmax(axis=1).astype(np.int64))
+            if "target" in rows:
+                f.create_dataset("target", data=rows["target"])
+        replace_durably(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
