@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end on one machine: set everything up, simulate an ensemble of driven,
 # damped oscillators (the physical system to twin), ingest it into a sharded HDF5 dataset on
-# NP MPI ranks, inspect and verify it, and benchmark the rank-aware loader on it.
+# NP MPI ranks, inspect and verify it, benchmark the rank-aware loader on it, then fit the
+# preprocessing, train the twin (jobs/oscillator_regime.toml: an MLP that tells the regime from
+# the trajectory) data-parallel on NP ranks, validate it and report (PNG plots beside results.h5).
 #
 #   bash jobs/main.sh                 # NP=2 ranks, results under out/main
 #   NP=4 WORK=/scratch/me bash jobs/main.sh
@@ -34,4 +36,20 @@ mpirun -n "$NP" twinhpc verify "$WORK/oscillators"
 step "loader benchmark on $NP ranks (results in $WORK/bench/loader.h5)"
 mpirun -n "$NP" twinhpc bench loader "$WORK/oscillators" --seconds 2 --results "$WORK/bench"
 
-step "done: dataset $WORK/oscillators, benchmark $WORK/bench/loader.h5 (h5dump -A $WORK/bench/loader.h5)"
+JOB=jobs/oscillator_regime.toml
+RUN="$WORK/runs/oscillator_regime"
+SETS=(--set "data.dataset=$WORK/oscillators" --set "preprocess.out=$WORK/oscillators-prep" --set "train.out=$RUN")
+step "preprocess on $NP ranks ($JOB)"
+mpirun -n "$NP" twinhpc preprocess "$JOB" "${SETS[@]}" --log-dir "$WORK/logs"
+
+step "train on $NP ranks (run $RUN, started afresh; per-rank logs in $RUN/logs)"
+rm -rf "$RUN"
+mpirun -n "$NP" twinhpc train "$JOB" "${SETS[@]}"
+
+step "validate on $NP ranks"
+mpirun -n "$NP" twinhpc validate "$JOB" "${SETS[@]}" --run "$RUN"
+
+step "report"
+twinhpc report "$RUN"
+
+step "done: dataset $WORK/oscillators, loader benchmark $WORK/bench/loader.h5, run $RUN (results.h5, *.png)"
