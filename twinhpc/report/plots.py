@@ -62,6 +62,7 @@ def loss_plot(results: dict[str, Any], path: Path) -> Path:
     if finite.size and finite.min() > 0 and finite.max() / finite.min() > 10:
         ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="loss", title="loss per epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
@@ -83,6 +84,7 @@ def metric_plot(results: dict[str, Any], metric: str, path: Path) -> Path:
         ax.annotate(f"{val[best]:.4g}", (best + 1, val[best]), textcoords="offset points",
                     xytext=(0, -14), ha="center", fontsize=8)
     ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
@@ -135,6 +137,7 @@ def timing_plot(results: dict[str, Any], path: Path) -> Path:
         ax.bar(x, y, bottom=bottom, label=name, color=colour)
         bottom += y
     ax.set(xlabel="epoch", ylabel="seconds", title="time per epoch by phase")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
     ax.grid(alpha=0.3, axis="y")
     if known or others:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
