@@ -12,9 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,42 +25,9 @@ from .format import Manifest, SplitInfo
 from .readers import reader_class
 from .shards import COMPRESSIONS, write_shard
 from .split import assign_splits, plan_shards, shards_of_rank
+from .staging import install, staging
 
 log = logging.getLogger("twinhpc")
-
-
-def _make_tmpdir(out: Path, overwrite: bool) -> str:
-    if out.exists() and not overwrite:
-        raise IngestError(f"--out {out}: already exists (use --overwrite to replace it)")
-    parent = out.parent
-    if not parent.is_dir():
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise IngestError(f"--out {out}: cannot create parent directory {parent} ({e.strerror})") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise IngestError(f"--out {out}: directory {parent} is not writable")
-    try:
-        tmp = tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the dataset gets the usual mode
-        return tmp
-    except OSError as e:
-        raise IngestError(f"--out {out}: cannot create a temporary directory in {parent} ({e.strerror})") from None
-
-
-def _install(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished ``tmp`` to ``out``; an existing ``out`` is replaced only after."""
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise IngestError(f"--out {out}: appeared while ingesting; not replaced")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def ingest(kind: str, src: str | os.PathLike, out: str | os.PathLike, *, shards: int = 1,
@@ -116,9 +81,7 @@ def ingest(kind: str, src: str | os.PathLike, out: str | os.PathLike, *, shards:
              ", ".join(f"{s} {len(v)}" for s, v in splits.items()), out, len(plans), world.size)
     log.debug("rank %d writes %s", world.rank, [p.file for p in mine])
 
-    tmp = world.run(lambda: _make_tmpdir(out, overwrite) if world.is_root else None)
-    tmp = Path(world.bcast(tmp))
-    try:
+    with staging(world, out, "--out", overwrite) as tmp:
         progress = Progress(len(mine), "ingest (rank 0 shards)", enabled=world.is_root)
 
         def write_mine():
@@ -151,21 +114,8 @@ def ingest(kind: str, src: str | os.PathLike, out: str | os.PathLike, *, shards:
         def finish():
             if world.is_root:
                 manifest.save(tmp)
-                _install(tmp, out, overwrite)
+                install(tmp, out, "--out", overwrite)
 
         world.run(finish, IngestError)
-    except TwinError:  # raised on every rank together (World.run): clean up, then leave together
-        world_failed_cleanup(world, tmp)
-        world.barrier()
-        raise
-    except BaseException:  # a local interruption: clean up what this rank can, never wait
-        world_failed_cleanup(world, tmp)
-        raise
     log.info("ingest done: %s (%d samples, %.1f s)", out, info.count, time.perf_counter() - t0)
     return manifest
-
-
-def world_failed_cleanup(world: World, tmp: Path) -> None:
-    """Remove the temporary directory after a failure (rank 0; every rank is failing too)."""
-    if world.is_root and tmp.exists():
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -50,9 +50,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -62,8 +60,9 @@ import numpy as np
 from .. import __version__
 from ..comm.world import World, get_world
 from ..config import Job, JobFileError
-from ..data.format import FieldSpec, Manifest, SplitInfo
+from ..data.format import Manifest, SplitInfo
 from ..data.shards import write_shard
+from ..data.staging import install, staging
 from ..errors import DatasetError, TwinError
 from . import fit
 from .transform import KINDS, Image, MiniLM, Sequence, Tfidf
@@ -338,30 +337,6 @@ def _tfidf_width(world: World, directory: Path, manifest: Manifest, transform: T
     return max(world.allgather(world.run(local, DatasetError)))
 
 
-def _make_tmpdir(out: Path) -> str:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the dataset gets the usual mode
-        return tmp
-    except OSError as e:
-        raise TwinError(f"preprocess.out {out}: cannot create a temporary directory in "
-                        f"{out.parent} ({e.strerror})") from None
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` to ``out``; an existing ``out`` is removed only after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def preprocess(job: Job, *, world: World | None = None, force: bool = False,
                command: str | None = None) -> dict[str, Any]:
     """Fit on the training split and write ``job.preprocessed_dir`` (collective).
@@ -408,8 +383,7 @@ def preprocess(job: Job, *, world: World | None = None, force: bool = False,
     fields = transform.stored + ((plan.label,) if plan.label else ())
     raw = plan.inputs + ((plan.label,) if plan.label else ())
 
-    tmp = Path(world.bcast(world.run(lambda: _make_tmpdir(out) if world.is_root else None)))
-    try:
+    with staging(world, out, "preprocess.out", overwrite=True) as tmp:
         def write_mine():
             written = []
             for split, i in mine:
@@ -441,23 +415,11 @@ def preprocess(job: Job, *, world: World | None = None, force: bool = False,
             write_state(tmp / STATE, transform, {
                 "fingerprint": fp, "config": json.dumps(plan.settings(job)), "source": str(source),
                 "label": plan.label.name if plan.label else "", "twinhpc_version": __version__})
-            _install(tmp, out)
+            install(tmp, out, "preprocess.out", overwrite=True)
 
         world.run(finish, DatasetError)
-    except TwinError:  # raised on every rank together (World.run): clean up, then leave together
-        _cleanup(world, tmp)
-        world.barrier()
-        raise
-    except BaseException:  # a local interruption: clean up what this rank can, never wait
-        _cleanup(world, tmp)
-        raise
     return {**result, "status": "written", "kind": transform.kind, "summary": _summary(transform),
             "seconds": time.perf_counter() - t0}
-
-
-def _cleanup(world: World, tmp: Path) -> None:
-    if world.is_root and tmp.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _summary(transform) -> str:
