@@ -92,3 +92,14 @@ def test_set_dropout_reaches_every_dropout_layer():
                                 torch.nn.MultiheadAttention(4, 2, dropout=0.0))
     assert set_dropout(model, 0.25) == 3
     assert model[0].p == model[2].p == model[3].dropout == 0.25
+
+
+def test_bf16_autocast_and_bf16_wire_track_the_float32_run(job, tmp_path):
+    """``train.bf16`` (autocast) and ``train.wire_dtype = "bf16"`` run end to end, and the loss
+    curve stays within bfloat16's precision of the float32 run's (same data, seeds and steps)."""
+    reference = train(job, tmp_path / "fp32", progress=False)
+    low = train(override(job, {"train.bf16": True, "train.wire_dtype": "bf16"}), tmp_path / "bf16", progress=False)
+    assert low.status == reference.status == "finished", (low.status, reference.status)
+    fp32, bf16 = read_results(tmp_path / "fp32")["metrics"], read_results(tmp_path / "bf16")["metrics"]
+    assert np.all(np.isfinite(bf16["loss"])) and len(bf16["loss"]) == len(fp32["loss"])
+    np.testing.assert_allclose(bf16["loss"], fp32["loss"], rtol=0.01)
