@@ -8,6 +8,7 @@ with classic RK4 (step ``dt``) from random parameters and initial state, and rec
     trajectory  float32 (members, steps, 2)  x(t), v(t)
     regime      int64   (members,)          0 underdamped-free, 1 underdamped-driven, 2 overdamped-ish
                                             (zeta > 0.35): a label for quick classification checks
+    damping     float32 (members,)          zeta again, as its own array: a regression target
 
 Usage: python jobs/oscillator_ensemble.py --out data/oscillators.npz [--members 20000] [--steps 200]
 The file is written to a temporary name and renamed, so a killed run leaves no partial file.
@@ -46,7 +47,8 @@ def simulate(members: int, steps: int, dt: float, seed: int) -> dict[str, np.nda
         state = state + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         t += dt
     regime = np.where(zeta > 0.35, 2, np.where(amp > 0, 1, 0)).astype(np.int64)
-    return {"params": params.astype(np.float32), "trajectory": traj, "regime": regime}
+    return {"params": params.astype(np.float32), "trajectory": traj, "regime": regime,
+            "damping": zeta.astype(np.float32)}
 
 
 def main(argv=None) -> int:

@@ -103,3 +103,45 @@ def test_bf16_autocast_and_bf16_wire_track_the_float32_run(job, tmp_path):
     fp32, bf16 = read_results(tmp_path / "fp32")["metrics"], read_results(tmp_path / "bf16")["metrics"]
     assert np.all(np.isfinite(bf16["loss"])) and len(bf16["loss"]) == len(fp32["loss"])
     np.testing.assert_allclose(bf16["loss"], fp32["loss"], rtol=0.01)
+
+
+REGRESSION_JOB = """
+[data]
+dataset = "{dir}/data"
+inputs = "x"
+label = "target"
+batch_size = 16
+[model]
+name = "mlp"
+[model.structure]
+hidden = [16]
+dropout = 0.0
+classes = 1
+[optim]
+name = "adam"
+lr = 0.01
+[train]
+task = "regression"
+loss = "mse"
+metric = "rmse"
+epochs = 6
+"""
+
+
+def test_regression_end_to_end(tmp_path):
+    """A linear target of tabular features: the loss falls and the report has MAE/RMSE/R²."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(160, 5)).astype(np.float32)
+    target = (x @ np.array([1.0, -2.0, 0.5, 0.0, 3.0], dtype=np.float32)).astype(np.float32)
+    np.savez(tmp_path / "table.npz", x=x, target=target)
+    world = get_world()
+    ingest("npz", tmp_path / "table.npz", tmp_path / "data", options={"label": "target"}, world=world)
+    (tmp_path / "job.toml").write_text(REGRESSION_JOB.format(dir=tmp_path))
+    job = override(load_job(tmp_path / "job.toml"), {"train.out": str(tmp_path / "run")})
+    preprocess(job, world=world)
+    assert open_prepared(job).task == "regression"
+    assert train(job, tmp_path / "run", progress=False).status == "finished"
+    results = read_results(tmp_path / "run")
+    loss, report = results["metrics"]["loss"], results["report"]
+    assert loss[-1] < 0.5 * loss[0], loss
+    assert {"mae", "rmse", "r2"} <= set(report) and report["r2"] > 0.5, report
