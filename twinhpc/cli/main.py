@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import TwinError
 
 #: verb -> module in twinhpc.cli
-VERBS = ("info", "ingest", "inspect", "verify", "bench", "preprocess", "train", "validate", "predict", "report")
+VERBS = ("info", "ingest", "inspect", "verify", "preprocess", "train", "validate", "predict", "report", "bench")
 
 EPILOG = """\
 Run any verb under MPI as `mpirun -n N twinhpc VERB ...` or `srun twinhpc VERB ...`; rank 0
