@@ -44,7 +44,13 @@ if ! "$VENV/bin/pip" show -q twinhpc >/dev/null 2>&1; then
   # first time: the editable install builds the extension into twinhpc/ (a few minutes)
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 else
-  # later: an incremental rebuild (ninja recompiles only what changed)
-  "$VENV/bin/python" setup.py -q build_ext --inplace
+  # later: rebuild only when a source is newer than the built extension (delete twinhpc/_C*.so
+  # to force a rebuild, e.g. after changing TWINHPC_CUDA); ninja recompiles only what changed
+  so=$(ls twinhpc/_C*.so 2>/dev/null | head -1 || true)
+  if [ -z "$so" ] || [ -n "$(find csrc setup.py twinhpc/_build.py -newer "$so" -print -quit)" ]; then
+    "$VENV/bin/python" setup.py -q build_ext --inplace
+  else
+    echo "twinhpc._C is up to date ($so)"
+  fi
 fi
 "$VENV/bin/python" -c "import sys, twinhpc, twinhpc.ops as ops; cuda = ops.build_info()['cuda']; print('twinhpc', twinhpc.__version__, 'ready in', sys.prefix, '(extension built with CUDA)' if cuda else '(extension built, CPU only)')"
