@@ -33,6 +33,8 @@ struct Signature {
   int64_t algorithm;    // Algorithm
   int64_t root;         // broadcast root
   int64_t invalid_kind; // ErrorKind of a local argument error, 0 if none
+  int64_t region;       // the shared region holding the tensor, -1 if none
+  int64_t region_offset;  // the byte offset in it
   char message[kMessageBytes];  // the local argument error, NUL-terminated
 };
 
@@ -294,6 +296,16 @@ std::shared_ptr<Work> Engine::allreduce(std::vector<at::Tensor> tensors, bool av
     auto it = std::find_if(table_.begin(), table_.end(), [&](const auto& e) { return bytes <= e.first; });
     w->algorithm = static_cast<Algorithm>(it == table_.end() ? table_.back().second : it->second);
   }
+  // A single tensor in a shared region, summed in its own dtype, may be summed where it is
+  // (if every rank's is at the same place: agree() decides). Not when an algorithm is forced.
+  if (w->invalid.empty() && !algorithm && shm_ && w->tensors.size() == 1 && w->wire == w->dtype &&
+      w->tensors[0].is_cpu()) {
+    const at::Tensor& t = w->tensors[0];
+    if (!shm_->locate(t.data_ptr(), t.numel() * static_cast<int64_t>(t.element_size()), &w->region,
+                      &w->region_offset)) {
+      w->region = -1;
+    }
+  }
   return submit(std::move(w), blocking);
 }
 
@@ -395,6 +407,8 @@ void Engine::agree(Work& w) {
   mine.algorithm = static_cast<int64_t>(w.algorithm);
   mine.root = w.root;
   mine.invalid_kind = static_cast<int64_t>(w.invalid_kind);
+  mine.region = w.region;
+  mine.region_offset = w.region_offset;
   std::strncpy(mine.message, w.invalid.c_str(), kMessageBytes - 1);
   std::vector<Signature> all(size_);
   check_mpi(MPI_Allgather(&mine, sizeof(Signature), MPI_BYTE, all.data(), sizeof(Signature),
@@ -429,12 +443,20 @@ void Engine::agree(Work& w) {
                       "the ranks disagree on the operation (different tensor sizes, dtypes or "
                       "options across ranks, or operations enqueued in a different order)" + list);
   }
+  w.direct = w.region >= 0;
+  for (int r = 0; r < size_; ++r) {
+    w.direct = w.direct && all[r].region == w.region && all[r].region_offset == w.region_offset;
+  }
 }
 
 void Engine::run(Work& w) {
   w.timings.start = monotonic_us();
   stall_->arrived(w.index, w.name.c_str());
-  if (size_ > 1 || !w.invalid.empty()) agree(w);
+  if (size_ > 1 || !w.invalid.empty()) {
+    agree(w);
+  } else {
+    w.direct = w.region >= 0;
+  }
   switch (w.kind) {
     case OpKind::kBarrier:
       w.timings.pack_done = monotonic_us();
@@ -483,8 +505,24 @@ void Engine::sum(void* buf, int64_t n, at::ScalarType t, Algorithm a) {
   }
 }
 
+at::Tensor Engine::shared_buffer(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes >= 0, "twinhpc.Engine.shared_buffer: negative size ", bytes);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    TORCH_CHECK(!closing_, "twinhpc.Engine: the engine is closed");
+  }
+  if (!shm_) return at::zeros({bytes}, at::TensorOptions().dtype(at::kByte));
+  return shm_->allocate(bytes);
+}
+
 void Engine::run_allreduce(Work& w) {
   const double scale = w.average ? 1.0 / size_ : 1.0;
+  if (w.direct) {
+    w.timings.pack_done = monotonic_us();
+    shm_->allreduce_direct(w.region, w.region_offset, w.numel, w.dtype, scale);
+    w.timings.reduce_done = monotonic_us();
+    return;
+  }
   const at::Tensor& first = w.tensors[0];
   // One tensor already in the wire dtype is summed where it is; otherwise pack.
   const bool in_place = w.tensors.size() == 1 && w.wire == w.dtype;

@@ -74,6 +74,10 @@ struct Work {
   int64_t numel = 0;                   // elements of all tensors together
   Algorithm algorithm = Algorithm::kMpi;  // how the sum is computed
   int root = 0;                        // broadcast: the rank whose tensor is sent
+  int64_t region = -1;                 // the shared region holding the tensor (-1: none)
+  int64_t region_offset = 0;           // its byte offset there
+  bool direct = false;                 // every rank's tensor is at the same place of a shared
+                                       // region: summed there, nothing copied (set by agree)
   std::string invalid;                 // this rank's argument error ("" when valid)
   ErrorKind invalid_kind = ErrorKind::kNone;  // the exception type of `invalid`
   std::optional<c10::Event> ready;     // device tensors: recorded on the caller's stream
@@ -111,6 +115,12 @@ class Engine {
                                   std::optional<int> algorithm, bool blocking);
   std::shared_ptr<Work> broadcast(at::Tensor tensor, int root, std::string name, bool blocking);
   std::shared_ptr<Work> barrier(std::string name, bool blocking);
+
+  // A uint8 CPU tensor of `bytes` bytes in shared memory (collective; same sizes in the same
+  // order on every rank). An all-reduce of a tensor inside it, at the same offset on every
+  // rank, sums it in place with nothing copied (shm.h); without shared memory (ranks on
+  // several nodes) an ordinary tensor. Valid until close().
+  at::Tensor shared_buffer(int64_t bytes);
 
   // The algorithm per message size: (max_bytes, algorithm) pairs in increasing max_bytes; an
   // all-reduce of b wire bytes uses the first pair with b <= max_bytes (the last if none).

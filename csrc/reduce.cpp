@@ -51,6 +51,29 @@ void many_typed(T* dst, const T* const* srcs, int k, int64_t n) {
   }
 }
 
+template <typename T>
+void to_all_typed(T* const* bufs, int k, int64_t n, double scale) {
+  using Acc = typename Accumulator<T>::type;
+  Acc acc[kManyBlock];
+  const Acc factor = static_cast<Acc>(scale);
+  for (int64_t lo = 0; lo < n; lo += kManyBlock) {
+    const int64_t m = std::min(kManyBlock, n - lo);
+    const T* s0 = bufs[0] + lo;
+    for (int64_t i = 0; i < m; ++i) acc[i] = static_cast<Acc>(s0[i]);
+    for (int j = 1; j < k; ++j) {
+      const T* s = bufs[j] + lo;
+      for (int64_t i = 0; i < m; ++i) acc[i] += static_cast<Acc>(s[i]);
+    }
+    if (scale != 1.0) {
+      for (int64_t i = 0; i < m; ++i) acc[i] *= factor;
+    }
+    for (int j = 0; j < k; ++j) {
+      T* d = bufs[j] + lo;
+      for (int64_t i = 0; i < m; ++i) d[i] = static_cast<T>(acc[i]);
+    }
+  }
+}
+
 // Calls fn(T{}) with the C++ element type of a reducible dtype.
 template <typename Fn>
 void with_type(at::ScalarType t, Fn&& fn) {
@@ -102,6 +125,13 @@ void reduce_many(void* dst, const void* const* srcs, int k, int64_t n, at::Scala
   with_type(t, [&](auto zero) {
     using T = decltype(zero);
     many_typed(static_cast<T*>(dst), reinterpret_cast<const T* const*>(srcs), k, n);
+  });
+}
+
+void sum_to_all(void* const* bufs, int k, int64_t n, at::ScalarType t, double scale) {
+  with_type(t, [&](auto zero) {
+    using T = decltype(zero);
+    to_all_typed(reinterpret_cast<T* const*>(bufs), k, n, scale);
   });
 }
 

@@ -25,6 +25,11 @@ void reduce_into(void* inout, const void* in, int64_t n, at::ScalarType t);
 // dst[i] = srcs[0][i] + ... + srcs[k-1][i] for i < n, k >= 1; dst may be one of the srcs.
 // 16-bit floats accumulate in float32 over all k and round once.
 void reduce_many(void* dst, const void* const* srcs, int k, int64_t n, at::ScalarType t);
+// bufs[j][i] = scale * (bufs[0][i] + ... + bufs[k-1][i]) for every j < k and i < n: the sum of
+// k buffers, scaled, written back into all of them (one block at a time, so each element is read
+// and written once). 16-bit floats accumulate and scale in float32 and round once; for integer
+// dtypes scale must be 1.
+void sum_to_all(void* const* bufs, int k, int64_t n, at::ScalarType t, double scale);
 
 // The MPI datatype of one element of t, and the operator that sums it (MPI_SUM, or the
 // widening operator for the 16-bit floats). Both are valid after MPI_Init, created on first use

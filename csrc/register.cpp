@@ -155,6 +155,7 @@ void bind_engine(py::module& m) {
              return e.barrier(std::move(name), blocking);
            },
            py::arg("name"), py::arg("blocking"))
+      .def("shared_buffer", &Engine::shared_buffer, py::arg("bytes"), py::call_guard<py::gil_scoped_release>())
       .def("set_table", &Engine::set_table, py::arg("table"))
       .def("table", &Engine::table)
       .def("has_algorithm", &Engine::has_algorithm, py::arg("algorithm"))

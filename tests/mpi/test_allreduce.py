@@ -210,3 +210,68 @@ def test_env_overrides_auto(world, monkeypatch):
             np.testing.assert_array_equal(eng.allreduce_(torch.ones(5)).numpy(), np.full(5, world.size))
 
     collective(world, body)
+
+
+# -- tensors in the engine's shared memory: summed where they are ------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_shared_buffer_sums_in_place_equal_numpy(world, engine, dtype):
+    """Views of Engine.shared_buffer at the same offset on every rank (the zero-copy path), at
+    odd sizes and offsets, equal numpy's sum and mean; the rest of the buffer is untouched."""
+    es = torch.empty(0, dtype=dtype).element_size()
+
+    def body():
+        buf = engine.shared_buffer(8 + 100_003 * es + 40)
+        assert buf.dtype == torch.uint8 and buf.numel() == 8 + 100_003 * es + 40 and not buf.any()
+        for n in SIZES:
+            view = buf[8:8 + n * es].view(dtype)
+            view.copy_(rank_input(n, dtype, world.rank))
+            buf[8 + n * es:].fill_(7)
+            assert engine.allreduce_(view, op="sum") is view
+            np.testing.assert_array_equal(view.double().numpy(), expected_sum(n, dtype, world.size), err_msg=f"n={n}")
+            assert buf[:8].eq(0).all() and buf[8 + n * es:].eq(7).all(), "bytes outside the view changed"
+            if dtype in FLOATS:
+                view.copy_(rank_input(n, dtype, world.rank))
+                engine.allreduce_async_(view, op="avg").wait()
+                mean = expected_sum(n, dtype, world.size) / world.size
+                np.testing.assert_allclose(view.double().numpy(), mean, rtol=WIRE_EPS.get(dtype, 1e-7) * 2)
+
+    collective(world, body)
+
+
+def test_shared_buffer_at_different_offsets_or_cast_still_sums(world, engine):
+    """When the ranks' views are at different offsets (or one rank's tensor is not shared, or a
+    wire cast is asked), the engine falls back to an ordinary in-place all-reduce: same result."""
+    n = 1001
+
+    def body():
+        buf = engine.shared_buffer(8 * n + 64)
+        offset = 4 * (world.rank % 2)  # differs between ranks 0 and 1
+        view = buf[offset:offset + 4 * n].view(torch.float32)
+        view.copy_(rank_input(n, torch.float32, world.rank))
+        engine.allreduce_(view)
+        np.testing.assert_array_equal(view.numpy(), expected_sum(n, torch.float32, world.size))
+        t = rank_input(n, torch.float32, world.rank)
+        mine = buf[:4 * n].view(torch.float32) if world.rank == 0 else t  # shared on rank 0 only
+        mine.copy_(t)
+        engine.allreduce_(mine)
+        np.testing.assert_array_equal(mine.numpy(), expected_sum(n, torch.float32, world.size))
+        view = buf[:4 * n].view(torch.float32)
+        view.copy_(rank_input(n, torch.float32, world.rank))
+        engine.allreduce_(view, op="avg", wire_dtype=torch.bfloat16)
+        mean = expected_sum(n, torch.float32, world.size) / world.size
+        np.testing.assert_allclose(view.numpy(), mean, rtol=2.0 ** -8 * (world.size + 2))
+
+    collective(world, body)
+
+
+def test_shared_buffer_ten_million_elements(world, engine):
+    n = 10_000_003
+    pattern = torch.remainder(torch.arange(n, dtype=torch.int32), 251)
+
+    def body():
+        view = engine.shared_buffer(4 * n).view(torch.int32)
+        view.copy_(pattern + world.rank)
+        engine.allreduce_(view)
+        assert torch.equal(view, pattern * world.size + sum(range(world.size)))
+
+    collective(world, body)

@@ -43,9 +43,9 @@ class Recorder:
         self.engine, self.names = engine, []
         self.rank, self.size = engine.rank, engine.size
 
-    def allreduce_many_async_(self, tensors, **kwargs):
+    def allreduce_async_(self, tensor, **kwargs):
         self.names.append(kwargs["name"])
-        return self.engine.allreduce_many_async_(tensors, **kwargs)
+        return self.engine.allreduce_async_(tensor, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.engine, name)

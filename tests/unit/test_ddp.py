@@ -1,7 +1,7 @@
 """DataParallel at world size 1 against a recording fake engine: when and what it launches.
 
 The fake has the engine's API for one rank (an average over one rank is the identity) and
-records every ``allreduce_many_async_`` call. Multi-rank behaviour with the real engine is in
+records every ``allreduce_async_`` call (one per bucket: the bucket's flat buffer). Multi-rank behaviour with the real engine is in
 tests/mpi/test_ddp.py.
 """
 
@@ -36,15 +36,18 @@ class FakeEngine:
     rank, size = 0, 1
 
     def __init__(self):
-        self.launches = []  # (name, tensors, wire_dtype) per allreduce_many_async_ call
+        self.launches = []  # (name, flat buffer, wire_dtype) per allreduce_async_ call
         self.closed = False
+
+    def shared_buffer(self, nbytes):
+        return torch.zeros(nbytes, dtype=torch.uint8)
 
     def allreduce_(self, t, op="sum", wire_dtype=None):
         return t
 
-    def allreduce_many_async_(self, tensors, op="avg", wire_dtype=None, name=None):
+    def allreduce_async_(self, t, op="avg", wire_dtype=None, name=None):
         assert op == "avg"
-        self.launches.append((name, list(tensors), wire_dtype))
+        self.launches.append((name, t, wire_dtype))
         return FakeHandle()
 
     def broadcast_(self, t, root=0):
@@ -74,6 +77,12 @@ class WithUnused(nn.Module):
         return self.last(torch.relu(self.first(x)))
 
 
+def in_buffer(grad, flat) -> bool:
+    """Whether ``grad`` is a view inside the bucket buffer ``flat``."""
+    lo, hi = flat.data_ptr(), flat.data_ptr() + flat.numel() * flat.element_size()
+    return lo <= grad.data_ptr() and grad.data_ptr() + grad.numel() * grad.element_size() <= hi
+
+
 def mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -98,8 +107,9 @@ def test_every_bucket_launches_during_backward_in_order_with_the_params_grads():
     assert len(dp.buckets) > 2
     backward(dp)
     assert [name for name, _, _ in eng.launches] == [f"bucket{b.index}" for b in dp.buckets]
-    for bucket, (_, tensors, _) in zip(dp.buckets, eng.launches):
-        assert all(t is p.grad for t, p in zip(tensors, bucket.params))
+    for bucket, (_, flat, _) in zip(dp.buckets, eng.launches):
+        assert flat is bucket.flat
+        assert all(in_buffer(p.grad, flat) for p in bucket.params)
     assert dp.synchronize() >= 0
     assert len(eng.launches) == len(dp.buckets)  # nothing left to launch
     backward(dp, seed=1)  # the next step launches again
@@ -149,9 +159,8 @@ def test_no_sync_accumulates_locally_and_the_next_backward_reduces_the_sum():
     dp.synchronize()
     for seed in range(3):
         backward(plain, seed)
-    reduced = {id(t) for _, tensors, _ in eng.launches for t in tensors}
     for p, q in zip(dp.module.parameters(), plain.parameters()):
-        assert id(p.grad) in reduced
+        assert any(in_buffer(p.grad, flat) for _, flat, _ in eng.launches)
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
 
 
@@ -197,3 +206,41 @@ def test_close_unhooks_the_model_and_keeps_a_borrowed_engine_open():
     dp.close()
     backward(dp.module)
     assert eng.launches == [] and not eng.closed
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_gradients_are_bucket_views_whatever_zero_grad_does(set_to_none):
+    """After each synced backward every .grad is a view into its bucket, holding the same values
+    as a plain model's grads, whether zero_grad() dropped them (copied in once) or zeroed them
+    in place (accumulated there directly)."""
+    eng = FakeEngine()
+    dp = DataParallel(mlp(), engine=eng, bucket_cap_mb=SMALL_CAP_MB)
+    plain = mlp()
+    for seed in range(3):
+        for m in (dp.module, plain):
+            for p in m.parameters():
+                if p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.zero_()
+        backward(dp, seed)
+        dp.synchronize()
+        backward(plain, seed)
+        for bucket in dp.buckets:
+            for p, view in zip(bucket.params, bucket.views):
+                assert p.grad.data_ptr() == view.data_ptr()
+        for p, q in zip(dp.module.parameters(), plain.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_close_moves_gradients_out_of_the_engines_memory():
+    dp = DataParallel(mlp(), engine=FakeEngine(), bucket_cap_mb=SMALL_CAP_MB)
+    backward(dp)
+    dp.synchronize()
+    flats = [b.flat for b in dp.buckets]
+    before = [p.grad.clone() for p in dp.module.parameters()]
+    dp.close()
+    for p, g in zip(dp.module.parameters(), before):
+        assert not any(in_buffer(p.grad, flat) for flat in flats)
+        assert torch.equal(p.grad, g)

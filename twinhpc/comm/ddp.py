@@ -24,10 +24,20 @@ Note:
     - *Buckets* (:func:`~twinhpc.comm.buckets.assign_buckets`): the trainable parameters in
       reverse registration order, grouped up to ``bucket_cap_mb`` per bucket. Their shapes,
       dtypes and the bucket layout are compared across ranks once, at construction.
+    - *Gradients as bucket views* (as DDP's ``gradient_as_bucket_view``): each bucket is one
+      flat buffer and each parameter's ``.grad`` becomes a view into it, so the all-reduce works
+      on the buffer in place: nothing is packed or unpacked. CPU buckets live in the engine's
+      MPI-3 shared memory (:meth:`~twinhpc.comm.engine.Engine.shared_buffer`): on one node each
+      rank sums its part of every rank's bucket and writes the average into all of them, the
+      memory traffic of one memcpy. When a gradient arrives in a tensor of its own (the first
+      backward, or after ``optimizer.zero_grad()`` set grads to ``None``), the hook copies it
+      into its view once and points ``.grad`` there; ``zero_grad(set_to_none=False)`` keeps
+      the views and saves that copy.
     - *Launch*: a post-accumulate-grad hook on every parameter counts the gradients still
       missing from its bucket. Buckets are launched strictly in index order: bucket ``k`` goes to
-      the engine (``allreduce_many_async_``: pack, one all-reduce, unpack and average, on the
-      engine's thread) as soon as it and all buckets before it are complete. Since the engine
+      the engine (``allreduce_async_`` of its buffer, averaged, on the engine's thread; with a
+      ``wire_dtype`` the engine casts into its fusion buffer and back) as soon as it and all
+      buckets before it are complete. Since the engine
       runs collectives in FIFO order, every rank issues the same all-reduces in the same order
       whatever order its backward produced the gradients in, and the communication of the first
       buckets overlaps the rest of backward.
@@ -62,18 +72,60 @@ _MIB = 1 << 20
 
 
 class _Bucket:
-    """One bucket: its parameters (reverse registration order) and this step's progress."""
+    """One bucket: its parameters (reverse registration order), its flat gradient buffer with one
+    view per parameter, and this step's progress."""
 
-    def __init__(self, index: int, params: list[nn.Parameter]):
+    def __init__(self, index: int, params: list[nn.Parameter], flat: torch.Tensor):
         self.index = index
         self.params = params
         self.nbytes = sum(p.numel() * p.element_size() for p in params)
+        self.flat = flat             # the bucket's gradients, contiguous; summed in place
+        self.views: list[torch.Tensor] = []  # views[i]: params[i]'s gradient inside flat
+        offset = 0
+        for p in params:
+            self.views.append(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
         self.missing = len(params)   # gradients not yet ready in this step
         self.first_ready_us = 0      # when the first of them became ready (timeline)
 
     def reset(self) -> None:
         self.missing = len(self.params)
         self.first_ready_us = 0
+
+
+def _as_view(p: nn.Parameter, view: torch.Tensor) -> None:
+    """Make ``p.grad`` the bucket view ``view``, moving its current value there."""
+    grad = p.grad
+    if grad is not None and grad.data_ptr() == view.data_ptr() and grad.shape == view.shape:
+        return
+    if grad is None:
+        view.zero_()
+    else:
+        view.copy_(grad)
+    p.grad = view
+
+
+def _bucket_storage(engine, buckets_params: list[list[nn.Parameter]]) -> list[torch.Tensor]:
+    """One flat buffer per bucket, carved from one allocation per device: for CPU buckets the
+    engine's shared-memory buffer (summed in place with nothing copied), else device memory.
+    Each bucket starts on a 64-byte boundary."""
+    def aligned(n: int) -> int:
+        return (n + 63) // 64 * 64
+
+    sizes = [sum(p.numel() * p.element_size() for p in ps) for ps in buckets_params]
+    devices = [ps[0].device for ps in buckets_params]
+    flats: list[torch.Tensor | None] = [None] * len(buckets_params)
+    for device in dict.fromkeys(devices):  # each device once, in first-use order
+        members = [k for k, d in enumerate(devices) if d == device]
+        total = sum(aligned(sizes[k]) for k in members)
+        storage = (engine.shared_buffer(total) if device.type == "cpu"
+                   else torch.zeros(total, dtype=torch.uint8, device=device))
+        offset = 0
+        for k in members:
+            dtype = buckets_params[k][0].dtype
+            flats[k] = storage[offset:offset + sizes[k]].view(dtype)
+            offset += aligned(sizes[k])
+    return flats
 
 
 class DataParallel(nn.Module):
@@ -121,8 +173,9 @@ class DataParallel(nn.Module):
         params = [p for p in module.parameters() if p.requires_grad]
         layout = assign_buckets([p.numel() * p.element_size() for p in params], int(bucket_cap_mb * _MIB),
                                 [(p.dtype, p.device) for p in params])
-        self.buckets = [_Bucket(k, [params[i] for i in members]) for k, members in enumerate(layout)]
         self._check_same_on_every_rank(layout)
+        grouped = [[params[i] for i in members] for members in layout]
+        self.buckets = [_Bucket(k, ps, flat) for k, (ps, flat) in enumerate(zip(grouped, _bucket_storage(engine, grouped)))]
         self.broadcast_state()
 
         self._sync = True          # False inside no_sync()
@@ -130,9 +183,9 @@ class DataParallel(nn.Module):
         self._handles: list = []   # handles of the launched buckets, in launch order
         self._hooks = []
         for bucket in self.buckets:
-            for p in bucket.params:
+            for p, view in zip(bucket.params, bucket.views):
                 self._hooks.append(p.register_post_accumulate_grad_hook(
-                    lambda p, bucket=bucket: self._grad_ready(bucket)))
+                    lambda p, bucket=bucket, view=view: self._grad_ready(bucket, p, view)))
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -166,8 +219,9 @@ class DataParallel(nn.Module):
             self.engine.broadcast_(t.detach(), root=0)
 
     # -- during backward --------------------------------------------------------------------
-    def _grad_ready(self, bucket: _Bucket) -> None:
-        """Hook: one more gradient of ``bucket`` is accumulated; launch what is complete."""
+    def _grad_ready(self, bucket: _Bucket, p: nn.Parameter, view: torch.Tensor) -> None:
+        """Hook: ``p``'s gradient is accumulated; move it into its bucket view (unless it is
+        there already) and launch the buckets that are complete."""
         if not self._sync:
             return
         if bucket.index < self._next or bucket.missing == 0:
@@ -175,20 +229,18 @@ class DataParallel(nn.Module):
                             "before synchronize()); use no_sync() for gradient accumulation")
         if bucket.missing == len(bucket.params):
             bucket.first_ready_us = now_us()
+        _as_view(p, view)
         bucket.missing -= 1
         while self._next < len(self.buckets) and self.buckets[self._next].missing == 0:
             self._launch(self.buckets[self._next])
 
     def _launch(self, bucket: _Bucket) -> None:
-        grads = []
-        for p in bucket.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
+        for p, view in zip(bucket.params, bucket.views):  # gradients that did not arrive, if any
+            _as_view(p, view)
         if not bucket.first_ready_us:
             bucket.first_ready_us = now_us()
-        self._handles.append(self.engine.allreduce_many_async_(grads, op="avg", wire_dtype=self.wire_dtype,
-                                                               name=f"bucket{bucket.index}"))
+        self._handles.append(self.engine.allreduce_async_(bucket.flat, op="avg", wire_dtype=self.wire_dtype,
+                                                          name=f"bucket{bucket.index}"))
         self._next += 1
 
     # -- before the optimizer step ----------------------------------------------------------
@@ -246,6 +298,11 @@ class DataParallel(nn.Module):
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        for bucket in self.buckets:  # gradients leave the engine's memory, which close() frees
+            for p, view in zip(bucket.params, bucket.views):
+                if p.grad is not None and p.grad.data_ptr() == view.data_ptr():
+                    p.grad = view.clone()
+            bucket.flat, bucket.views = None, []
         if self.timeline is not None:
             self.timeline.write()
         if self._owns_engine:

@@ -196,6 +196,24 @@ class Engine:
         names = {code: name for name, code in ALGORITHMS.items()}
         return [(b, names[code]) for b, code in self._core.table()]
 
+    # -- shared memory ------------------------------------------------------------------------
+    def shared_buffer(self, nbytes: int) -> torch.Tensor:
+        """A zero-filled uint8 CPU tensor of ``nbytes`` bytes in an MPI-3 shared-memory window.
+
+        Collective: every rank calls it with the same sizes in the same order. An all-reduce of a
+        tensor viewing this memory (``buf[a:b].view(dtype)``), at the same offset on every rank
+        and without a wire cast or forced algorithm, is summed where it is: each rank sums its
+        part of all ranks' buffers and writes the result into all of them, nothing is packed or
+        copied (the traffic of one memcpy). The data-parallel front end keeps its gradient
+        buckets here. When the ranks span several nodes it is an ordinary tensor (the all-reduce
+        then runs in place with the table's algorithm).
+
+        The memory is freed by :meth:`close`: do not use the tensor (or views of it) afterwards.
+        """
+        if int(nbytes) < 0:
+            raise ValueError(f"twinhpc.Engine.shared_buffer: negative size {nbytes}")
+        return self._core.shared_buffer(int(nbytes))
+
     # -- operations -----------------------------------------------------------------------------
     def allreduce_async_(self, t: torch.Tensor, op: str = "sum", wire_dtype: torch.dtype | None = None,
                          name: str = "allreduce", algorithm: str | None = None) -> Handle:
