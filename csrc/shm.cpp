@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 
 #include "reduce.h"
@@ -17,9 +18,11 @@ namespace twinhpc {
 namespace {
 
 constexpr int64_t kCacheLine = 64;
-// Polls of the barrier counter before sleeping on the futex: a few microseconds, enough for
-// ranks that arrive together (small messages); a rank far behind is waited for asleep.
-constexpr int kSpins = 2000;
+// How long a rank polls the barrier counter before sleeping on the futex: long enough for ranks
+// that arrive nearly together (a round of the slot algorithm takes tens of microseconds, and a
+// futex wake-up costs about as much), short enough that a rank far behind -- still computing its
+// backward pass -- is waited for asleep, taking no CPU from it.
+constexpr int64_t kSpinNs = 50'000;
 // The longest futex sleep; the counter is checked again after it (a lost wake-up costs this).
 constexpr long kFutexTimeoutNs = 2'000'000;
 
@@ -159,8 +162,10 @@ void SharedMemory::barrier() {
     futex_wake_all(futex_);
     return;
   }
-  for (int spins = 0; spins < kSpins; ++spins) {
+  const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(kSpinNs);
+  for (int spins = 1;; ++spins) {
     if (counter.load(std::memory_order_acquire) >= target) return;
+    if (spins % 64 == 0 && std::chrono::steady_clock::now() >= spin_until) break;
   }
   for (;;) {
     // Read the generation before the counter: if the last rank arrives in between, it bumps
