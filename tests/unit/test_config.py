@@ -76,6 +76,12 @@ def test_values_are_normalised(tmp_path):
     ("[train]\nearly_stopping = 3\n", "train.early_stopping", "must be a table, got integer 3"),
     ("[preprocess.text]\nrepresentation = \"bow\"\n", "preprocess.text.representation", "'tfidf', 'sequence'"),
     ("[preprocess.text]\nstop_words = [\"the\", \"\"]\n", "preprocess.text.stop_words", "empty words"),
+    ("[preprocess.text]\ntokenizer = \"bert\"\n", "preprocess.text.tokenizer",
+     "must be one of 'auto', 'words', 'minilm', got 'bert'"),
+    ("[preprocess.text]\ntokenizer = \"minilm\"\n", "preprocess.text.representation",
+     "must be \"sequence\" with tokenizer 'minilm'"),
+    ("[preprocess.text]\ntokenizer = \"minilm\"\nrepresentation = \"sequence\"\nmax_len = 600\n",
+     "preprocess.text.max_len", "must be ≤ 512 with tokenizer 'minilm'"),
     ('[data]\ndataset = "d"\ninputs = []\n', "data.inputs", "at least one field"),
 ])
 def test_a_bad_key_is_named_with_the_file_and_what_was_expected(tmp_path, extra, key, expected):
@@ -100,6 +106,44 @@ def test_unreadable_files_name_the_file(tmp_path):
     path = write(tmp_path, MINIMAL + "[optim\n")
     with pytest.raises(TwinError, match=rf"{path}: not valid TOML \(.*line 6"):
         load_job(path)
+
+
+# -- [preprocess.text] tokenizer ----------------------------------------------------------------
+MINILM = '[data]\ndataset = "d"\n\n[model]\nname = "minilm"\n\n[preprocess.text]\nrepresentation = "sequence"\n'
+
+
+@pytest.mark.parametrize("model, tokenizer, resolved", [
+    ("transformer", None, "words"), ("transformer", "words", "words"), ("transformer", "minilm", "minilm"),
+    ("minilm", None, "minilm"), ("minilm", "auto", "minilm"), ("minilm", "minilm", "minilm"),
+])
+def test_the_tokenizer_key_is_read_and_auto_follows_the_model(tmp_path, model, tokenizer, resolved):
+    text = MINILM.replace('"minilm"', f'"{model}"')
+    if tokenizer is not None:
+        text += f'tokenizer = "{tokenizer}"\n'
+    job = load_job(write(tmp_path, text))
+    assert job.preprocess.text.tokenizer == (tokenizer or "auto")
+    assert job.text_tokenizer == resolved
+    assert load_job(write(tmp_path, job.to_toml(), "again.toml")) == job
+    assert Job.from_json(job.to_json()) == job
+
+
+def test_model_minilm_with_the_words_tokenizer_is_an_error_naming_the_key_and_file(tmp_path):
+    path = write(tmp_path, MINILM + 'tokenizer = "words"\n', "imdb_minilm.toml")
+    with pytest.raises(JobFileError) as err:
+        load_job(path)
+    assert err.value.key == "preprocess.text.tokenizer" and err.value.where == str(path)
+    assert str(err.value).startswith(f"{path}: preprocess.text.tokenizer: is \"words\", but model \"minilm\"")
+    assert 'set it to "minilm"' in str(err.value)
+    # from --set, the error names the --set item
+    with pytest.raises(JobFileError) as err:
+        load_job(write(tmp_path, MINILM, "ok.toml"), overrides=["preprocess.text.tokenizer=words"])
+    assert err.value.where == "--set preprocess.text.tokenizer=words"
+    # model minilm (tokenizer auto) needs token ids, within MiniLM's positions
+    with pytest.raises(JobFileError, match=r"job.toml: preprocess.text.representation: must be \"sequence\" "
+                                           r"with tokenizer 'auto' and model \"minilm\""):
+        load_job(write(tmp_path, MINILM.replace('representation = "sequence"', "")))
+    with pytest.raises(JobFileError, match=r"preprocess.text.max_len: must be ≤ 512"):
+        load_job(write(tmp_path, MINILM + "max_len = 513\n"))
 
 
 # -- overrides --------------------------------------------------------------------------------

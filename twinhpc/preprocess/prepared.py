@@ -36,11 +36,13 @@ Note:
     (:mod:`.fit`). So ``mpirun -n 1, 2, 3`` write byte-identical shard files.
 
 Note:
-    The tokenizer follows the model: ``model.name = "minilm"`` reads text with MiniLM's own
-    WordPiece tokenizer (its vocabulary ships with the weights; nothing is fitted), every other
-    model with twinhpc's word tokenizer and the fitted vocabulary. Models that read token ids
-    need ``preprocess.text.representation = "sequence"``, ``mlp`` needs ``"tfidf"``; a mismatch
-    is an error naming the key before anything is fitted.
+    ``preprocess.text.tokenizer`` chooses the tokenizer (``job.text_tokenizer`` resolves
+    ``auto``): ``minilm`` reads text with MiniLM's own WordPiece tokenizer (its vocabulary ships
+    with the weights; nothing is fitted), ``words`` with twinhpc's word tokenizer and the
+    fitted vocabulary; ``auto`` is ``minilm`` for ``model.name = "minilm"`` and ``words``
+    otherwise (model ``minilm`` with ``words`` is refused when the job is read). Models that
+    read token ids need ``preprocess.text.representation = "sequence"``, ``mlp`` needs
+    ``"tfidf"``; a mismatch is an error naming the key before anything is fitted.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ class Plan:
         self.text_mode = None
         if self.kind == "text":
             rep = job.preprocess.text.representation
-            self.text_mode = "minilm" if job.model.name == "minilm" else rep
+            self.text_mode = "minilm" if job.text_tokenizer == "minilm" else rep
             wants = ("sequence" if job.model.name in SEQUENCE_MODELS
                      else "tfidf" if job.model.name in VECTOR_MODELS else rep)
             if rep != wants:
@@ -134,10 +136,12 @@ class Plan:
     def settings(self, job: Job) -> dict[str, Any]:
         """The job keys that shape the preprocessed data (the fingerprint's configuration)."""
         table = {"image": job.preprocess.image, "text": job.preprocess.text,
-                 "tabular": job.preprocess.tabular}[self.kind]
+                 "tabular": job.preprocess.tabular}[self.kind].to_dict()
+        # the tokenizer counts as resolved (text_mode): "auto" and its choice make the same data
+        table.pop("tokenizer", None)
         return {"train_split": job.data.train_split, "inputs": [f.name for f in self.inputs],
                 "label": self.label.name if self.label else None, "kind": self.kind,
-                "text_mode": self.text_mode, f"preprocess.{self.kind}": table.to_dict()}
+                "text_mode": self.text_mode, f"preprocess.{self.kind}": table}
 
 
 def fingerprint(settings: dict[str, Any], manifest: Manifest) -> str:
@@ -243,13 +247,66 @@ class Prepared:
         self.fields = tuple(f.name for f in transform.stored) + label
         self.raw_fields = tuple(f.name for f in plan.inputs) + label
         self.state = state
+        self._x_columns = _x_columns(manifest)
 
     def encode(self, batch) -> dict[str, np.ndarray]:
-        """A batch of the *source* dataset (``raw_fields``) in the stored form (``fields``)."""
-        out = self._transform.encode(batch)
+        """A batch of the *source* dataset (``raw_fields``) in the stored form (``fields``).
+
+        A TF-IDF document with more distinct vocabulary terms than any document of the source
+        dataset widens the batch's arrays (new data) instead of failing. Batches of another
+        dataset go through :meth:`encoder` first.
+        """
+        if isinstance(self._transform, Tfidf):
+            out = self._transform.encode(batch, grow=True)
+        else:
+            out = self._transform.encode(batch)
         if self.label and self.label in batch:
             out[self.label] = batch[self.label]
         return out
+
+    def encoder(self, manifest: Manifest, where: str = "the input dataset"):
+        """:meth:`encode` for batches of another dataset (``twinhpc predict --input``), whose
+        manifest is ``manifest``.
+
+        Such a dataset was ingested on its own, so its categorical codes (``cat_<column>``)
+        index *its* levels and its class ids *its* classes (a CSV reader sorts the values it
+        finds). They are mapped by name to this data's levels and classes first: a level the
+        training data never had gets code -1 (an all-zero one-hot block), an unknown class -1.
+        The numeric columns of a CSV/Parquet dataset (field ``x``) are taken by name, in the
+        training order; a missing or extra column is a :class:`TwinError` naming ``where``.
+        """
+        maps: dict[str, np.ndarray] = {}
+        for name, levels in getattr(self._transform, "categorical", ()):
+            theirs = manifest.categorical.get(name[len("cat_"):])
+            if theirs is not None and tuple(theirs) != tuple(levels):
+                position = {v: i for i, v in enumerate(levels)}
+                maps[name] = np.array([position.get(v, -1) for v in theirs], np.int64)
+        if self.task == "classification" and self.label and manifest.classes \
+                and tuple(manifest.classes) != self.classes:
+            position = {c: i for i, c in enumerate(self.classes)}
+            maps[self.label] = np.array([position.get(c, -1) for c in manifest.classes], np.int64)
+        order = None
+        theirs = _x_columns(manifest)
+        if self._x_columns and theirs and theirs != self._x_columns and "x" in self.raw_fields:
+            if sorted(theirs) != sorted(self._x_columns):
+                raise TwinError(f"{where}: numeric columns {theirs}, but the job's "
+                                f"model was trained on {self._x_columns}")
+            order = np.array([theirs.index(c) for c in self._x_columns])   # CSV columns by name
+        if not maps and order is None:
+            return self.encode
+
+        def encode(batch):
+            batch = dict(batch)
+            if order is not None and "x" in batch:
+                batch["x"] = np.asarray(batch["x"])[:, order]
+            for name, table in maps.items():
+                if name in batch:
+                    codes = np.asarray(batch[name])
+                    inside = (codes >= 0) & (codes < len(table))
+                    batch[name] = np.where(inside, table[np.where(inside, codes, 0)], -1).astype(codes.dtype)
+            return self.encode(batch)
+
+        return encode
 
     def transform(self, batch, train: bool = False, rng: np.random.Generator | None = None):
         """``(x, y)`` torch tensors of a batch of the preprocessed dataset.
@@ -275,6 +332,12 @@ class Prepared:
             dtype = np.int64 if self.task == "classification" else np.float32
             y = torch.from_numpy(np.ascontiguousarray(batch[self.label], dtype))
         return x, y
+
+
+def _x_columns(manifest: Manifest) -> list[str] | None:
+    """The column names of the numeric field ``x`` of a CSV/Parquet dataset (else ``None``)."""
+    columns = (manifest.provenance or {}).get("details", {}).get("x_columns")
+    return list(columns) if columns else None
 
 
 def open_prepared(job: Job) -> Prepared:

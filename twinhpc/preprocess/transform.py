@@ -174,7 +174,9 @@ class MiniLM:
         return _torch().from_numpy(batch["ids"].astype(np.int64))
 
     def model_defaults(self) -> dict[str, Any]:
-        return {}
+        from ..models.minilm import vocab_size
+
+        return {"vocab_size": vocab_size(), "max_len": self.max_len, "block_size": self.max_len}
 
     def state(self):
         return {}, {"field": self.field, "max_len": self.max_len}
@@ -222,14 +224,20 @@ class Tfidf:
         indptr, _, _ = bag_of_terms(docs, self.vocab)
         return int(np.diff(indptr).max(initial=0))
 
-    def encode(self, batch: Batch) -> dict[str, np.ndarray]:
+    def encode(self, batch: Batch, grow: bool = False) -> dict[str, np.ndarray]:
+        """``terms`` and ``counts`` (n, ``width``). A document with more distinct vocabulary
+        terms than ``width`` is an error, unless ``grow``: then the arrays are as wide as the
+        batch needs (new data for prediction; :meth:`__call__` takes any width)."""
         indptr, cols, counts = bag_of_terms(batch[self.field], self.vocab)
         n, nnz = len(indptr) - 1, np.diff(indptr)
-        if nnz.max(initial=0) > self.width:
-            raise ValueError(f"{self.field}: a document has {nnz.max()} distinct vocabulary terms, "
-                             f"more than the stored width {self.width}")
-        terms = np.full((n, self.width), -1, np.int32)
-        tf = np.zeros((n, self.width), np.int32)
+        width = self.width
+        if nnz.max(initial=0) > width:
+            if not grow:
+                raise ValueError(f"{self.field}: a document has {nnz.max()} distinct vocabulary terms, "
+                                 f"more than the stored width {self.width}")
+            width = int(nnz.max())
+        terms = np.full((n, width), -1, np.int32)
+        tf = np.zeros((n, width), np.int32)
         slot = np.arange(len(cols)) - np.repeat(indptr[:-1], nnz)
         row = np.repeat(np.arange(n), nnz)
         terms[row, slot], tf[row, slot] = cols, counts

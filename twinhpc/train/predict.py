@@ -12,7 +12,9 @@
     /index       int64 [n]            the sample's index in the split (stored order), ascending
     /output      float32 [n, k]       logits (classification) or predicted values (regression)
     /prediction  int64 [n]            the predicted class (classification only)
-    /target      [n, ...]             the label, when the dataset has one
+    /target      [n, ...]             the label, when the dataset has one (classification: the
+                                      class index of ``classes``, mapped by name from the
+                                      input's own classes; -1 for a class not among them)
 
 Note:
     Ranks predict disjoint parts (each rank its share of the split, ``policy="pad"`` so every
@@ -126,10 +128,12 @@ def predict(job: Job, run=None, dataset=None, out=None, *, checkpoint=None, spli
     if missing:
         raise TwinError(f"{dataset}: no field(s) {', '.join(missing)}, which the job's model reads")
     fields = [f for f in prep.raw_fields if f in names]
+    # the input's categorical codes, class ids and CSV columns, mapped by name to the training data's
+    encode = world.run(lambda: prep.encoder(manifest, str(dataset)))
     model = world.run(lambda: load_model(job, prep, path))
     loader = split_loader(dataset, split, job, world, fields)
     with loader:
-        rows = merge(world, infer(model, loader, lambda batch: prep.transform(prep.encode(batch)),
+        rows = merge(world, infer(model, loader, lambda batch: prep.transform(encode(batch)),
                                   bf16=job.train.bf16), root=0)
     if world.rank != 0:
         world.barrier()
