@@ -4,7 +4,9 @@ For each message size (powers of 4 from ``min_bytes`` to ``max_bytes``, float32)
 measures, interleaved round by round so that every implementation sees the same machine state:
 
 - ``twinhpc:<algorithm>`` for each algorithm of :class:`~twinhpc.comm.engine.Engine` and
-  ``twinhpc:auto`` (the engine's measured, cached choice per size);
+  ``twinhpc:auto`` (the engine's measured, cached choice per size), all on ordinary tensors;
+- ``twinhpc:shared`` — the engine on a tensor in its shared memory (``Engine.shared_buffer``,
+  where DataParallel keeps its gradient buckets): summed in place, nothing copied;
 - ``mpi4py`` — ``Comm.Allreduce`` in place on a numpy buffer with MPI's default settings;
 - ``mpi4py:<name>`` — the same with each of Open MPI's all-reduce algorithms forced on its own
   communicator (see the note; only when the job started with dynamic rules enabled);
@@ -13,7 +15,8 @@ measures, interleaved round by round so that every implementation sees the same 
 
 Each figure is the median over ``rounds`` of the slowest rank's mean time per call; algbw is
 bytes / time and busbw = algbw * 2(n-1)/n (the bytes each rank must move; ``memcpy`` reports
-algbw in both). Ratios compare ``twinhpc:auto`` with ``mpi4py`` and with the best MPI row.
+algbw in both). Ratios compare ``twinhpc:auto`` with ``mpi4py`` and with the best MPI row (the
+targets), and ``twinhpc:shared`` with ``mpi4py``.
 
 Note:
     Open MPI picks its algorithm per communicator when the communicator is created, from MCA
@@ -117,8 +120,12 @@ def _engine_impls(world: World) -> list[_Impl]:
             return lambda: engine.allreduce_(t, algorithm=algorithm, name="bench")
         return setup
 
+    def shared(nbytes):
+        t = engine.shared_buffer(nbytes // 4 * 4).view(torch.float32)
+        return lambda: engine.allreduce_(t, name="bench")
+
     impls = [_Impl(f"twinhpc:{a}", with_algorithm(a)) for a in engine.available_algorithms()]
-    return impls + [_Impl("twinhpc:auto", with_algorithm(None), engine.close)]
+    return impls + [_Impl("twinhpc:shared", shared), _Impl("twinhpc:auto", with_algorithm(None), engine.close)]
 
 
 def _torch_impls(world: World) -> list[_Impl]:
@@ -237,7 +244,8 @@ def ratios(rows: list[dict]) -> list[dict]:
         best = max(mpi, key=mpi.get)
         core = at["twinhpc:auto"]
         out.append(dict(bytes=nbytes, core_vs_mpi4py=core / at["mpi4py"], core_vs_best_mpi=core / mpi[best],
-                        best_mpi=best, memcpy_gbps=at["memcpy"]))
+                        best_mpi=best, memcpy_gbps=at["memcpy"],
+                        shared_vs_mpi4py=at.get("twinhpc:shared", float("nan")) / at["mpi4py"]))
     return out
 
 
@@ -279,6 +287,7 @@ def report(figures: dict) -> str:
                        (r["bytes"] < TARGET_MIN_BYTES or r["core_vs_mpi4py"] >= TARGET_VS_MPI4PY) else "NO")
                   for r in figures["ratios"]]
     ratio_table = format_table(ratio_rows, {"bytes": "d", "core_vs_mpi4py": ".2f", "core_vs_best_mpi": ".2f",
-                                            "best_mpi": "", "memcpy_gbps": ".2f", "met": ""})
+                                            "best_mpi": "", "memcpy_gbps": ".2f", "met": "",
+                                            "shared_vs_mpi4py": ".2f"})
     return (f"{rows}\n\ntwinhpc:auto busbw over mpi4py (target >= {TARGET_VS_MPI4PY} from "
             f"{TARGET_MIN_BYTES >> 20} MiB) and over the best MPI row (target >= {TARGET_VS_BEST_MPI}):\n{ratio_table}")

@@ -30,7 +30,7 @@ import torch
 log = logging.getLogger("twinhpc")
 
 #: message sizes measured (bytes); each stands for the sizes up to the geometric mean with the next
-SIZE_CLASSES = (4 << 10, 64 << 10, 1 << 20, 16 << 20)
+SIZE_CLASSES = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20)
 #: environment variable naming the cache folder
 CACHE_ENV = "TWINHPC_CACHE"
 #: the cache file inside it
