@@ -20,8 +20,10 @@ DESCRIPTION = f"""\
 Step time of data-parallel training (twinhpc.comm.ddp.DataParallel) on N ranks against the same
 per-rank work with communication off, at one intra-op thread per rank.
 
-The model is an MLP (WIDTH inputs, LAYERS hidden layers of WIDTH units, 10 outputs; the defaults
-give 3.16M float32 parameters, 12.6 MB of gradients). Each rank trains on its own fixed random
+The model (--model) is either `mlp`, an MLP (WIDTH inputs, LAYERS hidden layers of WIDTH units, 10
+outputs; the defaults give 3.16M float32 parameters, 12.6 MB of gradients, with little compute per
+gradient byte: the communication-heavy stress case), or `resnet18`, twinhpc's ResNet-18 for
+32x32x3 images (11.2M parameters, 44.7 MB of gradients: the CIFAR-10 worked case). Each rank trains on its own fixed random
 batches of BATCH samples (cross-entropy, SGD). A step is forward, backward, (synchronize),
 optimizer step. Measured in one run, interleaved: after a warm-up step of each, ROUNDS rounds
 each time STEPS steps of the communication-free model and of one DataParallel model per
@@ -36,7 +38,7 @@ against the first float32 model (0 between float32 models of any cap).
 
 Rank 0 prints a table (or with --json the rows as JSON: impl, ranks, bytes, time_s,
 step_s_comm, step_s_nocomm, ratio, wait_s, bucket_cap_mb, buckets, wire_dtype, max_rel_diff) and
-writes FOLDER/dp_overhead.h5 atomically: one table per wire dtype (a row per bucket cap, numeric
+writes FOLDER/dp_overhead.h5 (FOLDER/dp_overhead_resnet18.h5 for --model resnet18) atomically: one table per wire dtype (a row per bucket cap, numeric
 columns of the JSON rows) and the settings as attributes.
 
 example:
@@ -51,9 +53,10 @@ BATCHES = 4  # distinct batches per rank, cycled
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="dp_overhead.py", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("mlp", "resnet18"), default="mlp", help="the model (default mlp)")
     p.add_argument("--width", type=int, default=1024, help="MLP input and hidden width (default 1024)")
     p.add_argument("--layers", type=int, default=3, help="hidden layers (default 3)")
-    p.add_argument("--batch", type=int, default=64, help="samples per rank per step (default 64)")
+    p.add_argument("--batch", type=int, help="samples per rank per step (default: mlp 64, resnet18 8)")
     p.add_argument("--steps", type=int, default=10, help="steps per measurement (default 10)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported (default 5)")
     p.add_argument("--bucket-cap-mb", default=f"{DEFAULT_BUCKET_CAP_MB:g}", metavar="CAPS",
@@ -65,12 +68,26 @@ def parse_args(argv):
     p.add_argument("--results", default="bench-results", metavar="FOLDER",
                    help="folder for dp_overhead.h5 (default ./bench-results)")
     args = p.parse_args(argv)
+    args.batch = args.batch or {"mlp": 64, "resnet18": 8}[args.model]
     args.caps = [float(c) for c in args.bucket_cap_mb.split(",")]
     args.wires = ["float32"] + [w for w in args.wire_dtype.split(",") if w != "float32"]  # float32: the reference
     unknown = [w for w in args.wires if w not in WIRE_DTYPES]
     if unknown:
         p.error(f"--wire-dtype: unknown {', '.join(unknown)} (choose among {', '.join(WIRE_DTYPES)})")
     return args
+
+
+def make_model(args) -> nn.Module:
+    if args.model == "resnet18":
+        from twinhpc.models import build
+
+        torch.manual_seed(0)
+        return build("resnet18")
+    return mlp(args.width, args.layers)
+
+
+def describe(args) -> str:
+    return "ResNet-18 (32x32x3)" if args.model == "resnet18" else f"MLP {args.layers}x{args.width}"
 
 
 def mlp(width: int, layers: int) -> nn.Sequential:
@@ -121,13 +138,14 @@ def run(args) -> list[dict]:
     world = get_world()
     engine = Engine(comm=world.comm)
     g = torch.Generator().manual_seed(world.rank)
-    batches = [(torch.randn(args.batch, args.width, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
+    shape = (3, 32, 32) if args.model == "resnet18" else (args.width,)
+    batches = [(torch.randn(args.batch, *shape, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
                for _ in range(BATCHES)]
-    baseline = Trainer(mlp(args.width, args.layers), batches, None)
+    baseline = Trainer(make_model(args), batches, None)
     configs = [(wire, cap) for wire in args.wires for cap in args.caps]
     trainers = []
     for wire, cap in configs:
-        dp = DataParallel(mlp(args.width, args.layers), engine=engine, bucket_cap_mb=cap, wire_dtype=WIRE_DTYPES[wire])
+        dp = DataParallel(make_model(args), engine=engine, bucket_cap_mb=cap, wire_dtype=WIRE_DTYPES[wire])
         trainers.append(Trainer(dp, batches, dp))
 
     for t in (baseline, *trainers):  # warm-up: first-touch allocations, the engine's buffers
@@ -159,7 +177,7 @@ def run(args) -> list[dict]:
 
 def report(args, rows: list[dict]) -> str:
     r0 = rows[0]
-    head = (f"dp_overhead: MLP {args.layers}x{args.width}, {r0['bytes'] / 1e6:.1f} MB of gradients, "
+    head = (f"dp_overhead: {describe(args)}, {r0['bytes'] / 1e6:.1f} MB of gradients, "
             f"{r0['ranks']} rank(s), batch {args.batch}/rank, 1 thread/rank, "
             f"{args.steps} steps x {args.rounds} rounds (median)")
     formats = {"wire_dtype": "s", "bucket_cap_mb": "g", "buckets": "d", "step_s_comm": ".4f",
@@ -176,10 +194,11 @@ def report(args, rows: list[dict]) -> str:
 def save(args, rows: list[dict]) -> str:
     tables = {wire: [{k: v for k, v in r.items() if k not in ("impl", "wire_dtype")}
                      for r in rows if r["wire_dtype"] == wire] for wire in args.wires}
-    attrs = {"impl": "twinhpc", "model": f"mlp {args.layers}x{args.width}", "batch_per_rank": args.batch,
+    attrs = {"impl": "twinhpc", "model": describe(args), "batch_per_rank": args.batch,
              "steps": args.steps, "rounds": args.rounds, "threads_per_rank": 1, "target_ratio": TARGET,
              "default_bucket_cap_mb": DEFAULT_BUCKET_CAP_MB}
-    return str(write_results(f"{args.results}/dp_overhead.h5", tables, attrs).absolute())
+    name = "dp_overhead.h5" if args.model == "mlp" else f"dp_overhead_{args.model}.h5"
+    return str(write_results(f"{args.results}/{name}", tables, attrs).absolute())
 
 
 def main(argv=None) -> int:

@@ -36,7 +36,7 @@ CACHE_ENV = "TWINHPC_CACHE"
 #: the cache file inside it
 CACHE_FILE = "allreduce-tuning.json"
 #: version of the cache's layout (part of every key)
-FORMAT = 3
+FORMAT = 4
 #: timed turns per algorithm and size (after one warm-up); the median counts
 REPS = 7
 
@@ -114,8 +114,10 @@ def autotune(engine, sizes=SIZE_CLASSES, reps: int = REPS) -> dict[int, dict[str
     """Seconds of one all-reduce per size and available algorithm (float32 messages). Collective.
 
     After a warm-up call of each, the algorithms take turns, ``reps`` times, so that a drift of
-    the machine's speed affects them alike; each figure is the median of its turns, and the
-    maximum over ranks, so every rank gets the same numbers.
+    the machine's speed affects them alike; a turn times a few back-to-back calls (about 8 MiB
+    of messages, 2 to 50 calls) after a barrier, as a training step issues them, so the skew of
+    the ranks' arrival at the barrier does not decide; each figure is the median of its turns'
+    per-call times, and the maximum over ranks, so every rank gets the same numbers.
     """
     from mpi4py import MPI
 
@@ -123,6 +125,7 @@ def autotune(engine, sizes=SIZE_CLASSES, reps: int = REPS) -> dict[int, dict[str
     times: dict[int, dict[str, float]] = {}
     for size in sizes:
         t = torch.ones(max(1, size // 4))
+        calls = max(2, min(50, (8 << 20) // max(size, 1)))
         seconds: dict[str, list[float]] = {a: [] for a in algorithms}
         for a in algorithms:
             engine.allreduce_(t, algorithm=a, name="tuning")
@@ -130,8 +133,9 @@ def autotune(engine, sizes=SIZE_CLASSES, reps: int = REPS) -> dict[int, dict[str
             for a in algorithms:
                 engine.barrier(name="tuning")
                 t0 = time.perf_counter()
-                engine.allreduce_(t, algorithm=a, name="tuning")
-                seconds[a].append(time.perf_counter() - t0)
+                for _ in range(calls):
+                    engine.allreduce_(t, algorithm=a, name="tuning")
+                seconds[a].append((time.perf_counter() - t0) / calls)
         times[size] = {a: engine.comm.allreduce(sorted(s)[len(s) // 2], op=MPI.MAX) for a, s in seconds.items()}
     return times
 
