@@ -37,9 +37,9 @@ Data: synthetic CIFAR-sized images (32x32x3 uint8, 10 classes), STEPS x BATCH x 
 samples, ingested and preprocessed into a temporary folder. Each measurement of twinhpc is one
 epoch of STEPS optimizer steps (validation and checkpoint excluded: the samples_per_s that
 results.h5 records); a plain measurement is STEPS steps. After a warm-up of each, ROUNDS
-interleaved rounds; medians reported. ratio = twinhpc / plain (target >= 0.95). data_wait is
-the fraction of twinhpc's step time spent waiting for data, transform included (results.h5
-/timing: data_wait over the sum of the phases; target < 5%).
+interleaved rounds (the order alternating round by round); medians reported. ratio = twinhpc /
+plain (target >= 0.95). data_wait is the fraction of twinhpc's step time spent waiting for
+data, transform included (results.h5 /timing: data_wait over the sum of the phases; target < 5%).
 
 Rank 0 prints a table (or with --json the rows) and writes FOLDER/train_throughput.h5: one
 compound table per model (a row of the numeric columns) and the settings as attributes.
@@ -76,7 +76,7 @@ def parse_args(argv):
     p.add_argument("--models", default="cnn,resnet18", help="comma-separated models (default cnn,resnet18)")
     p.add_argument("--batch", type=int, help="samples per rank per step (default: cnn 64, resnet18 16)")
     p.add_argument("--steps", type=int, default=24, help="optimizer steps per measurement (default 24)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported (default 5)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--results", default="bench-results", help="folder for train_throughput.h5 (default ./bench-results)")
@@ -160,12 +160,14 @@ def run(args) -> list[dict]:
             twinhpc_loop(world, job, work / model / "warmup")
             plain, ours, waits = [], [], []
             for k in range(args.rounds):
-                world.barrier()
-                plain.append(world.comm.allreduce(plain_loop(job, images, labels, args.steps, batch)) / world.size)
-                world.barrier()
-                sps, wait = twinhpc_loop(world, job, work / model / f"run{k}")
-                ours.append(sps)
-                waits.append(wait)
+                for which in ("plain", "twinhpc") if k % 2 == 0 else ("twinhpc", "plain"):  # alternating
+                    world.barrier()
+                    if which == "plain":
+                        plain.append(world.comm.allreduce(plain_loop(job, images, labels, args.steps, batch)) / world.size)
+                    else:
+                        sps, wait = twinhpc_loop(world, job, work / model / f"run{k}")
+                        ours.append(sps)
+                        waits.append(wait)
             ratios = [o / p for o, p in zip(ours, plain)]
             rows.append({"model": model, "ranks": world.size, "batch": batch, "threads": args.threads,
                          "steps": args.steps, "plain_sps": median(plain), "twinhpc_sps": median(ours),

@@ -52,6 +52,28 @@ void many_typed(T* dst, const T* const* srcs, int k, int64_t n) {
 }
 
 template <typename T>
+void twice_typed(T* dst_a, T* dst_b, const T* const* srcs, int k, int64_t n) {
+  using Acc = typename Accumulator<T>::type;
+  Acc acc[kManyBlock];
+  for (int64_t lo = 0; lo < n; lo += kManyBlock) {
+    const int64_t m = std::min(kManyBlock, n - lo);
+    const T* s0 = srcs[0] + lo;
+    for (int64_t i = 0; i < m; ++i) acc[i] = static_cast<Acc>(s0[i]);
+    for (int j = 1; j < k; ++j) {
+      const T* s = srcs[j] + lo;
+      for (int64_t i = 0; i < m; ++i) acc[i] += static_cast<Acc>(s[i]);
+    }
+    T* a = dst_a + lo;
+    T* b = dst_b + lo;
+    for (int64_t i = 0; i < m; ++i) {
+      const T v = static_cast<T>(acc[i]);
+      a[i] = v;
+      b[i] = v;
+    }
+  }
+}
+
+template <typename T>
 void to_all_typed(T* const* bufs, int k, int64_t n, double scale) {
   using Acc = typename Accumulator<T>::type;
   Acc acc[kManyBlock];
@@ -125,6 +147,13 @@ void reduce_many(void* dst, const void* const* srcs, int k, int64_t n, at::Scala
   with_type(t, [&](auto zero) {
     using T = decltype(zero);
     many_typed(static_cast<T*>(dst), reinterpret_cast<const T* const*>(srcs), k, n);
+  });
+}
+
+void reduce_many_twice(void* dst_a, void* dst_b, const void* const* srcs, int k, int64_t n, at::ScalarType t) {
+  with_type(t, [&](auto zero) {
+    using T = decltype(zero);
+    twice_typed(static_cast<T*>(dst_a), static_cast<T*>(dst_b), reinterpret_cast<const T* const*>(srcs), k, n);
   });
 }
 

@@ -25,6 +25,9 @@ void reduce_into(void* inout, const void* in, int64_t n, at::ScalarType t);
 // dst[i] = srcs[0][i] + ... + srcs[k-1][i] for i < n, k >= 1; dst may be one of the srcs.
 // 16-bit floats accumulate in float32 over all k and round once.
 void reduce_many(void* dst, const void* const* srcs, int k, int64_t n, at::ScalarType t);
+// dst_a[i] = dst_b[i] = srcs[0][i] + ... + srcs[k-1][i]: reduce_many writing the sum to two places
+// in one pass (dst_a may be one of the srcs; dst_b must not overlap them).
+void reduce_many_twice(void* dst_a, void* dst_b, const void* const* srcs, int k, int64_t n, at::ScalarType t);
 // bufs[j][i] = scale * (bufs[0][i] + ... + bufs[k-1][i]) for every j < k and i < n: the sum of
 // k buffers, scaled, written back into all of them (one block at a time, so each element is read
 // and written once). 16-bit floats accumulate and scale in float32 and round once; for integer

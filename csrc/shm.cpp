@@ -198,8 +198,8 @@ void SharedMemory::allreduce(void* buf, int64_t n, at::ScalarType t) {
     for (int q = 0; q < size_; ++q) {
       srcs[q] = q == rank_ ? round + mine_lo * es : slots_[2 * q + j] + mine_lo * es;
     }
-    reduce_many(round + mine_lo * es, srcs.data(), size_, mine_n, t);
-    std::memcpy(slots_[2 * rank_ + j] + mine_lo * es, round + mine_lo * es, mine_n * es);
+    // The sum, into this rank's buffer and (published for the others) its slot, in one pass.
+    reduce_many_twice(round + mine_lo * es, slots_[2 * rank_ + j] + mine_lo * es, srcs.data(), size_, mine_n, t);
     barrier();
     for (int q = 0; q < size_; ++q) {
       if (q != rank_) {
