@@ -44,7 +44,9 @@ mpirun -n "$NP" twinhpc preprocess "$JOB" "${SETS[@]}" --log-dir "$WORK/logs"
 
 step "train on $NP ranks (run $RUN, started afresh; per-rank logs in $RUN/logs)"
 rm -rf "$RUN"
-mpirun -n "$NP" twinhpc train "$JOB" "${SETS[@]}"
+# --bind-to none: Open MPI would pin each rank to one core, where the loader's prefetch thread
+# and the all-reduce engine's thread would queue behind the compute thread
+mpirun -n "$NP" --bind-to none twinhpc train "$JOB" "${SETS[@]}"
 
 step "validate on $NP ranks"
 mpirun -n "$NP" twinhpc validate "$JOB" "${SETS[@]}" --run "$RUN"
