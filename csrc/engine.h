@@ -10,7 +10,9 @@
 //      so different sizes or dtypes across ranks, or a bad argument on one rank, become the
 //      same clear error on every rank instead of a hang or a corrupted buffer;
 //   3. packs the tensors into the fusion buffer, cast to the wire dtype (skipped for one tensor
-//      already in the wire dtype: it is reduced in place);
+//      already in the wire dtype: it is reduced in place; and one that lies in a shared region
+//      from shared_buffer(), at the same offset on every rank, is summed where it is, in
+//      every rank's memory at once, with nothing copied: shm.h);
 //   4. sums the buffer with the operation's algorithm (MPI_Allreduce, ring, shared memory);
 //   5. unpacks, cast back and scaled by 1/size for an average.
 //
