@@ -105,6 +105,24 @@ def test_bf16_autocast_and_bf16_wire_track_the_float32_run(job, tmp_path):
     np.testing.assert_allclose(bf16["loss"], fp32["loss"], rtol=0.01)
 
 
+@pytest.mark.parametrize("device", ["auto", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_device_runs_track_the_cpu_run(job, tmp_path, device):
+    """``train.device``: the model and batches on the resolved device (``auto`` is the CPU
+    without a GPU); validate and predict follow the job's device. The loss curve matches the
+    CPU run's (exactly on the CPU; within float32 kernel differences on a GPU)."""
+    from twinhpc.train.predict import validate
+
+    cpu = train(job, tmp_path / "cpu", progress=False)
+    other_job = override(job, {"train.device": device})
+    other = train(other_job, tmp_path / device, progress=False)
+    assert other.status == cpu.status == "finished"
+    a, b = read_results(tmp_path / "cpu")["metrics"], read_results(tmp_path / device)["metrics"]
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4)
+    report = validate(other_job, run=tmp_path / device)
+    assert 0.0 <= report["accuracy"] <= 1.0
+
+
 REGRESSION_JOB = """
 [data]
 dataset = "{dir}/data"

@@ -29,6 +29,7 @@ import torch
 from ..config import Job
 from ..data.loader import ShardedLoader
 from ..io.results import confusion_report, regression_report
+from .device import to_device
 from .losses import make_loss, metric_value, predictions
 
 #: epoch whose permutation evaluation reads (any fixed number would do)
@@ -68,15 +69,17 @@ def infer(model: torch.nn.Module, loader: ShardedLoader, transform: Callable, *,
     loader.set_epoch(EVAL_EPOCH)
     order = loader.indices(EVAL_EPOCH)
     parts: dict[str, list[np.ndarray]] = {"output": [], "target": [], "loss": []}
+    device = next(model.parameters()).device
     for batch in loader:
         x, y = transform(batch)
+        x, y = to_device(x, device), to_device(y, device)
         with autocast(bf16):
             out = model(x)
-        parts["output"].append(out.float().numpy())
+        parts["output"].append(out.float().cpu().numpy())
         if y is not None:
-            parts["target"].append(y.numpy())
+            parts["target"].append(y.cpu().numpy())
             if loss_fn is not None:
-                parts["loss"].append(loss_fn(out, y).float().numpy())
+                parts["loss"].append(loss_fn(out, y).float().cpu().numpy())
     model.train(was_training)
     result = {"index": order[:sum(len(o) for o in parts["output"])].astype(np.int64)}
     result.update({k: np.concatenate(v) for k, v in parts.items() if v})

@@ -53,6 +53,7 @@ import torch
 from ..comm.ddp import DataParallel
 from ..comm.engine import Engine
 from ..comm.world import World, get_world
+from .device import resolve_device, to_device
 from ..config import Job, JobFileError, check_structure
 from ..data.loader import ShardedLoader
 from ..errors import TwinError
@@ -240,7 +241,8 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
     # -- model, optimizer, schedule, loss ---------------------------------------------------
     torch.manual_seed(cfg.seed)                       # the same initial weights on every rank
     engine = Engine(world.comm, stall_timeout=cfg.stall_timeout)
-    model = DataParallel(build_model(job, prep), engine=engine, bucket_cap_mb=cfg.bucket_cap_mb,
+    device = resolve_device(cfg.device)
+    model = DataParallel(build_model(job, prep).to(device), engine=engine, bucket_cap_mb=cfg.bucket_cap_mb,
                          wire_dtype=WIRE_DTYPES[cfg.wire_dtype])
     optimizer = make_optimizer(model.parameters(), ocfg)
     schedule = Schedule(ocfg, steps_per_epoch, int(total_steps))
@@ -307,6 +309,7 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
                     t0 = time.perf_counter()
                     batch = next(batches)
                     x, y = prep.transform(batch, train=True, rng=aug_rng)
+                    x, y = to_device(x, device), to_device(y, device)
                     t1 = time.perf_counter()
                     sync = model.no_sync() if micro < accumulate - 1 else contextlib.nullcontext()
                     with sync:

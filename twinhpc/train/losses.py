@@ -89,11 +89,11 @@ def batch_stats(task: str, outputs: torch.Tensor, targets: torch.Tensor, classes
         if task == "classification":
             pred = outputs.argmax(dim=1).long()
             cells = targets.long() * classes + pred
-            return torch.bincount(cells, minlength=classes * classes).double().numpy()
+            return torch.bincount(cells, minlength=classes * classes).double().cpu().numpy()
         y = targets.double().reshape(outputs.shape[0], -1)
         e = outputs.double().reshape(y.shape) - y
-        n = torch.full((y.shape[1],), float(y.shape[0]), dtype=torch.float64)
-        return torch.stack([n, e.abs().sum(0), (e * e).sum(0), y.sum(0), (y * y).sum(0)]).numpy().reshape(-1)
+        n = torch.full((y.shape[1],), float(y.shape[0]), dtype=torch.float64, device=outputs.device)
+        return torch.stack([n, e.abs().sum(0), (e * e).sum(0), y.sum(0), (y * y).sum(0)]).cpu().numpy().reshape(-1)
 
 
 def stats_size(task: str, classes: int) -> int:
