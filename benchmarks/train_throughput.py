@@ -22,6 +22,8 @@ from twinhpc.io.results import read_results
 from twinhpc.preprocess import open_prepared, preprocess
 from twinhpc.train import train
 from twinhpc.train.loop import build_model
+from twinhpc.train.device import resolve_device
+from twinhpc.train.evaluate import autocast
 from twinhpc.train.optim import make_optimizer
 
 DESCRIPTION = """\
@@ -64,6 +66,8 @@ name = "{model}"
 name = "sgd"
 lr = 0.01
 [train]
+device = "{device}"
+bf16 = {bf16}
 epochs = 1
 checkpoint_every = 1000000
 log_every = 1000000
@@ -78,12 +82,15 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=24, help="optimizer steps per measurement (default 24)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported (default 5)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="train.device of both loops (default cpu; cuda: one rank per GPU)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast in both loops (train.bf16)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--results", default="bench-results", help="folder for train_throughput.h5 (default ./bench-results)")
     return p.parse_args(argv)
 
 
-def prepare(world, work: Path, model: str, batch: int, steps: int):
+def prepare(world, work: Path, model: str, batch: int, steps: int, device: str = "cpu", bf16: bool = False):
     """Ingest and preprocess STEPS·BATCH·N synthetic images (+ one batch per rank to validate)."""
     n_train, n_val = steps * batch * world.size, batch * world.size
     src = work / f"{model}.npz"
@@ -99,7 +106,8 @@ def prepare(world, work: Path, model: str, batch: int, steps: int):
     ingest("npz", src, folder / "data", options={"label": "label"}, val_fraction=n_val / (n_train + n_val),
            test_fraction=0.0, world=world, overwrite=True)
     if world.rank == 0:
-        (folder / "job.toml").write_text(JOB.format(dir=folder, batch=batch * world.size, model=model))
+        (folder / "job.toml").write_text(JOB.format(dir=folder, batch=batch * world.size, model=model,
+                                                    device=device, bf16=str(bf16).lower()))
     world.barrier()
     job = load_job(folder / "job.toml")
     preprocess(job, world=world)
@@ -111,28 +119,35 @@ def plain_loop(job, images: torch.Tensor, labels: torch.Tensor, steps: int, batc
     (N, 32, 32, 3), per-batch random crop (padding 2) and flip, normalisation, all torch ops."""
     prep = open_prepared(job)
     torch.manual_seed(0)
-    model = build_model(job, prep).train()
+    device = resolve_device(job.train.device)
+    model = build_model(job, prep).to(device).train()
+    images, labels = images.to(device), labels.to(device)
     opt = make_optimizer(model.parameters(), job.optim)
     g = torch.Generator().manual_seed(1)
-    mean = torch.tensor([125.0, 123.0, 114.0]).view(1, 3, 1, 1)
-    inv_std = 1.0 / torch.tensor([63.0, 62.0, 66.0]).view(1, 3, 1, 1)
+    mean = torch.tensor([125.0, 123.0, 114.0], device=device).view(1, 3, 1, 1)
+    inv_std = 1.0 / torch.tensor([63.0, 62.0, 66.0], device=device).view(1, 3, 1, 1)
     pad, side = 2, 32
-    span = torch.arange(side)
+    span = torch.arange(side, device=device)
     t0 = time.perf_counter()
     for step in range(steps):
-        idx = torch.randint(0, images.shape[0], (batch,), generator=g)
+        idx = torch.randint(0, images.shape[0], (batch,), generator=g).to(device)
         x = images[idx].permute(0, 3, 1, 2).float()                    # (B, 3, 32, 32)
         x = F.pad(x, (pad, pad, pad, pad))
-        oy, ox = (torch.randint(0, 2 * pad + 1, (2, batch), generator=g))
+        oy, ox = torch.randint(0, 2 * pad + 1, (2, batch), generator=g).to(device)
         rows = (oy[:, None] + span)[:, None, :, None]                  # (B, 1, 32, 1)
         cols = (ox[:, None] + span)                                    # (B, 32)
-        flip = torch.rand(batch, generator=g) < 0.5
+        flip = (torch.rand(batch, generator=g) < 0.5).to(device)
         cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
-        x = x[torch.arange(batch)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+        x = x[torch.arange(batch, device=device)[:, None, None, None],
+              torch.arange(3, device=device)[None, :, None, None], rows, cols]
         x = (x - mean) * inv_std
-        F.cross_entropy(model(x), labels[idx]).backward()
+        with autocast(job.train.bf16):
+            loss = F.cross_entropy(model(x), labels[idx])
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return steps * batch / (time.perf_counter() - t0)
 
 
@@ -155,7 +170,7 @@ def run(args) -> list[dict]:
         work = Path(world.bcast(tmp if world.rank == 0 else None))
         for model in args.models.split(","):
             batch = args.batch or BATCH.get(model, 32)
-            job, images, labels = prepare(world, work, model, batch, args.steps)
+            job, images, labels = prepare(world, work, model, batch, args.steps, args.device, args.bf16)
             plain_loop(job, images, labels, 1, batch)                  # warm-up of both
             twinhpc_loop(world, job, work / model / "warmup")
             plain, ours, waits = [], [], []
@@ -192,7 +207,8 @@ def main(argv=None) -> int:
         tables = {r["model"]: [{k: v for k, v in r.items() if k != "model"}] for r in rows}  # numeric columns
         path = write_results(f"{args.results}/train_throughput.h5", tables,
                              {"target_ratio": TARGET_RATIO, "target_data_wait": TARGET_WAIT,
-                              "ranks": world.size, "rounds": args.rounds})
+                              "ranks": world.size, "rounds": args.rounds, "device": args.device,
+                              "bf16": args.bf16})
         print(f"results: {path.absolute()}", flush=True)
     return 0
 
