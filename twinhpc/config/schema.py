@@ -562,8 +562,8 @@ class TrainConfig(Table):
                              choices=CLASSIFICATION_METRICS + REGRESSION_METRICS,
                              default_doc="`accuracy` / `rmse` by task")
     device: str = key("cpu", "Where the model trains: `cpu`; `cuda` (rank r of a node uses GPU "
-                             "`local rank % GPUs`; batches are copied there after the host-side "
-                             "transform; not yet run on a GPU); `auto` (cuda when a GPU is visible).",
+                             "`local rank % GPUs`; images are augmented there, other batches "
+                             "copied there; not yet run on a GPU); `auto` (cuda when a GPU is visible).",
                       choices=("cpu", "cuda", "auto"))
     bf16: bool = key(False, "Run forward and loss under bfloat16 autocast (weights stay float32).")
     dropout: float | None = key(None, "Set the probability of every dropout layer of the model.",

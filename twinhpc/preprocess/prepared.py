@@ -308,7 +308,7 @@ class Prepared:
 
         return encode
 
-    def transform(self, batch, train: bool = False, rng: np.random.Generator | None = None):
+    def transform(self, batch, train: bool = False, rng: np.random.Generator | None = None, device=None):
         """``(x, y)`` torch tensors of a batch of the preprocessed dataset.
 
         Parameters
@@ -316,6 +316,8 @@ class Prepared:
         batch : ``dict`` field → numpy array with ``fields`` (the loader's batch).
         train : apply the training augmentation (image crop/flip per ``[preprocess.image]``).
         rng : numpy Generator of the augmentation, needed when ``train`` augments.
+        device : a CUDA ``torch.device``: images are normalised and augmented on it (the other
+            kinds are made on the host; the caller moves them). ``None``: the host.
 
         Returns
         -------
@@ -326,7 +328,9 @@ class Prepared:
         """
         import torch
 
-        x = self._transform(batch, train=train, rng=rng)
+        on_gpu = device is not None and torch.device(device).type == "cuda" and self._transform.kind == "image"
+        x = (self._transform(batch, train=train, rng=rng, device=device) if on_gpu
+             else self._transform(batch, train=train, rng=rng))
         y = None
         if self.label and self.label in batch:
             dtype = np.int64 if self.task == "classification" else np.float32

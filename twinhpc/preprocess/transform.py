@@ -81,7 +81,10 @@ class Image:
     def encode(self, batch: Batch) -> dict[str, np.ndarray]:
         return {self.field: np.asarray(batch[self.field], np.uint8)}
 
-    def __call__(self, batch: Batch, train: bool = False, rng: np.random.Generator | None = None):
+    def __call__(self, batch: Batch, train: bool = False, rng: np.random.Generator | None = None,
+                 device=None):
+        """float32 (N, C, H, W) images; on a CUDA ``device`` normalised and augmented there (the
+        numba.cuda kernel of :mod:`twinhpc.kernels.cuda_image`, the same bits as on the host)."""
         x = batch[self.field]
         offsets = flips = None
         pad = self.crop_padding if train else 0
@@ -90,6 +93,12 @@ class Image:
                 raise ValueError("rng: a numpy Generator is needed for train=True augmentation "
                                  "(e.g. twinhpc.kernels.image.batch_rng(seed, rank, epoch, step))")
             offsets, flips = augment_params(rng, len(x), pad=pad, flip=self.flip)
+        if device is not None and _torch().device(device).type == "cuda":
+            from ..kernels.cuda_image import normalize_augment_cuda
+
+            y = normalize_augment_cuda(np.ascontiguousarray(x), self.mean, self.std, offsets=offsets,
+                                       flips=flips, pad=pad)
+            return _torch().as_tensor(y, device=device)
         y = normalize_augment(x, self.mean, self.std, offsets=offsets, flips=flips, pad=pad)
         return _torch().from_numpy(y)
 

@@ -5,9 +5,9 @@
 PMIx or Slurm), so one process per GPU is the layout to launch. ``auto`` is ``cuda`` when a GPU
 is visible, else ``cpu``.
 
-On a GPU the model, the batches and the gradients live on the device: the loader and the
-per-batch transform (normalisation, augmentation) still run on the host, and each batch is
-copied to the device before the forward pass; the gradient all-reduce stages device buckets
+On a GPU the model, the batches and the gradients live on the device: the loader runs on the
+host; image batches are normalised and augmented on the device (numba.cuda), other batches are
+made on the host and copied to the device before the forward pass; the gradient all-reduce stages device buckets
 through pinned host memory unless MPI is CUDA-aware (docs/allreduce.md).
 
 Note:

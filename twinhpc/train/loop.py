@@ -242,6 +242,7 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
     torch.manual_seed(cfg.seed)                       # the same initial weights on every rank
     engine = Engine(world.comm, stall_timeout=cfg.stall_timeout)
     device = resolve_device(cfg.device)
+    on_device = {"device": device} if device.type == "cuda" else {}  # images augmented on the GPU
     model = DataParallel(build_model(job, prep).to(device), engine=engine, bucket_cap_mb=cfg.bucket_cap_mb,
                          wire_dtype=WIRE_DTYPES[cfg.wire_dtype])
     optimizer = make_optimizer(model.parameters(), ocfg)
@@ -308,7 +309,7 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
                 for micro in range(accumulate):
                     t0 = time.perf_counter()
                     batch = next(batches)
-                    x, y = prep.transform(batch, train=True, rng=aug_rng)
+                    x, y = prep.transform(batch, train=True, rng=aug_rng, **on_device)
                     x, y = to_device(x, device), to_device(y, device)
                     t1 = time.perf_counter()
                     sync = model.no_sync() if micro < accumulate - 1 else contextlib.nullcontext()
