@@ -86,7 +86,19 @@ std::unique_ptr<SharedMemory> SharedMemory::create(MPI_Comm comm, int64_t slot_b
 }
 
 SharedMemory::~SharedMemory() {
-  for (Region& region : regions_) MPI_Win_free(&region.win);
+  // Which regions some rank still uses (held here once; more holders or views mean in use).
+  std::vector<int> used(regions_.size()), used_anywhere(regions_.size());
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    const at::Tensor& t = regions_[i].tensor;
+    used[i] = t.use_count() > 1 || t.storage().use_count() > 1;
+  }
+  if (!regions_.empty()) {
+    MPI_Allreduce(used.data(), used_anywhere.data(), static_cast<int>(used.size()), MPI_INT, MPI_LOR, node_);
+  }
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    regions_[i].tensor = at::Tensor();
+    if (!used_anywhere[i]) MPI_Win_free(&regions_[i].win);  // else: mapped until the process ends
+  }
   if (win_ != MPI_WIN_NULL) MPI_Win_free(&win_);
   if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
 }
@@ -110,9 +122,10 @@ at::Tensor SharedMemory::allocate(int64_t bytes) {
     MPI_Win_shared_query(region.win, r, &got, &unit, &region.bases[r]);
   }
   std::memset(base, 0, padded);
+  region.tensor = at::from_blob(base, {bytes}, [](void*) {}, at::TensorOptions().dtype(at::kByte));
   std::lock_guard<std::mutex> lock(mu_);
   regions_.push_back(region);
-  return at::from_blob(base, {bytes}, [](void*) {}, at::TensorOptions().dtype(at::kByte));
+  return region.tensor;
 }
 
 bool SharedMemory::locate(const void* p, int64_t bytes, int64_t* region, int64_t* offset) const {

@@ -43,7 +43,10 @@ class SharedMemory {
   // Collective over comm. Returns nullptr when comm spans more than one node (the window
   // needs every rank's memory mapped in every process).
   static std::unique_ptr<SharedMemory> create(MPI_Comm comm, int64_t slot_bytes);
-  ~SharedMemory();  // frees the windows (collective: every rank destroys its engine)
+  // Frees the windows (collective: every rank destroys its engine). A region whose tensor (or a
+  // view of it) is still referenced on some rank is not freed but left mapped until the process
+  // ends, so that a tensor kept past Engine.close() never points at unmapped memory.
+  ~SharedMemory();
   SharedMemory(const SharedMemory&) = delete;
   SharedMemory& operator=(const SharedMemory&) = delete;
 
@@ -52,7 +55,8 @@ class SharedMemory {
 
   // A new region of `bytes` bytes per rank, as a uint8 CPU tensor over this rank's part
   // (64-byte aligned, zero-filled). Collective over the node; every rank allocates the same
-  // sizes in the same order. The memory lives until this object is destroyed (engine close).
+  // sizes in the same order. The memory lives until this object is destroyed (engine close), or
+  // to the end of the process if the tensor is still in use then.
   at::Tensor allocate(int64_t bytes);
   // Whether [p, p + bytes) lies inside one of this rank's regions; then its index and the
   // byte offset of p in it.
@@ -67,6 +71,7 @@ class SharedMemory {
 
   struct Region {
     MPI_Win win = MPI_WIN_NULL;   // its window
+    at::Tensor tensor;            // the tensor allocate() returned (to see whether it is still used)
     int64_t bytes = 0;            // bytes per rank
     std::vector<char*> bases;     // bases[r]: rank r's part, mapped here
   };

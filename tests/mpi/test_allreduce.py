@@ -275,3 +275,20 @@ def test_shared_buffer_ten_million_elements(world, engine):
         assert torch.equal(view, pattern * world.size + sum(range(world.size)))
 
     collective(world, body)
+
+
+def test_shared_buffer_kept_past_close_stays_readable(world):
+    """Engine.close() frees a shared region only when no rank still uses its tensor; a tensor
+    (or view) kept past close() stays mapped, with its values, and writable."""
+    def body():
+        eng = Engine(world.comm, stall_timeout=120, algorithm="mpi")
+        kept = eng.shared_buffer(4 * 1000).view(torch.float32)
+        eng.shared_buffer(4 * 1000)  # dropped at once: freed at close
+        kept.fill_(world.rank + 1)
+        eng.allreduce_(kept)
+        eng.close()
+        assert torch.all(kept == world.size * (world.size + 1) / 2)
+        kept.add_(1)
+        assert torch.all(kept == world.size * (world.size + 1) / 2 + 1)
+
+    collective(world, body)

@@ -208,7 +208,8 @@ class Engine:
         buckets here. When the ranks span several nodes it is an ordinary tensor (the all-reduce
         then runs in place with the table's algorithm).
 
-        The memory is freed by :meth:`close`: do not use the tensor (or views of it) afterwards.
+        :meth:`close` frees the memory, unless some rank still holds the tensor or a view of it
+        (decided collectively): then it stays mapped until the process ends.
         """
         if int(nbytes) < 0:
             raise ValueError(f"twinhpc.Engine.shared_buffer: negative size {nbytes}")
