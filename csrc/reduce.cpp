@@ -34,63 +34,27 @@ void into_typed(T* __restrict inout, const T* __restrict in, int64_t n) {
 // Elements summed per block of reduce_many: the float accumulator of a block stays in L1.
 constexpr int64_t kManyBlock = 2048;
 
+// The one block kernel behind reduce_many, reduce_many_twice and sum_to_all: per block,
+// acc = srcs[0] + ... + srcs[k-1] (in the accumulator type), times scale, written to each of the
+// ndst destinations. A destination may be a source: each block is read fully before it is written.
 template <typename T>
-void many_typed(T* dst, const T* const* srcs, int k, int64_t n) {
-  using Acc = typename Accumulator<T>::type;
-  Acc acc[kManyBlock];
-  for (int64_t lo = 0; lo < n; lo += kManyBlock) {
-    const int64_t m = std::min(kManyBlock, n - lo);
-    const T* s0 = srcs[0] + lo;
-    for (int64_t i = 0; i < m; ++i) acc[i] = static_cast<Acc>(s0[i]);
-    for (int j = 1; j < k; ++j) {
-      const T* s = srcs[j] + lo;
-      for (int64_t i = 0; i < m; ++i) acc[i] += static_cast<Acc>(s[i]);
-    }
-    T* d = dst + lo;
-    for (int64_t i = 0; i < m; ++i) d[i] = static_cast<T>(acc[i]);
-  }
-}
-
-template <typename T>
-void twice_typed(T* dst_a, T* dst_b, const T* const* srcs, int k, int64_t n) {
-  using Acc = typename Accumulator<T>::type;
-  Acc acc[kManyBlock];
-  for (int64_t lo = 0; lo < n; lo += kManyBlock) {
-    const int64_t m = std::min(kManyBlock, n - lo);
-    const T* s0 = srcs[0] + lo;
-    for (int64_t i = 0; i < m; ++i) acc[i] = static_cast<Acc>(s0[i]);
-    for (int j = 1; j < k; ++j) {
-      const T* s = srcs[j] + lo;
-      for (int64_t i = 0; i < m; ++i) acc[i] += static_cast<Acc>(s[i]);
-    }
-    T* a = dst_a + lo;
-    T* b = dst_b + lo;
-    for (int64_t i = 0; i < m; ++i) {
-      const T v = static_cast<T>(acc[i]);
-      a[i] = v;
-      b[i] = v;
-    }
-  }
-}
-
-template <typename T>
-void to_all_typed(T* const* bufs, int k, int64_t n, double scale) {
+void sum_blocks(const T* const* srcs, int k, int64_t n, double scale, T* const* dsts, int ndst) {
   using Acc = typename Accumulator<T>::type;
   Acc acc[kManyBlock];
   const Acc factor = static_cast<Acc>(scale);
   for (int64_t lo = 0; lo < n; lo += kManyBlock) {
     const int64_t m = std::min(kManyBlock, n - lo);
-    const T* s0 = bufs[0] + lo;
+    const T* s0 = srcs[0] + lo;
     for (int64_t i = 0; i < m; ++i) acc[i] = static_cast<Acc>(s0[i]);
     for (int j = 1; j < k; ++j) {
-      const T* s = bufs[j] + lo;
+      const T* s = srcs[j] + lo;
       for (int64_t i = 0; i < m; ++i) acc[i] += static_cast<Acc>(s[i]);
     }
     if (scale != 1.0) {
       for (int64_t i = 0; i < m; ++i) acc[i] *= factor;
     }
-    for (int j = 0; j < k; ++j) {
-      T* d = bufs[j] + lo;
+    for (int j = 0; j < ndst; ++j) {
+      T* d = dsts[j] + lo;
       for (int64_t i = 0; i < m; ++i) d[i] = static_cast<T>(acc[i]);
     }
   }
@@ -146,21 +110,24 @@ void reduce_into(void* inout, const void* in, int64_t n, at::ScalarType t) {
 void reduce_many(void* dst, const void* const* srcs, int k, int64_t n, at::ScalarType t) {
   with_type(t, [&](auto zero) {
     using T = decltype(zero);
-    many_typed(static_cast<T*>(dst), reinterpret_cast<const T* const*>(srcs), k, n);
+    T* dsts[1] = {static_cast<T*>(dst)};
+    sum_blocks(reinterpret_cast<const T* const*>(srcs), k, n, 1.0, dsts, 1);
   });
 }
 
 void reduce_many_twice(void* dst_a, void* dst_b, const void* const* srcs, int k, int64_t n, at::ScalarType t) {
   with_type(t, [&](auto zero) {
     using T = decltype(zero);
-    twice_typed(static_cast<T*>(dst_a), static_cast<T*>(dst_b), reinterpret_cast<const T* const*>(srcs), k, n);
+    T* dsts[2] = {static_cast<T*>(dst_a), static_cast<T*>(dst_b)};
+    sum_blocks(reinterpret_cast<const T* const*>(srcs), k, n, 1.0, dsts, 2);
   });
 }
 
 void sum_to_all(void* const* bufs, int k, int64_t n, at::ScalarType t, double scale) {
   with_type(t, [&](auto zero) {
     using T = decltype(zero);
-    to_all_typed(reinterpret_cast<T* const*>(bufs), k, n, scale);
+    T* const* all = reinterpret_cast<T* const*>(bufs);
+    sum_blocks(reinterpret_cast<const T* const*>(bufs), k, n, scale, all, k);
   });
 }
 
