@@ -13,6 +13,7 @@
 #include <climits>
 #include <cstring>
 
+#include "mpit.h"
 #include "reduce.h"
 
 namespace twinhpc {
@@ -54,7 +55,8 @@ const char* kind_name(OpKind k) {
 }
 
 const char* algorithm_name(int64_t a) {
-  static const char* names[kNumAlgorithms] = {"mpi", "ring", "shm"};
+  static const char* names[kNumAlgorithms] = {"mpi", "ring", "shm", "mpi_recursive_doubling", "mpi_ring",
+                                              "mpi_segmented_ring", "mpi_rabenseifner"};
   return a >= 0 && a < kNumAlgorithms ? names[a] : "?";
 }
 
@@ -90,6 +92,40 @@ at::Tensor flat_view(at::Tensor& bytes, int64_t n, at::ScalarType t, const at::T
   const int64_t need = n * static_cast<int64_t>(c10::elementSize(t));
   if (!bytes.defined() || bytes.numel() < need) bytes = at::empty({need}, where.dtype(at::kByte));
   return bytes.narrow(0, 0, need).view(t);
+}
+
+// Open MPI's code of each variant in coll_tuned_allreduce_algorithm.
+int openmpi_code(int algorithm) {
+  switch (static_cast<Algorithm>(algorithm)) {
+    case Algorithm::kMpiRecursiveDoubling: return 3;
+    case Algorithm::kMpiRing: return 4;
+    case Algorithm::kMpiSegmentedRing: return 5;
+    case Algorithm::kMpiRabenseifner: return 6;
+    default: return 0;
+  }
+}
+
+// Duplicates of comm, one per MPI variant, each created while Open MPI's forced all-reduce
+// algorithm is that variant's (collective; every rank takes the same branch, since the
+// variables come from the job's environment). Empty (all NULL) unless this is Open MPI with
+// dynamic rules enabled and the algorithm variable writable.
+std::vector<MPI_Comm> mpi_variants(MPI_Comm comm) {
+  std::vector<MPI_Comm> out(kNumAlgorithms - kFirstMpiVariant, MPI_COMM_NULL);
+  int dynamic = 0, previous = 0;
+  const char* algorithm_var = "coll_tuned_allreduce_algorithm";
+  if (!get_control_variable("coll_tuned_use_dynamic_rules", &dynamic) || !dynamic ||
+      !get_control_variable(algorithm_var, &previous)) {
+    return out;
+  }
+  int writable = set_control_variable(algorithm_var, previous).empty() ? 1 : 0, everywhere = 0;
+  MPI_Allreduce(&writable, &everywhere, 1, MPI_INT, MPI_LAND, comm);
+  if (!everywhere) return out;
+  for (int a = kFirstMpiVariant; a < kNumAlgorithms; ++a) {
+    set_control_variable(algorithm_var, openmpi_code(a));
+    MPI_Comm_dup(comm, &out[a - kFirstMpiVariant]);
+  }
+  set_control_variable(algorithm_var, previous);
+  return out;
 }
 
 bool query_cuda_aware() {
@@ -142,6 +178,10 @@ Engine::Engine(MPI_Comm comm, double stall_timeout_s, int64_t segment_bytes) : r
   TORCH_CHECK_VALUE(code == MPI_SUCCESS, "twinhpc.Engine: the communicator is not valid (MPI_Comm_dup failed)");
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_dup(comm_, &stall_comm_);
+  variants_ = mpi_variants(comm_);
+  for (MPI_Comm c : variants_) {
+    if (c != MPI_COMM_NULL) MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
+  }
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
   shm_ = SharedMemory::create(comm_, segment_bytes);
@@ -168,6 +208,9 @@ void Engine::close() {
   stall_.reset();
   shm_.reset();
   MPI_Comm_free(&stall_comm_);
+  for (MPI_Comm& c : variants_) {
+    if (c != MPI_COMM_NULL) MPI_Comm_free(&c);
+  }
   MPI_Comm_free(&comm_);
 }
 
@@ -189,6 +232,9 @@ std::vector<std::pair<int64_t, int>> Engine::table() const {
 
 bool Engine::has_algorithm(int algorithm) const {
   if (algorithm == static_cast<int>(Algorithm::kShm)) return shm_ != nullptr || size_ == 1;
+  if (algorithm >= kFirstMpiVariant && algorithm < kNumAlgorithms) {
+    return variants_[algorithm - kFirstMpiVariant] != MPI_COMM_NULL;
+  }
   return algorithm >= 0 && algorithm < kNumAlgorithms;
 }
 
@@ -215,14 +261,19 @@ std::shared_ptr<Work> Engine::submit(std::shared_ptr<Work> work, bool blocking) 
       queue_.push_back(work);
     }
   }
+  bool wake = !inline_run;  // the thread has work
   if (inline_run) {
     execute(*work);
     {
       std::lock_guard<std::mutex> lock(mu_);
       busy_ = false;
+      // Wake the thread only if someone queued work meanwhile, or close() waits: a needless
+      // wake-up costs a context switch on every blocking call (a few microseconds, and on a
+      // node with as many ranks as cores, CPU taken from the rank itself).
+      wake = !queue_.empty() || closing_;
     }
   }
-  cv_.notify_all();
+  if (wake) cv_.notify_all();
   if (blocking) work->wait();
   return work;
 }
@@ -493,13 +544,20 @@ void Engine::sum(void* buf, int64_t n, at::ScalarType t, Algorithm a) {
   if (size_ == 1 || n == 0) return;
   switch (a) {
     case Algorithm::kMpi:
+    case Algorithm::kMpiRecursiveDoubling:
+    case Algorithm::kMpiRing:
+    case Algorithm::kMpiSegmentedRing:
+    case Algorithm::kMpiRabenseifner: {
+      const int v = static_cast<int>(a) - kFirstMpiVariant;
+      MPI_Comm comm = v >= 0 ? variants_[v] : comm_;
       for (int64_t lo = 0; lo < n; lo += kMaxMpiCount) {
         const int64_t m = std::min(kMaxMpiCount, n - lo);
         check_mpi(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(buf) + lo * c10::elementSize(t),
-                                static_cast<int>(m), mpi_type(t), mpi_sum(t), comm_),
+                                static_cast<int>(m), mpi_type(t), mpi_sum(t), comm),
                   "MPI_Allreduce");
       }
       return;
+    }
     case Algorithm::kRing:
       check_mpi(ring_.allreduce(comm_, buf, n, t), "the ring all-reduce");
       return;
@@ -563,7 +621,7 @@ void Engine::run_allreduce(Work& w) {
       offset += t.numel();
     }
   }
-  const bool staged = !(cuda_aware_ && w.algorithm == Algorithm::kMpi);
+  const bool staged = !(cuda_aware_ && (w.algorithm == Algorithm::kMpi || static_cast<int>(w.algorithm) >= kFirstMpiVariant));
   at::Tensor host = flat;
   if (staged) {
     host = flat_view(staging_, w.numel, w.wire, at::TensorOptions().device(at::kCPU).pinned_memory(true));

@@ -46,8 +46,15 @@ enum class Algorithm : int {
   kMpi = 0,   // MPI_Allreduce (whatever the MPI library picks)
   kRing = 1,  // ring reduce-scatter + all-gather over MPI point-to-point (ring.h)
   kShm = 2,   // MPI-3 shared-memory window, one node only (shm.h)
+  // MPI_Allreduce with one of Open MPI's algorithms forced on a communicator of its own
+  // (available when Open MPI's dynamic rules were enabled before MPI_Init; see mpit.h).
+  kMpiRecursiveDoubling = 3,
+  kMpiRing = 4,
+  kMpiSegmentedRing = 5,
+  kMpiRabenseifner = 6,
 };
-constexpr int kNumAlgorithms = 3;
+constexpr int kNumAlgorithms = 7;
+constexpr int kFirstMpiVariant = 3;
 
 enum class OpKind : int { kAllreduce = 0, kBroadcast = 1, kBarrier = 2 };
 
@@ -129,7 +136,8 @@ class Engine {
   // Must be the same on every rank; applies to operations enqueued afterwards.
   void set_table(std::vector<std::pair<int64_t, int>> table);
   std::vector<std::pair<int64_t, int>> table() const;
-  // Whether an algorithm can run on this communicator (kShm: all ranks on one node).
+  // Whether an algorithm can run on this communicator (kShm: all ranks on one node; the MPI
+  // variants: Open MPI with dynamic rules enabled).
   bool has_algorithm(int algorithm) const;
 
   // Runs what is queued, stops the thread, frees the communicators. Idempotent. Call without
@@ -154,6 +162,8 @@ class Engine {
 
   MPI_Comm comm_ = MPI_COMM_NULL;        // the operations' duplicate of the caller's communicator
   MPI_Comm stall_comm_ = MPI_COMM_NULL;  // the stall inspector's duplicate
+  // variants_[a - kFirstMpiVariant]: duplicates of comm_ with MPI algorithm a forced (NULL if unavailable)
+  std::vector<MPI_Comm> variants_;
   int rank_ = 0;                         // this process's rank in comm_
   int size_ = 1;                         // ranks in comm_
   std::unique_ptr<StallInspector> stall_;  // null after close()

@@ -1,8 +1,10 @@
 // MPI tool information interface (MPI_T): write an MPI library's control variable at run time.
 //
-// Used by the all-reduce benchmark to measure each of Open MPI's all-reduce algorithms in one
-// job: `coll_tuned_allreduce_algorithm` is writable, and a communicator created afterwards
-// uses the value written (Open MPI reads it when the communicator's collectives are set up).
+// Open MPI's `coll_tuned_allreduce_algorithm` is writable at run time, and a communicator
+// created afterwards keeps the value written (Open MPI reads it when it sets up the
+// communicator's collectives) -- provided `coll_tuned_use_dynamic_rules` (read-only after
+// MPI_Init) was enabled before MPI started. The engine creates one communicator per algorithm
+// that way, as candidates for its per-size choice; the benchmark measures each algorithm.
 #pragma once
 
 #include <string>
@@ -12,5 +14,7 @@ namespace twinhpc {
 // Sets the integer control variable `name` (with no object binding) to `value`. Returns ""
 // on success, else why not (unknown name, read-only, not an integer, no MPI_T).
 std::string set_control_variable(const std::string& name, int value);
+// The value of the integer (or boolean) control variable `name`; false if it cannot be read.
+bool get_control_variable(const std::string& name, int* value);
 
 }  // namespace twinhpc

@@ -40,12 +40,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..comm import DYNAMIC_RULES_ENV
 from ..comm.world import World, get_world
 from ..errors import TwinError
 from . import format_table, median
 
 #: the read-only Open MPI variable that must be set before MPI_Init to force algorithms later
-DYNAMIC_RULES = "OMPI_MCA_coll_tuned_use_dynamic_rules"
+DYNAMIC_RULES = DYNAMIC_RULES_ENV
 DEFAULT_MIN_BYTES = 4 << 10
 DEFAULT_MAX_BYTES = 64 << 20
 #: Open MPI's all-reduce algorithms (coll_tuned_allreduce_algorithm), measured as mpi4py:<name>
@@ -183,14 +184,15 @@ def _time(world: World, call: Callable[[], None], calls: int) -> float:
 
 
 def bench_allreduce(min_bytes: int = DEFAULT_MIN_BYTES, max_bytes: int = DEFAULT_MAX_BYTES,
-                    rounds: int = 5, gloo: bool = True, results: str | Path | None = "bench-results",
+                    rounds: int = 7, gloo: bool = True, results: str | Path | None = "bench-results",
                     world: World | None = None) -> dict:
     """Measure every implementation at every size; collective.
 
     Parameters
     ----------
     min_bytes, max_bytes : the smallest and largest message (bytes, float32 elements).
-    rounds : interleaved rounds per size; the median is reported.
+    rounds : interleaved rounds per size (the order reversed every other round); the median
+        is reported, and ratios are medians of per-round ratios (see :func:`ratios`).
     gloo : also measure torch.distributed (gloo, and NCCL with GPUs).
     results : folder for ``allreduce.h5`` (written by rank 0); ``None`` writes nothing.
 
@@ -204,7 +206,7 @@ def bench_allreduce(min_bytes: int = DEFAULT_MIN_BYTES, max_bytes: int = DEFAULT
     forced = algorithms_can_be_forced()
     impls = ([_memcpy_impl()] + world.run(lambda: _mpi4py_impls(world, forced)) + world.run(lambda: _engine_impls(world))
              + (world.run(lambda: _torch_impls(world)) if gloo else []))
-    rows = []
+    rows, times = [], {}
     try:
         for nbytes in sizes_between(min_bytes, max_bytes):
             calls = max(1, min(1000, int(BATCH_SECONDS * 2e9 / nbytes)))
@@ -212,9 +214,10 @@ def bench_allreduce(min_bytes: int = DEFAULT_MIN_BYTES, max_bytes: int = DEFAULT
             for _, call in prepared:
                 call()  # warm-up: pages touched, connections made
             per = {name: [] for name, _ in prepared}
-            for _ in range(rounds):
-                for name, call in prepared:
+            for k in range(rounds):
+                for name, call in (prepared if k % 2 == 0 else prepared[::-1]):
                     per[name].append(_time(world, call, calls))
+            times[nbytes] = per
             for name, seconds in per.items():
                 t = median(seconds)
                 algbw = nbytes / t / 1e9
@@ -224,7 +227,7 @@ def bench_allreduce(min_bytes: int = DEFAULT_MIN_BYTES, max_bytes: int = DEFAULT
     finally:
         for impl in reversed(impls):
             impl.close()
-    figures = dict(rows=rows, ratios=ratios(rows), world_size=world.size, rounds=rounds,
+    figures = dict(rows=rows, ratios=ratios(times), world_size=world.size, rounds=rounds,
                    mpi_algorithms_forced=forced,
                    targets=dict(vs_mpi4py=TARGET_VS_MPI4PY, vs_best_mpi=TARGET_VS_BEST_MPI,
                                 min_bytes=TARGET_MIN_BYTES))
@@ -235,17 +238,29 @@ def bench_allreduce(min_bytes: int = DEFAULT_MIN_BYTES, max_bytes: int = DEFAULT
     return figures
 
 
-def ratios(rows: list[dict]) -> list[dict]:
-    """Per size: busbw of twinhpc:auto over mpi4py and over the best MPI row (mpi4py*)."""
+def ratios(times: dict[int, dict[str, list[float]]]) -> list[dict]:
+    """Per size: busbw of twinhpc:auto over mpi4py and over the best MPI row (mpi4py*).
+
+    ``times[bytes][impl]`` holds one time per round. Each ratio is the median over rounds of
+    the ratio within a round (where the implementations ran seconds apart), not a ratio of
+    medians: on a VM whose speed drifts between rounds, pairing removes the drift. The best
+    MPI row of a round is the fastest mpi4py* row of that round; ``best_mpi`` names the one
+    with the lowest median time.
+    """
     out = []
-    for nbytes in sorted({r["bytes"] for r in rows}):
-        at = {r["impl"]: r["busbw_gbps"] for r in rows if r["bytes"] == nbytes}
-        mpi = {k: v for k, v in at.items() if k.startswith("mpi4py")}
-        best = max(mpi, key=mpi.get)
-        core = at["twinhpc:auto"]
-        out.append(dict(bytes=nbytes, core_vs_mpi4py=core / at["mpi4py"], core_vs_best_mpi=core / mpi[best],
-                        best_mpi=best, memcpy_gbps=at["memcpy"],
-                        shared_vs_mpi4py=at.get("twinhpc:shared", float("nan")) / at["mpi4py"]))
+    for nbytes in sorted(times):
+        per = times[nbytes]
+        mpi = {k: v for k, v in per.items() if k.startswith("mpi4py")}
+        core, rounds = per["twinhpc:auto"], range(len(per["twinhpc:auto"]))
+        best_each = [min(v[i] for v in mpi.values()) for i in rounds]
+        shared = per.get("twinhpc:shared")
+        out.append(dict(
+            bytes=nbytes,
+            core_vs_mpi4py=median([per["mpi4py"][i] / core[i] for i in rounds]),
+            core_vs_best_mpi=median([best_each[i] / core[i] for i in rounds]),
+            best_mpi=min(mpi, key=lambda k: median(mpi[k])),
+            memcpy_gbps=nbytes / median(per["memcpy"]) / 1e9,
+            shared_vs_mpi4py=median([per["mpi4py"][i] / shared[i] for i in rounds]) if shared else float("nan")))
     return out
 
 

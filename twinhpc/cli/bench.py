@@ -76,6 +76,8 @@ own communicator), torch.distributed gloo (and NCCL with GPUs), and a memcpy of 
 interleaved in one job, for float32 messages of powers of 4 from --min-bytes to --max-bytes.
 Prints time, algbw and busbw = algbw * 2(n-1)/n per implementation and size, then the ratios of
 twinhpc:auto over mpi4py (target >= 1.0 from 1 MiB) and over the best MPI row (target >= 0.9).
+Figures are medians over the rounds (the order reversed every other round); each ratio is the
+median of the ratios within a round, where the two ran seconds apart (VM speed drifts).
 
 Results go to FOLDER/allreduce.h5 (written by rank 0, atomically): compound datasets `rows` and
 `ratios`, attributes world_size, rounds, targets. The exit status is 0 whether or not the
@@ -107,7 +109,7 @@ def add_allreduce(sub) -> argparse.ArgumentParser:
                    help="smallest message (default 4KiB)")
     p.add_argument("--max-bytes", type=parse_bytes, default=DEFAULT_MAX_BYTES, metavar="B",
                    help="largest message (default 64MiB; up to 256MiB as memory allows)")
-    p.add_argument("--rounds", type=int, default=5, metavar="R", help="interleaved rounds; medians reported (default 5)")
+    p.add_argument("--rounds", type=int, default=7, metavar="R", help="interleaved rounds; medians reported (default 7)")
     p.add_argument("--no-gloo", action="store_true", help="skip torch.distributed (gloo / NCCL)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--results", default="bench-results", metavar="FOLDER",

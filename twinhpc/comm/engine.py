@@ -51,13 +51,14 @@ import torch
 from mpi4py import MPI  # before the exit handler below: MPI must outlive the engines
 
 #: algorithm name -> the core's Algorithm value (csrc/engine.h)
-ALGORITHMS = {"mpi": 0, "ring": 1, "shm": 2}
+ALGORITHMS = {"mpi": 0, "ring": 1, "shm": 2, "mpi_recursive_doubling": 3, "mpi_ring": 4,
+              "mpi_segmented_ring": 5, "mpi_rabenseifner": 6}
 #: reductions
 OPS = ("sum", "avg")
 #: environment variable overriding ``algorithm="auto"`` (a name of :data:`ALGORITHMS`)
 ALGO_ENV = "TWINHPC_ALLREDUCE_ALGO"
 #: bytes per ring message and per shared-memory round (fits the last-level cache several times)
-DEFAULT_SEGMENT_BYTES = 1 << 20
+DEFAULT_SEGMENT_BYTES = 512 << 10
 #: larger than any message: the table entry that covers every size
 ALL_SIZES = (1 << 63) - 1
 
@@ -132,7 +133,10 @@ class Engine:
         ``"auto"``: per message size, measured once per machine and communicator shape and
         cached (:mod:`twinhpc.comm.tuning`); ``$TWINHPC_ALLREDUCE_ALGO`` overrides it. Or one of
         :data:`ALGORITHMS`: ``"mpi"`` (``MPI_Allreduce``), ``"ring"`` (reduce-scatter +
-        all-gather over point-to-point), ``"shm"`` (MPI-3 shared memory; all ranks on one node).
+        all-gather over point-to-point), ``"shm"`` (MPI-3 shared memory; all ranks on one node), and ``"mpi_<name>"`` (``MPI_Allreduce``
+        with one of Open MPI's algorithms forced on a communicator of its own; with Open MPI when
+        ``OMPI_MCA_coll_tuned_use_dynamic_rules`` was enabled before MPI started, which
+        :mod:`twinhpc.comm` does unless the environment sets it).
     segment_bytes : int
         Bytes per ring message and per shared-memory round.
 

@@ -36,7 +36,7 @@ CACHE_ENV = "TWINHPC_CACHE"
 #: the cache file inside it
 CACHE_FILE = "allreduce-tuning.json"
 #: version of the cache's layout (part of every key)
-FORMAT = 4
+FORMAT = 5
 #: timed turns per algorithm and size (after one warm-up); the median counts
 REPS = 7
 
