@@ -1,0 +1,74 @@
+"""The benchmark scripts end to end under mpirun -n 2 (tiny sizes): allreduce.py, dp_overhead.py, train_throughput.py."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+from twinhpc import ops
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs mpirun"),
+    pytest.mark.skipif(not ops.available(), reason=f"the compiled extension is not built; {ops.BUILD_HINT}"),
+]
+
+
+def test_allreduce_benchmark_writes_rows_ratios_and_hdf5(tmp_path):
+    env = dict(os.environ, OMPI_MCA_rmaps_base_oversubscribe="1", TWINHPC_CACHE=str(tmp_path / "cache"))
+    cmd = ["mpirun", "-n", "2", sys.executable, str(ROOT / "benchmarks" / "allreduce.py"), "--min-bytes", "4KiB",
+           "--max-bytes", "16KiB", "--rounds", "2", "--no-gloo", "--json", "--results", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout[out.stdout.index("["):])
+    impls = {r["impl"] for r in rows}
+    assert {"memcpy", "mpi4py", "twinhpc:auto", "twinhpc:shared", "twinhpc:mpi"} <= impls
+    for r in rows:
+        assert set(r) >= {"impl", "ranks", "bytes", "time_s", "algbw_gbps", "busbw_gbps"}
+        assert r["ranks"] == 2 and r["bytes"] in (4096, 16384) and r["time_s"] > 0
+        assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"])  # 2(n-1)/n = 1 at two ranks
+        assert r["algbw_gbps"] == pytest.approx(r["bytes"] / r["time_s"] / 1e9)
+    with h5py.File(tmp_path / "allreduce.h5") as f:
+        assert len(f["rows"]) == len(rows)
+        assert list(f["ratios"]["bytes"]) == [4096, 16384]
+        assert all(r > 0 for r in f["ratios"]["core_vs_mpi4py"])
+        assert f.attrs["world_size"] == 2 and f.attrs["rounds"] == 2
+
+
+def _run_json(script: str, args: list[str], tmp_path, timeout: int = 600):
+    env = dict(os.environ, OMPI_MCA_rmaps_base_oversubscribe="1", TWINHPC_CACHE=str(tmp_path / "cache"))
+    cmd = ["mpirun", "-n", "2", "--bind-to", "none", sys.executable, str(ROOT / "benchmarks" / script), *args,
+           "--json", "--results", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows, _ = json.JSONDecoder().raw_decode(out.stdout[out.stdout.index("["):])  # a "results:" line may follow
+    return rows
+
+
+def test_dp_overhead_benchmark_reports_both_step_times(tmp_path):
+    rows = _run_json("dp_overhead.py", ["--width", "64", "--layers", "1", "--steps", "2", "--rounds", "1"], tmp_path)
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["ranks"] == 2 and r["step_s_comm"] > 0 and r["step_s_nocomm"] > 0 and r["ratio"] > 0
+    assert r["max_rel_diff"] == 0.0  # float32 wire: every rank ends with the same parameters
+    assert list(tmp_path.glob("dp_overhead*.h5"))
+
+
+def test_train_throughput_benchmark_compares_plain_ddp_and_twinhpc(tmp_path):
+    rows = _run_json("train_throughput.py", ["--models", "cnn", "--batch", "8", "--steps", "2", "--rounds", "1"],
+                     tmp_path)
+    (r,) = rows
+    assert r["model"] == "cnn" and r["ranks"] == 2
+    for key in ("plain_sps", "ddp_sps", "twinhpc_sps"):
+        assert r[key] > 0, key
+    assert r["ratio"] == pytest.approx(r["twinhpc_sps"] / r["plain_sps"])  # one round: the ratio of that round
+    assert r["ratio_ddp"] == pytest.approx(r["twinhpc_sps"] / r["ddp_sps"])
+    assert 0 <= r["data_wait"] < 1
+    with h5py.File(tmp_path / "train_throughput.h5") as f:
+        assert "cnn" in f
