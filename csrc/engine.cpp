@@ -106,19 +106,27 @@ int openmpi_code(int algorithm) {
 }
 
 // Duplicates of comm, one per MPI variant, each created while Open MPI's forced all-reduce
-// algorithm is that variant's (collective; every rank takes the same branch, since the
-// variables come from the job's environment). Empty (all NULL) unless this is Open MPI with
-// dynamic rules enabled and the algorithm variable writable.
+// algorithm is that variant's (collective). All NULL unless, on every rank, this is Open MPI
+// with dynamic rules enabled and the algorithm variable writable (decided together, so a rank
+// whose environment differs cannot leave the others waiting in MPI_Comm_dup).
 std::vector<MPI_Comm> mpi_variants(MPI_Comm comm) {
   std::vector<MPI_Comm> out(kNumAlgorithms - kFirstMpiVariant, MPI_COMM_NULL);
+  // MPI_T sessions are reference-counted: holding one across the calls below makes each
+  // call's own init/finalize cheap (a fresh MPI_T_init_thread reads every MCA variable,
+  // about 0.25 s each here).
+  int provided = 0;
+  const bool session = MPI_T_init_thread(MPI_THREAD_MULTIPLE, &provided) == MPI_SUCCESS;
+  struct Finalize {
+    bool on;
+    ~Finalize() { if (on) MPI_T_finalize(); }
+  } finalize{session};
   int dynamic = 0, previous = 0;
   const char* algorithm_var = "coll_tuned_allreduce_algorithm";
-  if (!get_control_variable("coll_tuned_use_dynamic_rules", &dynamic) || !dynamic ||
-      !get_control_variable(algorithm_var, &previous)) {
-    return out;
-  }
-  int writable = set_control_variable(algorithm_var, previous).empty() ? 1 : 0, everywhere = 0;
-  MPI_Allreduce(&writable, &everywhere, 1, MPI_INT, MPI_LAND, comm);
+  const int usable = get_control_variable("coll_tuned_use_dynamic_rules", &dynamic) && dynamic &&
+                     get_control_variable(algorithm_var, &previous) &&
+                     set_control_variable(algorithm_var, previous).empty();
+  int everywhere = 0;
+  MPI_Allreduce(&usable, &everywhere, 1, MPI_INT, MPI_LAND, comm);
   if (!everywhere) return out;
   for (int a = kFirstMpiVariant; a < kNumAlgorithms; ++a) {
     set_control_variable(algorithm_var, openmpi_code(a));

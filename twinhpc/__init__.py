@@ -1,3 +1,15 @@
 """twinhpc: build, train, validate, tune and serve digital-twin models on MPI/Slurm clusters."""
 
+import os
+
 __version__ = "0.1.0"
+
+#: Open MPI reads this once, at MPI_Init. Enabled, it lets the all-reduce engine give each of
+#: Open MPI's all-reduce algorithms a communicator of its own, as candidates for its per-size
+#: choice (csrc/mpit.h, docs/allreduce.md). Without a forced algorithm or a rules file Open
+#: MPI's choices are unchanged (it falls back to its fixed decision), so nothing else changes.
+#: Set on ``import twinhpc``, before any of its modules imports mpi4py (which initialises
+#: MPI); a value already in the environment wins, and a program that initialised MPI before
+#: importing twinhpc keeps what it had (the engine then offers no Open MPI variants).
+DYNAMIC_RULES_ENV = "OMPI_MCA_coll_tuned_use_dynamic_rules"
+os.environ.setdefault(DYNAMIC_RULES_ENV, "1")

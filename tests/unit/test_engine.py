@@ -142,7 +142,7 @@ def test_closed_engine_refuses_work_and_closes_twice():
 
 
 VARIANTS_SCRIPT = """
-import twinhpc.comm
+import twinhpc  # first: it enables Open MPI's dynamic rules before mpi4py starts MPI
 from mpi4py import MPI
 from twinhpc.comm.engine import Engine
 import torch
@@ -156,7 +156,7 @@ with Engine(MPI.COMM_SELF, algorithm="mpi") as eng:
 
 @pytest.mark.skipif("Open MPI" not in MPI.Get_library_version(), reason="the variants are Open MPI's algorithms")
 @pytest.mark.parametrize("dynamic_rules, expected", [
-    (None, "mpi_recursive_doubling,mpi_ring,mpi_segmented_ring,mpi_rabenseifner"),  # twinhpc.comm enables them
+    (None, "mpi_recursive_doubling,mpi_ring,mpi_segmented_ring,mpi_rabenseifner"),  # import twinhpc enables them
     ("0", ""),  # the environment says no: only the library's own choice
 ])
 def test_open_mpi_algorithm_variants_follow_the_dynamic_rules_variable(dynamic_rules, expected):

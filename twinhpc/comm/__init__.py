@@ -7,16 +7,7 @@ so that commands which only need the MPI world do not import torch.
 
 from __future__ import annotations
 
-import os
-
-#: Open MPI reads this once, at MPI_Init. Enabled, it lets the engine give each of Open MPI's
-#: all-reduce algorithms a communicator of its own, as candidates for its per-size choice
-#: (csrc/mpit.h). Without a forced algorithm or rules file Open MPI's choices are unchanged
-#: (it falls back to its fixed decision), so this changes nothing else. Set before any module
-#: of this package imports mpi4py (which initialises MPI); a value in the environment wins,
-#: and a program that initialised MPI before importing twinhpc keeps what it had.
-DYNAMIC_RULES_ENV = "OMPI_MCA_coll_tuned_use_dynamic_rules"
-os.environ.setdefault(DYNAMIC_RULES_ENV, "1")
+from .. import DYNAMIC_RULES_ENV  # noqa: F401  (set in the environment by ``import twinhpc``)
 
 _LAZY = {"DataParallel": "ddp", "Engine": "engine", "Handle": "engine", "World": "world", "get_world": "world"}
 

@@ -133,10 +133,11 @@ class Engine:
         ``"auto"``: per message size, measured once per machine and communicator shape and
         cached (:mod:`twinhpc.comm.tuning`); ``$TWINHPC_ALLREDUCE_ALGO`` overrides it. Or one of
         :data:`ALGORITHMS`: ``"mpi"`` (``MPI_Allreduce``), ``"ring"`` (reduce-scatter +
-        all-gather over point-to-point), ``"shm"`` (MPI-3 shared memory; all ranks on one node), and ``"mpi_<name>"`` (``MPI_Allreduce``
-        with one of Open MPI's algorithms forced on a communicator of its own; with Open MPI when
-        ``OMPI_MCA_coll_tuned_use_dynamic_rules`` was enabled before MPI started, which
-        :mod:`twinhpc.comm` does unless the environment sets it).
+        all-gather over point-to-point), ``"shm"`` (MPI-3 shared memory; all ranks on one
+        node), and ``"mpi_<name>"`` (``MPI_Allreduce`` with one of Open MPI's algorithms forced
+        on a communicator of its own; with Open MPI when ``OMPI_MCA_coll_tuned_use_dynamic_rules``
+        was enabled before MPI started, which ``import twinhpc`` does unless the
+        environment sets it).
     segment_bytes : int
         Bytes per ring message and per shared-memory round.
 
