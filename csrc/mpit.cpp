@@ -4,60 +4,67 @@
 #include <mpi.h>
 
 namespace twinhpc {
+namespace {
 
-std::string set_control_variable(const std::string& name, int value) {
-  int provided = 0;
-  if (MPI_T_init_thread(MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) return "MPI_T_init_thread failed";
-  std::string error;
-  int index = -1;
-  if (MPI_T_cvar_get_index(name.c_str(), &index) != MPI_SUCCESS) {
-    error = "no MPI control variable named " + name;
-  } else {
+// One control variable without object binding, opened for reading or writing: an MPI_T session
+// (reference-counted by MPI, so nesting is cheap) and a handle, both released on destruction.
+// `error` is empty when the handle is usable.
+struct ControlVariable {
+  explicit ControlVariable(const std::string& name) {
+    int provided = 0;
+    if (MPI_T_init_thread(MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
+      error = "MPI_T_init_thread failed";
+      return;
+    }
+    session = true;
+    int index = -1;
+    if (MPI_T_cvar_get_index(name.c_str(), &index) != MPI_SUCCESS) {
+      error = "no MPI control variable named " + name;
+      return;
+    }
     char var[256], desc[1024];
     int var_len = sizeof(var), desc_len = sizeof(desc), verbosity = 0, bind = 0, scope = 0;
-    MPI_Datatype type;
     MPI_T_enum enumtype;
     MPI_T_cvar_get_info(index, var, &var_len, &verbosity, &type, &enumtype, desc, &desc_len, &bind, &scope);
-    MPI_T_cvar_handle handle;
     int count = 0;
-    if (type != MPI_INT || bind != MPI_T_BIND_NO_OBJECT) {
-      error = name + " is not an integer variable without object binding";
-    } else if (MPI_T_cvar_handle_alloc(index, nullptr, &handle, &count) != MPI_SUCCESS) {
+    if (bind != MPI_T_BIND_NO_OBJECT) {
+      error = name + " is bound to an MPI object";
+    } else if (MPI_T_cvar_handle_alloc(index, nullptr, &handle, &count) != MPI_SUCCESS || count != 1) {
       error = "cannot access " + name;
     } else {
-      if (MPI_T_cvar_write(handle, &value) != MPI_SUCCESS) error = name + " is not writable";
-      MPI_T_cvar_handle_free(&handle);
+      open = true;
     }
   }
-  MPI_T_finalize();
-  return error;
+  ~ControlVariable() {
+    if (open) MPI_T_cvar_handle_free(&handle);
+    if (session) MPI_T_finalize();
+  }
+  ControlVariable(const ControlVariable&) = delete;
+  ControlVariable& operator=(const ControlVariable&) = delete;
+
+  std::string error;
+  MPI_Datatype type = MPI_DATATYPE_NULL;
+  MPI_T_cvar_handle handle;
+  bool session = false, open = false;
+};
+
+}  // namespace
+
+std::string set_control_variable(const std::string& name, int value) {
+  ControlVariable cvar(name);
+  if (!cvar.error.empty()) return cvar.error;
+  if (cvar.type != MPI_INT) return name + " is not an integer variable";
+  return MPI_T_cvar_write(cvar.handle, &value) == MPI_SUCCESS ? "" : name + " is not writable";
 }
 
 bool get_control_variable(const std::string& name, int* value) {
-  int provided = 0;
-  if (MPI_T_init_thread(MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) return false;
-  bool ok = false;
-  int index = -1;
-  if (MPI_T_cvar_get_index(name.c_str(), &index) == MPI_SUCCESS) {
-    char var[256], desc[1024];
-    int var_len = sizeof(var), desc_len = sizeof(desc), verbosity = 0, bind = 0, scope = 0;
-    MPI_Datatype type;
-    MPI_T_enum enumtype;
-    MPI_T_cvar_get_info(index, var, &var_len, &verbosity, &type, &enumtype, desc, &desc_len, &bind, &scope);
-    MPI_T_cvar_handle handle;
-    int count = 0;
-    const bool integer = type == MPI_INT || type == MPI_UNSIGNED || type == MPI_C_BOOL;
-    if (integer && bind == MPI_T_BIND_NO_OBJECT &&
-        MPI_T_cvar_handle_alloc(index, nullptr, &handle, &count) == MPI_SUCCESS) {
-      alignas(8) unsigned char buf[64] = {};  // one value of the variable's type
-      ok = count == 1 && MPI_T_cvar_read(handle, buf) == MPI_SUCCESS;
-      if (ok && type == MPI_C_BOOL) *value = *reinterpret_cast<bool*>(buf) ? 1 : 0;
-      if (ok && type != MPI_C_BOOL) *value = *reinterpret_cast<int*>(buf);
-      MPI_T_cvar_handle_free(&handle);
-    }
-  }
-  MPI_T_finalize();
-  return ok;
+  ControlVariable cvar(name);
+  if (!cvar.error.empty()) return false;
+  if (cvar.type != MPI_INT && cvar.type != MPI_UNSIGNED && cvar.type != MPI_C_BOOL) return false;
+  alignas(8) unsigned char buf[64] = {};  // one value of the variable's type
+  if (MPI_T_cvar_read(cvar.handle, buf) != MPI_SUCCESS) return false;
+  *value = cvar.type == MPI_C_BOOL ? (*reinterpret_cast<bool*>(buf) ? 1 : 0) : *reinterpret_cast<int*>(buf);
+  return true;
 }
 
 }  // namespace twinhpc
