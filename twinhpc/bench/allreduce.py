@@ -21,7 +21,7 @@ targets), and ``twinhpc:shared`` with ``mpi4py``.
 Note:
     Open MPI picks its algorithm per communicator when the communicator is created, from MCA
     variables. ``coll_tuned_use_dynamic_rules`` is read-only after MPI_Init, so
-    :func:`prepare_mpi` sets it in the environment before MPI starts (without a forced
+    ``import twinhpc`` sets it in the environment before MPI starts (without a forced
     algorithm, the dynamic rules fall back to the default decision, so ``mpi4py`` still
     measures the defaults); ``coll_tuned_allreduce_algorithm`` stays writable through MPI_T,
     so the benchmark writes it and duplicates COMM_WORLD once per algorithm. Every variant is
@@ -40,13 +40,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..comm import DYNAMIC_RULES_ENV
+from .. import DYNAMIC_RULES_ENV
 from ..comm.world import World, get_world
 from ..errors import TwinError
 from . import format_table, median
 
-#: the read-only Open MPI variable that must be set before MPI_Init to force algorithms later
-DYNAMIC_RULES = DYNAMIC_RULES_ENV
 DEFAULT_MIN_BYTES = 4 << 10
 DEFAULT_MAX_BYTES = 64 << 20
 #: Open MPI's all-reduce algorithms (coll_tuned_allreduce_algorithm), measured as mpi4py:<name>
@@ -58,15 +56,9 @@ BATCH_SECONDS = 0.05
 TARGET_VS_MPI4PY, TARGET_VS_BEST_MPI, TARGET_MIN_BYTES = 1.0, 0.9, 1 << 20
 
 
-def prepare_mpi() -> None:
-    """Before MPI starts: enable Open MPI's dynamic rules, so that algorithms can be forced
-    later (see the module's note). Has no effect once MPI is initialised, or on other MPIs."""
-    os.environ.setdefault(DYNAMIC_RULES, "1")
-
-
 def algorithms_can_be_forced() -> bool:
     """Whether this job started with Open MPI's dynamic rules enabled."""
-    return os.environ.get(DYNAMIC_RULES, "").lower() in ("1", "true", "yes")
+    return os.environ.get(DYNAMIC_RULES_ENV, "").lower() in ("1", "true", "yes")
 
 
 def sizes_between(min_bytes: int, max_bytes: int) -> list[int]:

@@ -118,9 +118,8 @@ def add_allreduce(sub) -> argparse.ArgumentParser:
 
 
 def run_allreduce(args) -> int:
-    from ..bench.allreduce import bench_allreduce, prepare_mpi, report
+    from ..bench.allreduce import bench_allreduce, report
 
-    prepare_mpi()  # before MPI starts
     from ..comm.world import get_world
 
     world = get_world()

@@ -7,8 +7,6 @@ so that commands which only need the MPI world do not import torch.
 
 from __future__ import annotations
 
-from .. import DYNAMIC_RULES_ENV  # noqa: F401  (set in the environment by ``import twinhpc``)
-
 _LAZY = {"DataParallel": "ddp", "Engine": "engine", "Handle": "engine", "World": "world", "get_world": "world"}
 
 
