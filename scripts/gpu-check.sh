@@ -27,9 +27,12 @@ mkdir -p "$OUT"
 PY=${PY:-python3}
 BUDGET=${BUDGET:-540}
 export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # twinhpc from this tree (not installed there)
 SUMMARY="$OUT/summary.txt" LOG="$OUT/log.txt"
 : > "$SUMMARY"; : > "$LOG"
-step() { printf '\n== %s (%ss used of %s)\n' "$*" "$SECONDS" "$BUDGET" | tee -a "$SUMMARY" "$LOG"; }
+step() { printf '\n== %s (%ss used of %s)\n' "$*" "$SECONDS" "$BUDGET" | tee -a "$SUMMARY" "$LOG"
+         FROM=$(wc -l < "$LOG"); }
+new() { tail -n +"$((FROM + 1))" "$LOG" | grep -a "$@"; }   # grep this step's part of log.txt
 left() { local l=$((BUDGET - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }   # min(cap, time left)
 # run CAP CMD...: CMD with a timeout of min(CAP, time left), output appended to log.txt
 run() { local cap; cap=$(left "$1"); shift
@@ -60,7 +63,7 @@ if ! command -v mpicxx > /dev/null || ! command -v mpirun > /dev/null; then
   exit 1
 fi
 run 60 mpirun -n 2 "$PY" -c "from mpi4py import MPI; c = MPI.COMM_WORLD; c.Barrier(); print(c.rank, MPI.Get_library_version().splitlines()[0])"
-rc=$?; tail -2 "$LOG" | tee -a "$SUMMARY"; verdict $rc
+rc=$?; new "" | tail -2 | tee -a "$SUMMARY"; verdict $rc
 [ $rc -eq 0 ] || exit 1
 
 step "build twinhpc._C with CUDA"
@@ -69,25 +72,25 @@ rm -f twinhpc/_C*.so
 run 300 env TWINHPC_CUDA="${TWINHPC_CUDA:-1}" "$PY" setup.py build_ext --inplace   # 0: a dry run without a GPU
 rc=$?; verdict $rc
 [ $rc -eq 0 ] || { tail -30 "$LOG" >> "$SUMMARY"; exit 1; }
-"$PY" -c "from twinhpc import ops; print(ops.build_info())" 2>&1 | tee -a "$SUMMARY" "$LOG"
+"$PY" -c "import twinhpc; from twinhpc import ops; print(twinhpc.__file__, ops.build_info())" 2>&1 | tee -a "$SUMMARY" "$LOG"
 
 step "GPU tests, one process"
 run 150 "$PY" -m pytest -q -p no:cacheprovider --color=no -rs tests/gpu tests/unit/test_device.py \
   "tests/unit/test_train_loop.py::test_device_runs_track_the_cpu_run"
-rc=$?; grep -E "^[0-9]+ (passed|failed)|passed|failed|error" "$LOG" | tail -1 | tee -a "$SUMMARY"; verdict $rc
+rc=$?; new -E "passed|failed|error|no tests ran" | tail -1 | tee -a "$SUMMARY"; verdict $rc
 
 step "GPU tests on 2 ranks sharing the GPU (tests/gpu/test_mpi_cuda.py)"
 run 120 mpirun -n 2 "$PY" tests/run_mpi.py -q -s -p no:cacheprovider --color=no tests/gpu/test_mpi_cuda.py
-rc=$?; grep -E "cuda_aware=|passed|failed" "$LOG" | tail -3 | tee -a "$SUMMARY"; verdict $rc
+rc=$?; new -E "cuda_aware=|passed|failed|no tests ran" | tail -3 | tee -a "$SUMMARY"; verdict $rc
 
 step "all-reduce benchmark on 2 ranks (twinhpc:cuda beside the host rows)"
 run 100 mpirun -n 2 "$PY" benchmarks/allreduce.py --min-bytes 1MiB --max-bytes 64MiB --rounds 3 --results "$OUT"
-rc=$?; grep -E "twinhpc:cuda|twinhpc:auto|^ *mpi4py +2" "$LOG" | tail -9 | tee -a "$SUMMARY"; verdict $rc
+rc=$?; new -E "twinhpc:cuda|twinhpc:auto|^ *mpi4py +2|^ *[0-9]+ +[0-9.]+ +[0-9.]+ " | tail -14 | tee -a "$SUMMARY"; verdict $rc
 
 step "ResNet-18 training throughput on the GPU (batch 256, bf16): twinhpc vs plain PyTorch"
 run 200 mpirun -n 1 "$PY" benchmarks/train_throughput.py --models resnet18 --batch 256 --device cuda --bf16 \
   --threads 8 --steps 20 --rounds 3 --results "$OUT"
-rc=$?; grep -A3 -E "^ +model +ranks" "$LOG" | tail -4 | tee -a "$SUMMARY"; verdict $rc
+rc=$?; new -A3 -E "^ +model +ranks|Error" | tail -4 | tee -a "$SUMMARY"; verdict $rc
 
 step "done"
 ls -l "$OUT" | tee -a "$SUMMARY"
