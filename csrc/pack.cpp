@@ -4,8 +4,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
+
+#include "simd16.h"
 
 namespace twinhpc {
 namespace {
@@ -27,6 +30,32 @@ void check_supported(const char* op, const std::string& what, at::ScalarType t) 
                    dtype_name(t), " (supported: float32, float64, float16, bfloat16, int32, int64)");
 }
 
+template <typename T>
+constexpr bool kIs16 = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+
+// Elements per block of a 16-bit -> 16-bit conversion through a float buffer (stays in L1).
+constexpr int64_t kBlock16 = 2048;
+
+// dst[begin, end) = Out(Acc(src) * s) where float32 meets a 16-bit float: the simd16 kernels.
+template <typename In, typename Out>
+void convert_16(const In* src, Out* dst, int64_t begin, int64_t end, float s) {
+  if constexpr (std::is_same_v<In, float>) {
+    simd16::narrow(src + begin, dst + begin, end - begin, s);
+  } else if constexpr (std::is_same_v<Out, float>) {
+    simd16::widen(src + begin, dst + begin, end - begin);
+    if (s != 1.0f) {
+      for (int64_t i = begin; i < end; ++i) dst[i] *= s;
+    }
+  } else {  // 16-bit to 16-bit (e.g. scale_ of a bfloat16 tensor, in place): through float
+    float buf[kBlock16];
+    for (int64_t lo = begin; lo < end; lo += kBlock16) {
+      const int64_t m = std::min(kBlock16, end - lo);
+      simd16::widen(src + lo, buf, m);
+      simd16::narrow(buf, dst + lo, m, s);
+    }
+  }
+}
+
 // dst[i] = Out(Acc(src[i]) * scale): the arithmetic is float, or double when either side is.
 template <typename In, typename Out>
 void convert_typed(const In* src, Out* dst, int64_t n, double scale) {
@@ -34,8 +63,12 @@ void convert_typed(const In* src, Out* dst, int64_t n, double scale) {
                                  double, float>;
   const Acc s = static_cast<Acc>(scale);
   at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      dst[i] = static_cast<Out>(static_cast<Acc>(src[i]) * s);
+    if constexpr (std::is_same_v<Acc, float> && (kIs16<In> || kIs16<Out>)) {
+      convert_16(src, dst, begin, end, s);
+    } else {
+      for (int64_t i = begin; i < end; ++i) {
+        dst[i] = static_cast<Out>(static_cast<Acc>(src[i]) * s);
+      }
     }
   });
 }

@@ -13,6 +13,7 @@
 #include "mpit.h"
 #include "pack.h"
 #include "reduce.h"
+#include "simd16.h"
 
 namespace twinhpc {
 namespace {
@@ -171,6 +172,11 @@ void bind_engine(py::module& m) {
         "dst = sum of srcs with the engine's kernel (16-bit floats accumulated in float32).");
   m.def("set_control_variable", &set_control_variable, py::arg("name"), py::arg("value"),
         "Write an integer MPI_T control variable; returns '' on success, else why not.");
+  m.def("simd16_available", &simd16::available,
+        "Whether this CPU has AVX2 and F16C for the float16/bfloat16 conversions.");
+  m.def("set_simd16", &simd16::set_enabled, py::arg("on"),
+        "Use the AVX2/F16C float16/bfloat16 conversions (where available) or the scalar ones; "
+        "returns the previous setting. Both give the same bits.");
 }
 
 }  // namespace

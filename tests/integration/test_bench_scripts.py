@@ -1,4 +1,4 @@
-"""The benchmark scripts end to end under mpirun -n 2 (tiny sizes): allreduce.py, dp_overhead.py, train_throughput.py."""
+"""The benchmark scripts end to end (tiny sizes): allreduce.py, dp_overhead.py, train_throughput.py under mpirun -n 2; wire_casts.py."""
 
 import json
 import os
@@ -72,3 +72,17 @@ def test_train_throughput_benchmark_compares_plain_ddp_and_twinhpc(tmp_path):
     assert 0 <= r["data_wait"] < 1
     with h5py.File(tmp_path / "train_throughput.h5") as f:
         assert "cnn" in f
+
+
+@pytest.mark.skipif(not ops.available() or not ops._load().simd16_available(), reason="no AVX2/F16C here")
+def test_wire_casts_benchmark_compares_both_paths_with_equal_bits(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "wire_casts.py"), "--mib", "0.1", "--rounds", "2",
+           "--repeat", "1", "--json", "--results", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows, _ = json.JSONDecoder().raw_decode(out.stdout[out.stdout.index("["):])
+    assert [r["name"] for r in rows] == [f"{op}_{d}" for d in ("bfloat16", "float16") for op in ("pack", "unpack", "sum")]
+    for r in rows:
+        assert r["same_bits"] and r["vector_ms"] > 0 and r["scalar_ms"] > 0 and r["speedup"] > 0
+    with h5py.File(tmp_path / "wire_casts.h5") as f:
+        assert len(f["wire_casts"]) == 6 and list(f.attrs["names"]) == [r["name"] for r in rows]
