@@ -42,10 +42,7 @@ void convert_16(const In* src, Out* dst, int64_t begin, int64_t end, float s) {
   if constexpr (std::is_same_v<In, float>) {
     simd16::narrow(src + begin, dst + begin, end - begin, s);
   } else if constexpr (std::is_same_v<Out, float>) {
-    simd16::widen(src + begin, dst + begin, end - begin);
-    if (s != 1.0f) {
-      for (int64_t i = begin; i < end; ++i) dst[i] *= s;
-    }
+    simd16::widen(src + begin, dst + begin, end - begin, s);
   } else {  // 16-bit to 16-bit (e.g. scale_ of a bfloat16 tensor, in place): through float
     float buf[kBlock16];
     for (int64_t lo = begin; lo < end; lo += kBlock16) {

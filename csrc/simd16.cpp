@@ -27,8 +27,12 @@ std::atomic<bool> g_enabled{kAvailable};
 
 // The scalar loops: c10's conversions, the definition of the bits.
 template <typename T>
-void widen_scalar(const T* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+void widen_scalar(const T* src, float* dst, int64_t n, float scale) {
+  if (scale == 1.0f) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]) * scale;
+  }
 }
 
 template <typename T>
@@ -78,10 +82,15 @@ TWINHPC_AVX2 inline void store8(void* p, __m256 x) {
 }
 
 template <bool kBf, typename T>
-TWINHPC_AVX2 void widen_avx2(const T* src, float* dst, int64_t n) {
+TWINHPC_AVX2 void widen_avx2(const T* src, float* dst, int64_t n, float scale) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<kBf>(src + i));
-  widen_scalar(src + i, dst + i, n - i);
+  if (scale == 1.0f) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<kBf>(src + i));
+  } else {
+    const __m256 s = _mm256_set1_ps(scale);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_mul_ps(load8<kBf>(src + i), s));
+  }
+  widen_scalar(src + i, dst + i, n - i, scale);
 }
 
 template <bool kBf, typename T>
@@ -126,11 +135,11 @@ bool set_enabled(bool on) { return g_enabled.exchange(on && kAvailable); }
 #define TWINHPC_PICK(vector_call, scalar_call) scalar_call;
 #endif
 
-void widen(const c10::BFloat16* src, float* dst, int64_t n) {
-  TWINHPC_PICK((widen_avx2<true>(src, dst, n)), (widen_scalar(src, dst, n)))
+void widen(const c10::BFloat16* src, float* dst, int64_t n, float scale) {
+  TWINHPC_PICK((widen_avx2<true>(src, dst, n, scale)), (widen_scalar(src, dst, n, scale)))
 }
-void widen(const c10::Half* src, float* dst, int64_t n) {
-  TWINHPC_PICK((widen_avx2<false>(src, dst, n)), (widen_scalar(src, dst, n)))
+void widen(const c10::Half* src, float* dst, int64_t n, float scale) {
+  TWINHPC_PICK((widen_avx2<false>(src, dst, n, scale)), (widen_scalar(src, dst, n, scale)))
 }
 void widen_add(const c10::BFloat16* src, float* acc, int64_t n) {
   TWINHPC_PICK((widen_add_avx2<true>(src, acc, n)), (widen_add_scalar(src, acc, n)))

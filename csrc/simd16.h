@@ -25,9 +25,9 @@ bool enabled();
 // and benchmarks: both paths must give the same bits.
 bool set_enabled(bool on);
 
-// dst[i] = float(src[i])
-void widen(const c10::BFloat16* src, float* dst, int64_t n);
-void widen(const c10::Half* src, float* dst, int64_t n);
+// dst[i] = float(src[i]) * scale (exact when scale is 1)
+void widen(const c10::BFloat16* src, float* dst, int64_t n, float scale = 1.0f);
+void widen(const c10::Half* src, float* dst, int64_t n, float scale = 1.0f);
 // acc[i] += float(src[i])
 void widen_add(const c10::BFloat16* src, float* acc, int64_t n);
 void widen_add(const c10::Half* src, float* acc, int64_t n);
