@@ -205,6 +205,33 @@ def test_truncated_shard_names_the_file(dataset, tmp_path):
         list(loader(ds).epoch(0))
 
 
+def test_shard_truncated_while_open_gives_a_short_read_naming_file_and_field(dataset, tmp_path):
+    """The direct ``preadv`` path: a shard cut short after the loader opened it."""
+    ds = copy_dataset(dataset, tmp_path / "ds")
+    ld = loader(ds, batch_size=8)
+    next(iter(ld.epoch(0)))
+    assert ld._reader.shards, "the first batch opened a shard"
+    for shard in ld._reader.shards.values():  # opened and validated: now cut their data short
+        with open(shard.path, "r+b") as f:
+            f.truncate(shard.path.stat().st_size // 4)
+    with pytest.raises(DatasetError, match=r"field 'x' rows \d+:\d+: short read \(\d+ of \d+ bytes\); is the file truncated"):
+        list(ld.epoch(1))  # every block again, those of the truncated shards too
+    ld.close()
+
+
+@pytest.mark.parametrize("window", [1, 3])
+@pytest.mark.parametrize("size", [1, 3])
+def test_every_rank_reads_exactly_its_samples_whatever_the_window(dataset, window, size):
+    """Blocks that a rank needs only in part: the rows it does not want land in scratch, never in
+    a batch (the last rank's slice ends mid-block)."""
+    for rank in range(size):
+        ld = loader(dataset, batch_size=24, rank=rank, size=size, window=window, prefetch=0)
+        batches = list(ld.epoch(3))
+        want = stored_ids(dataset)[ld.indices(3)]
+        assert np.array_equal(np.concatenate([b["id"] for b in batches]), want)
+        assert np.array_equal(np.concatenate([b["x"] for b in batches]), sample_x(want))
+
+
 def test_shard_not_matching_the_manifest_names_the_file_and_field(dataset, tmp_path):
     ds = copy_dataset(dataset, tmp_path / "ds")
     path = first_shard(ds)
