@@ -1,9 +1,10 @@
 """The engine and DataParallel on CUDA tensors, at any world size (skipped without a CUDA device).
 
 Runs unchanged under plain pytest (1 rank) and ``mpirun -n N python tests/run_mpi.py
-tests/gpu/test_mpi_cuda.py`` (ranks may share one GPU). ``scripts/gpu-check.sh`` runs it twice on
-2 ranks: as the MPI library allows (device pointers to a CUDA-aware MPI) and with
-``TWINHPC_MPI_CUDA_AWARE=0`` (staged through pinned host memory), so both paths are covered.
+tests/gpu/test_mpi_cuda.py`` (ranks may share one GPU). Which path CUDA tensors take is the MPI
+library's: device pointers with a CUDA-aware MPI, else staged through pinned host memory (the
+Open MPI wheel that ``scripts/gpu-check.sh`` carries is not CUDA-aware); set
+``TWINHPC_MPI_CUDA_AWARE=0`` to test the staged path under a CUDA-aware MPI.
 """
 
 import numpy as np
@@ -11,15 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.gpu import skip_unless_cuda_extension
 from tests.mpi.collective import collective
-from twinhpc import ops
 
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA device", allow_module_level=True)
-if not ops.available():
-    pytest.skip(f"the compiled extension twinhpc._C is not built; {ops.BUILD_HINT}", allow_module_level=True)
-if not ops.build_info()["cuda"]:
-    pytest.skip("twinhpc._C was built without CUDA: rebuild with TWINHPC_CUDA=1", allow_module_level=True)
+skip_unless_cuda_extension()
 
 from tests.mpi.test_allreduce import DTYPES, FLOATS, SIZES, WIRE_EPS, expected_sum, rank_input  # noqa: E402
 from tests.mpi.test_ddp import global_batches, max_rel_diff, seeded, sgd_step, share, train_reference  # noqa: E402

@@ -3,14 +3,10 @@
 import pytest
 import torch
 
+from tests.gpu import skip_unless_cuda_extension
 from twinhpc import ops
 
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA device", allow_module_level=True)
-if not ops.available():
-    pytest.skip(f"the compiled extension twinhpc._C is not built; {ops.BUILD_HINT}", allow_module_level=True)
-if not ops.build_info()["cuda"]:
-    pytest.skip("twinhpc._C was built without CUDA: rebuild with TWINHPC_CUDA=1", allow_module_level=True)
+skip_unless_cuda_extension()
 
 pytestmark = pytest.mark.gpu
 
