@@ -61,7 +61,7 @@ JOB = """
 [data]
 dataset = "{dir}/data"
 batch_size = {batch}
-prefetch = 2
+prefetch = {prefetch}
 [preprocess.image]
 crop_padding = 2
 flip = true
@@ -90,12 +90,15 @@ def parse_args(argv):
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="train.device of both loops (default cpu; cuda: one rank per GPU)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast in both loops (train.bf16)")
+    p.add_argument("--prefetch", type=int, default=2,
+                   help="data.prefetch of twinhpc's loop: batches prepared ahead by a thread (default 2)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--results", default="bench-results", help="folder for train_throughput.h5 (default ./bench-results)")
     return p.parse_args(argv)
 
 
-def prepare(world, work: Path, model: str, batch: int, steps: int, device: str = "cpu", bf16: bool = False):
+def prepare(world, work: Path, model: str, batch: int, steps: int, device: str = "cpu", bf16: bool = False,
+            prefetch: int = 2):
     """Ingest and preprocess STEPS·BATCH·N synthetic images (+ one batch per rank to validate)."""
     n_train, n_val = steps * batch * world.size, batch * world.size
     src = work / f"{model}.npz"
@@ -112,7 +115,7 @@ def prepare(world, work: Path, model: str, batch: int, steps: int, device: str =
            test_fraction=0.0, world=world, overwrite=True)
     if world.rank == 0:
         (folder / "job.toml").write_text(JOB.format(dir=folder, batch=batch * world.size, model=model,
-                                                    device=device, bf16=str(bf16).lower()))
+                                                    device=device, bf16=str(bf16).lower(), prefetch=prefetch))
     world.barrier()
     job = load_job(folder / "job.toml")
     preprocess(job, world=world)
@@ -197,7 +200,8 @@ def run(args) -> list[dict]:
         work = Path(world.bcast(tmp if world.rank == 0 else None))
         for model in args.models.split(","):
             batch = args.batch or BATCH.get(model, 32)
-            job, images, labels = prepare(world, work, model, batch, args.steps, args.device, args.bf16)
+            job, images, labels = prepare(world, work, model, batch, args.steps, args.device, args.bf16,
+                                          args.prefetch)
             multi = world.size > 1
             if multi:
                 init_torch_distributed(world, args.device)
