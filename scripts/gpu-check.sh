@@ -14,9 +14,11 @@
 #      CUDA training run of tests/unit/test_train_loop.py;
 #   5. tests/gpu/test_mpi_cuda.py on 2 ranks sharing the GPU (all-reduce of CUDA tensors for
 #      every dtype and algorithm, 2-rank DataParallel on the GPU = 1 process);
-#   6. benchmarks/allreduce.py on 2 ranks (with the `twinhpc:cuda` row);
-#   7. benchmarks/train_throughput.py: ResNet-18, batch 256, bf16 autocast, twinhpc vs plain
-#      PyTorch on the GPU (the issue-4 target: >= 1.0).
+#   6. benchmarks/train_throughput.py: ResNet-18, batch 256, bf16 autocast, twinhpc vs plain
+#      PyTorch on the GPU (the issue-4 target: >= 1.0);
+#   7. benchmarks/allreduce.py on 2 ranks (with the `twinhpc:cuda` row), last: the least needed.
+# If mpirun cannot start 2 ranks there, steps 5 and 7 are skipped and the rest runs as one
+# process (MPI as a singleton).
 # Output under $OUT (the device tool's folder that comes back; ./gpu-results by hand), at most
 # 8 files: summary.txt (the verdicts), log.txt (every step's output), allreduce.h5,
 # train_throughput.h5. Copy them into benchmarks/results/gpu/ and commit them.
@@ -64,7 +66,8 @@ if ! command -v mpicxx > /dev/null || ! command -v mpirun > /dev/null; then
 fi
 run 60 mpirun -n 2 "$PY" -c "from mpi4py import MPI; c = MPI.COMM_WORLD; c.Barrier(); print(c.rank, MPI.Get_library_version().splitlines()[0])"
 rc=$?; new "" | tail -2 | tee -a "$SUMMARY"; verdict $rc
-[ $rc -eq 0 ] || exit 1
+MULTI=$rc   # 0: mpirun starts 2 ranks here; else the 2-rank steps are skipped, the rest still runs
+[ $MULTI -eq 0 ] || echo "mpirun -n 2 failed: only the one-process steps follow (singleton MPI)" | tee -a "$SUMMARY"
 
 step "build twinhpc._C with CUDA"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
@@ -79,18 +82,24 @@ run 150 "$PY" -m pytest -q -p no:cacheprovider --color=no -rs tests/gpu tests/un
   "tests/unit/test_train_loop.py::test_device_runs_track_the_cpu_run"
 rc=$?; new -E "passed|failed|error|no tests ran" | tail -1 | tee -a "$SUMMARY"; verdict $rc
 
-step "GPU tests on 2 ranks sharing the GPU (tests/gpu/test_mpi_cuda.py)"
-run 120 mpirun -n 2 "$PY" tests/run_mpi.py -q -s -p no:cacheprovider --color=no tests/gpu/test_mpi_cuda.py
-rc=$?; new -E "cuda_aware=|passed|failed|no tests ran" | tail -3 | tee -a "$SUMMARY"; verdict $rc
-
-step "all-reduce benchmark on 2 ranks (twinhpc:cuda beside the host rows)"
-run 100 mpirun -n 2 "$PY" benchmarks/allreduce.py --min-bytes 1MiB --max-bytes 64MiB --rounds 3 --results "$OUT"
-rc=$?; new -E "twinhpc:cuda|twinhpc:auto|^ *mpi4py +2|^ *[0-9]+ +[0-9.]+ +[0-9.]+ " | tail -14 | tee -a "$SUMMARY"; verdict $rc
+if [ $MULTI -eq 0 ]; then
+  step "GPU tests on 2 ranks sharing the GPU (tests/gpu/test_mpi_cuda.py)"
+  run 120 mpirun -n 2 "$PY" tests/run_mpi.py -q -s -p no:cacheprovider --color=no tests/gpu/test_mpi_cuda.py
+  rc=$?; new -E "cuda_aware=|passed|failed|no tests ran" | tail -3 | tee -a "$SUMMARY"; verdict $rc
+fi
 
 step "ResNet-18 training throughput on the GPU (batch 256, bf16): twinhpc vs plain PyTorch"
-run 200 mpirun -n 1 "$PY" benchmarks/train_throughput.py --models resnet18 --batch 256 --device cuda --bf16 \
+LAUNCH=(mpirun -n 1); [ $MULTI -eq 0 ] || LAUNCH=()   # one process: MPI starts as a singleton
+run 200 "${LAUNCH[@]}" "$PY" benchmarks/train_throughput.py --models resnet18 --batch 256 --device cuda --bf16 \
   --threads 8 --steps 20 --rounds 3 --results "$OUT"
 rc=$?; new -A3 -E "^ +model +ranks|Error" | tail -4 | tee -a "$SUMMARY"; verdict $rc
+
+if [ $MULTI -eq 0 ]; then
+  step "all-reduce benchmark on 2 ranks (twinhpc:cuda beside the host rows)"
+  run 100 mpirun -n 2 "$PY" benchmarks/allreduce.py --min-bytes 1MiB --max-bytes 64MiB --rounds 3 --results "$OUT"
+  rc=$?; new -E "twinhpc:cuda|twinhpc:auto|^ *mpi4py +2|^ *[0-9]+ +[0-9.]+ +[0-9.]+ " | tail -14 | tee -a "$SUMMARY"
+  verdict $rc
+fi
 
 step "done"
 ls -l "$OUT" | tee -a "$SUMMARY"
