@@ -30,9 +30,6 @@ void check_supported(const char* op, const std::string& what, at::ScalarType t) 
                    dtype_name(t), " (supported: float32, float64, float16, bfloat16, int32, int64)");
 }
 
-template <typename T>
-constexpr bool kIs16 = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
-
 // Elements per block of a 16-bit -> 16-bit conversion through a float buffer (stays in L1).
 constexpr int64_t kBlock16 = 2048;
 
@@ -60,7 +57,7 @@ void convert_typed(const In* src, Out* dst, int64_t n, double scale) {
                                  double, float>;
   const Acc s = static_cast<Acc>(scale);
   at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<Acc, float> && (kIs16<In> || kIs16<Out>)) {
+    if constexpr (std::is_same_v<Acc, float> && (simd16::is_16bit_float<In> || simd16::is_16bit_float<Out>)) {
       convert_16(src, dst, begin, end, s);
     } else {
       for (int64_t i = begin; i < end; ++i) {

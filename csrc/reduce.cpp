@@ -26,15 +26,12 @@ template <typename T> struct Accumulator { using type = T; };
 template <> struct Accumulator<c10::Half> { using type = float; };
 template <> struct Accumulator<c10::BFloat16> { using type = float; };
 
-template <typename T>
-constexpr bool kIs16 = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
-
 // Elements summed per block of reduce_many: the float accumulator of a block stays in L1.
 constexpr int64_t kManyBlock = 2048;
 
 template <typename T>
 void into_typed(T* __restrict inout, const T* __restrict in, int64_t n) {
-  if constexpr (kIs16<T>) {  // widen a block, add, round once (simd16: 8 at a time)
+  if constexpr (simd16::is_16bit_float<T>) {  // widen a block, add, round once (simd16: 8 at a time)
     float acc[kManyBlock];
     for (int64_t lo = 0; lo < n; lo += kManyBlock) {
       const int64_t m = std::min(kManyBlock, n - lo);
@@ -57,7 +54,7 @@ void sum_blocks(const T* const* srcs, int k, int64_t n, double scale, T* const* 
   const Acc factor = static_cast<Acc>(scale);
   for (int64_t lo = 0; lo < n; lo += kManyBlock) {
     const int64_t m = std::min(kManyBlock, n - lo);
-    if constexpr (kIs16<T>) {  // the conversions 8 at a time (simd16)
+    if constexpr (simd16::is_16bit_float<T>) {  // the conversions 8 at a time (simd16)
       simd16::widen(srcs[0] + lo, acc, m);
       for (int j = 1; j < k; ++j) simd16::widen_add(srcs[j] + lo, acc, m);
     } else {
@@ -73,7 +70,7 @@ void sum_blocks(const T* const* srcs, int k, int64_t n, double scale, T* const* 
     }
     for (int j = 0; j < ndst; ++j) {
       T* d = dsts[j] + lo;
-      if constexpr (kIs16<T>) {
+      if constexpr (simd16::is_16bit_float<T>) {
         simd16::narrow(acc, d, m, 1.0f);
       } else {
         for (int64_t i = 0; i < m; ++i) d[i] = static_cast<T>(acc[i]);

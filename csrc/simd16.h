@@ -13,9 +13,14 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace twinhpc {
 namespace simd16 {
+
+// Whether T is one of the 16-bit floats these conversions serve.
+template <typename T>
+constexpr bool is_16bit_float = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
 
 // Whether this CPU has AVX2 and F16C.
 bool available();
