@@ -119,6 +119,23 @@ def test_engine_of_one_rank_leaves_sums_and_averages_unchanged():
         assert 0 < times["enqueue"] <= times["start"] <= times["pack_done"] <= times["unpack_done"]
 
 
+def test_one_rank_returns_the_input_itself_without_a_wire_cast():
+    """A world of one exchanges nothing: no cast to the wire dtype (no rounding), no copies, for
+    single tensors, fused lists and broadcasts alike; argument errors are still raised."""
+    x = torch.randn(10_001, generator=torch.Generator().manual_seed(5)) * 1000  # not bfloat16-exact
+    with Engine(MPI.COMM_SELF) as eng:
+        for wire in (None, torch.bfloat16, torch.float16):
+            t = x.clone()
+            eng.allreduce_async_(t, op="avg", wire_dtype=wire).wait()
+            assert torch.equal(t, x), wire
+        parts = [x[:7].clone(), x[7:].clone()]
+        eng.allreduce_many_async_(parts, op="avg", wire_dtype=torch.bfloat16).wait()
+        assert torch.equal(torch.cat(parts), x)
+        assert torch.equal(eng.broadcast_(x.clone(), root=0), x)
+        with pytest.raises(TypeError, match="unsupported dtype"):
+            eng.allreduce_(torch.ones(2, dtype=torch.uint8))
+
+
 def test_engine_rejects_bad_communicators_and_names():
     with pytest.raises(ValueError, match="COMM_NULL"):
         Engine(MPI.COMM_NULL)
