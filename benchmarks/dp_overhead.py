@@ -29,8 +29,10 @@ optimizer step. Measured in one run, interleaved: after a warm-up step of each, 
 each time STEPS steps of the communication-free model and of one DataParallel model per
 (bucket cap, wire dtype), in alternating order; a measurement's time is the slowest rank's
 (barrier before, MPI max after), and the medians over rounds are reported. ratio = step time with
-communication / step time without (target <= 1.10 on 2 ranks). wait_s is the median time per step
-spent in synchronize(), i.e. communication that backward did not hide.
+communication / step time without (target <= 1.10 on 2 ranks), the median of the per-round
+ratios; ratio_min and ratio_max are the smallest and largest of them (how much the machine moved
+during the run). wait_s is the median time per step spent in synchronize(), i.e. communication
+that backward did not hide.
 
 All DataParallel models start from the same parameters and see the same batches, so their
 parameters after the run can be compared: max_rel_diff is max over tensors of max|p - q| / max|q|
@@ -168,6 +170,9 @@ def run(args) -> list[dict]:
         rows.append({"impl": "twinhpc", "ranks": world.size, "bytes": grad_bytes, "time_s": step_s,
                      "step_s_comm": step_s, "step_s_nocomm": step_s_nocomm,
                      "ratio": median(s / n for (s, _), n in zip(times, nocomm)),
+                     # the spread of the per-round ratios: how far one run can be trusted here
+                     "ratio_min": min(s / n for (s, _), n in zip(times, nocomm)),
+                     "ratio_max": max(s / n for (s, _), n in zip(times, nocomm)),
                      "wait_s": median(w for _, w in times), "bucket_cap_mb": cap, "buckets": len(t.dp.buckets),
                      "wire_dtype": wire, "max_rel_diff": max_rel_diff(t.model.module, reference)})
         t.dp.close()
@@ -181,7 +186,8 @@ def report(args, rows: list[dict]) -> str:
             f"{r0['ranks']} rank(s), batch {args.batch}/rank, 1 thread/rank, "
             f"{args.steps} steps x {args.rounds} rounds (median)")
     formats = {"wire_dtype": "s", "bucket_cap_mb": "g", "buckets": "d", "step_s_comm": ".4f",
-               "step_s_nocomm": ".4f", "ratio": ".3f", "wait_s": ".4f", "max_rel_diff": ".2e"}
+               "step_s_nocomm": ".4f", "ratio": ".3f", "ratio_min": ".3f", "ratio_max": ".3f",
+               "wait_s": ".4f", "max_rel_diff": ".2e"}
     default = [r for r in rows if r["wire_dtype"] == "float32" and r["bucket_cap_mb"] == DEFAULT_BUCKET_CAP_MB]
     lines = [head, format_table(rows, formats)]
     if default:

@@ -56,6 +56,7 @@ def test_dp_overhead_benchmark_reports_both_step_times(tmp_path):
     assert len(rows) == 1
     r = rows[0]
     assert r["ranks"] == 2 and r["step_s_comm"] > 0 and r["step_s_nocomm"] > 0 and r["ratio"] > 0
+    assert r["ratio_min"] == r["ratio"] == r["ratio_max"]  # one round: its ratio is the median and the spread
     assert r["max_rel_diff"] == 0.0  # float32 wire: every rank ends with the same parameters
     assert list(tmp_path.glob("dp_overhead*.h5"))
 
@@ -69,6 +70,7 @@ def test_train_throughput_benchmark_compares_plain_ddp_and_twinhpc(tmp_path):
         assert r[key] > 0, key
     assert r["ratio"] == pytest.approx(r["twinhpc_sps"] / r["plain_sps"])  # one round: the ratio of that round
     assert r["ratio_ddp"] == pytest.approx(r["twinhpc_sps"] / r["ddp_sps"])
+    assert r["ratio_ddp_min"] == r["ratio_ddp"] == r["ratio_ddp_max"]
     assert 0 <= r["data_wait"] < 1
     with h5py.File(tmp_path / "train_throughput.h5") as f:
         assert "cnn" in f
