@@ -67,17 +67,20 @@ def test_cuda_sum_and_average_equal_numpy(world, engine, device, dtype, algorith
         pytest.skip(f"algorithm {algorithm} is not available here")
 
     def body():
+        sums, means = {}, {}  # every collective first, the checks after (see test_allreduce.py)
         for n in SIZES:
             t = rank_input(n, dtype, world.rank).to(device)
-            assert engine.allreduce_(t, op="sum", algorithm=algorithm) is t
-            assert t.device == device
+            sums[n] = (t, engine.allreduce_(t, op="sum", algorithm=algorithm))
+            if dtype in FLOATS:
+                means[n] = rank_input(n, dtype, world.rank).to(device)
+                engine.allreduce_async_(means[n], op="avg", algorithm=algorithm).wait()
+        for n, (t, returned) in sums.items():
+            assert returned is t and t.device == device
             np.testing.assert_array_equal(t.cpu().double().numpy(), expected_sum(n, dtype, world.size),
                                           err_msg=f"n={n}")
-            if dtype in FLOATS:
-                t = rank_input(n, dtype, world.rank).to(device)
-                engine.allreduce_async_(t, op="avg", algorithm=algorithm).wait()
-                mean = expected_sum(n, dtype, world.size) / world.size
-                np.testing.assert_allclose(t.cpu().double().numpy(), mean, rtol=WIRE_EPS.get(dtype, 1e-7) * 2)
+        for n, t in means.items():
+            mean = expected_sum(n, dtype, world.size) / world.size
+            np.testing.assert_allclose(t.cpu().double().numpy(), mean, rtol=WIRE_EPS.get(dtype, 1e-7) * 2)
 
     collective(world, body)
 

@@ -57,15 +57,21 @@ def test_sum_and_average_equal_numpy(world, engine, dtype, algorithm):
     skip_unless_available(engine, algorithm)
 
     def body():
+        # every collective first, the checks after: a rank failing a check part-way would
+        # otherwise skip the next all-reduce and leave the other ranks waiting in it
+        sums, means = {}, {}
         for n in SIZES:
             t = rank_input(n, dtype, world.rank)
-            assert engine.allreduce_(t, op="sum", algorithm=algorithm) is t
-            np.testing.assert_array_equal(t.double().numpy(), expected_sum(n, dtype, world.size), err_msg=f"n={n}")
+            sums[n] = (t, engine.allreduce_(t, op="sum", algorithm=algorithm))
             if dtype in FLOATS:
-                t = rank_input(n, dtype, world.rank)
-                engine.allreduce_async_(t, op="avg", algorithm=algorithm).wait()
-                mean = expected_sum(n, dtype, world.size) / world.size
-                np.testing.assert_allclose(t.double().numpy(), mean, rtol=WIRE_EPS.get(dtype, 1e-7) * 2)
+                means[n] = rank_input(n, dtype, world.rank)
+                engine.allreduce_async_(means[n], op="avg", algorithm=algorithm).wait()
+        for n, (t, returned) in sums.items():
+            assert returned is t
+            np.testing.assert_array_equal(t.double().numpy(), expected_sum(n, dtype, world.size), err_msg=f"n={n}")
+        for n, t in means.items():
+            mean = expected_sum(n, dtype, world.size) / world.size
+            np.testing.assert_allclose(t.double().numpy(), mean, rtol=WIRE_EPS.get(dtype, 1e-7) * 2)
 
     collective(world, body)
 
@@ -230,20 +236,30 @@ def test_shared_buffer_sums_in_place_equal_numpy(world, engine, dtype):
     es = torch.empty(0, dtype=dtype).element_size()
 
     def body():
-        buf = engine.shared_buffer(8 + 100_003 * es + 40)
-        assert buf.dtype == torch.uint8 and buf.numel() == 8 + 100_003 * es + 40 and not buf.any()
+        buf = engine.shared_buffer(8 + 100_003 * es + 40)  # collective
+        fresh = buf.dtype == torch.uint8 and buf.numel() == 8 + 100_003 * es + 40 and not buf.any()
+        # every collective first (copies of what each left), the checks after: a rank failing a
+        # check part-way would otherwise leave the others waiting in its next all-reduce
+        sums, means = {}, {}
         for n in SIZES:
             view = buf[8:8 + n * es].view(dtype)
             view.copy_(rank_input(n, dtype, world.rank))
             buf[8 + n * es:].fill_(7)
-            assert engine.allreduce_(view, op="sum") is view
-            np.testing.assert_array_equal(view.double().numpy(), expected_sum(n, dtype, world.size), err_msg=f"n={n}")
-            assert buf[:8].eq(0).all() and buf[8 + n * es:].eq(7).all(), "bytes outside the view changed"
+            returned = engine.allreduce_(view, op="sum")
+            outside = bool(buf[:8].eq(0).all() and buf[8 + n * es:].eq(7).all())
+            sums[n] = (returned is view, view.clone(), outside)
             if dtype in FLOATS:
                 view.copy_(rank_input(n, dtype, world.rank))
                 engine.allreduce_async_(view, op="avg").wait()
-                mean = expected_sum(n, dtype, world.size) / world.size
-                np.testing.assert_allclose(view.double().numpy(), mean, rtol=WIRE_EPS.get(dtype, 1e-7) * 2)
+                means[n] = view.clone()
+        assert fresh
+        for n, (same, total, outside) in sums.items():
+            assert same
+            np.testing.assert_array_equal(total.double().numpy(), expected_sum(n, dtype, world.size), err_msg=f"n={n}")
+            assert outside, "bytes outside the view changed"
+        for n, t in means.items():
+            mean = expected_sum(n, dtype, world.size) / world.size
+            np.testing.assert_allclose(t.double().numpy(), mean, rtol=WIRE_EPS.get(dtype, 1e-7) * 2)
 
     collective(world, body)
 
