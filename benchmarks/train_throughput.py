@@ -225,9 +225,9 @@ def run(args) -> list[dict]:
                         got = plain_loop(job, images, labels, args.steps, batch, ddp=which == "ddp")
                         sps[which].append(world.comm.allreduce(got) / world.size)
             # per-round ratios (the loops ran seconds apart), then their median
-            per_round = [o / p for o, p in zip(sps["twinhpc"], sps["ddp" if multi else "plain"])]
-            ratio = median([o / p for o, p in zip(sps["twinhpc"], sps["plain"])])
-            ratio_ddp = median(per_round)
+            vs_plain = [o / p for o, p in zip(sps["twinhpc"], sps["plain"])]
+            per_round = [o / p for o, p in zip(sps["twinhpc"], sps["ddp"])] if multi else vs_plain
+            ratio, ratio_ddp = median(vs_plain), median(per_round)
             # the target: the same work as plain PyTorch does it -- at one rank the plain loop,
             # at several the plain loop in torch's DDP (the plain loop without communication,
             # `ratio`, is the stricter reference: it pays no all-reduce at all)

@@ -556,7 +556,7 @@ void Engine::run(Work& w) {
 }
 
 void Engine::sum(void* buf, int64_t n, at::ScalarType t, Algorithm a) {
-  if (size_ == 1 || n == 0) return;
+  if (n == 0) return;  // (one rank never gets here: run() returns its input as it is)
   switch (a) {
     case Algorithm::kMpi:
     case Algorithm::kMpiRecursiveDoubling:
