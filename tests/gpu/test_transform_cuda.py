@@ -20,3 +20,26 @@ def test_image_transform_on_the_gpu_equals_the_host(train):
     gpu = t({"image": x}, train=train, rng=np.random.default_rng(7), device=torch.device("cuda"))
     assert gpu.device.type == "cuda" and gpu.dtype == torch.float32 and gpu.shape == host.shape
     assert torch.equal(gpu.cpu(), host)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_torch_wrapper_on_a_side_stream_from_a_device_batch_equals_the_reference(layout):
+    """normalize_augment_torch queues on torch's current stream (here not the default one) and
+    takes a uint8 CUDA tensor as well as a host array; the bits are the numpy reference's."""
+    from twinhpc.kernels.cuda_image import normalize_augment_torch
+    from twinhpc.kernels.image import augment_params, batch_rng, normalize_augment_reference, synthetic_batch
+
+    x = synthetic_batch(64, 32, 32, 3, seed=5)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    offsets, flips = augment_params(batch_rng(0, 0, 1, 2), len(x), pad=4)
+    want = normalize_augment_reference(x, mean, std, offsets=offsets, flips=flips, pad=4, layout=layout)
+    on_device = torch.from_numpy(x).cuda()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        from_device = normalize_augment_torch(on_device, mean, std, offsets=offsets, flips=flips, pad=4, layout=layout)
+        from_host = normalize_augment_torch(x, mean, std, offsets=offsets, flips=flips, pad=4, layout=layout)
+    side.synchronize()
+    for got in (from_device, from_host):
+        assert got.is_cuda and got.dtype == torch.float32
+        assert torch.equal(got.cpu(), torch.from_numpy(want))

@@ -173,7 +173,8 @@ def test_unused_parameters_do_not_hang_and_buckets_go_in_the_same_order(world, e
         reference = train_reference(seeded(0, Branchy), batches, reference_loss)
         recorder = Recorder(engine)
         dp = DataParallel(seeded(0, Branchy), engine=recorder, bucket_cap_mb=SMALL_CAP_MB)
-        assert len(dp.buckets) >= 3
+        # one rank: nothing to bucket or launch (the average is the gradient itself)
+        assert len(dp.buckets) >= 3 if world.size > 1 else dp.buckets == []
         for x, y in batches:
             F.cross_entropy(dp(share(x, world.rank, world.size), world.rank == 0),
                             share(y, world.rank, world.size)).backward()

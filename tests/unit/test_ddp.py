@@ -1,7 +1,9 @@
-"""DataParallel at world size 1 against a recording fake engine: when and what it launches.
+"""DataParallel in one process against a recording fake engine: when and what it launches.
 
-The fake has the engine's API for one rank (an average over one rank is the identity) and
-records every ``allreduce_async_`` call (one per bucket: the bucket's flat buffer). Multi-rank behaviour with the real engine is in
+The fake plays rank 0 of two ranks whose peer computes the same gradients, so an average is
+the identity and it can return every tensor as it is; it records every ``allreduce_async_``
+call (one per bucket: the bucket's flat buffer). At a true world size of one DataParallel
+builds no buckets at all (the last tests). Multi-rank behaviour with the real engine is in
 tests/mpi/test_ddp.py.
 """
 
@@ -33,7 +35,7 @@ class FakeHandle:
 
 
 class FakeEngine:
-    rank, size = 0, 1
+    rank, size = 0, 2
 
     def __init__(self):
         self.launches = []  # (name, flat buffer, wire_dtype) per allreduce_async_ call
@@ -244,3 +246,31 @@ def test_close_moves_gradients_out_of_the_engines_memory():
     for p, g in zip(dp.module.parameters(), before):
         assert not any(in_buffer(p.grad, flat) for flat in flats)
         assert torch.equal(p.grad, g)
+
+
+class OneRank(FakeEngine):
+    size = 1
+
+
+def test_one_rank_has_no_buckets_no_hooks_and_plain_gradients(tmp_path):
+    """World size 1: backward is the plain model's (no hook runs, .grad is autograd's own
+    tensor, nothing launched), synchronize() only counts the step, and training equals the
+    plain model's, with no_sync() accumulation too."""
+    eng = OneRank()
+    dp = DataParallel(mlp(), engine=eng, bucket_cap_mb=SMALL_CAP_MB, timeline=tmp_path)
+    plain = mlp()
+    assert dp.buckets == [] and dp._hooks == []
+    for seed in range(3):
+        with dp.no_sync():
+            backward(dp, seed)
+        backward(dp, seed + 10)
+        assert dp.synchronize() >= 0
+        backward(plain, seed)
+        backward(plain, seed + 10)
+        for p, q in zip(dp.module.parameters(), plain.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+            p.grad = q.grad = None
+    assert eng.launches == [] and dp.steps == 3
+    dp.close()
+    events = json.loads((tmp_path / "trace.rank0.json").read_text())["traceEvents"]
+    assert sum(e.get("name") == "synchronize" for e in events) == 3

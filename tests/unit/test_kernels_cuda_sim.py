@@ -41,3 +41,18 @@ def test_cuda_kernel_on_the_simulator_equals_reference():
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert results.pop("error") == "std"
     assert results and all(results.values()), results
+
+
+def test_torch_wrapper_checks_its_arguments_before_touching_a_gpu():
+    import numpy as np
+    import pytest
+
+    from twinhpc.kernels.cuda_image import normalize_augment_torch
+
+    x = np.zeros((2, 4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="device"):
+        normalize_augment_torch(x, (0.5,) * 3, (0.2,) * 3, device="cpu")
+    with pytest.raises(ValueError, match="std"):
+        normalize_augment_torch(x, (0.5,) * 3, (0.2,) * 2, device="cuda")
+    with pytest.raises(ValueError, match="x: expected a uint8"):
+        normalize_augment_torch(x.astype(np.float32), (0.5,) * 3, (0.2,) * 3, device="cuda")

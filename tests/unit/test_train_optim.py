@@ -68,7 +68,7 @@ def test_clip_gradients_bounds_the_global_norm():
     ps = [torch.nn.Parameter(torch.zeros(4)) for _ in range(2)]
     ps[0].grad, ps[1].grad = torch.full((4,), 3.0), torch.full((4,), 4.0)
     before = clip_gradients(ps, 1.0)
-    assert before == pytest.approx(math.sqrt(4 * 9 + 4 * 16))
+    assert before.item() == pytest.approx(math.sqrt(4 * 9 + 4 * 16))
     assert torch.linalg.vector_norm(torch.cat([p.grad for p in ps])).item() == pytest.approx(1.0, rel=1e-5)
     assert clip_gradients(ps, None) is None
 

@@ -49,6 +49,9 @@ Note:
       zeros, and nothing hangs. Then it waits for every bucket, in order.
     - *Accumulation*: inside :meth:`DataParallel.no_sync` the hooks do nothing; grads
       accumulate locally as usual and the next synced backward reduces the sums.
+    - *One rank*: no buckets and no hooks (the average over one rank is the identity), so a
+      one-rank run trains at the plain model's speed; :meth:`DataParallel.synchronize` only
+      counts the step (and records it in the timeline).
 
     The per-step state is a count of missing gradients per bucket, the index of the next bucket
     to launch and the launched buckets' handles; the only switch is ``no_sync``.
@@ -174,7 +177,11 @@ class DataParallel(nn.Module):
         layout = assign_buckets([p.numel() * p.element_size() for p in params], int(bucket_cap_mb * _MIB),
                                 [(p.dtype, p.device) for p in params])
         self._check_same_on_every_rank(layout)
-        grouped = [[params[i] for i in members] for members in layout]
+        # one rank: the average over the ranks is the gradient itself, so there is nothing to
+        # bucket or launch; backward runs with no hook and .grad stays autograd's own tensor
+        # (a plain model's speed: no copy into bucket views, no Python call per parameter)
+        self.local = engine.size == 1
+        grouped = [] if self.local else [[params[i] for i in members] for members in layout]
         self.buckets = [_Bucket(k, ps, flat) for k, (ps, flat) in enumerate(zip(grouped, _bucket_storage(engine, grouped)))]
         self.broadcast_state()
 

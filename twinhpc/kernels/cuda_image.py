@@ -8,6 +8,11 @@ to the device) or a device array (numba device array, or anything with
 torch takes without a copy: ``torch.as_tensor(result, device="cuda")``. The random offsets and
 flips still come from :func:`.image.augment_params` on the host (a few bytes per image).
 
+In a torch training loop use :func:`normalize_augment_torch`: the same kernel with every buffer
+from torch's caching allocator, the batch copied through pinned memory, and the launch queued on
+torch's current stream, so that nothing waits for the device and nothing is allocated by numba
+(whose allocations and deferred frees would each wait for the GPU).
+
 Without a GPU, ``NUMBA_ENABLE_CUDASIM=1`` (set before numba.cuda is first imported) runs the kernel
 on numba's CPU simulator: slow, but the same code path, which is how the tests run it.
 Importing this module does not need a GPU; calling the function without one raises numba's
@@ -77,4 +82,48 @@ def normalize_augment_cuda(x, mean, std, *, offsets=None, flips=None, pad: int =
     if n * h * w:
         blocks = (n * h * w + THREADS - 1) // THREADS
         _augment_kernel[blocks, THREADS, stream](x, args[0], args[1], args[2], int(pad), layout == "NCHW", out)
+    return out
+
+
+def normalize_augment_torch(x, mean, std, *, offsets=None, flips=None, pad: int = 0, layout: str = "NCHW",
+                            device="cuda"):
+    """:func:`normalize_augment_cuda` for torch: returns a float32 CUDA tensor on ``device``.
+
+    ``x`` is a host numpy uint8 batch (n, H, W, C) or a uint8 CUDA tensor of that shape on
+    ``device``. The output and the copies of the batch, the normalisation table, the offsets and
+    the flips come from torch's caching allocators (host arrays go through pinned memory with
+    asynchronous copies), and the kernel runs on torch's current stream of ``device``: the call
+    returns without waiting for the GPU, and torch orders the result with the kernels that use
+    it. Raises ``ValueError`` as :func:`normalize_augment_cuda` does.
+    """
+    import torch
+
+    _check_images(x)
+    table, offsets, flips = _check_params(tuple(x.shape), mean, std, offsets, flips, pad, layout)
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"device: expected a CUDA device, got {device}")
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    n, h, w, c = x.shape
+    out = torch.empty((n, c, h, w) if layout == "NCHW" else (n, h, w, c), dtype=torch.float32, device=device)
+    if n * h * w == 0:
+        return out
+
+    def to_gpu(a: np.ndarray):  # pinned staging, so that the copy is asynchronous
+        return torch.from_numpy(np.ascontiguousarray(a)).pin_memory().to(device, non_blocking=True)
+
+    if isinstance(x, torch.Tensor):
+        if x.device != device:
+            raise ValueError(f"x: expected a host array or a tensor on {device}, got a tensor on {x.device}")
+        xt = x.contiguous()
+    else:
+        xt = to_gpu(np.asarray(x))
+    tensors = (xt, to_gpu(table), to_gpu(offsets), to_gpu(flips))
+    with cuda.gpus[device.index]:   # numba launches on the device torch uses for this rank
+        handle = torch.cuda.current_stream(device).cuda_stream
+        stream = cuda.external_stream(handle) if handle else cuda.default_stream()
+        xd, td, od, fd = (cuda.as_cuda_array(t) for t in tensors)
+        blocks = (n * h * w + THREADS - 1) // THREADS
+        _augment_kernel[blocks, THREADS, stream](xd, td, od, fd, int(pad), layout == "NCHW", cuda.as_cuda_array(out))
     return out

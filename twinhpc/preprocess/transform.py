@@ -94,11 +94,10 @@ class Image:
                                  "(e.g. twinhpc.kernels.image.batch_rng(seed, rank, epoch, step))")
             offsets, flips = augment_params(rng, len(x), pad=pad, flip=self.flip)
         if device is not None and _torch().device(device).type == "cuda":
-            from ..kernels.cuda_image import normalize_augment_cuda
+            from ..kernels.cuda_image import normalize_augment_torch
 
-            y = normalize_augment_cuda(np.ascontiguousarray(x), self.mean, self.std, offsets=offsets,
-                                       flips=flips, pad=pad)
-            return _torch().as_tensor(y, device=device)
+            return normalize_augment_torch(np.ascontiguousarray(x), self.mean, self.std, offsets=offsets,
+                                           flips=flips, pad=pad, device=device)
         y = normalize_augment(x, self.mean, self.std, offsets=offsets, flips=flips, pad=pad)
         return _torch().from_numpy(y)
 

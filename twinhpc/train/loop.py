@@ -21,10 +21,19 @@ Note:
 
     *One small all-reduce per step* (:func:`step_allreduce`) carries this rank's loss, whether
     it was finite, whether a stop signal arrived, and the statistics of the training metric. So
-    every rank knows the global loss, stops together on NaN/inf (before the optimizer step, so
-    the last checkpoint stays good) or on SIGUSR2/SIGTERM (:mod:`twinhpc.train.signals`), and
-    adds up the same numbers in the same order — which keeps a resumed run's records
-    bit-identical.
+    every rank knows the global loss, stops together on NaN/inf or on SIGUSR2/SIGTERM
+    (:mod:`twinhpc.train.signals`), and adds up the same numbers in the same order — which
+    keeps a resumed run's records bit-identical.
+
+    *Read one step late.* A step's loss and statistics stay on the device (a
+    :class:`PendingStep`, copied to pinned memory without waiting) and are read and all-reduced
+    during the next step, after its backward and gradient synchronize; the epoch's last step,
+    and any step before a checkpoint, is read at once. So on a GPU the host queues step k+1
+    while the device still runs step k, as a plain PyTorch loop does, instead of waiting for
+    the device every step. The price: a non-finite loss at step k is found after step k's
+    optimizer update (the run stops in step k+1, naming step k, its samples and the last
+    checkpoint, which never holds an unchecked step), and a stop signal is acted on at the end
+    of the step after the one in which it arrived.
 
     *Bit-identical resume on CPU.* A checkpoint holds everything that decides what happens next:
     model and optimizer tensors, the loader position (mid-epoch), every rank's RNG states
@@ -62,7 +71,7 @@ from ..io.results import ResultsWriter
 from ..log import Progress
 from ..models import build, builder
 from .evaluate import autocast, evaluate, split_loader
-from .losses import batch_stats, make_loss, metric_from_stats, stats_size
+from .losses import batch_stats_tensor, make_loss, metric_from_stats, stats_size
 from .optim import Schedule, clip_gradients, improved, make_optimizer
 from .signals import StopSignal
 
@@ -108,6 +117,47 @@ class LoopState:
         self.loss_sum, self.steps_in_epoch, self.elapsed = 0.0, 0, 0.0
         self.metric_stats = [0.0] * stats_len
         self.timing = dict.fromkeys(PHASES, 0.0)
+
+
+class HostCopy:
+    """Equal-length 1-D tensors on their way to the host. From a GPU they are copied into pinned
+    memory without waiting, and :meth:`read` waits for that copy only (not for work queued
+    after it); on the CPU they are read as they are."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        stacked = torch.stack(tensors)
+        self.event = None
+        if stacked.is_cuda:
+            self.host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+            self.host.copy_(stacked, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = stacked
+
+    def read(self) -> np.ndarray:
+        """The tensors as the rows of a numpy array."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
+
+
+@dataclass
+class PendingStep:
+    """An optimizer step whose update is done (on a GPU: queued) but whose loss and metric
+    statistics have not been read yet: the loop reads them during the next step, so that the
+    host never waits for the device in between (see the module notes)."""
+
+    step: int                  # its number (1 = the first step of the run)
+    epoch: int
+    lr: float
+    batches: list[int]         # the loader's index of each micro-batch in the epoch
+    scalars: HostCopy          # a row per micro-batch: loss, then batch_stats
+    timing: dict               # seconds per phase
+    time_s: float              # the step's wall time on the host
+
+    def read(self) -> np.ndarray:
+        return self.scalars.read()
 
 
 def run_directory(job: Job, out=None) -> Path:
@@ -290,6 +340,46 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
         return world.bcast(path)
 
     status, last_eval, row = "finished", None, {}
+    pending: PendingStep | None = None   # the last step done, its scalars not yet read
+
+    def finish(step: PendingStep) -> bool:
+        """Read ``step``'s loss and statistics, sum them over the ranks (with the NaN and stop
+        flags), raise on a non-finite loss, record the step; True when a rank got a stop signal.
+        Collective."""
+        local = np.zeros(3 + stats_len)       # loss, non-finite, stop flag, metric stats
+        bad_batch = None
+        for batch_index, values in zip(step.batches, step.read()):
+            value = float(values[0])
+            if not math.isfinite(value) and bad_batch is None:
+                bad_batch = (batch_index, value)
+            local[0] += value / accumulate
+            local[3:] += values[1:]
+        local[1] = bad_batch is not None
+        local[2] = stop.received is not None
+        total = step_allreduce(world, local)  # loss, flags, metric statistics: summed
+        if total[1] > 0:
+            raise_non_finite(world, run_dir, loader, step.epoch, step.step - 1, bad_batch, per_rank,
+                             job.data.train_split)
+        step_loss = total[0] / world.size
+        state.loss_sum += step_loss
+        state.steps_in_epoch += 1
+        state.metric_stats = list(np.asarray(state.metric_stats) + total[3:])
+        for k, v in step.timing.items():
+            state.timing[k] += v
+        bar.update()
+        if step.step % cfg.log_every == 0:
+            log.debug("step %d: loss %.6g lr %.6g %.3fs", step.step, step_loss, step.lr, step.time_s)
+            if results is not None:
+                results.append_steps({"step": [step.step], "loss": [step_loss], "lr": [step.lr],
+                                      "step_time_s": [step.time_s]})
+        return total[2] > 0
+
+    def drain() -> bool:
+        """Finish the pending step, if any (before a checkpoint, or at the end of an epoch)."""
+        nonlocal pending
+        stopping, pending = (finish(pending) if pending is not None else False), None
+        return stopping
+
     try:
         model.train()
         while state.epoch < cfg.epochs and state.step < total_steps:
@@ -304,8 +394,7 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
                 t_step = time.perf_counter()
                 lr = schedule.apply(optimizer, state.step, epoch)
                 timing = dict.fromkeys(PHASES, 0.0)
-                local = np.zeros(3 + stats_len)       # loss, non-finite, stop flag, metric stats
-                bad_batch = None
+                scalars, batch_indices = [], []
                 for micro in range(accumulate):
                     t0 = time.perf_counter()
                     batch = next(batches)
@@ -318,51 +407,41 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
                             outputs = model(x)
                             loss = loss_fn(outputs, y).mean()
                         (loss / accumulate).backward()
-                    value = loss.item()
-                    if not math.isfinite(value) and bad_batch is None:
-                        bad_batch = (loader.batches_consumed - 1, value)
-                    local[0] += value / accumulate
-                    local[3:] += batch_stats(cfg.task, outputs.detach().float(), y, n_out)
+                    # the loss and the metric statistics, copied to the host without waiting
+                    scalars.append(torch.cat([loss.detach().double().reshape(1),
+                                              batch_stats_tensor(cfg.task, outputs.detach().float(), y, n_out)]))
+                    batch_indices.append(loader.batches_consumed - 1)
                     timing["data_wait"] += t1 - t0
                     timing["forward_backward"] += time.perf_counter() - t1
                 t0 = time.perf_counter()
                 model.synchronize()                   # gradients: the average over the ranks
-                local[1] = bad_batch is not None
-                local[2] = stop.received is not None
-                total = step_allreduce(world, local)  # loss, flags, metric statistics: summed
+                # the previous step's scalars: on a GPU read while the device runs this step
+                stopping = drain()
                 timing["communication"] = time.perf_counter() - t0
-                if total[1] > 0:
-                    raise_non_finite(world, run_dir, loader, epoch, state.step, bad_batch, per_rank,
-                                     job.data.train_split)
                 t0 = time.perf_counter()
                 clip_gradients(model.parameters(), ocfg.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 timing["optimizer"] = time.perf_counter() - t0
-
                 state.step += 1
-                step_loss = total[0] / world.size
-                state.loss_sum += step_loss
-                state.steps_in_epoch += 1
-                state.metric_stats = list(np.asarray(state.metric_stats) + total[3:])
-                for k, v in timing.items():
-                    state.timing[k] += v
-                bar.update()
-                if state.step % cfg.log_every == 0:
-                    step_time = time.perf_counter() - t_step
-                    log.debug("step %d: loss %.6g lr %.6g %.3fs", state.step, step_loss, lr, step_time)
-                    if results is not None:
-                        results.append_steps({"step": [state.step], "loss": [step_loss], "lr": [lr],
-                                              "step_time_s": [step_time]})
+                pending = PendingStep(state.step, epoch, lr, batch_indices, HostCopy(scalars), timing,
+                                      time.perf_counter() - t_step)
                 every = cfg.checkpoint_every
-                if total[2] > 0 or (every != "epoch" and state.step % every == 0):
+                if stopping or (every != "epoch" and state.step % every == 0):
+                    stopping = drain() or stopping     # a checkpoint holds only checked steps
                     state.elapsed = time.perf_counter() - t_epoch
                     ckpt = save(epoch)
-                    if total[2] > 0:
+                    if stopping:
                         log.warning("stop signal: checkpoint %s written at step %d (epoch %d); exiting "
                                     "for a requeue", ckpt, state.step, epoch + 1)
                         status = "preempted"
                         return TrainResult(run_dir, status, state.step, state.epoch, row, ckpt)
+            if drain():                               # the epoch's last step
+                state.elapsed = time.perf_counter() - t_epoch
+                ckpt = save(epoch)
+                log.warning("stop signal: checkpoint %s written at step %d (epoch %d); exiting for a "
+                            "requeue", ckpt, state.step, epoch + 1)
+                return TrainResult(run_dir, "preempted", state.step, state.epoch, row, ckpt)
 
             # -- end of the epoch: validate, record, decide ----------------------------------
             loader.set_epoch(epoch + 1)

@@ -85,15 +85,23 @@ def batch_stats(task: str, outputs: torch.Tensor, targets: torch.Tensor, classes
     """Sufficient statistics of one batch for :func:`metric_from_stats`, as float64 that add up
     over batches and ranks: the confusion matrix (classification, ``classes²`` counts) or, per
     output, ``n, Σ|e|, Σe², Σy, Σy²`` (regression)."""
+    return batch_stats_tensor(task, outputs, targets, classes).cpu().numpy()
+
+
+def batch_stats_tensor(task: str, outputs: torch.Tensor, targets: torch.Tensor, classes: int) -> torch.Tensor:
+    """:func:`batch_stats` as a float64 tensor on the outputs' device, not yet read on the host
+    (the training loop reads it together with the loss: one transfer per micro-batch)."""
     with torch.no_grad():
         if task == "classification":
             pred = outputs.argmax(dim=1).long()
             cells = targets.long() * classes + pred
-            return torch.bincount(cells, minlength=classes * classes).double().cpu().numpy()
+            # index_add_, not bincount: a CUDA bincount reads the largest index on the host
+            counts = torch.zeros(classes * classes, dtype=torch.float64, device=outputs.device)
+            return counts.index_add_(0, cells, torch.ones(cells.shape, dtype=torch.float64, device=cells.device))
         y = targets.double().reshape(outputs.shape[0], -1)
         e = outputs.double().reshape(y.shape) - y
         n = torch.full((y.shape[1],), float(y.shape[0]), dtype=torch.float64, device=outputs.device)
-        return torch.stack([n, e.abs().sum(0), (e * e).sum(0), y.sum(0), (y * y).sum(0)]).cpu().numpy().reshape(-1)
+        return torch.stack([n, e.abs().sum(0), (e * e).sum(0), y.sum(0), (y * y).sum(0)]).reshape(-1)
 
 
 def stats_size(task: str, classes: int) -> int:

@@ -33,27 +33,29 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> to
     """SGD (momentum, Nesterov), Adam or AdamW with ``cfg``'s hyper-parameters.
 
     ``weight_decay`` is an L2 penalty added to the gradient for ``sgd`` and ``adam`` and
-    decoupled weight decay for ``adamw`` (as in PyTorch). ``foreach=False`` keeps the update a
-    per-parameter loop whose results do not depend on how tensors are grouped.
+    decoupled weight decay for ``adamw`` (as in PyTorch). The implementation is PyTorch's
+    default, as a plain loop gets it: a loop over the parameters on CPU, the multi-tensor
+    (``foreach``) kernels on GPUs, a few launches per step instead of a few per parameter.
     """
     params = list(params)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay, foreach=False)
+                               weight_decay=cfg.weight_decay)
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-               foreach=False)
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float | None) -> float | None:
+def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor | None:
     """Scale the gradients so that their global L2 norm is at most ``max_norm``.
 
-    Returns the norm before clipping (``None`` when ``max_norm`` is ``None``). Called after the
-    data-parallel synchronize, so every rank clips the same averaged gradients the same way.
+    Returns the norm before clipping as a 0-d tensor on the gradients' device, not read on the
+    host (on a GPU that would wait for the device every step); ``None`` when ``max_norm`` is
+    ``None``. Called after the data-parallel synchronize, so every rank clips the same averaged
+    gradients the same way.
     """
     if max_norm is None:
         return None
-    return float(torch.nn.utils.clip_grad_norm_(list(params), max_norm, foreach=False))
+    return torch.nn.utils.clip_grad_norm_(list(params), max_norm)
 
 
 class Schedule:
