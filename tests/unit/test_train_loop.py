@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -163,3 +164,43 @@ def test_regression_end_to_end(tmp_path):
     loss, report = results["metrics"]["loss"], results["report"]
     assert loss[-1] < 0.5 * loss[0], loss
     assert {"mae", "rmse", "r2"} <= set(report) and report["r2"] > 0.5, report
+
+
+class StopAtRead:
+    """A StopSignal whose flag reads as set from its ``n``-th read on (the loop reads it once
+    when it finishes each step, so from step ``n`` on)."""
+
+    def __init__(self, n):
+        self.n, self.reads = n, 0
+
+    @property
+    def received(self):
+        self.reads += 1
+        return signal.SIGUSR2 if self.reads >= self.n else None
+
+    def restore(self):
+        pass
+
+
+@pytest.mark.parametrize("flag_step,saved_step", [(3, 4), (6, 6)], ids=["mid-epoch", "epoch-end"])
+def test_a_stop_checkpoints_after_the_next_step_and_the_resumed_run_equals_the_whole(
+        job, tmp_path, monkeypatch, flag_step, saved_step):
+    """Step scalars are read one step late: a stop flag seen when step k is finished (during
+    step k+1) checkpoints at the end of step k+1, or at once when k ends the epoch (6 steps);
+    resuming from there records exactly what an uninterrupted run records."""
+    import twinhpc.train.loop as loop
+
+    rare = override(job, {"train.checkpoint_every": 1000, "train.log_every": 1})
+    whole = train(rare, tmp_path / "whole", progress=False)
+    monkeypatch.setattr(loop.StopSignal, "install", classmethod(lambda cls: StopAtRead(flag_step)))
+    cut = train(rare, tmp_path / "cut", progress=False)
+    assert cut.status == "preempted" and cut.step == saved_step
+    assert [step for step, _ in list_checkpoints(tmp_path / "cut")] == [saved_step]
+    monkeypatch.undo()
+    resumed = train(rare, tmp_path / "cut", resume=True, progress=False)
+    assert resumed.status == whole.status == "finished" and resumed.step == whole.step
+    a, b = read_results(tmp_path / "cut"), read_results(tmp_path / "whole")
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert np.array_equal(a["metrics"][name], b["metrics"][name]), name
+    for name in ("step", "loss", "lr"):
+        assert np.array_equal(a["steps"][name], b["steps"][name]), name

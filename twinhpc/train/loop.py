@@ -380,6 +380,11 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
         stopping, pending = (finish(pending) if pending is not None else False), None
         return stopping
 
+    def preempted(ckpt: Path, epoch: int, row: dict) -> TrainResult:
+        log.warning("stop signal: checkpoint %s written at step %d (epoch %d); exiting for a requeue",
+                    ckpt, state.step, epoch + 1)
+        return TrainResult(run_dir, "preempted", state.step, state.epoch, row, ckpt)
+
     try:
         model.train()
         while state.epoch < cfg.epochs and state.step < total_steps:
@@ -432,16 +437,10 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
                     state.elapsed = time.perf_counter() - t_epoch
                     ckpt = save(epoch)
                     if stopping:
-                        log.warning("stop signal: checkpoint %s written at step %d (epoch %d); exiting "
-                                    "for a requeue", ckpt, state.step, epoch + 1)
-                        status = "preempted"
-                        return TrainResult(run_dir, status, state.step, state.epoch, row, ckpt)
+                        return preempted(ckpt, epoch, row)
             if drain():                               # the epoch's last step
                 state.elapsed = time.perf_counter() - t_epoch
-                ckpt = save(epoch)
-                log.warning("stop signal: checkpoint %s written at step %d (epoch %d); exiting for a "
-                            "requeue", ckpt, state.step, epoch + 1)
-                return TrainResult(run_dir, "preempted", state.step, state.epoch, row, ckpt)
+                return preempted(save(epoch), epoch, row)
 
             # -- end of the epoch: validate, record, decide ----------------------------------
             loader.set_epoch(epoch + 1)
