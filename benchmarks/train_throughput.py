@@ -175,7 +175,7 @@ def plain_loop(job, images: torch.Tensor, labels: torch.Tensor, steps: int, batc
         x = x[torch.arange(batch, device=device)[:, None, None, None],
               torch.arange(3, device=device)[None, :, None, None], rows, cols]
         x = (x - mean) * inv_std
-        with autocast(job.train.bf16):
+        with autocast(job.train.bf16, device):
             loss = F.cross_entropy(model(x), labels[idx])
         loss.backward()
         opt.step()

@@ -49,11 +49,11 @@ def split_loader(directory, split: str, job: Job, world, fields=None) -> Sharded
     return loader
 
 
-def autocast(bf16: bool):
-    """bfloat16 autocast on the CPU (or the current CUDA device), or nothing."""
+def autocast(bf16: bool, device: torch.device):
+    """bfloat16 autocast for a model on ``device`` (its type: ``cpu`` or ``cuda``), or nothing."""
     if not bf16:
         return contextlib.nullcontext()
-    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
@@ -73,7 +73,7 @@ def infer(model: torch.nn.Module, loader: ShardedLoader, transform: Callable, *,
     for batch in loader:
         x, y = transform(batch)
         x, y = to_device(x, device), to_device(y, device)
-        with autocast(bf16):
+        with autocast(bf16, device):
             out = model(x)
         parts["output"].append(out.float().cpu().numpy())
         if y is not None:

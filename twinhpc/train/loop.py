@@ -408,7 +408,7 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
                     t1 = time.perf_counter()
                     sync = model.no_sync() if micro < accumulate - 1 else contextlib.nullcontext()
                     with sync:
-                        with autocast(cfg.bf16):
+                        with autocast(cfg.bf16, device):
                             outputs = model(x)
                             loss = loss_fn(outputs, y).mean()
                         (loss / accumulate).backward()
