@@ -83,3 +83,17 @@ def test_augment_params_reject_bad_values():
                          (dict(n=1, pad=1, flip_probability=2.0), "flip_probability")):
         with pytest.raises(ValueError, match=f"^{name}:"):
             image.augment_params(rng, **kwargs)
+
+
+def test_the_image_check_takes_torch_tensors_too():
+    """The CUDA kernels take torch tensors (``__cuda_array_interface__``): the shared check
+    reads a torch dtype without numpy, accepting uint8 and naming anything else."""
+    import torch
+
+    from twinhpc.kernels.image import _check_images
+
+    _check_images(torch.zeros((2, 4, 4, 3), dtype=torch.uint8))
+    with pytest.raises(ValueError, match="torch.float32"):
+        _check_images(torch.zeros((2, 4, 4, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        _check_images(torch.zeros((4, 4, 3), dtype=torch.uint8))

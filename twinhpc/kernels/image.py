@@ -145,7 +145,8 @@ _augment_serial, _augment_parallel = serial_and_parallel(_augment)
 
 
 def _check_images(x) -> None:
-    if not hasattr(x, "dtype") or np.dtype(x.dtype) != np.uint8 or len(x.shape) != 4:
+    """numpy, numba device arrays and torch tensors (whose dtype numpy does not take) alike."""
+    if not hasattr(x, "dtype") or str(x.dtype).removeprefix("torch.") != "uint8" or len(x.shape) != 4:
         raise ValueError(f"x: expected a uint8 array (n, height, width, channels), got "
                          f"{getattr(x, 'dtype', type(x).__name__)} of shape {getattr(x, 'shape', ())}")
 
