@@ -304,3 +304,33 @@ def test_unreadable_state_names_the_file(tmp_path):
     (tmp_path / STATE).write_bytes(b"garbage")
     with pytest.raises(TwinError, match=str(tmp_path / STATE)):
         read_state(tmp_path / STATE)
+
+
+def test_image_transform_falls_back_to_the_host_once_when_the_gpu_kernel_cannot_run(monkeypatch, caplog):
+    """When numba.cuda cannot launch (here: no CUDA at all, standing in for a driver or NVVM
+    failure) the transform warns once, naming the error, and returns the host kernel's result
+    for the caller to copy; later batches go straight to the host. Bad arguments still raise."""
+    import twinhpc.kernels.cuda_image as cuda_image
+    import twinhpc.preprocess.transform as transform
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("CUDA driver library cannot be found")
+
+    monkeypatch.setattr(transform, "_cuda_kernel_usable", None)
+    monkeypatch.setattr(cuda_image, "normalize_augment_torch", broken)
+    x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    t = Image("image", (8, 8, 3), mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], crop_padding=2, flip=True)
+    with caplog.at_level("WARNING", logger="twinhpc"):
+        got = [t({"image": x}, train=True, rng=np.random.default_rng(7), device="cuda") for _ in range(2)]
+    host = t({"image": x}, train=True, rng=np.random.default_rng(7))
+    assert all(g.device.type == "cpu" and np.array_equal(g.numpy(), host.numpy()) for g in got)
+    assert len(calls) == 1 and "CUDA driver library cannot be found" in caplog.text
+    assert caplog.text.count("cannot run on cuda") == 1
+
+    monkeypatch.undo()   # the real kernel wrapper: it checks the arguments before any GPU call
+    monkeypatch.setattr(transform, "_cuda_kernel_usable", None)
+    with pytest.raises(ValueError, match="offsets"):
+        transform._image_kernel_on_device(x, t.mean, t.std, np.full((4, 2), 9), None, 2, "cuda")

@@ -52,6 +52,40 @@ def _torch():
     return torch
 
 
+#: whether numba.cuda launched the image kernel in this process: None before the first try,
+#: False after a first try failed (numba without a usable CUDA driver, toolkit or NVVM)
+_cuda_kernel_usable: bool | None = None
+
+
+def _image_kernel_on_device(x, mean, std, offsets, flips, pad, device):
+    """The image kernel on the GPU ``device`` (a torch CUDA tensor), or ``None`` when numba.cuda
+    cannot run it in this process: then, after one warning naming the error, the caller runs
+    the host kernel and copies the batch (slower, same bits). Bad arguments still raise, and so
+    does any failure after a first success."""
+    global _cuda_kernel_usable
+    if _cuda_kernel_usable is False:
+        return None
+    try:
+        from ..kernels.cuda_image import normalize_augment_torch
+
+        y = normalize_augment_torch(np.ascontiguousarray(x), mean, std, offsets=offsets, flips=flips, pad=pad,
+                                    device=device)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- numba.cuda's driver, NVVM and linker errors alike
+        if _cuda_kernel_usable:
+            raise
+        _cuda_kernel_usable = False
+        import logging
+
+        logging.getLogger("twinhpc").warning(
+            "image normalisation and augmentation cannot run on %s here (%s: %s); the host kernel "
+            "runs instead and each batch is copied to the device", device, type(e).__name__, e)
+        return None
+    _cuda_kernel_usable = True
+    return y
+
+
 class Image:
     """Images: stored unchanged (uint8 H×W×C); per batch normalised, and augmented when training.
 
@@ -84,7 +118,9 @@ class Image:
     def __call__(self, batch: Batch, train: bool = False, rng: np.random.Generator | None = None,
                  device=None):
         """float32 (N, C, H, W) images; on a CUDA ``device`` normalised and augmented there (the
-        numba.cuda kernel of :mod:`twinhpc.kernels.cuda_image`, the same bits as on the host)."""
+        numba.cuda kernel of :mod:`twinhpc.kernels.cuda_image`, the same bits as on the host),
+        unless numba.cuda cannot run in this process: then on the host, with one warning (the
+        caller copies the batch to the device)."""
         x = batch[self.field]
         offsets = flips = None
         pad = self.crop_padding if train else 0
@@ -94,10 +130,9 @@ class Image:
                                  "(e.g. twinhpc.kernels.image.batch_rng(seed, rank, epoch, step))")
             offsets, flips = augment_params(rng, len(x), pad=pad, flip=self.flip)
         if device is not None and _torch().device(device).type == "cuda":
-            from ..kernels.cuda_image import normalize_augment_torch
-
-            return normalize_augment_torch(np.ascontiguousarray(x), self.mean, self.std, offsets=offsets,
-                                           flips=flips, pad=pad, device=device)
+            y = _image_kernel_on_device(x, self.mean, self.std, offsets, flips, pad, device)
+            if y is not None:
+                return y
         y = normalize_augment(x, self.mean, self.std, offsets=offsets, flips=flips, pad=pad)
         return _torch().from_numpy(y)
 
