@@ -111,7 +111,10 @@ def normalize_augment_torch(x, mean, std, *, offsets=None, flips=None, pad: int 
         return out
 
     def to_gpu(a: np.ndarray):  # pinned staging, so that the copy is asynchronous
-        return torch.from_numpy(np.ascontiguousarray(a)).pin_memory().to(device, non_blocking=True)
+        a = np.ascontiguousarray(a)
+        if not a.flags.writeable:   # the cached normalisation table: torch wants writable memory
+            a = a.copy()
+        return torch.from_numpy(a).pin_memory().to(device, non_blocking=True)
 
     if isinstance(x, torch.Tensor):
         if x.device != device:

@@ -32,6 +32,8 @@ with no division in the loop.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import prange
 
@@ -80,7 +82,9 @@ def augment_params(rng: np.random.Generator, n: int, *, pad: int, flip: bool = T
 
 def normalization_table(mean, std) -> np.ndarray:
     """float32 (channels, 256): ``(v / 255 - mean[c]) / std[c]`` for every pixel value ``v``,
-    computed with the reference's float32 operations.
+    computed with the reference's float32 operations. Read-only: the tables of recent
+    (mean, std) pairs are kept, so a training loop builds and checks its table once, not per
+    batch.
 
     Raises
     ------
@@ -89,12 +93,21 @@ def normalization_table(mean, std) -> np.ndarray:
     """
     mean = np.atleast_1d(np.asarray(mean, np.float32))
     std = np.atleast_1d(np.asarray(std, np.float32))
+    return _table(mean.tobytes(), mean.shape, std.tobytes(), std.shape)
+
+
+@functools.lru_cache(maxsize=32)
+def _table(mean_bytes: bytes, mean_shape: tuple, std_bytes: bytes, std_shape: tuple) -> np.ndarray:
+    mean = np.frombuffer(mean_bytes, np.float32).reshape(mean_shape)
+    std = np.frombuffer(std_bytes, np.float32).reshape(std_shape)
     if mean.ndim != 1 or mean.shape != std.shape:
         raise ValueError(f"std: expected one value per channel like mean ({mean.shape}), got {std.shape}")
     if not (np.all(np.isfinite(std)) and np.all(std > 0)):
         raise ValueError(f"std: every value must be finite and > 0, got {std.tolist()}")
     values = np.arange(256, dtype=np.float32)
-    return _normalize(values[None, :], mean[:, None], std[:, None])
+    table = _normalize(values[None, :], mean[:, None], std[:, None])
+    table.flags.writeable = False
+    return table
 
 
 def _normalize(v, mean, std):
