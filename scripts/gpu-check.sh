@@ -92,7 +92,7 @@ step "ResNet-18 training throughput on the GPU (batch 256, bf16): twinhpc vs pla
 LAUNCH=(mpirun -n 1); [ $MULTI -eq 0 ] || LAUNCH=()   # one process: MPI starts as a singleton
 run 200 "${LAUNCH[@]}" "$PY" benchmarks/train_throughput.py --models resnet18 --batch 256 --device cuda --bf16 \
   --threads 8 --steps 50 --rounds 3 --results "$OUT"
-rc=$?; new -A3 -E "^ +model +ranks|Error" | tail -4 | tee -a "$SUMMARY"; verdict $rc
+rc=$?; new -A3 -E "^ +model +ranks|Error|cannot run on" | tail -6 | tee -a "$SUMMARY"; verdict $rc
 
 if [ $MULTI -eq 0 ]; then
   step "all-reduce benchmark on 2 ranks (twinhpc:cuda beside the host rows)"
