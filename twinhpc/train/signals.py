@@ -5,7 +5,7 @@
     stop = StopSignal.install()          # main thread, before the loop
     ...                                  # every step: stop.received goes into the step's allreduce
     if any rank's flag is set:           # all ranks see the same sum after the same step
-        save checkpoint; return "preempted"
+        save checkpoint; return "preempted"   # at the end of the step in which the sum is seen
     stop.restore()
 
 The command then exits with :data:`REQUEUE_EXIT_STATUS`.
@@ -15,8 +15,10 @@ Note:
     main thread: inside a backward pass, an optimizer step, a half-written HDF5 file or an MPI
     collective. Writing a checkpoint there would save a half-updated model or deadlock the
     collective the other ranks are in. So the handler records the signal, and the loop looks at
-    the flag at the next step boundary, where model, optimizer, loader and RNG states belong to
-    one step.
+    the flag at a step boundary, where model, optimizer, loader and RNG states belong to one
+    step. (The loop reads a step's scalars, the flag among them, during the next step, so the
+    checkpoint comes at the end of the step after the one in which the signal arrived: one
+    step later than the signal, never in the middle of one.)
 
     *Every rank must agree.* Slurm signals all tasks, but not at the same instant, and
     ``mpirun`` forwards a signal to the ranks one by one; a rank that checkpointed and left while
