@@ -87,7 +87,7 @@ def test_summed_batch_statistics_give_the_metric_of_the_whole_set(task, metrics,
         pred = outputs.numpy()
     stats = np.zeros(stats_size(task, classes))
     for lo in range(0, n, 10):                 # batches of 10 (the last one smaller)
-        stats += batch_stats(task, outputs[lo:lo + 10], targets[lo:lo + 10], classes)
+        stats += batch_stats(task, outputs[lo:lo + 10], targets[lo:lo + 10], classes).numpy()
     for name in metrics:
         assert metric_from_stats(name, stats, classes) == pytest.approx(
             metric_value(name, pred, targets.numpy(), classes), rel=1e-9)

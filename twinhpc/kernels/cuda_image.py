@@ -79,10 +79,16 @@ def normalize_augment_cuda(x, mean, std, *, offsets=None, flips=None, pad: int =
     if isinstance(x, np.ndarray):      # device arrays go to the kernel as they are
         x = cuda.to_device(np.ascontiguousarray(x), stream=stream)
     args = [cuda.to_device(a, stream=stream) for a in (table, offsets, flips)]
+    _launch(x, *args, pad, layout, out, stream)
+    return out
+
+
+def _launch(x, table, offsets, flips, pad, layout, out, stream) -> None:
+    """Queue the kernel: one thread per output pixel of the (n, H, W, C) batch ``x``."""
+    n, h, w, _ = x.shape
     if n * h * w:
         blocks = (n * h * w + THREADS - 1) // THREADS
-        _augment_kernel[blocks, THREADS, stream](x, args[0], args[1], args[2], int(pad), layout == "NCHW", out)
-    return out
+        _augment_kernel[blocks, THREADS, stream](x, table, offsets, flips, int(pad), layout == "NCHW", out)
 
 
 def normalize_augment_torch(x, mean, std, *, offsets=None, flips=None, pad: int = 0, layout: str = "NCHW",
@@ -127,6 +133,5 @@ def normalize_augment_torch(x, mean, std, *, offsets=None, flips=None, pad: int 
         handle = torch.cuda.current_stream(device).cuda_stream
         stream = cuda.external_stream(handle) if handle else cuda.default_stream()
         xd, td, od, fd = (cuda.as_cuda_array(t) for t in tensors)
-        blocks = (n * h * w + THREADS - 1) // THREADS
-        _augment_kernel[blocks, THREADS, stream](xd, td, od, fd, int(pad), layout == "NCHW", cuda.as_cuda_array(out))
+        _launch(xd, td, od, fd, pad, layout, cuda.as_cuda_array(out), stream)
     return out

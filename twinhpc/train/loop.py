@@ -71,7 +71,7 @@ from ..io.results import ResultsWriter
 from ..log import Progress
 from ..models import build, builder
 from .evaluate import autocast, evaluate, split_loader
-from .losses import batch_stats_tensor, make_loss, metric_from_stats, stats_size
+from .losses import batch_stats, make_loss, metric_from_stats, stats_size
 from .optim import Schedule, clip_gradients, improved, make_optimizer
 from .signals import StopSignal
 
@@ -155,9 +155,6 @@ class PendingStep:
     scalars: HostCopy          # a row per micro-batch: loss, then batch_stats
     timing: dict               # seconds per phase
     time_s: float              # the step's wall time on the host
-
-    def read(self) -> np.ndarray:
-        return self.scalars.read()
 
 
 def run_directory(job: Job, out=None) -> Path:
@@ -348,7 +345,7 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
         Collective."""
         local = np.zeros(3 + stats_len)       # loss, non-finite, stop flag, metric stats
         bad_batch = None
-        for batch_index, values in zip(step.batches, step.read()):
+        for batch_index, values in zip(step.batches, step.scalars.read()):
             value = float(values[0])
             if not math.isfinite(value) and bad_batch is None:
                 bad_batch = (batch_index, value)
@@ -414,7 +411,7 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
                         (loss / accumulate).backward()
                     # the loss and the metric statistics, copied to the host without waiting
                     scalars.append(torch.cat([loss.detach().double().reshape(1),
-                                              batch_stats_tensor(cfg.task, outputs.detach().float(), y, n_out)]))
+                                              batch_stats(cfg.task, outputs.detach().float(), y, n_out)]))
                     batch_indices.append(loader.batches_consumed - 1)
                     timing["data_wait"] += t1 - t0
                     timing["forward_backward"] += time.perf_counter() - t1

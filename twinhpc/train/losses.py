@@ -81,16 +81,11 @@ def metric_value(name: str, pred: np.ndarray, target: np.ndarray, classes: int |
 
 
 # -- running metrics of the training batches --------------------------------------------------
-def batch_stats(task: str, outputs: torch.Tensor, targets: torch.Tensor, classes: int) -> np.ndarray:
+def batch_stats(task: str, outputs: torch.Tensor, targets: torch.Tensor, classes: int) -> torch.Tensor:
     """Sufficient statistics of one batch for :func:`metric_from_stats`, as float64 that add up
     over batches and ranks: the confusion matrix (classification, ``classes²`` counts) or, per
-    output, ``n, Σ|e|, Σe², Σy, Σy²`` (regression)."""
-    return batch_stats_tensor(task, outputs, targets, classes).cpu().numpy()
-
-
-def batch_stats_tensor(task: str, outputs: torch.Tensor, targets: torch.Tensor, classes: int) -> torch.Tensor:
-    """:func:`batch_stats` as a float64 tensor on the outputs' device, not yet read on the host
-    (the training loop reads it together with the loss: one transfer per micro-batch)."""
+    output, ``n, Σ|e|, Σe², Σy, Σy²`` (regression). A tensor on the outputs' device, not read
+    on the host (the training loop copies it there together with the loss)."""
     with torch.no_grad():
         if task == "classification":
             pred = outputs.argmax(dim=1).long()
