@@ -34,12 +34,22 @@ ratios; ratio_min and ratio_max are the smallest and largest of them (how much t
 during the run). wait_s is the median time per step spent in synchronize(), i.e. communication
 that backward did not hide.
 
+The physical reference: memcpy_s is the median time (slowest rank) of every rank copying a buffer
+of the gradients' size at once (measured in every round, one intra-op thread). On one node the
+float32 all-reduce moves about two such copies per step (the hook copies each gradient into its
+bucket; the in-place shared-memory sum reads and writes each byte once), work that no overlap
+hides when every core computes; the report prints it as a share of the step without
+communication: the scale of the overhead to expect on a machine with as many ranks as cores
+(not an exact floor: caches and allocation differ between the two steps), and a record of how
+fast the machine's memory was during the run.
+
 All DataParallel models start from the same parameters and see the same batches, so their
 parameters after the run can be compared: max_rel_diff is max over tensors of max|p - q| / max|q|
 against the first float32 model (0 between float32 models of any cap).
 
 Rank 0 prints a table (or with --json the rows as JSON: impl, ranks, bytes, time_s,
-step_s_comm, step_s_nocomm, ratio, wait_s, bucket_cap_mb, buckets, wire_dtype, max_rel_diff) and
+step_s_comm, step_s_nocomm, ratio, wait_s, bucket_cap_mb, buckets, wire_dtype, max_rel_diff,
+memcpy_s, memcpy_gbps) and
 writes FOLDER/dp_overhead.h5 (FOLDER/dp_overhead_resnet18.h5 for --model resnet18) atomically: one table per wire dtype (a row per bucket cap, numeric
 columns of the JSON rows) and the settings as attributes.
 
@@ -129,6 +139,19 @@ def timed(world, trainer: Trainer, steps: int) -> tuple[float, float]:
     return tuple(world.comm.allreduce(v, op=MPI.MAX) for v in mine)
 
 
+def timed_memcpy(world, src: torch.Tensor, dst: torch.Tensor, repeat: int = 5) -> float:
+    """Median seconds of ``dst.copy_(src)`` on every rank at once (slowest rank)."""
+    from mpi4py import MPI
+
+    times = []
+    for _ in range(repeat):
+        world.barrier()
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(world.comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+    return median(times)
+
+
 def max_rel_diff(a: nn.Module, b: nn.Module) -> float:
     return max(((p - q).abs().max() / q.abs().max()).item() for p, q in zip(a.parameters(), b.parameters()))
 
@@ -150,10 +173,13 @@ def run(args) -> list[dict]:
         dp = DataParallel(make_model(args), engine=engine, bucket_cap_mb=cap, wire_dtype=WIRE_DTYPES[wire])
         trainers.append(Trainer(dp, batches, dp))
 
+    grad_bytes = sum(p.numel() * p.element_size() for p in baseline.model.parameters())
+    src, dst = torch.ones(grad_bytes, dtype=torch.uint8), torch.zeros(grad_bytes, dtype=torch.uint8)
     for t in (baseline, *trainers):  # warm-up: first-touch allocations, the engine's buffers
         t.steps(1)
-    nocomm, comm = [], [[] for _ in trainers]
+    nocomm, comm, memcpy = [], [[] for _ in trainers], []
     for r in range(args.rounds):
+        memcpy.append(timed_memcpy(world, src, dst))
         order = list(range(-1, len(trainers)))  # -1: the baseline
         for i in order if r % 2 == 0 else order[::-1]:
             if i < 0:
@@ -161,7 +187,7 @@ def run(args) -> list[dict]:
             else:
                 comm[i].append(timed(world, trainers[i], args.steps))
 
-    grad_bytes = sum(p.numel() * p.element_size() for p in baseline.model.parameters())
+    memcpy_s = median(memcpy)
     reference = trainers[0].model.module
     rows = []
     for (wire, cap), t, times in zip(configs, trainers, comm):
@@ -174,7 +200,8 @@ def run(args) -> list[dict]:
                      "ratio_min": min(s / n for (s, _), n in zip(times, nocomm)),
                      "ratio_max": max(s / n for (s, _), n in zip(times, nocomm)),
                      "wait_s": median(w for _, w in times), "bucket_cap_mb": cap, "buckets": len(t.dp.buckets),
-                     "wire_dtype": wire, "max_rel_diff": max_rel_diff(t.model.module, reference)})
+                     "wire_dtype": wire, "max_rel_diff": max_rel_diff(t.model.module, reference),
+                     "memcpy_s": memcpy_s, "memcpy_gbps": grad_bytes / memcpy_s / 1e9})
         t.dp.close()
     engine.close()
     return rows
@@ -189,7 +216,11 @@ def report(args, rows: list[dict]) -> str:
                "step_s_nocomm": ".4f", "ratio": ".3f", "ratio_min": ".3f", "ratio_max": ".3f",
                "wait_s": ".4f", "max_rel_diff": ".2e"}
     default = [r for r in rows if r["wire_dtype"] == "float32" and r["bucket_cap_mb"] == DEFAULT_BUCKET_CAP_MB]
-    lines = [head, format_table(rows, formats)]
+    lines = [head, format_table(rows, formats),
+             f"memcpy of {r0['bytes'] / 1e6:.1f} MB on every rank at once: {r0['memcpy_s'] * 1e3:.2f} ms "
+             f"({r0['memcpy_gbps']:.1f} GB/s); two of them, the data the float32 all-reduce moves per step "
+             f"(copy-in, in-place sum), = {2 * r0['memcpy_s'] / r0['step_s_nocomm']:.1%} of the step "
+             f"without communication"]
     if default:
         ratio = default[0]["ratio"]
         lines.append(f"float32, default cap {DEFAULT_BUCKET_CAP_MB:g} MiB: ratio {ratio:.3f} "
@@ -198,11 +229,12 @@ def report(args, rows: list[dict]) -> str:
 
 
 def save(args, rows: list[dict]) -> str:
-    tables = {wire: [{k: v for k, v in r.items() if k not in ("impl", "wire_dtype")}
+    tables = {wire: [{k: v for k, v in r.items() if k not in ("impl", "wire_dtype", "memcpy_s", "memcpy_gbps")}
                      for r in rows if r["wire_dtype"] == wire] for wire in args.wires}
     attrs = {"impl": "twinhpc", "model": describe(args), "batch_per_rank": args.batch,
              "steps": args.steps, "rounds": args.rounds, "threads_per_rank": 1, "target_ratio": TARGET,
-             "default_bucket_cap_mb": DEFAULT_BUCKET_CAP_MB}
+             "default_bucket_cap_mb": DEFAULT_BUCKET_CAP_MB,
+             "memcpy_s": rows[0]["memcpy_s"], "memcpy_gbps": rows[0]["memcpy_gbps"]}
     name = "dp_overhead.h5" if args.model == "mlp" else f"dp_overhead_{args.model}.h5"
     return str(write_results(f"{args.results}/{name}", tables, attrs).absolute())
 

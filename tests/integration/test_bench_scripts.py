@@ -58,7 +58,10 @@ def test_dp_overhead_benchmark_reports_both_step_times(tmp_path):
     assert r["ranks"] == 2 and r["step_s_comm"] > 0 and r["step_s_nocomm"] > 0 and r["ratio"] > 0
     assert r["ratio_min"] == r["ratio"] == r["ratio_max"]  # one round: its ratio is the median and the spread
     assert r["max_rel_diff"] == 0.0  # float32 wire: every rank ends with the same parameters
-    assert list(tmp_path.glob("dp_overhead*.h5"))
+    assert r["memcpy_s"] > 0 and r["memcpy_gbps"] == pytest.approx(r["bytes"] / r["memcpy_s"] / 1e9)
+    with h5py.File(tmp_path / "dp_overhead.h5") as f:
+        assert f.attrs["memcpy_s"] == r["memcpy_s"]
+        assert "float32" in f
 
 
 def test_train_throughput_benchmark_compares_plain_ddp_and_twinhpc(tmp_path):

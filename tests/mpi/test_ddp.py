@@ -47,6 +47,10 @@ class Recorder:
         self.names.append(kwargs["name"])
         return self.engine.allreduce_async_(tensor, **kwargs)
 
+    def allreduce_here_(self, tensor, **kwargs):
+        self.names.append(kwargs["name"])
+        return self.engine.allreduce_here_(tensor, **kwargs)
+
     def __getattr__(self, name):
         return getattr(self.engine, name)
 

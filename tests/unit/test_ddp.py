@@ -1,8 +1,9 @@
 """DataParallel in one process against a recording fake engine: when and what it launches.
 
 The fake plays rank 0 of two ranks whose peer computes the same gradients, so an average is
-the identity and it can return every tensor as it is; it records every ``allreduce_async_``
-call (one per bucket: the bucket's flat buffer). At a true world size of one DataParallel
+the identity and it can return every tensor as it is; it records every bucket all-reduce (the
+bucket's flat buffer), whether handed to the engine's thread (``allreduce_async_``) or run on
+the caller's (``allreduce_here_``, the last CPU bucket). At a true world size of one DataParallel
 builds no buckets at all (the last tests). Multi-rank behaviour with the real engine is in
 tests/mpi/test_ddp.py.
 """
@@ -38,7 +39,8 @@ class FakeEngine:
     rank, size = 0, 2
 
     def __init__(self):
-        self.launches = []  # (name, flat buffer, wire_dtype) per allreduce_async_ call
+        self.launches = []  # (name, flat buffer, wire_dtype) per bucket all-reduce, in order
+        self.here = []      # names of those run on the caller's thread (allreduce_here_)
         self.closed = False
 
     def shared_buffer(self, nbytes):
@@ -51,6 +53,10 @@ class FakeEngine:
         assert op == "avg"
         self.launches.append((name, t, wire_dtype))
         return FakeHandle()
+
+    def allreduce_here_(self, t, op="avg", wire_dtype=None, name=None):
+        self.here.append(name)
+        return self.allreduce_async_(t, op, wire_dtype, name)
 
     def broadcast_(self, t, root=0):
         return t
@@ -103,19 +109,35 @@ def backward(model, seed=0):
 SMALL_CAP_MB = 600 / (1 << 20)  # 600 bytes: several buckets for these small models
 
 
-def test_every_bucket_launches_during_backward_in_order_with_the_params_grads():
+def test_buckets_launch_during_backward_in_order_and_the_last_in_synchronize():
+    """Every bucket but the last goes to the engine's thread as backward completes it; the last
+    (a CPU bucket) is reduced by synchronize() on the calling thread, after the others."""
     eng = FakeEngine()
     dp = DataParallel(mlp(), engine=eng, bucket_cap_mb=SMALL_CAP_MB)
     assert len(dp.buckets) > 2
+    names = [f"bucket{b.index}" for b in dp.buckets]
     backward(dp)
-    assert [name for name, _, _ in eng.launches] == [f"bucket{b.index}" for b in dp.buckets]
+    assert [name for name, _, _ in eng.launches] == names[:-1] and eng.here == []
+    assert all(in_buffer(p.grad, dp.buckets[-1].flat) for p in dp.buckets[-1].params)
+    assert dp.synchronize() >= 0
+    assert [name for name, _, _ in eng.launches] == names and eng.here == names[-1:]
     for bucket, (_, flat, _) in zip(dp.buckets, eng.launches):
         assert flat is bucket.flat
         assert all(in_buffer(p.grad, flat) for p in bucket.params)
-    assert dp.synchronize() >= 0
-    assert len(eng.launches) == len(dp.buckets)  # nothing left to launch
     backward(dp, seed=1)  # the next step launches again
-    assert len(eng.launches) == 2 * len(dp.buckets)
+    assert len(eng.launches) == 2 * len(dp.buckets) - 1
+    dp.synchronize()
+    assert eng.here == [names[-1]] * 2
+
+
+def test_one_bucket_is_reduced_in_synchronize():
+    eng = FakeEngine()
+    dp = DataParallel(mlp(), engine=eng)
+    assert len(dp.buckets) == 1
+    backward(dp)
+    assert eng.launches == []
+    dp.synchronize()
+    assert eng.here == ["bucket0"] and len(eng.launches) == 1
 
 
 def test_buckets_hold_the_trainable_params_in_reverse_order():
@@ -133,6 +155,7 @@ def test_unused_parameter_waits_for_synchronize_and_gets_a_zero_gradient():
     unused = {id(p) for p in model.unused.parameters()}
     first_blocked = next(b.index for b in dp.buckets if any(id(p) in unused for p in b.params))
     backward(dp)
+    assert first_blocked < len(dp.buckets) - 1
     assert len(eng.launches) == first_blocked  # later buckets wait behind the incomplete one
     dp.synchronize()
     assert len(eng.launches) == len(dp.buckets)

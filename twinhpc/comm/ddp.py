@@ -32,7 +32,11 @@ Note:
       memory traffic of one memcpy. When a gradient arrives in a tensor of its own (the first
       backward, or after ``optimizer.zero_grad()`` set grads to ``None``), the hook copies it
       into its view once and points ``.grad`` there; ``zero_grad(set_to_none=False)`` keeps
-      the views and saves that copy.
+      the views and saves that copy. (Copying at once also frees autograd's tensor at once,
+      so the next gradient of the same backward reuses its memory: keeping autograd's tensors
+      until the all-reduce and summing this rank's part from them, to copy only what the other
+      ranks read, made the step 9-20 % slower on the 2-core VM in four A/B runs, most likely
+      from page faults on fresh memory every step.)
     - *Launch*: a post-accumulate-grad hook on every parameter counts the gradients still
       missing from its bucket. Buckets are launched strictly in index order: bucket ``k`` goes to
       the engine (``allreduce_async_`` of its buffer, averaged, on the engine's thread; with a
@@ -41,6 +45,14 @@ Note:
       runs collectives in FIFO order, every rank issues the same all-reduces in the same order
       whatever order its backward produced the gradients in, and the communication of the first
       buckets overlaps the rest of backward.
+    - *The last bucket* (when it is a CPU bucket) is not handed to the engine's thread: when it
+      completes, backward is all but over and there is nothing left to overlap, so
+      :meth:`DataParallel.synchronize` reduces it on the calling thread, after the buckets
+      before it (the engine runs an operation inline when nothing is queued). That saves two
+      thread hand-offs per step and keeps the sum on the core whose caches hold the gradients:
+      about 1 % of the step of the dp_overhead MLP (one bucket) on the 2-core VM, measured A/B
+      in one run (docs/data-parallel.md). CUDA buckets all go to the thread, which waits for
+      the gradients' stream without blocking the caller.
     - *Synchronize*: buckets that have not been launched when :meth:`DataParallel.synchronize`
       is called (because some parameter got no gradient in this backward, on this rank or
       another) are launched then, in index order, each missing gradient contributing its
@@ -183,6 +195,10 @@ class DataParallel(nn.Module):
         self.local = engine.size == 1
         grouped = [] if self.local else [[params[i] for i in members] for members in layout]
         self.buckets = [_Bucket(k, ps, flat) for k, (ps, flat) in enumerate(zip(grouped, _bucket_storage(engine, grouped)))]
+        # the last bucket, if on the CPU, is reduced by synchronize() on the calling thread;
+        # the hooks launch the ones before it
+        self._last_here = bool(self.buckets) and self.buckets[-1].flat.device.type == "cpu"
+        self._hook_launches = len(self.buckets) - int(self._last_here)
         self.broadcast_state()
 
         self._sync = True          # False inside no_sync()
@@ -238,16 +254,17 @@ class DataParallel(nn.Module):
             bucket.first_ready_us = now_us()
         _as_view(p, view)
         bucket.missing -= 1
-        while self._next < len(self.buckets) and self.buckets[self._next].missing == 0:
+        while self._next < self._hook_launches and self.buckets[self._next].missing == 0:
             self._launch(self.buckets[self._next])
 
-    def _launch(self, bucket: _Bucket) -> None:
+    def _launch(self, bucket: _Bucket, here: bool = False) -> None:
+        """Hand ``bucket`` to the engine's thread, or with ``here`` reduce it on this thread now."""
         for p, view in zip(bucket.params, bucket.views):  # gradients that did not arrive, if any
             _as_view(p, view)
         if not bucket.first_ready_us:
             bucket.first_ready_us = now_us()
-        self._handles.append(self.engine.allreduce_async_(bucket.flat, op="avg", wire_dtype=self.wire_dtype,
-                                                          name=f"bucket{bucket.index}"))
+        reduce = self.engine.allreduce_here_ if here else self.engine.allreduce_async_
+        self._handles.append(reduce(bucket.flat, op="avg", wire_dtype=self.wire_dtype, name=f"bucket{bucket.index}"))
         self._next += 1
 
     # -- before the optimizer step ----------------------------------------------------------
@@ -255,8 +272,8 @@ class DataParallel(nn.Module):
         """Finish this step's gradient all-reduce; call after backward, before ``optimizer.step()``.
 
         Launches the buckets not launched yet (in order; a gradient that did not arrive
-        contributes its current ``.grad``, zeros if ``None``), waits for every bucket and resets
-        for the next step. Collective.
+        contributes its current ``.grad``, zeros if ``None``), waits for them, reduces the last
+        CPU bucket on this thread, and resets for the next step. Collective.
 
         Returns
         -------
@@ -267,8 +284,12 @@ class DataParallel(nn.Module):
             raise TwinError("DataParallel.synchronize() inside no_sync(): the gradients would not be "
                             "averaged; call it after the first backward outside no_sync()")
         start = now_us()
-        while self._next < len(self.buckets):
+        while self._next < self._hook_launches:
             self._launch(self.buckets[self._next])
+        if self._last_here:
+            for handle in self._handles:  # an empty queue: the engine runs the last one here
+                handle.wait()
+            self._launch(self.buckets[-1], here=True)
         for bucket, handle in zip(self.buckets, self._handles):
             handle.wait()
             if self.timeline is not None:

@@ -265,8 +265,15 @@ class Engine:
         With nothing queued, the calling thread runs the operation itself (without the GIL),
         saving the two thread hand-offs of enqueue-and-wait.
         """
+        return self.allreduce_here_(t, op, wire_dtype, name, algorithm).wait()
+
+    def allreduce_here_(self, t: torch.Tensor, op: str = "sum", wire_dtype: torch.dtype | None = None,
+                        name: str = "allreduce", algorithm: str | None = None) -> Handle:
+        """:meth:`allreduce_`, returning the completed operation's :class:`Handle` (its
+        ``timings()``) instead of ``t``: with nothing queued the calling thread runs it (without
+        the GIL); otherwise it returns when the engine's thread has run it, after the queue."""
         self._check_tensor(t)
-        return Handle(self._submit([t], op, wire_dtype, name, algorithm, blocking=True), t).wait()
+        return Handle(self._submit([t], op, wire_dtype, name, algorithm, blocking=True), t)
 
     def allreduce_many_async_(self, tensors: Sequence[torch.Tensor], op: str = "sum",
                               wire_dtype: torch.dtype | None = None, name: str | None = None,
