@@ -80,3 +80,26 @@ def test_thousands_of_quick_operations_are_not_a_stall():
     """, timeout_s=150, stall_timeout=1.0)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("DONE") == 2
+
+
+DP_STEP = """
+    from twinhpc.comm.ddp import DataParallel
+    model = DataParallel(torch.nn.Linear(64, 64), engine=eng)  # one bucket, in shared memory
+    if eng.rank == 1:
+        {rank1}
+    model(torch.ones(2, 64)).sum().backward()
+    model.synchronize()  # the last bucket: summed on this thread, in the shared-memory barrier
+"""
+
+
+def test_a_rank_that_dies_during_a_data_parallel_step_ends_the_job():
+    proc, after = run_job(DP_STEP.format(rank1="os._exit(3)"), timeout_s=150, stall_timeout=0)
+    assert proc.returncode != 0
+    assert after < 60, f"the job took {after:.1f} s to end after rank 1 died"
+
+
+def test_a_rank_that_does_not_reach_synchronize_is_named_and_the_job_aborts():
+    proc, after = run_job(DP_STEP.format(rank1="time.sleep(120)"), timeout_s=150, stall_timeout=2.0)
+    assert proc.returncode != 0
+    assert "'bucket0'" in proc.stderr and "missing ranks: [1]" in proc.stderr, proc.stderr
+    assert after < 20, f"the job took {after:.1f} s to end after rank 0 started waiting"
