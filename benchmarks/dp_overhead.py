@@ -27,12 +27,13 @@ gradient byte: the communication-heavy stress case), or `resnet18`, twinhpc's Re
 batches of BATCH samples (cross-entropy, SGD). A step is forward, backward, (synchronize),
 optimizer step. Measured in one run, interleaved: after a warm-up step of each, ROUNDS rounds
 each time STEPS steps of the communication-free model and of one DataParallel model per
-(bucket cap, wire dtype), in alternating order; a measurement's time is the slowest rank's
+(bucket cap, wire dtype, overlap setting), in alternating order; a measurement's time is the slowest rank's
 (barrier before, MPI max after), and the medians over rounds are reported. ratio = step time with
 communication / step time without (target <= 1.10 on 2 ranks), the median of the per-round
 ratios; ratio_min and ratio_max are the smallest and largest of them (how much the machine moved
 during the run). wait_s is the median time per step spent in synchronize(), i.e. communication
-that backward did not hide.
+that backward did not hide; without overlap (overlap 0) the sums run inside backward, in the
+gradient hooks, so wait_s is about 0 and their cost is in step_s_comm.
 
 The physical reference: memcpy_s is the median time (slowest rank) of every rank copying a buffer
 of the gradients' size at once (measured in every round, one intra-op thread). On one node the
@@ -48,18 +49,21 @@ parameters after the run can be compared: max_rel_diff is max over tensors of ma
 against the first float32 model (0 between float32 models of any cap).
 
 Rank 0 prints a table (or with --json the rows as JSON: impl, ranks, bytes, time_s,
-step_s_comm, step_s_nocomm, ratio, wait_s, bucket_cap_mb, buckets, wire_dtype, max_rel_diff,
-memcpy_s, memcpy_gbps) and
+step_s_comm, step_s_nocomm, ratio, ratio_min, ratio_max, wait_s, bucket_cap_mb, buckets,
+overlap_setting, overlap (1: CPU buckets summed by the engine's thread, 0: on the calling thread),
+wire_dtype, max_rel_diff, memcpy_s, memcpy_gbps) and
 writes FOLDER/dp_overhead.h5 (FOLDER/dp_overhead_resnet18.h5 for --model resnet18) atomically: one table per wire dtype (a row per bucket cap, numeric
 columns of the JSON rows) and the settings as attributes.
 
 example:
   mpirun -n 2 python benchmarks/dp_overhead.py --bucket-cap-mb 1,5,{DEFAULT_BUCKET_CAP_MB:g},100 --wire-dtype float32,bfloat16
+  mpirun -n 2 python benchmarks/dp_overhead.py --overlap auto,on,off --bucket-cap-mb 4,25
 """
 
 TARGET = 1.10
 WIRE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BATCHES = 4  # distinct batches per rank, cycled
+OVERLAPS = {"auto": None, "on": True, "off": False}  # --overlap -> DataParallel(overlap=...)
 
 
 def parse_args(argv):
@@ -76,6 +80,10 @@ def parse_args(argv):
                         f"the library default)")
     p.add_argument("--wire-dtype", default="float32", metavar="DTYPES",
                    help=f"comma-separated wire dtypes among {', '.join(WIRE_DTYPES)} (default float32)")
+    p.add_argument("--overlap", default="auto", metavar="MODES",
+                   help="comma-separated DataParallel overlap settings among auto (the library default: "
+                        "the engine's thread only with a spare core per rank), on (CPU buckets summed by the "
+                        "engine's thread during backward), off (summed on the calling thread) (default auto)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--results", default="bench-results", metavar="FOLDER",
                    help="folder for dp_overhead.h5 (default ./bench-results)")
@@ -86,6 +94,10 @@ def parse_args(argv):
     unknown = [w for w in args.wires if w not in WIRE_DTYPES]
     if unknown:
         p.error(f"--wire-dtype: unknown {', '.join(unknown)} (choose among {', '.join(WIRE_DTYPES)})")
+    args.overlaps = args.overlap.split(",")
+    unknown = [o for o in args.overlaps if o not in OVERLAPS]
+    if unknown:
+        p.error(f"--overlap: unknown {', '.join(unknown)} (choose among {', '.join(OVERLAPS)})")
     return args
 
 
@@ -167,10 +179,11 @@ def run(args) -> list[dict]:
     batches = [(torch.randn(args.batch, *shape, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
                for _ in range(BATCHES)]
     baseline = Trainer(make_model(args), batches, None)
-    configs = [(wire, cap) for wire in args.wires for cap in args.caps]
+    configs = [(wire, cap, ov) for wire in args.wires for cap in args.caps for ov in args.overlaps]
     trainers = []
-    for wire, cap in configs:
-        dp = DataParallel(make_model(args), engine=engine, bucket_cap_mb=cap, wire_dtype=WIRE_DTYPES[wire])
+    for wire, cap, ov in configs:
+        dp = DataParallel(make_model(args), engine=engine, bucket_cap_mb=cap, wire_dtype=WIRE_DTYPES[wire],
+                          overlap=OVERLAPS[ov])
         trainers.append(Trainer(dp, batches, dp))
 
     grad_bytes = sum(p.numel() * p.element_size() for p in baseline.model.parameters())
@@ -190,7 +203,7 @@ def run(args) -> list[dict]:
     memcpy_s = median(memcpy)
     reference = trainers[0].model.module
     rows = []
-    for (wire, cap), t, times in zip(configs, trainers, comm):
+    for (wire, cap, ov), t, times in zip(configs, trainers, comm):
         step_s = median(s for s, _ in times)
         step_s_nocomm = median(nocomm)
         rows.append({"impl": "twinhpc", "ranks": world.size, "bytes": grad_bytes, "time_s": step_s,
@@ -200,6 +213,7 @@ def run(args) -> list[dict]:
                      "ratio_min": min(s / n for (s, _), n in zip(times, nocomm)),
                      "ratio_max": max(s / n for (s, _), n in zip(times, nocomm)),
                      "wait_s": median(w for _, w in times), "bucket_cap_mb": cap, "buckets": len(t.dp.buckets),
+                     "overlap_setting": ov, "overlap": int(t.dp.overlap),
                      "wire_dtype": wire, "max_rel_diff": max_rel_diff(t.model.module, reference),
                      "memcpy_s": memcpy_s, "memcpy_gbps": grad_bytes / memcpy_s / 1e9})
         t.dp.close()
@@ -212,10 +226,12 @@ def report(args, rows: list[dict]) -> str:
     head = (f"dp_overhead: {describe(args)}, {r0['bytes'] / 1e6:.1f} MB of gradients, "
             f"{r0['ranks']} rank(s), batch {args.batch}/rank, 1 thread/rank, "
             f"{args.steps} steps x {args.rounds} rounds (median)")
-    formats = {"wire_dtype": "s", "bucket_cap_mb": "g", "buckets": "d", "step_s_comm": ".4f",
+    formats = {"wire_dtype": "s", "bucket_cap_mb": "g", "buckets": "d", "overlap_setting": "s", "overlap": "d",
+               "step_s_comm": ".4f",
                "step_s_nocomm": ".4f", "ratio": ".3f", "ratio_min": ".3f", "ratio_max": ".3f",
                "wait_s": ".4f", "max_rel_diff": ".2e"}
-    default = [r for r in rows if r["wire_dtype"] == "float32" and r["bucket_cap_mb"] == DEFAULT_BUCKET_CAP_MB]
+    default = [r for r in rows if r["wire_dtype"] == "float32" and r["bucket_cap_mb"] == DEFAULT_BUCKET_CAP_MB
+               and r["overlap_setting"] == "auto"]
     lines = [head, format_table(rows, formats),
              f"memcpy of {r0['bytes'] / 1e6:.1f} MB on every rank at once: {r0['memcpy_s'] * 1e3:.2f} ms "
              f"({r0['memcpy_gbps']:.1f} GB/s); two of them, the data the float32 all-reduce moves per step "
@@ -223,13 +239,14 @@ def report(args, rows: list[dict]) -> str:
              f"without communication"]
     if default:
         ratio = default[0]["ratio"]
-        lines.append(f"float32, default cap {DEFAULT_BUCKET_CAP_MB:g} MiB: ratio {ratio:.3f} "
+        lines.append(f"float32, default cap {DEFAULT_BUCKET_CAP_MB:g} MiB, overlap auto: ratio {ratio:.3f} "
                      f"(target <= {TARGET:.2f} on 2 ranks): {'PASS' if ratio <= TARGET else 'FAIL'}")
     return "\n".join(lines)
 
 
 def save(args, rows: list[dict]) -> str:
-    tables = {wire: [{k: v for k, v in r.items() if k not in ("impl", "wire_dtype", "memcpy_s", "memcpy_gbps")}
+    tables = {wire: [{k: v for k, v in r.items()
+                      if k not in ("impl", "wire_dtype", "overlap_setting", "memcpy_s", "memcpy_gbps")}
                      for r in rows if r["wire_dtype"] == wire] for wire in args.wires}
     attrs = {"impl": "twinhpc", "model": describe(args), "batch_per_rank": args.batch,
              "steps": args.steps, "rounds": args.rounds, "threads_per_rank": 1, "target_ratio": TARGET,

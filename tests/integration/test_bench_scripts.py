@@ -52,8 +52,9 @@ def _run_json(script: str, args: list[str], tmp_path, timeout: int = 600):
 
 
 def test_dp_overhead_benchmark_reports_both_step_times(tmp_path):
-    rows = _run_json("dp_overhead.py", ["--width", "64", "--layers", "1", "--steps", "2", "--rounds", "1"], tmp_path)
-    assert len(rows) == 1
+    rows = _run_json("dp_overhead.py", ["--width", "64", "--layers", "1", "--steps", "2", "--rounds", "1",
+                                        "--overlap", "auto,on,off"], tmp_path)
+    assert [(r["overlap_setting"], r["overlap"]) for r in rows[1:]] == [("on", 1), ("off", 0)]
     r = rows[0]
     assert r["ranks"] == 2 and r["step_s_comm"] > 0 and r["step_s_nocomm"] > 0 and r["ratio"] > 0
     assert r["ratio_min"] == r["ratio"] == r["ratio_max"]  # one round: its ratio is the median and the spread

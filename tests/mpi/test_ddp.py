@@ -90,13 +90,23 @@ def train_reference(model, batches, loss_of=lambda m, x, y: F.cross_entropy(m(x)
     return model
 
 
+def overlap_of(mode, world):
+    """DataParallel's ``overlap`` for a test mode: both settings, and ranks that differ in it."""
+    return {"thread": True, "caller": False, "mixed": world.rank % 2 == 0}[mode]
+
+
+OVERLAP_MODES = ["thread", "caller", "mixed"]
+
+
+@pytest.mark.parametrize("overlap", OVERLAP_MODES)
 @pytest.mark.parametrize("wire", [None, torch.bfloat16, torch.float16], ids=["float32", "bfloat16", "float16"])
-def test_training_equals_one_process_with_the_whole_batch(world, engine, wire):
+def test_training_equals_one_process_with_the_whole_batch(world, engine, wire, overlap):
     def body():
         batches = global_batches()
         reference = train_reference(seeded(0, lambda: build("cnn")), batches)
         # rank-dependent initialisation: the broadcast must make it rank 0's
-        dp = DataParallel(seeded(world.rank, lambda: build("cnn")), engine=engine, wire_dtype=wire)
+        dp = DataParallel(seeded(world.rank, lambda: build("cnn")), engine=engine, wire_dtype=wire,
+                          bucket_cap_mb=SMALL_CAP_MB, overlap=overlap_of(overlap, world))
         for x, y in batches:
             F.cross_entropy(dp(share(x, world.rank, world.size)), share(y, world.rank, world.size)).backward()
             dp.synchronize()
@@ -130,11 +140,13 @@ def test_parameters_and_buffers_start_as_rank_0s(world, engine):
     collective(world, body)
 
 
-def test_no_sync_accumulation_equals_one_big_batch(world, engine):
+@pytest.mark.parametrize("overlap", OVERLAP_MODES)
+def test_no_sync_accumulation_equals_one_big_batch(world, engine, overlap):
     def body():
         batches = global_batches()
         reference = train_reference(seeded(0, lambda: build("cnn")), batches)
-        dp = DataParallel(seeded(0, lambda: build("cnn")), engine=engine, bucket_cap_mb=SMALL_CAP_MB)
+        dp = DataParallel(seeded(0, lambda: build("cnn")), engine=engine, bucket_cap_mb=SMALL_CAP_MB,
+                          overlap=overlap_of(overlap, world))
         for x, y in batches:
             x, y = share(x, world.rank, world.size), share(y, world.rank, world.size)
             half = len(x) // 2  # the share (12/N rows) splits into two equal micro-batches
@@ -164,7 +176,8 @@ class Branchy(nn.Module):
         return self.head(torch.relu(self.branch(h)) if use_branch else h)
 
 
-def test_unused_parameters_do_not_hang_and_buckets_go_in_the_same_order(world, engine):
+@pytest.mark.parametrize("overlap", OVERLAP_MODES)
+def test_unused_parameters_do_not_hang_and_buckets_go_in_the_same_order(world, engine, overlap):
     # the branch runs on rank 0's share only: on the other ranks its bucket is incomplete at
     # the end of backward, and the buckets behind it wait for synchronize()
     def body():
@@ -176,7 +189,8 @@ def test_unused_parameters_do_not_hang_and_buckets_go_in_the_same_order(world, e
 
         reference = train_reference(seeded(0, Branchy), batches, reference_loss)
         recorder = Recorder(engine)
-        dp = DataParallel(seeded(0, Branchy), engine=recorder, bucket_cap_mb=SMALL_CAP_MB)
+        dp = DataParallel(seeded(0, Branchy), engine=recorder, bucket_cap_mb=SMALL_CAP_MB,
+                          overlap=overlap_of(overlap, world))
         # one rank: nothing to bucket or launch (the average is the gradient itself)
         assert len(dp.buckets) >= 3 if world.size > 1 else dp.buckets == []
         for x, y in batches:

@@ -38,10 +38,14 @@ class FakeHandle:
 class FakeEngine:
     rank, size = 0, 2
 
-    def __init__(self):
+    def __init__(self, cores_per_rank=1.0):
+        self.cores = cores_per_rank  # what cores_per_rank() reports
         self.launches = []  # (name, flat buffer, wire_dtype) per bucket all-reduce, in order
         self.here = []      # names of those run on the caller's thread (allreduce_here_)
         self.closed = False
+
+    def cores_per_rank(self):
+        return self.cores
 
     def shared_buffer(self, nbytes):
         return torch.zeros(nbytes, dtype=torch.uint8)
@@ -113,7 +117,7 @@ def test_buckets_launch_during_backward_in_order_and_the_last_in_synchronize():
     """Every bucket but the last goes to the engine's thread as backward completes it; the last
     (a CPU bucket) is reduced by synchronize() on the calling thread, after the others."""
     eng = FakeEngine()
-    dp = DataParallel(mlp(), engine=eng, bucket_cap_mb=SMALL_CAP_MB)
+    dp = DataParallel(mlp(), engine=eng, bucket_cap_mb=SMALL_CAP_MB, overlap=True)
     assert len(dp.buckets) > 2
     names = [f"bucket{b.index}" for b in dp.buckets]
     backward(dp)
@@ -132,12 +136,34 @@ def test_buckets_launch_during_backward_in_order_and_the_last_in_synchronize():
 
 def test_one_bucket_is_reduced_in_synchronize():
     eng = FakeEngine()
-    dp = DataParallel(mlp(), engine=eng)
+    dp = DataParallel(mlp(), engine=eng, overlap=True)
     assert len(dp.buckets) == 1
     backward(dp)
     assert eng.launches == []
     dp.synchronize()
     assert eng.here == ["bucket0"] and len(eng.launches) == 1
+
+
+def test_without_overlap_every_bucket_is_reduced_on_the_calling_thread_during_backward():
+    eng = FakeEngine()
+    dp = DataParallel(mlp(), engine=eng, bucket_cap_mb=SMALL_CAP_MB, overlap=False)
+    names = [f"bucket{b.index}" for b in dp.buckets]
+    assert len(names) > 2
+    backward(dp)
+    assert [name for name, _, _ in eng.launches] == names and eng.here == names
+    dp.synchronize()
+    assert len(eng.launches) == len(names)  # nothing left for synchronize()
+    plain = mlp()
+    backward(plain)
+    for p, q in zip(dp.module.parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("spare", [0, 1])
+def test_overlap_by_default_only_with_a_spare_core_per_rank(spare):
+    threads = torch.get_num_threads()
+    dp = DataParallel(mlp(), engine=FakeEngine(cores_per_rank=threads + spare))
+    assert dp.overlap is bool(spare)
 
 
 def test_buckets_hold_the_trainable_params_in_reverse_order():

@@ -45,14 +45,20 @@ Note:
       runs collectives in FIFO order, every rank issues the same all-reduces in the same order
       whatever order its backward produced the gradients in, and the communication of the first
       buckets overlaps the rest of backward.
-    - *The last bucket* (when it is a CPU bucket) is not handed to the engine's thread: when it
-      completes, backward is all but over and there is nothing left to overlap, so
-      :meth:`DataParallel.synchronize` reduces it on the calling thread, after the buckets
-      before it (the engine runs an operation inline when nothing is queued). That saves two
-      thread hand-offs per step and keeps the sum on the core whose caches hold the gradients:
-      about 1 % of the step of the dp_overhead MLP (one bucket) on the 2-core VM, measured A/B
-      in one run (docs/data-parallel.md). CUDA buckets all go to the thread, which waits for
-      the gradients' stream without blocking the caller.
+    - *Overlap, or not* (``overlap``; CPU buckets): handing a bucket to the engine's thread
+      overlaps its sum with the rest of backward only if that thread has a core of its own.
+      When the node's cores per rank do not exceed torch's intra-op threads (e.g. 2 ranks on 2
+      cores, 1 thread each), the sum would take the core from backward anyway, plus two thread
+      hand-offs and a cold cache. So by default (``overlap=None``) each rank compares
+      :meth:`~twinhpc.comm.engine.Engine.cores_per_rank` with ``torch.get_num_threads()``; without
+      a spare core every CPU bucket is reduced on the calling thread as soon as it is launched
+      (in the hook, inside backward; the engine runs an operation inline when nothing is
+      queued). Measured A/B on the 2-core VM (docs/data-parallel.md): 5-14 % faster steps
+      (ResNet-18 0.93-0.95, the MLP at a 4 MiB cap 0.86). With overlap, the last bucket is
+      still reduced by :meth:`DataParallel.synchronize` on the calling thread: when it
+      completes, backward is all but over. The choice changes where a sum runs, never the
+      order of the collectives, so ranks may differ in it. CUDA buckets always go to the
+      thread, which waits for the gradients' stream without blocking the caller.
     - *Synchronize*: buckets that have not been launched when :meth:`DataParallel.synchronize`
       is called (because some parameter got no gradient in this backward, on this rank or
       another) are launched then, in index order, each missing gradient contributing its
@@ -158,6 +164,10 @@ class DataParallel(nn.Module):
         float32) and back. Halves the bytes; the accuracy cost is in docs/data-parallel.md.
     timeline : a folder: record the phases of every step and write
         ``timeline/trace.rank<r>.json`` at :meth:`close` (see :mod:`twinhpc.comm.timeline`).
+    overlap : whether CPU buckets are summed by the engine's thread while backward goes on
+        (``True``), or by the calling thread when they fill (``False``); ``None`` (default):
+        ``True`` if this node has more cores per rank than torch's intra-op threads
+        (collective over the engine's communicator). Chosen value: :attr:`overlap`.
 
     Raises
     ------
@@ -172,7 +182,8 @@ class DataParallel(nn.Module):
     """
 
     def __init__(self, module: nn.Module, engine=None, bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
-                 wire_dtype: torch.dtype | None = None, timeline: str | Path | None = None):
+                 wire_dtype: torch.dtype | None = None, timeline: str | Path | None = None,
+                 overlap: bool | None = None):
         super().__init__()
         if engine is None:
             from .engine import Engine
@@ -195,10 +206,15 @@ class DataParallel(nn.Module):
         self.local = engine.size == 1
         grouped = [] if self.local else [[params[i] for i in members] for members in layout]
         self.buckets = [_Bucket(k, ps, flat) for k, (ps, flat) in enumerate(zip(grouped, _bucket_storage(engine, grouped)))]
-        # the last bucket, if on the CPU, is reduced by synchronize() on the calling thread;
-        # the hooks launch the ones before it
-        self._last_here = bool(self.buckets) and self.buckets[-1].flat.device.type == "cpu"
-        self._hook_launches = len(self.buckets) - int(self._last_here)
+        if overlap is None:  # a spare core per rank for the engine's thread? (collective)
+            overlap = self.local or engine.cores_per_rank() > torch.get_num_threads()
+        #: whether CPU buckets are summed by the engine's thread during backward (see ``overlap``)
+        self.overlap = bool(overlap)
+        # CPU buckets reduced on the calling thread: all of them without overlap (in the hooks);
+        # with overlap only the last, by synchronize(); the hooks launch the others
+        self._here = [b.flat.device.type == "cpu" and (not self.overlap or b is self.buckets[-1])
+                      for b in self.buckets]
+        self._hook_launches = len(self.buckets) - int(self.overlap and bool(self.buckets) and self._here[-1])
         self.broadcast_state()
 
         self._sync = True          # False inside no_sync()
@@ -257,13 +273,13 @@ class DataParallel(nn.Module):
         while self._next < self._hook_launches and self.buckets[self._next].missing == 0:
             self._launch(self.buckets[self._next])
 
-    def _launch(self, bucket: _Bucket, here: bool = False) -> None:
-        """Hand ``bucket`` to the engine's thread, or with ``here`` reduce it on this thread now."""
+    def _launch(self, bucket: _Bucket) -> None:
+        """Hand ``bucket`` to the engine's thread, or reduce it on this thread now (see ``overlap``)."""
         for p, view in zip(bucket.params, bucket.views):  # gradients that did not arrive, if any
             _as_view(p, view)
         if not bucket.first_ready_us:
             bucket.first_ready_us = now_us()
-        reduce = self.engine.allreduce_here_ if here else self.engine.allreduce_async_
+        reduce = self.engine.allreduce_here_ if self._here[bucket.index] else self.engine.allreduce_async_
         self._handles.append(reduce(bucket.flat, op="avg", wire_dtype=self.wire_dtype, name=f"bucket{bucket.index}"))
         self._next += 1
 
@@ -272,8 +288,9 @@ class DataParallel(nn.Module):
         """Finish this step's gradient all-reduce; call after backward, before ``optimizer.step()``.
 
         Launches the buckets not launched yet (in order; a gradient that did not arrive
-        contributes its current ``.grad``, zeros if ``None``), waits for them, reduces the last
-        CPU bucket on this thread, and resets for the next step. Collective.
+        contributes its current ``.grad``, zeros if ``None``; CPU buckets without ``overlap``,
+        and with it the last one, are reduced on this thread), waits for them, and resets for
+        the next step. Collective.
 
         Returns
         -------
@@ -286,10 +303,10 @@ class DataParallel(nn.Module):
         start = now_us()
         while self._next < self._hook_launches:
             self._launch(self.buckets[self._next])
-        if self._last_here:
-            for handle in self._handles:  # an empty queue: the engine runs the last one here
+        if self._next < len(self.buckets):  # with overlap: the last CPU bucket, here
+            for handle in self._handles:  # an empty queue: the engine runs it on this thread
                 handle.wait()
-            self._launch(self.buckets[-1], here=True)
+            self._launch(self.buckets[-1])
         for bucket, handle in zip(self.buckets, self._handles):
             handle.wait()
             if self.timeline is not None:

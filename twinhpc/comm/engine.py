@@ -212,6 +212,17 @@ class Engine:
         names = {code: name for name, code in ALGORITHMS.items()}
         return [(b, names[code]) for b, code in self._core.table()]
 
+    def cores_per_rank(self) -> float:
+        """The CPU cores this node's ranks may run on (the union of their affinity masks),
+        divided by the number of those ranks: what each rank has for its compute threads and
+        the engine's thread. Collective over the communicator; may differ between nodes."""
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            cores = set().union(*node.allgather(sorted(os.sched_getaffinity(0))))
+            return len(cores) / node.Get_size()
+        finally:
+            node.Free()
+
     # -- shared memory ------------------------------------------------------------------------
     def shared_buffer(self, nbytes: int) -> torch.Tensor:
         """A zero-filled uint8 CPU tensor of ``nbytes`` bytes in an MPI-3 shared-memory window.
