@@ -7,6 +7,8 @@
 - :mod:`twinhpc.io.checkpoint`: :func:`~twinhpc.io.checkpoint.save_checkpoint`,
   :func:`~twinhpc.io.checkpoint.load_checkpoint`, :func:`~twinhpc.io.checkpoint.latest`,
   :func:`~twinhpc.io.checkpoint.rng_state` (imports torch).
+- :mod:`twinhpc.io.atomic`: :func:`~twinhpc.io.atomic.replace_durably`, the crash-safe rename
+  of a finished temporary file over its target that every writer here ends with.
 
 The submodules are not imported here, so reading results (``twinhpc report``) does not import
 torch. This layer imports h5py, numpy and torch, never mpi4py: callers gather what several ranks

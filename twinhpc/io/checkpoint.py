@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import TwinError
-from .results import replace_durably
+from .atomic import replace_durably
 
 log = logging.getLogger("twinhpc")
 

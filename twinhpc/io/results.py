@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import TwinError
+from .atomic import replace_durably
 
 FORMAT_NAME = "twinhpc-results"
 FORMAT_VERSION = 1
@@ -190,22 +191,6 @@ class ResultsWriter:
 
 def _growable(group, name: str, data: np.ndarray) -> None:
     group.create_dataset(name, data=data, maxshape=(None,), chunks=(CHUNK_ROWS,))
-
-
-def replace_durably(tmp: Path, final: Path) -> None:
-    """Rename the finished file ``tmp`` over ``final`` so that after a crash ``final`` is either
-    the old or the new file, complete: fsync ``tmp``, rename, fsync the directory."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    try:
-        fd = os.open(final.parent, os.O_RDONLY)
-    except OSError:  # a platform that cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_report(group, report: Mapping[str, Any]) -> None:
