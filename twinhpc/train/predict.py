@@ -36,7 +36,7 @@ from ..config import Job
 from ..data.format import Manifest
 from ..errors import TwinError
 from ..io.checkpoint import latest, load_checkpoint
-from ..io.results import replace_durably
+from ..io.atomic import replace_durably
 from .evaluate import evaluate, infer, merge, split_loader
 
 log = logging.getLogger("twinhpc")
