@@ -101,13 +101,13 @@ def parse_bytes(text: str) -> int:
 
 
 def add_allreduce(sub) -> argparse.ArgumentParser:
-    from ..bench.allreduce import DEFAULT_MAX_BYTES, DEFAULT_MIN_BYTES
-
+    # the defaults stay in twinhpc.bench.allreduce (DEFAULT_MIN_BYTES, DEFAULT_MAX_BYTES): that
+    # module imports torch, which building the parser must not (tests check the help's figures)
     p = sub.add_parser("allreduce", help="the all-reduce engine against MPI, mpi4py and gloo",
                        description=ALLREDUCE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--min-bytes", type=parse_bytes, default=DEFAULT_MIN_BYTES, metavar="B",
+    p.add_argument("--min-bytes", type=parse_bytes, metavar="B",
                    help="smallest message (default 4KiB)")
-    p.add_argument("--max-bytes", type=parse_bytes, default=DEFAULT_MAX_BYTES, metavar="B",
+    p.add_argument("--max-bytes", type=parse_bytes, metavar="B",
                    help="largest message (default 64MiB; up to 256MiB as memory allows)")
     p.add_argument("--rounds", type=int, default=7, metavar="R", help="interleaved rounds; medians reported (default 7)")
     p.add_argument("--no-gloo", action="store_true", help="skip torch.distributed (gloo / NCCL)")
@@ -118,13 +118,14 @@ def add_allreduce(sub) -> argparse.ArgumentParser:
 
 
 def run_allreduce(args) -> int:
-    from ..bench.allreduce import bench_allreduce, report
-
+    from ..bench.allreduce import DEFAULT_MAX_BYTES, DEFAULT_MIN_BYTES, bench_allreduce, report
     from ..comm.world import get_world
 
     world = get_world()
     setup_logging_for(args, world)
-    figures = bench_allreduce(args.min_bytes, args.max_bytes, rounds=args.rounds, gloo=not args.no_gloo,
+    min_bytes = DEFAULT_MIN_BYTES if args.min_bytes is None else args.min_bytes
+    max_bytes = DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes
+    figures = bench_allreduce(min_bytes, max_bytes, rounds=args.rounds, gloo=not args.no_gloo,
                               results=args.results, world=world)
     if world.is_root:
         print(json.dumps(figures["rows"], indent=1) if args.json else report(figures), flush=True)

@@ -1,0 +1,72 @@
+"""A CLI start that does not need torch does not import it: ``--help``, the parser and the
+dataset verbs (``ingest``, ``inspect``, ``verify``) run without torch, numba or the extension."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from twinhpc.cli.main import build_parser, main
+
+#: runs in a fresh interpreter: build the parser, print every verb's help, run the dataset verbs,
+#: then print the heavy modules that were imported (none expected)
+PROBE = """
+import contextlib, io, sys
+import numpy as np
+from twinhpc.cli.main import build_parser, main, VERBS
+src, out = sys.argv[1], sys.argv[2]
+np.savez(src, x=np.arange(40, dtype=np.float32).reshape(20, 2), y=np.arange(20) % 2)
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    for verb in VERBS:
+        try:
+            main([verb, "--help"])
+        except SystemExit:
+            pass
+    for bench in ("loader", "allreduce"):
+        try:
+            main(["bench", bench, "--help"])
+        except SystemExit:
+            pass
+    codes = [main(["ingest", "npz", src, "--out", out, "--label", "y"]), main(["inspect", out]), main(["verify", out])]
+print(codes, sorted(m for m in ("torch", "twinhpc._C", "numba") if m in sys.modules))
+"""
+
+
+def test_parser_help_and_dataset_verbs_do_not_import_torch(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "a.npz"), str(tmp_path / "ds")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[0, 0, 0] []", proc.stdout + proc.stderr
+
+
+def help_text(*argv: str, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_bench_allreduce_help_states_the_benchmark_defaults(capsys):
+    from twinhpc.bench.allreduce import DEFAULT_MAX_BYTES, DEFAULT_MIN_BYTES
+
+    text = " ".join(help_text("bench", "allreduce", capsys=capsys).split())
+    assert f"(default {DEFAULT_MIN_BYTES >> 10}KiB)" in text
+    assert f"(default {DEFAULT_MAX_BYTES >> 20}MiB;" in text
+
+
+def test_bench_allreduce_sizes_are_optional_and_parsed():
+    parser = build_parser()
+    args = parser.parse_args(["bench", "allreduce"])
+    assert args.min_bytes is None and args.max_bytes is None
+    args = parser.parse_args(["bench", "allreduce", "--min-bytes", "64KiB", "--max-bytes", "1MiB"])
+    assert (args.min_bytes, args.max_bytes) == (64 << 10, 1 << 20)
+
+
+def test_every_verb_has_help(capsys):
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for verb in verbs:
+        assert len(help_text(verb, capsys=capsys)) > 200, verb
