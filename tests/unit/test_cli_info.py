@@ -1,34 +1,14 @@
-"""``twinhpc info`` as a user runs it: one process, under mpirun, and without the extension."""
+"""``twinhpc info`` in this process, and what its rows are made of (under mpirun and without the
+extension: tests/integration/test_cli_mpirun.py)."""
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
 from twinhpc import ops
 from twinhpc.cli.main import main
 from twinhpc.env import format_report, launcher_vars, process_info, startup_report
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-#: code that runs `twinhpc info --json` as if twinhpc._C were not built
-WITHOUT_EXTENSION = ("import sys; sys.modules['twinhpc._C'] = None; "
-                     "from twinhpc.cli.main import main; sys.exit(main(['info', '--json']))")
-
-
-def clean_env() -> dict:
-    """This environment without launcher variables (the test process may be an MPI singleton)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_", "SLURM_"))}
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    return env
-
-
-def run(cmd: list[str], timeout: float = 120) -> str:
-    proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 def test_help_describes_the_verb(capsys):
@@ -39,35 +19,19 @@ def test_help_describes_the_verb(capsys):
     assert "startup table" in out and "--json" in out
 
 
-def test_json_with_one_process():
-    report = json.loads(run([sys.executable, "-m", "twinhpc", "info", "--json"]))
+def test_json_with_one_process(cli):
+    r = cli("info", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
     assert [r["rank"] for r in report["ranks"]] == [0]
     assert report["ranks"][0]["size"] == 1
     assert report["extension"]["built"] is ops.available()
 
 
-def test_table_with_one_process():
-    out = run([sys.executable, "-m", "twinhpc", "info"])
+def test_table_with_one_process(cli):
+    out = cli("info").stdout
     assert "world       1 rank on 1 host" in out
     assert "not built" not in out or not ops.available()
-
-
-def test_info_works_without_the_extension():
-    report = json.loads(run([sys.executable, "-c", WITHOUT_EXTENSION]))
-    assert report["extension"]["built"] is False
-    assert "not built" in report["extension"]["error"]
-    assert any("build_ext --inplace" in w for w in report["warnings"])
-
-
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="no mpirun on PATH")
-def test_json_under_mpirun_has_a_row_per_rank():
-    out = run(["mpirun", "-n", "2", "--oversubscribe", sys.executable, "-m", "twinhpc", "info", "--json"])
-    report = json.loads(out)  # printed by rank 0 only: exactly one JSON object
-    rows = report["ranks"]
-    assert [r["rank"] for r in rows] == [0, 1]
-    assert all(r["size"] == 2 and r["launcher_size"] == 2 for r in rows)
-    assert len({r["pid"] for r in rows}) == 2
-    assert not [w for w in report["warnings"] if "launcher" in w]
 
 
 # -- what the rows are made of -----------------------------------------------------------------

@@ -4,11 +4,8 @@ and nothing left behind."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -20,7 +17,6 @@ from twinhpc.data.format import Manifest
 from twinhpc.data.ingest import ingest
 from twinhpc.errors import IngestError
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- reading a dataset back ---------------------------------------------------------------------
@@ -148,15 +144,9 @@ def test_image_folder(tmp_path):
     assert m.classes == written["classes"]
 
 
-def twinhpc(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "twinhpc", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120)
-
-
-def test_cli_ingest_cifar10(tmp_path):
+def test_cli_ingest_cifar10(cli, tmp_path):
     written = fx.write_cifar10(tmp_path / "cifar", n_train_per_batch=6, n_test=9)
-    r = twinhpc("ingest", "cifar10", tmp_path / "cifar", "--out", tmp_path / "out", "--shards", "2")
+    r = cli("ingest", "cifar10", tmp_path / "cifar", "--out", tmp_path / "out", "--shards", "2")
     assert r.returncode == 0, r.stderr
     assert_holds_exactly(tmp_path / "out", {"image": written["image"], "label": written["label"]},
                          key="image", given_split=written["split"])
@@ -310,11 +300,11 @@ CLI_CASES = ["missing-npz", "csv-no-label", "cifar-text-batch", "imdb-missing-fo
 
 
 @pytest.mark.parametrize("case", [c for c in BAD if c[0] in CLI_CASES], ids=CLI_CASES)
-def test_bad_source_through_the_cli(tmp_path, case):
+def test_bad_source_through_the_cli(cli, tmp_path, case):
     _, kind, make, options, names, words = case
     src = make(tmp_path)
     flags = [a for k, v in (options or {}).items() for a in ([f"--{k.replace('_', '-')}"] + ([] if v is True else [v]))]
-    r = twinhpc("ingest", kind, src, "--out", tmp_path / "out", *flags)
+    r = cli("ingest", kind, src, "--out", tmp_path / "out", *flags)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert names in r.stderr and all(w in r.stderr for w in words), r.stderr
     assert not (tmp_path / "out").exists()
