@@ -19,10 +19,9 @@ import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from twinhpc import __version__  # noqa: E402
 from twinhpc._build import BuildError, cuda_from_env, default_cuda_arch_list, find_nvcc, mpi_flags  # noqa: E402
 
 #: macros that keep mpi.h from pulling in the deprecated MPI C++ bindings
@@ -59,12 +58,8 @@ def main():
         ext_modules = extensions()
     except BuildError as e:
         sys.exit(f"twinhpc setup: error: {e}")
+    # name, version, packages, dependencies and the console script are in pyproject.toml
     setup(
-        name="twinhpc",
-        version=__version__,
-        packages=find_packages(include=["twinhpc", "twinhpc.*"]),
-        python_requires=">=3.11",
-        entry_points={"console_scripts": ["twinhpc = twinhpc.cli.main:main"]},
         ext_modules=ext_modules,
         cmdclass={"build_ext": BuildExtension},
     )
