@@ -25,3 +25,18 @@ def collective(world, body: Callable[[], Any]) -> Any:
     if failed:
         raise AssertionError("\n".join(f"--- rank {r} of {world.size} ---\n{e}" for r, e in failed))
     return result
+
+
+def on_root(world, body: Callable[[], Any]) -> Any:
+    """Run ``body()`` on rank 0 only and broadcast its result; raise AssertionError on every rank
+    if it failed there (instead of leaving the other ranks waiting in the broadcast)."""
+    result, error = None, None
+    if world.rank == 0:
+        try:
+            result = body()
+        except BaseException as e:  # noqa: BLE001 - the other ranks must hear of it
+            error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
+    result, error = world.bcast((result, error))
+    if error:
+        raise AssertionError(f"--- rank 0 of {world.size} ---\n{error}")
+    return result

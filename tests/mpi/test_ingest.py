@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.mpi.collective import collective
+from tests.mpi.collective import collective, on_root
 from twinhpc.comm.world import World
 from twinhpc.data.format import Manifest
 from twinhpc.data.ingest import ingest
@@ -26,11 +26,13 @@ N_SAMPLES = 257  # odd, so shards and ranks divide it unevenly
 def make_source(world, tmp, n=N_SAMPLES):
     """A deterministic npz source with a unique ``id`` per sample, written by rank 0."""
     path = tmp / "src.npz"
-    if world.rank == 0:
+
+    def write():
         rng = np.random.default_rng(7)
         np.savez(path, id=np.arange(n, dtype=np.int64), x=rng.random((n, 5, 3), dtype=np.float32),
                  y=(np.arange(n) % 4).astype(np.int64))
-    world.barrier()
+
+    on_root(world, write)
     return path
 
 
@@ -51,13 +53,11 @@ def test_same_dataset_for_any_rank_count(world, shared_tmp):
     """The N-rank dataset equals the 1-rank dataset byte for byte, and holds each sample once."""
     src = make_source(world, shared_tmp)
     out_n = shared_tmp / f"ds-n{world.size}"
-    m = ingest("npz", src, out_n, shards=4, val_fraction=0.2, test_fraction=0.1, seed=3, world=world)
+    m = collective(world, lambda: ingest("npz", src, out_n, shards=4, val_fraction=0.2, test_fraction=0.1, seed=3,
+                                         world=world))
     # the same ingest by rank 0 alone, on a one-rank communicator
-    m1 = None
-    if world.rank == 0:
-        m1 = ingest("npz", src, shared_tmp / "ds-ref", shards=4, val_fraction=0.2, test_fraction=0.1,
-                    seed=3, world=World(world.MPI.COMM_SELF))
-    world.barrier()
+    on_root(world, lambda: ingest("npz", src, shared_tmp / "ds-ref", shards=4, val_fraction=0.2, test_fraction=0.1,
+                                  seed=3, world=World(world.MPI.COMM_SELF)))
 
     def body():
         source = np.load(src)
@@ -90,9 +90,12 @@ def test_bad_options_fail_on_every_rank(world, shared_tmp):
         (dict(val_fraction=0.5, test_fraction=0.5), "--test-fraction must be < 1"),
     ]
     for kwargs, needle in cases:
-        with pytest.raises(TwinError) as err:
-            ingest("npz", src, shared_tmp / "out", world=world, **kwargs)
-        collective(world, lambda: _check(needle in str(err.value), f"{needle!r} not in {err.value}"))
+        def body(kwargs=kwargs, needle=needle):
+            with pytest.raises(TwinError) as err:
+                ingest("npz", src, shared_tmp / "out", world=world, **kwargs)
+            assert needle in str(err.value), f"{needle!r} not in {err.value}"
+
+        collective(world, body)
     collective(world, lambda: _check(not (shared_tmp / "out").exists() and leftovers(shared_tmp) == [],
                                      f"debris left: {os.listdir(shared_tmp)}"))
 
@@ -104,23 +107,29 @@ def _check(ok, msg):
 def test_unwritable_output_names_the_path(world, shared_tmp):
     src = make_source(world, shared_tmp, n=10)
     blocker = shared_tmp / "a-file"
-    if world.rank == 0:
-        blocker.write_text("not a directory")
-    world.barrier()
+    on_root(world, lambda: blocker.write_text("not a directory"))
     out = blocker / "dataset"  # parent is a regular file: cannot be created (even as root)
-    with pytest.raises(TwinError) as err:
-        ingest("npz", src, out, world=world)
-    collective(world, lambda: _check(str(out) in str(err.value), str(err.value)))
+
+    def body():
+        with pytest.raises(TwinError) as err:
+            ingest("npz", src, out, world=world)
+        assert str(out) in str(err.value), str(err.value)
+
+    collective(world, body)
 
 
 def test_existing_output_needs_overwrite(world, shared_tmp):
     src = make_source(world, shared_tmp, n=20)
     out = shared_tmp / "ds"
-    ingest("npz", src, out, world=world)
-    with pytest.raises(TwinError, match="already exists"):
+
+    def body():
         ingest("npz", src, out, world=world)
-    before = Manifest.load(out)
-    m = ingest("npz", src, out, world=world, overwrite=True, seed=5)
+        with pytest.raises(TwinError, match="already exists"):
+            ingest("npz", src, out, world=world)
+        return Manifest.load(out)
+
+    before = collective(world, body)
+    m = collective(world, lambda: ingest("npz", src, out, world=world, overwrite=True, seed=5))
     collective(world, lambda: _check(m.provenance["seed"] == 5 and before.provenance["seed"] == 0
                                      and leftovers(shared_tmp) == [], "overwrite did not replace"))
 
@@ -136,11 +145,11 @@ def test_failure_on_one_rank_fails_all_and_leaves_nothing(world, shared_tmp, mon
             raise OSError(f"simulated read failure in {self.path}")
         monkeypatch.setattr(NpzSource, "read", broken)
     out = shared_tmp / "ds"
-    with pytest.raises(TwinError) as err:
-        ingest("npz", src, out, shards=world.size, world=world)
-    msg = str(err.value)
 
     def body():
+        with pytest.raises(TwinError) as err:
+            ingest("npz", src, out, shards=world.size, world=world)
+        msg = str(err.value)
         assert "simulated read failure" in msg, msg
         if world.size > 1:
             assert f"rank {bad_rank}" in msg, msg
@@ -153,20 +162,26 @@ def test_failure_on_one_rank_fails_all_and_leaves_nothing(world, shared_tmp, mon
 def test_verify_names_each_bad_shard_on_every_rank(world, shared_tmp):
     src = make_source(world, shared_tmp, n=60)
     out = shared_tmp / "ds"
-    ingest("npz", src, out, shards=3, world=world)
-    _, problems, _ = verify_dataset(out, world)
-    collective(world, lambda: _check(problems == [], f"fresh dataset has problems: {problems}"))
-    if world.rank == 0:
+
+    def fresh():
+        ingest("npz", src, out, shards=3, world=world)
+        _, problems, _ = verify_dataset(out, world)
+        assert problems == [], f"fresh dataset has problems: {problems}"
+
+    collective(world, fresh)
+
+    def damage():
         with open(out / "train-1-of-3.h5", "r+b") as f:  # flip one byte in the middle
             f.seek(f.seek(0, 2) // 2)
             b = f.read(1)
             f.seek(-1, 1)
             f.write(bytes([b[0] ^ 0xFF]))
         (out / "val-0-of-3.h5").unlink()
-    world.barrier()
-    _, problems, _ = verify_dataset(out, world)
+
+    on_root(world, damage)
 
     def body():
+        _, problems, _ = verify_dataset(out, world)
         text = "\n".join(problems)
         assert len(problems) == 2, text
         assert "train-1-of-3.h5: checksum mismatch" in text, text
@@ -178,7 +193,7 @@ def test_verify_names_each_bad_shard_on_every_rank(world, shared_tmp):
 def test_manifest_records_schema_and_provenance(world, shared_tmp):
     src = make_source(world, shared_tmp, n=30)
     out = shared_tmp / "ds"
-    ingest("npz", src, out, shards=2, world=world, command="twinhpc ingest npz src --out ds")
+    collective(world, lambda: ingest("npz", src, out, shards=2, world=world, command="twinhpc ingest npz src --out ds"))
 
     def body():
         d = json.loads((out / "manifest.json").read_text())
@@ -224,13 +239,10 @@ def _write_every_kind(tmp):
 @pytest.mark.parametrize("kind", ["npz", "csv", "parquet", "jsonl", "cifar10", "imdb", "image-folder"])
 def test_every_kind_is_rank_count_invariant(world, shared_tmp, kind):
     """Each KIND ingested on all ranks equals the same ingest on rank 0 alone (shard checksums)."""
-    sources = _write_every_kind(shared_tmp) if world.rank == 0 else None
-    sources = world.bcast(sources)
+    sources = on_root(world, lambda: _write_every_kind(shared_tmp))
     src, options = sources[kind]
-    m = ingest(kind, src, shared_tmp / "ds", shards=2, options=options, world=world)
-    ref = None
-    if world.rank == 0:
-        ref = ingest(kind, src, shared_tmp / "ref", shards=2, options=options, world=World(world.MPI.COMM_SELF))
-    ref = world.bcast(ref)
+    m = collective(world, lambda: ingest(kind, src, shared_tmp / "ds", shards=2, options=options, world=world))
+    ref = on_root(world, lambda: ingest(kind, src, shared_tmp / "ref", shards=2, options=options,
+                                        world=World(world.MPI.COMM_SELF)))
     collective(world, lambda: _check([s.shards for s in m.splits] == [s.shards for s in ref.splits],
                                      f"{kind}: shards differ between 1 and {world.size} ranks"))
