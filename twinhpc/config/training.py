@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .defaults import BUCKET_CAP_MB, STALL_TIMEOUT_S
 from .fields import JobFileError, Table, TypeMismatch, coerce, did_you_mean, key, toml_type_name
 
 CLASSIFICATION_LOSSES = ("cross_entropy",)
@@ -202,11 +203,12 @@ class TrainConfig(Table):
                        "its per-rank generators with `seed + r`.", ge=0)
     log_every: int = key(10, "Optimizer steps between per-step records (`/steps` in results.h5) "
                              "and log lines.", ge=1)
-    bucket_cap_mb: float = key(25.0, "Gradient bucket size of the data-parallel all-reduce (MiB).", gt=0)
+    bucket_cap_mb: float = key(BUCKET_CAP_MB, "Gradient bucket size of the data-parallel all-reduce (MiB).",
+                               gt=0)
     wire_dtype: str = key("none", "Dtype gradients are cast to for the all-reduce (`none`: their "
                                   "own).", choices=("none", "fp16", "bf16"))
-    stall_timeout: float = key(300.0, "Seconds a collective may wait before the missing ranks are "
-                                      "named and the job aborted.", gt=0)
+    stall_timeout: float = key(STALL_TIMEOUT_S, "Seconds a collective may wait before the missing ranks "
+                                                "are named and the job aborted.", gt=0)
 
     def check(self) -> None:
         losses, metrics = ((CLASSIFICATION_LOSSES, CLASSIFICATION_METRICS) if self.task == "classification"
