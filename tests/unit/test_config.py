@@ -14,7 +14,7 @@ import pytest
 from twinhpc.config import (Job, JobFileError, OptimConfig, SlurmConfig, TrainConfig, check_structure,
                             load_job, override)
 from twinhpc.config.reference import EXAMPLE, reference
-from twinhpc.config.schema import Table
+from twinhpc.config.fields import Table
 from twinhpc.errors import TwinError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,10 +10,12 @@
 This package imports nothing of twinhpc but :mod:`twinhpc.errors`.
 """
 
+from .data import DataConfig, ImagePreprocess, PreprocessConfig, TabularPreprocess, TextPreprocess
+from .fields import JobFileError
 from .load import load_job, override, parse_override
-from .schema import (DataConfig, EarlyStopping, ImagePreprocess, Job, JobFileError, ModelConfig,
-                     OptimConfig, PreprocessConfig, SlurmConfig, TabularPreprocess, TextPreprocess,
-                     TrainConfig, check_structure)
+from .schema import Job
+from .slurm import SlurmConfig
+from .training import EarlyStopping, ModelConfig, OptimConfig, TrainConfig, check_structure
 
 __all__ = ["DataConfig", "EarlyStopping", "ImagePreprocess", "Job", "JobFileError", "ModelConfig",
            "OptimConfig", "PreprocessConfig", "SlurmConfig", "TabularPreprocess", "TextPreprocess",

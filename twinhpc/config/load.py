@@ -5,7 +5,7 @@
     job = load_job("jobs/cifar10-cnn.toml", overrides=["optim.lr=0.01", "train.epochs=3"])
     trial = override(job, {"optim.lr": 3e-4, "model.structure.hidden": 128})   # for sweeps
 
-Every error is a :class:`~twinhpc.config.schema.JobFileError` naming the dotted key and where
+Every error is a :class:`~twinhpc.config.fields.JobFileError` naming the dotted key and where
 the value came from: the job file, or the ``--set`` item.
 """
 
@@ -15,11 +15,13 @@ import datetime as _dt
 import os
 import tomllib
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..errors import TwinError
-from .schema import Job, JobFileError, Table, _did_you_mean
+from .fields import JobFileError, Table, did_you_mean
+from .schema import Job
 
 #: where a job file that names no ``train.out`` writes its run: ``runs/<job file stem>``
 RUNS_DIR = "runs"
@@ -55,14 +57,14 @@ def _check_path(dotted: str) -> None:
     free table such as ``model.structure``)."""
     parts = dotted.split(".")
     if parts[0] not in Job.TABLES:
-        raise JobFileError(dotted, f"unknown table {parts[0]!r}{_did_you_mean(parts[0], Job.TABLES)}; "
+        raise JobFileError(dotted, f"unknown table {parts[0]!r}{did_you_mean(parts[0], Job.TABLES)}; "
                                    f"a job file has: {', '.join(Job.TABLES)}")
-    cls: type = Job.table_class(parts[0])
+    cls: type[Table] = Job.table_class(parts[0])
     for i, part in enumerate(parts[1:], start=1):
         hints = typing.get_type_hints(cls)
         names = [n for n in hints if n != "TABLE"]
         if part not in names:
-            raise JobFileError(".".join(parts[:i + 1]), f"unknown key{_did_you_mean(part, names)}; "
+            raise JobFileError(".".join(parts[:i + 1]), f"unknown key{did_you_mean(part, names)}; "
                                                         f"[{cls.TABLE}] has: {', '.join(names)}")
         tp = hints[part]
         if isinstance(tp, type) and issubclass(tp, Table):
@@ -75,7 +77,7 @@ def _check_path(dotted: str) -> None:
             raise JobFileError(dotted, f"{'.'.join(parts[:i + 1])} is not a table")
 
 
-def _apply(tables: dict, values: Mapping[str, Any]) -> dict:
+def _apply(tables: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """``tables`` (nested dicts, modified in place) with each dotted key set to its value."""
     for dotted, value in values.items():
         node = tables
@@ -89,7 +91,7 @@ def _apply(tables: dict, values: Mapping[str, Any]) -> dict:
     return tables
 
 
-def _build(tables: dict, where: str | None, sources: Mapping[str, str]) -> Job:
+def _build(tables: dict[str, Any], where: str | None, sources: Mapping[str, str]) -> Job:
     """:meth:`Job.from_dict`, with an error about an overridden key blamed on its ``--set`` item."""
     try:
         return Job.from_dict(tables)
@@ -100,7 +102,7 @@ def _build(tables: dict, where: str | None, sources: Mapping[str, str]) -> Job:
         raise (e.at(where) if where else e) from None
 
 
-def load_job(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Job:
+def load_job(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Job:
     """Read, override and validate a job file.
 
     Parameters

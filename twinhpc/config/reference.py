@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, fields
+from typing import Any
 
-from .schema import Job, Table, constraint_text, describe_type, toml_value
+from .fields import Table, constraint_text, describe_type
+from .schema import Job
+from .toml_writer import toml_value
 
 #: a small complete job file, shown in the reference and loaded by the tests
 EXAMPLE = """\
@@ -73,12 +77,13 @@ default listed below.
 """
 
 
-def _default_text(f: dataclasses.Field) -> str:
+def _default_text(f: dataclasses.Field[Any]) -> str:
     if f.default is MISSING and f.default_factory is MISSING:
         return "**required**"
     if f.metadata.get("default_doc"):
-        return f.metadata["default_doc"]
-    default = f.default_factory() if f.default is MISSING else f.default
+        doc: str = f.metadata["default_doc"]
+        return doc
+    default = typing.cast(Callable[[], Any], f.default_factory)() if f.default is MISSING else f.default
     if isinstance(default, Table):
         return "see below"
     return f"`{toml_value(default)}`"

@@ -4,29 +4,13 @@
 permutation per epoch and yields it as batches (``dict`` field name -> numpy array; text fields
 are object arrays of ``str``). It makes no MPI calls: the rank and the size are all it needs.
 
+Which samples a rank gets, and in which order, is planned by :mod:`twinhpc.data.plan` (see its
+note): one permutation ``P`` of the split per epoch, independent of the number of ranks, made
+of blocks of ``block_rows`` consecutive samples shuffled window by window; rank ``r`` takes
+positions ``r*m .. (r+1)*m - 1`` of it, ``m`` the same on every rank (policy ``drop`` or
+``pad``).
+
 Note:
-    **The permutation.** The global index space of a split is its shards concatenated in
-    manifest order. It is cut into *blocks* of ``block_rows`` consecutive samples (by default one
-    HDF5 chunk of the largest field), never crossing a shard boundary. The permutation ``P`` of
-    epoch ``e`` puts the blocks in a random order (seeded by ``(seed, e)``), groups them into
-    *windows* of ``window`` consecutive blocks of that order, and shuffles the samples inside
-    each window (window ``k`` seeded by ``(seed, e, k)``). ``P`` depends on the dataset, ``seed``,
-    ``e``, ``block_rows`` and ``window`` -- never on the number of ranks.
-
-    **Which samples a rank gets.** With ``n`` samples, ``N`` ranks and batch size ``B``, every
-    rank gets ``m`` samples, ``m / B`` batches:
-
-    - ``drop`` (default): ``m = B * floor(n / (N * B))``. Rank ``r`` takes ``P[r*m:(r+1)*m]``;
-      the last ``n - N*m`` entries of ``P`` (fewer than ``N * B``, different samples every epoch)
-      are not seen in that epoch.
-    - ``pad``: ``m = B * ceil(n / (N * B))``. ``P`` is extended by wrapping around to its start
-      (``P[i mod n]``), and rank ``r`` takes positions ``r*m .. (r+1)*m - 1``: every sample is
-      seen at least once, fewer than ``N * B`` of them twice.
-
-    Within an epoch no position of ``P`` is given out twice, so (``drop``) no sample is seen
-    twice. ``batch_size`` may not exceed a rank's share (``floor(n / N)`` for ``drop``,
-    ``ceil(n / N)`` for ``pad``).
-
     **Why blocks.** Samples are stored already shuffled (see ``twinhpc ingest``), so the random
     block order plus the shuffle inside a window mixes well, while every read is a whole
     contiguous block. A purely random per-sample permutation would make every sample a random
@@ -47,97 +31,22 @@ import os
 import queue
 import sys
 import threading
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 from h5py import h5d
 
 from ..errors import DatasetError, TwinError
 from .format import FieldSpec, Manifest, ShardInfo, SplitInfo, chunk_rows
+from .plan import POLICIES, BlockLayout, EpochPlan, Window, rank_share, samples_per_rank
 from .shards import check_shard_schema, open_shard
 
 Batch = dict[str, np.ndarray]
-POLICIES = ("drop", "pad")
 STATE_VERSION = 1
 #: a field whose block holds at most this many bytes is read once per shard and kept in memory
 RESIDENT_BLOCK_BYTES = 64 << 10
-
-
-# -- the permutation ------------------------------------------------------------------------
-class BlockLayout:
-    """A split cut into blocks: ``starts[b]:stops[b]`` are block ``b``'s global indices.
-
-    Global indices number the split's samples with its shards concatenated in manifest order.
-    """
-
-    def __init__(self, split: SplitInfo, rows_of: Callable[[ShardInfo], int]):
-        counts = [sh.count for sh in split.shards]
-        self.shard_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        starts, shard_of = [], []
-        for s, sh in enumerate(split.shards):
-            first = np.arange(0, sh.count, rows_of(sh), dtype=np.int64)
-            starts.append(self.shard_starts[s] + first)
-            shard_of.append(np.full(len(first), s, dtype=np.int64))
-        self.starts = np.concatenate(starts)
-        self.stops = np.append(self.starts[1:], self.shard_starts[-1])
-        self.stops[np.flatnonzero(np.diff(np.concatenate(shard_of)))] = self.shard_starts[1:-1]
-        self.shard_of = np.concatenate(shard_of)
-
-    @property
-    def n(self) -> int:
-        return int(self.shard_starts[-1])
-
-
-@dataclass(frozen=True)
-class Window:
-    """One window of an epoch's permutation.
-
-    ``samples`` is the window's part of ``P``; the ``t``-th sample of ``blocks`` (counted through
-    the blocks in order) is ``samples[position[t]]``.
-    """
-
-    blocks: np.ndarray
-    samples: np.ndarray
-    position: np.ndarray
-
-
-class EpochPlan:
-    """The permutation ``P`` of one epoch (see the module note), computed window by window."""
-
-    def __init__(self, layout: BlockLayout, seed: int, epoch: int, window: int):
-        self.layout, self.seed, self.epoch, self.per_window = layout, seed, epoch, window
-        self.order = np.random.default_rng((seed, epoch)).permutation(len(layout.starts))
-        sizes = layout.stops[self.order] - layout.starts[self.order]
-        per_window = np.add.reduceat(sizes, np.arange(0, len(sizes), window))
-        #: ``P[bounds[k]:bounds[k+1]]`` is window ``k``
-        self.bounds = np.concatenate([[0], np.cumsum(per_window)])
-
-    def window(self, k: int) -> "Window":
-        """Window ``k``: its blocks (in file order) and its samples ``P[bounds[k]:bounds[k+1]]``."""
-        lay = self.layout
-        blocks = np.sort(self.order[k * self.per_window:(k + 1) * self.per_window])
-        stored = np.concatenate([np.arange(lay.starts[b], lay.stops[b]) for b in blocks])
-        shuffle = np.random.default_rng((self.seed, self.epoch, k)).permutation(len(stored))
-        position = np.empty_like(shuffle)
-        position[shuffle] = np.arange(len(shuffle))
-        return Window(blocks, stored[shuffle], position)
-
-    def permutation(self) -> np.ndarray:
-        return np.concatenate([self.window(k).samples for k in range(len(self.bounds) - 1)])
-
-    def pieces(self, a: int, b: int) -> Iterator[tuple[int, int, int]]:
-        """Positions ``a..b-1`` of ``P`` wrapped around (``P[i mod n]``) as ``(k, lo, hi)``:
-        window ``k``'s entries ``lo:hi``, in order."""
-        n = self.layout.n
-        while a < b:
-            p = a % n
-            k = int(np.searchsorted(self.bounds, p, side="right")) - 1
-            hi = min(int(self.bounds[k + 1]), p + (b - a))
-            yield k, p - int(self.bounds[k]), hi - int(self.bounds[k])
-            a += hi - p
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -416,7 +325,7 @@ class ShardedLoader:
         Fields to read (default: all fields of the manifest).
     policy : {"drop", "pad"}
         ``drop`` leaves out the tail of the permutation that does not fill a batch on every
-        rank; ``pad`` wraps around so every sample is seen at least once (see the module note).
+        rank; ``pad`` wraps around so every sample is seen at least once (see :mod:`twinhpc.data.plan`).
     prefetch : int
         Batches prepared ahead by a background thread; ``0`` reads in the consumer's thread.
     window : int
@@ -465,20 +374,22 @@ class ShardedLoader:
         self.window, self.rank, self.size = int(window), int(rank), int(size)
 
         largest = max(self.fields, key=lambda f: f.sample_bytes)
-        self.layout = BlockLayout(self._split, lambda sh: block_rows if block_rows else chunk_rows(largest, sh.count))
+        shards = self._split.shards
+        self.layout = BlockLayout([sh.count for sh in shards],
+                                  [block_rows if block_rows else chunk_rows(largest, sh.count) for sh in shards])
         max_block = self.max_block_rows = int((self.layout.stops - self.layout.starts).max())
         resident = {f.name for f in self.fields if not f.is_text and f.sample_bytes * max_block <= RESIDENT_BLOCK_BYTES}
         self._reader = _Reader(self.directory, self._split, self.fields, self.layout, resident, self.batch_size)
         open_at_once = -(-self.window * max_block // self.batch_size) + 1
         self._pool = _BatchPool(self.fields, self.batch_size, keep=open_at_once + self.prefetch + 3)
 
-        n, per = self.layout.n, self.size * self.batch_size
-        share = n // self.size if policy == "drop" else -(-n // self.size)
+        n = self.layout.n
+        share = rank_share(n, self.size, policy)
         if self.batch_size > share:
             raise TwinError(f"batch_size={self.batch_size} is larger than a rank's share of split {split!r} "
                             f"({n} samples over {self.size} rank(s): {share} each, policy {policy!r})")
         #: samples per rank per epoch
-        self.samples_per_rank = self.batch_size * (n // per if policy == "drop" else -(-n // per))
+        self.samples_per_rank = samples_per_rank(n, self.size, self.batch_size, policy)
         self._epoch, self._consumed = 0, 0
         self._active: _Prefetcher | None = None
         self._token: object | None = None
@@ -489,6 +400,7 @@ class ShardedLoader:
         return self.samples_per_rank // self.batch_size
 
     def plan(self, epoch: int) -> EpochPlan:
+        """The plan of ``epoch``: its permutation ``P``, window by window."""
         return EpochPlan(self.layout, self.seed, epoch, self.window)
 
     def permutation(self, epoch: int) -> np.ndarray:
@@ -497,9 +409,8 @@ class ShardedLoader:
 
     def indices(self, epoch: int) -> np.ndarray:
         """The global indices this rank yields in ``epoch``, in order."""
-        plan = self.plan(epoch)
         a = self.rank * self.samples_per_rank
-        return np.concatenate([plan.window(k).samples[lo:hi] for k, lo, hi in plan.pieces(a, a + self.samples_per_rank)])
+        return self.plan(epoch).indices(a, a + self.samples_per_rank)
 
     # -- iterating ----------------------------------------------------------------------
     @property

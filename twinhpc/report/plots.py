@@ -92,7 +92,7 @@ def metric_plot(results: dict[str, Any], metric: str, path: Path) -> Path:
 
 def best_epoch(values: np.ndarray, metric: str) -> int:
     """Index of the best finite value: smallest for losses, MAE and RMSE, else largest."""
-    from ..config.schema import SMALLER_IS_BETTER
+    from ..config.training import SMALLER_IS_BETTER
 
     v = np.where(np.isfinite(values), values, np.inf if metric in SMALLER_IS_BETTER else -np.inf)
     return int(np.argmin(v) if metric in SMALLER_IS_BETTER else np.argmax(v))

@@ -1,0 +1,85 @@
+"""The table ``[slurm]``: resources of the Slurm job (sbatch options), a frozen dataclass (see
+:mod:`.fields`), and Slurm's time limits in minutes.
+
+``[slurm.additional]`` is a free table: any other sbatch option, passed through as written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .fields import Table, key, toml_type_name
+
+_SLURM_TIME_RE = re.compile(r"^(?:(?P<d>\d+)-)?(?P<h>\d+):(?P<m>[0-5]?\d):(?P<s>[0-5]?\d)$")
+
+
+def slurm_minutes(value: int | str) -> int:
+    """Minutes of a Slurm time limit: an integer of minutes or ``"[D-]HH:MM:SS"`` (seconds round up)."""
+    if isinstance(value, int):
+        return value
+    m = _SLURM_TIME_RE.match(value)
+    if m is None:
+        raise ValueError(f"not a time: {value!r}")
+    seconds = (((int(m["d"] or 0) * 24 + int(m["h"])) * 60 + int(m["m"])) * 60) + int(m["s"])
+    return -(-seconds // 60)
+
+
+def _time_problem(value: Any) -> str | None:
+    try:
+        minutes = slurm_minutes(value)
+    except ValueError:
+        return f"must be minutes (an integer) or \"HH:MM:SS\" / \"D-HH:MM:SS\", got {value!r}"
+    return None if minutes >= 1 else f"must be at least one minute, got {value!r}"
+
+
+def _additional_problem(value: dict[str, Any]) -> str | None:
+    for k, v in value.items():
+        if not isinstance(v, (str, int, float, bool)):
+            return f"option {k!r} must be a string, number or boolean, got {toml_type_name(v)} {v!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class SlurmConfig(Table):
+    """``[slurm]``: resources of the Slurm job (sbatch options), for submission scripts and sweeps."""
+
+    TABLE: ClassVar[str] = "slurm"
+    partition: str | None = key(None, "Partition (`--partition`).", default_doc="the cluster's default")
+    nodes: int = key(1, "Nodes (`--nodes`).", ge=1)
+    ntasks_per_node: int = key(1, "MPI ranks per node (`--ntasks-per-node`).", ge=1)
+    cpus_per_task: int = key(1, "CPU cores per rank (`--cpus-per-task`); also torch's thread count.", ge=1)
+    gpus_per_node: int = key(0, "GPUs per node (`--gpus-per-node`).", ge=0)
+    mem_gb: float | None = key(None, "Memory per node in GiB (`--mem`).", gt=0,
+                               default_doc="the cluster's default")
+    time: int | str = key(60, "Time limit: minutes, or `\"HH:MM:SS\"` / `\"D-HH:MM:SS\"` (`--time`).",
+                          check=_time_problem)
+    account: str | None = key(None, "Account charged (`--account`).", default_doc="your default")
+    qos: str | None = key(None, "Quality of service (`--qos`).", default_doc="your default")
+    job_name: str | None = key(None, "Job name (`--job-name`).", default_doc="the job file's name")
+    constraint: str | None = key(None, "Node features required (`--constraint`).", default_doc="none")
+    additional: dict[str, Any] = key({}, "`[slurm.additional]`: any other sbatch option, written "
+                                         "as `--<key>=<value>` (e.g. `mail-type = \"END\"`).",
+                                     check=_additional_problem)
+
+    @property
+    def minutes(self) -> int:
+        """The time limit in minutes (seconds rounded up)."""
+        return slurm_minutes(self.time)
+
+    def submitit_parameters(self) -> dict[str, Any]:
+        """Keyword arguments for submitit's ``SlurmExecutor.update_parameters`` (unset ones left out).
+
+        ``time`` becomes minutes and ``mem_gb`` a ``mem`` string (``"16G"``, or MiB when fractional).
+        """
+        mem = None
+        if self.mem_gb is not None:
+            mem = f"{int(self.mem_gb)}G" if self.mem_gb.is_integer() else f"{round(self.mem_gb * 1024)}M"
+        params = {"job_name": self.job_name, "partition": self.partition, "time": self.minutes,
+                  "nodes": self.nodes, "ntasks_per_node": self.ntasks_per_node,
+                  "cpus_per_task": self.cpus_per_task, "gpus_per_node": self.gpus_per_node or None,
+                  "mem": mem, "account": self.account, "qos": self.qos, "constraint": self.constraint,
+                  "additional_parameters": dict(self.additional) or None}
+        return {k: v for k, v in params.items() if v is not None}
+
