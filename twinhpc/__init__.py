@@ -1,4 +1,4 @@
-"""twinhpc: build, train, validate, tune and serve digital-twin models on MPI/Slurm clusters."""
+"""twinhpc: digital-twin models on MPI/Slurm clusters: ingest, preprocess, train, validate, predict, report."""
 
 import os
 

@@ -1,9 +1,9 @@
-"""Every job file of jobs/ end to end, as the README runs it, on tiny data in the job's real
+"""Every job file of jobs/ end to end, as docs/jobs.md runs it, on tiny data in the job's real
 source format.
 
 For each job: write a small source as the real download lays it out (CIFAR-10's python pickle
 batches, IMDB's aclImdb folders, a CSV file; tests/fixtures.py), at the path the job file names
-(``data/...`` relative to the working directory), then run the README's commands:
+(``data/...`` relative to the working directory), then run the commands of docs/jobs.md:
 
     twinhpc ingest KIND SRC --out data/...      twinhpc verify data/...
     twinhpc preprocess JOB                      twinhpc train JOB --out RUN

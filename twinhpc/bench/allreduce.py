@@ -56,7 +56,7 @@ OPENMPI_ALGORITHMS = {1: "basic_linear", 2: "nonoverlapping", 3: "recursive_doub
                       5: "segmented_ring", 6: "rabenseifner"}
 #: seconds each timed batch of calls should last (fewer calls for big messages)
 BATCH_SECONDS = 0.05
-#: targets of issue 3: core/mpi4py for messages >= TARGET_MIN_BYTES, and core/best MPI
+#: the benchmark's targets: core/mpi4py for messages >= TARGET_MIN_BYTES, and core/best MPI
 TARGET_VS_MPI4PY, TARGET_VS_BEST_MPI, TARGET_MIN_BYTES = 1.0, 0.9, 1 << 20
 
 
