@@ -48,7 +48,6 @@ Note:
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import sys
@@ -63,15 +62,15 @@ from ..comm.ddp import DataParallel
 from ..comm.engine import Engine
 from ..comm.world import World, get_world
 from .device import resolve_device, to_device
-from ..config import Job, JobFileError, check_structure
+from ..config import Job
 from ..data.loader import ShardedLoader
 from ..errors import TwinError
 from ..io.checkpoint import latest, load_checkpoint, rng_state, save_checkpoint
 from ..io.results import ResultsWriter
 from ..log import Progress
-from ..models import build, builder
 from .evaluate import autocast, evaluate, split_loader
 from .losses import batch_stats, make_loss, metric_from_stats, stats_size
+from .model import build_model
 from .optim import Schedule, clip_gradients, improved, make_optimizer
 from .signals import StopSignal
 
@@ -163,67 +162,6 @@ def run_directory(job: Job, out=None) -> Path:
     if not where:
         raise TwinError("train.out: no run directory (give --out RUN or set train.out)")
     return Path(where)
-
-
-#: ``[model.structure]`` keys that must equal what the preprocessed data says, and what it is
-DATA_EQUAL = {"in_features": "features per sample", "in_channels": "image channels",
-              "input_size": "pixels of image height", "classes": "outputs (classes, or regression targets)"}
-#: keys that must be at least what the data says (embedding rows and positions may be spare)
-DATA_AT_LEAST = {"vocab_size": "token ids (vocabulary and special tokens)", "max_len": "tokens per sample",
-                 "block_size": "tokens per sample"}
-
-
-def check_structure_against_data(name: str, structure: dict, defaults: dict, data_dir) -> None:
-    """Raise :class:`JobFileError` naming ``model.structure.<key>`` when a key set in the job
-    cannot work with the preprocessed data ``data_dir`` (e.g. ``in_features = 30000`` for a
-    vocabulary of 29,000 terms), which would otherwise fail inside the first forward pass."""
-    for k, v in structure.items():
-        if k not in defaults or isinstance(v, bool) or not isinstance(v, int):
-            continue
-        data = int(defaults[k])
-        if k in DATA_EQUAL and v != data:
-            wanted, what = "exactly", DATA_EQUAL[k]
-        elif k in DATA_AT_LEAST and v < data:
-            wanted, what = "at least", DATA_AT_LEAST[k]
-        else:
-            continue
-        raise JobFileError(f"model.structure.{k}", f"is {v}, but the preprocessed data {data_dir} has "
-                                                   f"{data} {what} (model {name!r} needs {wanted} that "
-                                                   f"many); leave the key out to take it from the data")
-
-
-def build_model(job: Job, prep) -> torch.nn.Module:
-    """The job's model: the data's structure defaults (``prep.model_defaults``, only keys the
-    builder takes) overridden by ``[model.structure]``; ``train.dropout`` set on every dropout.
-
-    Raises
-    ------
-    JobFileError
-        For a structure key the builder does not take, or one that contradicts the data
-        (:func:`check_structure_against_data`).
-    """
-    name = job.model.name
-    make = builder(name)  # raises the registry's error naming the known models
-    params = inspect.signature(make).parameters
-    defaults = {k: v for k, v in prep.model_defaults.items() if k in params}
-    structure = check_structure(make, {**defaults, **job.model.structure}, where=f"model {name!r}")
-    check_structure_against_data(name, {k: structure[k] for k in job.model.structure if k in structure},
-                                 defaults, prep.dataset_dir)
-    model = build(name, **structure)
-    if job.train.dropout is not None:
-        set_dropout(model, job.train.dropout)
-    return model
-
-
-def set_dropout(model: torch.nn.Module, p: float) -> int:
-    """Set the probability of every dropout layer (and attention dropout); returns how many."""
-    n = 0
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
-            m.p, n = p, n + 1
-        elif isinstance(m, torch.nn.MultiheadAttention):
-            m.dropout, n = p, n + 1
-    return n
 
 
 def step_allreduce(world: World, values: np.ndarray) -> np.ndarray:

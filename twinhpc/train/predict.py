@@ -61,7 +61,7 @@ def find_checkpoint(run=None, checkpoint=None) -> Path:
 def load_model(job: Job, prep, path: Path):
     """The job's model with the checkpoint's weights, in eval mode (no RNG state is touched)."""
     from .device import resolve_device
-    from .loop import build_model
+    from .model import build_model
 
     model = build_model(job, prep)
     load_checkpoint(path, model, restore_rng=False)
