@@ -21,9 +21,9 @@ from twinhpc.data.ingest import ingest
 from twinhpc.io.results import read_results
 from twinhpc.preprocess import open_prepared, preprocess
 from twinhpc.train import train
-from twinhpc.train.loop import build_model
 from twinhpc.train.device import resolve_device
 from twinhpc.train.evaluate import autocast
+from twinhpc.train.model import build_model
 from twinhpc.train.optim import make_optimizer
 
 DESCRIPTION = """\

@@ -21,7 +21,7 @@ from twinhpc.io.checkpoint import latest, load_checkpoint
 from twinhpc.io.results import read_results
 from twinhpc.preprocess import open_prepared, preprocess
 from twinhpc.train import train
-from twinhpc.train.loop import build_model
+from twinhpc.train.model import build_model
 
 GLOBAL_BATCH, ACCUMULATE, EPOCHS, TRAIN, VAL = 12, 2, 2, 72, 24
 JOB = """

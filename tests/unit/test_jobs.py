@@ -82,7 +82,7 @@ def test_digits_to_npz(tmp_path):
     ({"max_len": 16}, {"max_len": 32}, "max_len", "32 tokens per sample"),
 ])
 def test_a_structure_key_that_contradicts_the_data_is_named(structure, defaults, key, expected):
-    from twinhpc.train.loop import check_structure_against_data
+    from twinhpc.train.model import check_structure_against_data
 
     with pytest.raises(JobFileError) as err:
         check_structure_against_data("mlp", structure, defaults, "data/imdb-pre")
@@ -91,7 +91,7 @@ def test_a_structure_key_that_contradicts_the_data_is_named(structure, defaults,
 
 
 def test_structure_keys_that_fit_the_data_pass():
-    from twinhpc.train.loop import check_structure_against_data
+    from twinhpc.train.model import check_structure_against_data
 
     check_structure_against_data("transformer", {"vocab_size": 20002, "max_len": 256, "width": 8, "classes": 2},
                                  {"vocab_size": 50, "max_len": 32, "classes": 2}, "x")

@@ -17,7 +17,7 @@ from twinhpc.io.checkpoint import list_checkpoints
 from twinhpc.io.results import read_results
 from twinhpc.preprocess import open_prepared, preprocess
 from twinhpc.train import NonFiniteLoss, train
-from twinhpc.train.loop import build_model, set_dropout
+from twinhpc.train.model import build_model, set_dropout
 
 JOB = """
 [data]

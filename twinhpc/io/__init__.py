@@ -7,6 +7,8 @@
 - :mod:`twinhpc.io.checkpoint`: :func:`~twinhpc.io.checkpoint.save_checkpoint`,
   :func:`~twinhpc.io.checkpoint.load_checkpoint`, :func:`~twinhpc.io.checkpoint.latest`,
   :func:`~twinhpc.io.checkpoint.rng_state` (imports torch).
+- :mod:`twinhpc.io.predictions`: :func:`~twinhpc.io.predictions.write_predictions`, the
+  ``PRED.h5`` of ``twinhpc predict`` (layout in its docstring and ``docs/training.md``).
 - :mod:`twinhpc.io.atomic`: :func:`~twinhpc.io.atomic.replace_durably`, the crash-safe rename
   of a finished temporary file over its target that every writer here ends with.
 

@@ -5,16 +5,8 @@
     report = validate(job, run="runs/digits", split="test")      # collective; same on every rank
     predict(job, run="runs/digits", dataset="data/new", out="pred.h5")   # collective
 
-``PRED.h5`` (format ``twinhpc-predictions``, version 1)::
-
-    /            attrs: format, version, task, dataset, split, checkpoint, config (job JSON),
-                 classes (JSON list; [] for regression)
-    /index       int64 [n]            the sample's index in the split (stored order), ascending
-    /output      float32 [n, k]       logits (classification) or predicted values (regression)
-    /prediction  int64 [n]            the predicted class (classification only)
-    /target      [n, ...]             the label, when the dataset has one (classification: the
-                                      class index of ``classes``, mapped by name from the
-                                      input's own classes; -1 for a class not among them)
+``PRED.h5`` is written by :func:`twinhpc.io.predictions.write_predictions`, whose docstring
+gives its layout (format ``twinhpc-predictions``).
 
 Note:
     Ranks predict disjoint parts (each rank its share of the split, ``policy="pad"`` so every
@@ -25,24 +17,18 @@ Note:
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-
-import numpy as np
 
 from ..comm.world import World, get_world
 from ..config import Job
 from ..data.format import Manifest
 from ..errors import TwinError
 from ..io.checkpoint import latest, load_checkpoint
-from ..io.atomic import replace_durably
+from ..io.predictions import write_predictions
 from .evaluate import evaluate, infer, merge, split_loader
 
 log = logging.getLogger("twinhpc")
-
-FORMAT_NAME = "twinhpc-predictions"
-FORMAT_VERSION = 1
 
 
 def find_checkpoint(run=None, checkpoint=None) -> Path:
@@ -61,7 +47,7 @@ def find_checkpoint(run=None, checkpoint=None) -> Path:
 def load_model(job: Job, prep, path: Path):
     """The job's model with the checkpoint's weights, in eval mode (no RNG state is touched)."""
     from .device import resolve_device
-    from .loop import build_model
+    from .model import build_model
 
     model = build_model(job, prep)
     load_checkpoint(path, model, restore_rng=False)
@@ -140,7 +126,8 @@ def predict(job: Job, run=None, dataset=None, out=None, *, checkpoint=None, spli
         world.barrier()
         return None
     try:
-        _write(Path(out), rows, job, prep, path, dataset, split)
+        write_predictions(Path(out), rows, task=job.train.task, classes=prep.classes, dataset=str(dataset),
+                          split=split, checkpoint=str(path), config=job.to_json())
     finally:
         world.barrier()
     log.info("predicted %d samples of %s split %r into %s", len(rows["index"]), dataset, split, out)
@@ -156,24 +143,3 @@ def _default_split(manifest: Manifest, job: Job, dataset) -> str:
     raise TwinError(f"{dataset}: has splits {', '.join(splits)} but no {job.data.test_split!r}; "
                     f"choose one with --split")
 
-
-def _write(out: Path, rows: dict, job: Job, prep, checkpoint: Path, dataset, split: str) -> None:
-    import h5py
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "task": job.train.task,
-                            "dataset": str(dataset), "split": split, "checkpoint": str(checkpoint),
-                            "config": job.to_json(), "classes": json.dumps(list(prep.classes))})
-            f.create_dataset("index", data=rows["index"])
-            f.create_dataset("output", data=rows["output"].astype(np.float32))
-            if job.train.task == "classification":
-                f.create_dataset("prediction", data=rows["output"].argmax(axis=1).astype(np.int64))
-            if "target" in rows:
-                f.create_dataset("target", data=rows["target"])
-        replace_durably(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -23,8 +23,8 @@ Note:
     *Every rank must agree.* Slurm signals all tasks, but not at the same instant, and
     ``mpirun`` forwards a signal to the ranks one by one; a rank that checkpointed and left while
     another started the next step would hang the job. The flag is therefore combined over the
-    ranks with one small all-reduce per optimizer step (MPI_MAX, in the loop's
-    :func:`~twinhpc.train.loop.step_allreduce` together with the step's loss), and all ranks stop
+    ranks with one small all-reduce per optimizer step (summed, in
+    :func:`~twinhpc.train.run.step_allreduce` together with the step's loss), and all ranks stop
     after the same step.
 
     *The exit status.* :data:`REQUEUE_EXIT_STATUS` is 255, what a submitit job exits with after
