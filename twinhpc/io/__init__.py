@@ -1,9 +1,7 @@
 """What a run leaves on disk: ``RUN/results.h5`` and ``RUN/ckpt/step-<N>.h5``.
 
-- :mod:`twinhpc.io.results`: :class:`~twinhpc.io.results.ResultsWriter` (rank 0),
-  :func:`~twinhpc.io.results.read_results`, and the reports
-  :func:`~twinhpc.io.results.confusion_report` / :func:`~twinhpc.io.results.regression_report`
-  (numpy only). Layout: ``docs/results-format.md``.
+- :mod:`twinhpc.io.results`: :class:`~twinhpc.io.results.ResultsWriter` (rank 0) and
+  :func:`~twinhpc.io.results.read_results` (no torch). Layout: ``docs/results-format.md``.
 - :mod:`twinhpc.io.checkpoint`: :func:`~twinhpc.io.checkpoint.save_checkpoint`,
   :func:`~twinhpc.io.checkpoint.load_checkpoint`, :func:`~twinhpc.io.checkpoint.latest`,
   :func:`~twinhpc.io.checkpoint.rng_state` (imports torch).

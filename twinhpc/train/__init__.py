@@ -8,7 +8,8 @@
     predict(job, run="runs/digits", dataset="data/new", out="pred.h5")
 
 Modules: :mod:`.loop` (the loop), :mod:`.optim` (optimizers, schedules, clipping),
-:mod:`.losses` (losses and metrics), :mod:`.evaluate` (distributed evaluation),
+:mod:`.losses` (losses and metrics), :mod:`.metrics` (the classification and regression
+reports, numpy only), :mod:`.evaluate` (distributed evaluation),
 :mod:`.predict` (distributed inference and validation of a checkpoint), :mod:`.signals`
 (SIGUSR2/SIGTERM → checkpoint → requeue). ``docs/training.md`` is the user-facing description.
 """
