@@ -12,7 +12,8 @@
 
 ``job.preprocessed_dir`` holds a dataset of format v1 (``docs/dataset-format.md``: the same
 splits and shard files as the source, each field transformed to its stored form, see
-:mod:`.transform`) and ``state.h5``, the fitted state (HDF5; ``h5dump state.h5`` shows it)::
+:mod:`.transform`) and ``state.h5``, the fitted state (HDF5, read and written by
+:mod:`twinhpc.io.prepared_state`; ``h5dump state.h5`` shows it)::
 
     /            attrs: format = "twinhpc-preprocess-state", version = 1, kind, fingerprint,
                         settings (JSON: the transform's settings), config (JSON: the job keys
@@ -51,7 +52,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -66,14 +66,12 @@ from ..data.format import Manifest, SplitInfo
 from ..data.shards import write_shard
 from ..data.staging import install, staging
 from ..errors import DatasetError, TwinError
+from ..io.prepared_state import STATE, read_prepared_state, write_prepared_state
 from . import fit
 from .transform import KINDS, Image, MiniLM, Sequence, Tfidf
 
 log = logging.getLogger("twinhpc")
 
-STATE = "state.h5"
-STATE_FORMAT = "twinhpc-preprocess-state"
-STATE_VERSION = 1
 #: models whose input is token ids (``preprocess.text.representation = "sequence"``)
 SEQUENCE_MODELS = ("lstm", "gru", "transformer", "gpt", "gpt_lm", "minilm")
 #: models whose input is a feature vector (TF-IDF for text)
@@ -153,25 +151,10 @@ def fingerprint(settings: dict[str, Any], manifest: Manifest) -> str:
 
 # -- state.h5 ---------------------------------------------------------------------------------
 def write_state(path: Path, transform, attrs: dict[str, Any]) -> None:
-    """Write ``state.h5``: the transform's arrays as datasets, its settings and ``attrs`` as
-    attributes (written to a temporary name, then renamed)."""
-    import h5py
-
+    """Write ``state.h5``: the transform's arrays as datasets, its kind, settings and ``attrs`` as
+    attributes (:func:`twinhpc.io.prepared_state.write_prepared_state`: atomic)."""
     arrays, settings = transform.state()
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w", track_order=True) as f:
-        f.attrs["format"] = STATE_FORMAT
-        f.attrs["version"] = STATE_VERSION
-        f.attrs["kind"] = transform.kind
-        f.attrs["settings"] = json.dumps(settings)
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        for name, arr in arrays.items():
-            if arr.dtype == object:
-                f.create_dataset(name, data=arr, shape=arr.shape, dtype=h5py.string_dtype("utf-8"))
-            else:
-                f.create_dataset(name, data=arr)
-    os.replace(tmp, path)
+    write_prepared_state(path, transform.kind, arrays, settings, attrs)
 
 
 def read_state(path: Path) -> tuple[Any, dict[str, Any]]:
@@ -182,24 +165,10 @@ def read_state(path: Path) -> tuple[Any, dict[str, Any]]:
     TwinError
         Naming the file: missing, not HDF5, another format or version, or damaged.
     """
-    import h5py
-
+    arrays, attrs = read_prepared_state(path)
     try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v)
-                     for k, v in f.attrs.items()}
-            if attrs.get("format") != STATE_FORMAT:
-                raise TwinError(f"{path}: not a twinhpc preprocessing state (attribute 'format' is "
-                                f"{attrs.get('format')!r})")
-            if attrs.get("version") != STATE_VERSION:
-                raise TwinError(f"{path}: state version {attrs.get('version')} is not supported "
-                                f"(this twinhpc reads {STATE_VERSION})")
-            arrays = {name: (np.array(ds.asstr()[()], dtype=object) if h5py.check_string_dtype(ds.dtype)
-                             else ds[()]) for name, ds in f.items()}
         transform = KINDS[attrs["kind"]].from_state(arrays, json.loads(attrs["settings"]))
-    except TwinError:
-        raise
-    except (OSError, KeyError, ValueError) as e:
+    except (KeyError, ValueError) as e:
         raise TwinError(f"{path}: unreadable preprocessing state ({type(e).__name__}: {e})") from None
     return transform, attrs
 

@@ -28,8 +28,9 @@ Note:
 
 Note:
     ``state()`` returns the fitted arrays and settings of a transform, ``from_state`` rebuilds
-    it; :mod:`.prepared` stores them in ``state.h5`` (arrays as datasets, settings as the JSON
-    attribute ``settings``), so each transform owns the meaning of its own state.
+    it; :mod:`.prepared` stores them in ``state.h5`` (:mod:`twinhpc.io.prepared_state`: arrays
+    as datasets, settings as the JSON attribute ``settings``), so each transform owns the
+    meaning of its own state.
 """
 
 from __future__ import annotations
