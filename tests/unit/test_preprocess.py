@@ -216,7 +216,7 @@ def minilm_installed() -> bool:
 
 @pytest.mark.skipif(not minilm_installed(), reason="MiniLM weights or tokenizers not installed")
 def test_minilm_tokenizer_ids_and_which_jobs_share_them(imdb, tmp_path):
-    from twinhpc.models.minilm import minilm_tokenizer, vocab_size
+    from twinhpc.pretrained import minilm_tokenizer, vocab_size
 
     text = {"representation": "sequence", "max_len": 12}
     job = make_job(imdb, tmp_path, data={"inputs": "text"}, model={"name": "minilm"}, preprocess={"text": text})
