@@ -3,14 +3,17 @@ learnable signal; sequence models ignore trailing pads; the GPT is causal; bad s
 TwinErrors naming the culprit."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from twinhpc import pretrained
+from twinhpc import models, pretrained
 from twinhpc.errors import TwinError
-from twinhpc.models import build, names
+from twinhpc.models import build, input_kind, names, register
 from twinhpc.models.rnn import PAD
 
 N, CLASSES = 48, 3  # samples and classes of the tiny fixtures
@@ -88,6 +91,52 @@ def loss_of(out, y):
 
 def test_every_registered_model_has_a_small_case():
     assert sorted(SMALL) == names()
+
+
+#: the input kind each tiny task feeds
+TASK_INPUTS = {image_task: "image", tabular_task: "vector", token_task: "tokens", lm_task: "tokens",
+               text_task: "tokens"}
+
+
+def test_every_model_declares_the_input_kind_its_small_case_feeds():
+    assert {name: input_kind(name) for name in SMALL} == {name: TASK_INPUTS[task] for name, (_, task) in SMALL.items()}
+    with pytest.raises(TwinError, match="unknown model 'bert'; known models: cnn, gpt"):
+        input_kind("bert")
+
+
+def test_names_and_input_kinds_import_neither_torch_nor_a_model():
+    code = ("import sys; from twinhpc.models import input_kind, names; "
+            "assert input_kind('lstm') == 'tokens' and 'cnn' in names(); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('twinhpc.models.')))")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The registry, restored after the test."""
+    monkeypatch.setattr(models, "_BUILDERS", dict(models._BUILDERS))
+    monkeypatch.setattr(models, "_INPUTS", dict(models._INPUTS))
+
+
+def test_a_decorated_builder_is_registered_with_its_input_kind(registry):
+    @register("tiny", inputs="vector")
+    def tiny(in_features: int = 4, classes: int = 2) -> torch.nn.Module:
+        return torch.nn.Linear(in_features, classes)
+
+    assert "tiny" in names() and input_kind("tiny") == "vector"
+    assert build("tiny", classes=3).out_features == 3
+
+
+def test_a_name_twice_or_an_unknown_input_kind_is_refused(registry):
+    with pytest.raises(ValueError, match=r"model 'cnn' is already registered \(by twinhpc.models.cnn\)"):
+        register("cnn", "image", lambda: None)
+    with pytest.raises(ValueError, match="input kind must be one of image, tokens, vector, got 'audio'"):
+        register("tiny", "audio", lambda: None)
+    assert "tiny" not in names()
 
 
 # -- defaults ----------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from torch import nn
 
 from ..errors import TwinError
 from ..pretrained import model_dir, require
-from . import register
 from .rnn import masked_mean, valid_positions
 
 #: checkpoint (Hugging Face BertModel) names → names here, applied in order with str.replace
@@ -135,7 +134,6 @@ def load_encoder() -> MiniLMEncoder:
     return encoder
 
 
-@register("minilm")
 def minilm(classes: int = 2, dropout: float = 0.1, trainable_layers: int | None = None) -> MiniLMClassifier:
     """The pretrained MiniLM sentence encoder with a linear classifier, for fine-tuning.
 

@@ -42,8 +42,10 @@ Note:
     with the weights; nothing is fitted), ``words`` with twinhpc's word tokenizer and the
     fitted vocabulary; ``auto`` is ``minilm`` for ``model.name = "minilm"`` and ``words``
     otherwise (model ``minilm`` with ``words`` is refused when the job is read). Models that
-    read token ids need ``preprocess.text.representation = "sequence"``, ``mlp`` needs
-    ``"tfidf"``; a mismatch is an error naming the key before anything is fitted.
+    read token ids need ``preprocess.text.representation = "sequence"``, models that read
+    vectors (``mlp``) ``"tfidf"``, as each declares in the model registry
+    (:func:`twinhpc.models.input_kind`, which imports no model); a mismatch is an error naming
+    the key before anything is fitted.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, models
 from ..comm.world import World, get_world
 from ..config import Job, JobFileError
 from ..data.format import Manifest, SplitInfo
@@ -72,10 +74,8 @@ from .transform import KINDS, Image, MiniLM, Sequence, Tfidf
 
 log = logging.getLogger("twinhpc")
 
-#: models whose input is token ids (``preprocess.text.representation = "sequence"``)
-SEQUENCE_MODELS = ("lstm", "gru", "transformer", "gpt", "gpt_lm", "minilm")
-#: models whose input is a feature vector (TF-IDF for text)
-VECTOR_MODELS = ("mlp",)
+#: a model's input kind (:func:`twinhpc.models.input_kind`) → the text representation it reads
+TEXT_REPRESENTATION = {"tokens": "sequence", "vector": "tfidf"}
 
 
 # -- what a job preprocesses ------------------------------------------------------------------
@@ -122,8 +122,8 @@ class Plan:
         if self.kind == "text":
             rep = job.preprocess.text.representation
             self.text_mode = "minilm" if job.text_tokenizer == "minilm" else rep
-            wants = ("sequence" if job.model.name in SEQUENCE_MODELS
-                     else "tfidf" if job.model.name in VECTOR_MODELS else rep)
+            reads = models.input_kind(job.model.name) if job.model.name in models.names() else None
+            wants = TEXT_REPRESENTATION.get(reads, rep)
             if rep != wants:
                 raise JobFileError("preprocess.text.representation",
                                    f"is {rep!r}, but model {job.model.name!r} reads {wants!r} input")
