@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ CHUNK_ROWS = 1024
 class _Rows:
     """Named float64 columns that grow by rows; a name first seen late is NaN before."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.columns: dict[str, list[np.ndarray]] = {}
         self.n = 0
 
@@ -55,7 +56,7 @@ class _Rows:
                 parts.append(np.full(rows, np.nan))
         self.n += rows
 
-    def keep(self, mask_or_rows) -> None:
+    def keep(self, mask_or_rows: int | np.ndarray) -> None:
         """Keep the first ``rows`` rows (an ``int``) or the rows where a boolean mask is true."""
         for name in self.columns:
             arr = self.array(name)
@@ -95,8 +96,8 @@ class ResultsWriter:
         written chunked with an unlimited maximum shape, so tools may append to a finished file.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, config_json: str, environment: Mapping[str, Any],
-                 *, resume: bool = False):
+    def __init__(self, run_dir: str | os.PathLike[str], config_json: str, environment: Mapping[str, Any],
+                 *, resume: bool = False) -> None:
         self.path = Path(run_dir) / RESULTS
         self.config_json = config_json
         self.environment_json = json.dumps(environment, sort_keys=True)
@@ -190,11 +191,11 @@ class ResultsWriter:
             raise
 
 
-def _growable(group, name: str, data: np.ndarray) -> None:
+def _growable(group: Any, name: str, data: np.ndarray) -> None:
     group.create_dataset(name, data=data, maxshape=(None,), chunks=(CHUNK_ROWS,))
 
 
-def _write_report(group, report: Mapping[str, Any]) -> None:
+def _write_report(group: Any, report: Mapping[str, Any]) -> None:
     import h5py
 
     for name, value in report.items():
@@ -216,7 +217,7 @@ def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def read_results(path: str | os.PathLike) -> dict[str, Any]:
+def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything in a ``results.h5`` (a file, or a run directory holding one).
 
     Returns
