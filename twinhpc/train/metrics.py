@@ -96,5 +96,5 @@ def regression_report(y, yhat) -> dict[str, Any]:
     ss_res = (e2 ** 2).sum(axis=0)
     ss_tot = ((y2 - y2.mean(axis=0)) ** 2).sum(axis=0)
     r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), (ss_res == 0).astype(float))
-    return {"task": "regression", "n": int(len(y)), "mae": float(np.abs(err).mean()),
+    return {"task": "regression", "n": len(y), "mae": float(np.abs(err).mean()),
             "rmse": float(np.sqrt((err ** 2).mean())), "r2": float(r2.mean())}
