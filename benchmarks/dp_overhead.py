@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twinhpc.bench import format_table, median, write_results
+from twinhpc.bench import format_table, median
 from twinhpc.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from twinhpc.comm.ddp import DataParallel
 from twinhpc.comm.world import get_world
+from twinhpc.io.bench_results import write_results
 
 DESCRIPTION = f"""\
 Step time of data-parallel training (twinhpc.comm.ddp.DataParallel) on N ranks against the same

@@ -40,7 +40,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twinhpc.bench import format_table, median, write_results  # noqa: E402
+from twinhpc.bench import format_table, median  # noqa: E402
+from twinhpc.io.bench_results import write_results  # noqa: E402
 from twinhpc.kernels import image, stats, text, tfidf  # noqa: E402
 
 

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from twinhpc.bench import format_table, median, write_results
+from twinhpc.bench import format_table, median
 from twinhpc.comm.world import get_world
 from twinhpc.config import load_job
 from twinhpc.data.ingest import ingest
+from twinhpc.io.bench_results import write_results
 from twinhpc.io.results import read_results
 from twinhpc.preprocess import open_prepared, preprocess
 from twinhpc.train import train

@@ -10,7 +10,8 @@ import time
 import torch
 
 from twinhpc import ops
-from twinhpc.bench import format_table, median, write_results
+from twinhpc.bench import format_table, median
+from twinhpc.io.bench_results import write_results
 
 DESCRIPTION = """\
 Times the kernels behind DataParallel's 16-bit wire formats (docs/data-parallel.md) and the

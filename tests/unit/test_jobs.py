@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from twinhpc.config import JobFileError, check_structure, load_job
-from twinhpc.models import _BUILDERS, names
-from twinhpc.preprocess.prepared import SEQUENCE_MODELS
+from twinhpc.models import builder, input_kind, names
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 JOB_FILES = sorted(JOBS.glob("*.toml"))
@@ -29,9 +28,9 @@ def test_there_are_job_files_for_every_workload():
 def test_job_file_is_valid(path):
     job = load_job(path)
     assert job.model.name in names()
-    check_structure(_BUILDERS[job.model.name], job.model.structure, where=str(path))
+    check_structure(builder(job.model.name), job.model.structure, where=str(path))
     if job.data.inputs == ("text",):  # what `twinhpc preprocess` would refuse (it needs the data)
-        wanted = "sequence" if job.model.name in SEQUENCE_MODELS else "tfidf"
+        wanted = "sequence" if input_kind(job.model.name) == "tokens" else "tfidf"
         assert job.preprocess.text.representation == wanted
     if job.model.name == "minilm":  # said in the file, not left to "auto"
         assert job.preprocess.text.tokenizer == "minilm" and job.text_tokenizer == "minilm"

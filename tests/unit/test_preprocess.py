@@ -7,6 +7,8 @@ kernels' numpy references, and scikit-learn's ``TfidfVectorizer`` on the same do
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -216,7 +218,7 @@ def minilm_installed() -> bool:
 
 @pytest.mark.skipif(not minilm_installed(), reason="MiniLM weights or tokenizers not installed")
 def test_minilm_tokenizer_ids_and_which_jobs_share_them(imdb, tmp_path):
-    from twinhpc.models.minilm import minilm_tokenizer, vocab_size
+    from twinhpc.pretrained import minilm_tokenizer, vocab_size
 
     text = {"representation": "sequence", "max_len": 12}
     job = make_job(imdb, tmp_path, data={"inputs": "text"}, model={"name": "minilm"}, preprocess={"text": text})
@@ -244,6 +246,34 @@ def test_text_job_errors_name_the_key(imdb, tmp_path):
         preprocess(make_job(imdb, tmp_path, data={"inputs": ["text", "rating"]}))
     with pytest.raises(TwinError, match="data.label"):
         preprocess(make_job(imdb, tmp_path, data={"label": "stars"}))
+
+
+def test_a_text_job_is_checked_against_the_model_registry_without_importing_torch(imdb, tmp_path):
+    """The representation a model reads comes from its registered input kind; preprocessing text
+    with the word tokenizer imports neither torch nor a model (a fresh process tells)."""
+    job = {"data": {"dataset": str(imdb), "inputs": "text"},
+           "preprocess": {"out": str(tmp_path / "pre"), "text": {"representation": "sequence"}}}
+    code = f"""
+import sys
+from twinhpc.config import Job
+from twinhpc.errors import TwinError
+from twinhpc.preprocess import preprocess
+job = {job!r}
+try:
+    preprocess(Job.from_dict({{**job, "model": {{"name": "mlp"}}}}))
+    raise AssertionError("model mlp reading token ids was not refused")
+except TwinError as e:
+    assert "is 'sequence', but model 'mlp' reads 'tfidf' input" in str(e), e
+assert preprocess(Job.from_dict({{**job, "model": {{"name": "gru"}}}}))["status"] == "written"
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith("twinhpc.models.")))
+"""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_", "SLURM_"))}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 # -- tables -------------------------------------------------------------------------------------

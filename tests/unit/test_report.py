@@ -8,8 +8,9 @@ from PIL import Image
 
 from twinhpc.cli.main import main
 from twinhpc.errors import TwinError
-from twinhpc.io.results import ResultsWriter, confusion_report, regression_report
+from twinhpc.io.results import ResultsWriter
 from twinhpc.report import report
+from twinhpc.train.metrics import confusion_report, regression_report
 
 CLASSES = ["cat", "dog", "zebra"]
 

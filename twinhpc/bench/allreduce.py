@@ -47,6 +47,7 @@ import torch
 from .. import DYNAMIC_RULES_ENV
 from ..comm.world import World, get_world
 from ..errors import TwinError
+from ..io.bench_results import write_results
 from . import format_table, median
 
 DEFAULT_MIN_BYTES = 4 << 10
@@ -289,31 +290,9 @@ def ratios(times: dict[int, dict[str, list[float]]]) -> list[dict]:
 def write(path: Path, figures: dict) -> Path:
     """Write ``path`` atomically: datasets ``rows`` and ``ratios`` (compound, impl names as
     strings) and the settings as attributes."""
-    import h5py
-
-    from .. import __version__
-
-    def compound(rows):
-        fields = [(k, "S40" if isinstance(v, str) else np.float64 if isinstance(v, float) else np.int64)
-                  for k, v in rows[0].items()]
-        return np.array([tuple(v.encode() if isinstance(v, str) else v for v in r.values()) for r in rows], fields)
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("rows", data=compound(figures["rows"]))
-            f.create_dataset("ratios", data=compound(figures["ratios"]))
-            for key in ("world_size", "rounds", "mpi_algorithms_forced"):
-                f.attrs[key] = figures[key]
-            for key, value in figures["targets"].items():
-                f.attrs[f"target_{key}"] = value
-            f.attrs["twinhpc_version"] = __version__
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise TwinError(f"--results {path.parent}: cannot write {path.name} ({e.strerror or e})") from None
-    return path
+    attrs = {key: figures[key] for key in ("world_size", "rounds", "mpi_algorithms_forced")}
+    attrs.update({f"target_{key}": value for key, value in figures["targets"].items()})
+    return write_results(path, {"rows": figures["rows"], "ratios": figures["ratios"]}, attrs, created=False)
 
 
 def report(figures: dict) -> str:

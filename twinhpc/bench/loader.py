@@ -5,8 +5,8 @@ Both measurements run in the same job, alternating, ``rounds`` times (median rep
 - *loader*: every rank iterates a :class:`~twinhpc.data.loader.ShardedLoader` (``epochs`` epochs,
   or for ``seconds``) and counts the samples and bytes it yields;
 - *raw*: every rank reads its contiguous share (``1/N`` of the split's samples, in shard order)
-  sequentially with ``h5py.Dataset.read_direct``, in slices of about 8 MiB of the largest field,
-  into reused buffers (``epochs`` passes, or for ``seconds``).
+  sequentially with the HDF5 dataset's ``read_direct``, in slices of about 8 MiB of the largest
+  field, into reused buffers (``epochs`` passes, or for ``seconds``).
 
 A warm-up pass of each comes first, so that both read from the page cache alike. Bytes are the
 in-memory bytes of the numeric fields (text fields are read but counted in samples/s only);
@@ -20,15 +20,16 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
+from typing import Any
 
-import h5py
 import numpy as np
 
 from ..comm.world import World, get_world
 from ..data.format import Manifest
 from ..data.loader import ShardedLoader
-from ..errors import DatasetError
-from . import format_table, median, write_results
+from ..data.shards import open_shard
+from ..io.bench_results import write_results
+from . import format_table, median
 
 RAW_SLICE_BYTES = 8 << 20
 TARGET = 0.8
@@ -37,8 +38,9 @@ TARGET = 0.8
 class RawReader:
     """This rank's contiguous share of a split, read sequentially in large slices.
 
-    This is the plain h5py way: files opened with h5py's defaults (kept open between passes,
-    as the loader's are), ``Dataset.read_direct`` of large slices into reused buffers.
+    This is the plain HDF5 way: shard files opened with the library's defaults
+    (:func:`~twinhpc.data.shards.open_shard`; kept open between passes, as the loader's are),
+    ``Dataset.read_direct`` of large slices into reused buffers.
     """
 
     def __init__(self, directory: Path, split: str, fields, rank: int, size: int):
@@ -55,14 +57,13 @@ class RawReader:
             start += sh.count
         self.rows = max(1, RAW_SLICE_BYTES // max(f.sample_bytes for f in self.fields))
         self.buffers = {f.name: np.empty((self.rows, *f.shape), f.numpy_dtype()) for f in self.fields}
-        self.files: dict[Path, h5py.File] = {}
+        self.files: dict[Path, Any] = {}  # open shard files
 
-    def _open(self, path: Path) -> h5py.File:
+    def _open(self, path: Path) -> Any:
+        """The open shard file ``path``; :class:`~twinhpc.errors.DatasetError` naming it when
+        it is missing or unreadable."""
         if path not in self.files:
-            try:
-                self.files[path] = h5py.File(path, "r")
-            except OSError as e:
-                raise DatasetError(f"{path}: cannot open shard ({e})") from None
+            self.files[path] = open_shard(path)
         return self.files[path]
 
     def read(self) -> int:

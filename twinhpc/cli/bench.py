@@ -18,7 +18,7 @@ prints the table (or JSON) and writes FOLDER/NAME.h5. `twinhpc bench NAME --help
 
 LOADER_DESCRIPTION = """\
 Measure the rank-aware loader (twinhpc.data.loader.ShardedLoader) on DIR, and in the same run
-the raw sequential h5py read of the same shard files, then print per-rank and total samples/s
+the raw sequential HDF5 read of the same shard files, then print per-rank and total samples/s
 and MB/s and the ratio loader/raw (target >= 0.8).
 
 Raw read: each rank reads its contiguous 1/N of the split, shard by shard, in slices of about

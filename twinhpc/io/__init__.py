@@ -1,18 +1,23 @@
-"""What a run leaves on disk: ``RUN/results.h5`` and ``RUN/ckpt/step-<N>.h5``.
+"""The files twinhpc writes besides datasets (:mod:`twinhpc.data` owns those): a run's
+``RUN/results.h5`` and ``RUN/ckpt/step-<N>.h5``, a preprocessed dataset's ``state.h5``, and the
+benchmarks' ``FOLDER/NAME.h5``.
 
-- :mod:`twinhpc.io.results`: :class:`~twinhpc.io.results.ResultsWriter` (rank 0),
-  :func:`~twinhpc.io.results.read_results`, and the reports
-  :func:`~twinhpc.io.results.confusion_report` / :func:`~twinhpc.io.results.regression_report`
-  (numpy only). Layout: ``docs/results-format.md``.
+- :mod:`twinhpc.io.results`: :class:`~twinhpc.io.results.ResultsWriter` (rank 0) and
+  :func:`~twinhpc.io.results.read_results` (no torch). Layout: ``docs/results-format.md``.
 - :mod:`twinhpc.io.checkpoint`: :func:`~twinhpc.io.checkpoint.save_checkpoint`,
   :func:`~twinhpc.io.checkpoint.load_checkpoint`, :func:`~twinhpc.io.checkpoint.latest`,
   :func:`~twinhpc.io.checkpoint.rng_state` (imports torch).
 - :mod:`twinhpc.io.predictions`: :func:`~twinhpc.io.predictions.write_predictions`, the
   ``PRED.h5`` of ``twinhpc predict`` (layout in its docstring and ``docs/training.md``).
+- :mod:`twinhpc.io.prepared_state`: :func:`~twinhpc.io.prepared_state.write_prepared_state`,
+  :func:`~twinhpc.io.prepared_state.read_prepared_state`: a preprocessed dataset's fitted state
+  ``state.h5`` (no torch). Layout: ``docs/preprocess.md``.
+- :mod:`twinhpc.io.bench_results`: :func:`~twinhpc.io.bench_results.write_results`, a
+  benchmark's tables and settings (no torch).
 - :mod:`twinhpc.io.atomic`: :func:`~twinhpc.io.atomic.replace_durably`, the crash-safe rename
   of a finished temporary file over its target that every writer here ends with.
 
-The submodules are not imported here, so reading results (``twinhpc report``) does not import
-torch. This layer imports h5py, numpy and torch, never mpi4py: callers gather what several ranks
-hold (RNG states) and pass it in.
+The submodules are not imported here, so reading results (``twinhpc report``) or a preprocessing
+state does not import torch. This layer imports h5py, numpy and torch (:mod:`.checkpoint`
+only), never mpi4py: callers gather what several ranks hold (RNG states) and pass it in.
 """

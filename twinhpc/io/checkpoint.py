@@ -31,8 +31,9 @@ import logging
 import os
 import random
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -56,12 +57,12 @@ class CheckpointError(TwinError):
 
 
 # -- names ------------------------------------------------------------------------------------
-def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+def checkpoint_path(run_dir: str | os.PathLike[str], step: int) -> Path:
     """``RUN/ckpt/step-<step>.h5``."""
     return Path(run_dir) / CKPT_DIR / f"step-{step}.h5"
 
 
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     """``(step, path)`` of every checkpoint of a run, oldest step first (none: ``[]``)."""
     directory = Path(run_dir) / CKPT_DIR
     if not directory.is_dir():
@@ -71,14 +72,14 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest(run_dir: str | os.PathLike) -> Path | None:
+def latest(run_dir: str | os.PathLike[str]) -> Path | None:
     """The checkpoint of the highest step in ``RUN/ckpt``, or ``None``."""
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
 
 
 # -- tensors ----------------------------------------------------------------------------------
-def _write_tensor(group, name: str, tensor: torch.Tensor) -> None:
+def _write_tensor(group: Any, name: str, tensor: torch.Tensor) -> None:
     t = tensor.detach().cpu().contiguous()
     try:
         data = t.numpy()
@@ -89,7 +90,7 @@ def _write_tensor(group, name: str, tensor: torch.Tensor) -> None:
     ds.attrs["torch_dtype"] = str(t.dtype)
 
 
-def _read_tensor(ds) -> torch.Tensor:
+def _read_tensor(ds: Any) -> torch.Tensor:
     """The tensor of a dataset written by :func:`_write_tensor`; ValueError if it is inconsistent."""
     name = ds.attrs["torch_dtype"]
     dtype = getattr(torch, str(name).removeprefix("torch."), None)
@@ -112,7 +113,7 @@ def _json(obj: Any) -> str:
                       _unjsonable(o))
 
 
-def _unjsonable(o: Any):
+def _unjsonable(o: Any) -> NoReturn:
     raise TypeError(f"cannot store {type(o).__name__} {o!r} in a checkpoint (JSON values only)")
 
 
@@ -162,9 +163,10 @@ def set_rng_state(state: Mapping[str, Any],
 
 
 # -- writing ----------------------------------------------------------------------------------
-def save_checkpoint(run_dir: str | os.PathLike, *, step: int, epoch: int, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None, loader: Mapping | None = None,
-                    rng: Mapping | Sequence[Mapping] | None = None, extra: Mapping | None = None,
+def save_checkpoint(run_dir: str | os.PathLike[str], *, step: int, epoch: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, loader: Mapping[str, Any] | None = None,
+                    rng: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+                    extra: Mapping[str, Any] | None = None,
                     keep: int = 3) -> Path:
     """Write ``RUN/ckpt/step-<step>.h5`` atomically, then prune old checkpoints; rank 0 only.
 
@@ -231,7 +233,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, epoch: int, model:
     return final
 
 
-def _write_optimizer(group, optimizer: torch.optim.Optimizer) -> None:
+def _write_optimizer(group: Any, optimizer: torch.optim.Optimizer) -> None:
     sd = optimizer.state_dict()
     group.attrs["class"] = type(optimizer).__name__
     group.attrs["param_groups"] = _json(sd["param_groups"])
@@ -247,7 +249,7 @@ def _write_optimizer(group, optimizer: torch.optim.Optimizer) -> None:
         g.attrs["values"] = _json(values)
 
 
-def _write_rng(group, state: Mapping[str, Any]) -> None:
+def _write_rng(group: Any, state: Mapping[str, Any]) -> None:
     group.create_dataset("torch", data=np.asarray(state["torch"], dtype=np.uint8))
     for device, s in enumerate(state.get("cuda") or ()):
         group.create_dataset(f"cuda/{device}", data=np.asarray(s, dtype=np.uint8))
@@ -288,7 +290,7 @@ def _read(path: Path, rank: int) -> dict[str, Any]:
     return out
 
 
-def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = None,
+def load_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, *, rank: int = 0,
                     generators: Mapping[str, np.random.Generator] | None = None,
                     restore_rng: bool = True) -> dict[str, Any]:
@@ -363,7 +365,7 @@ def _check_model(path: Path, saved: Mapping[str, torch.Tensor], model: torch.nn.
                                   f"(is it a checkpoint of another model or structure?)")
 
 
-def _load_optimizer(path: Path, saved: Mapping | None, optimizer: torch.optim.Optimizer) -> None:
+def _load_optimizer(path: Path, saved: Mapping[str, Any] | None, optimizer: torch.optim.Optimizer) -> None:
     if saved is None:
         raise CheckpointError(f"{path}: holds no optimizer state")
     if saved["class"] != type(optimizer).__name__:

@@ -1,4 +1,4 @@
-"""``RUN/results.h5``: the record of a training run, and the validation reports stored in it.
+"""``RUN/results.h5``: the record of a training run and its final validation report.
 
 Layout (format ``twinhpc-results`` version 1; ``docs/results-format.md`` is the user-facing
 description, ``tests/golden/results-layout.txt`` the checked one)::
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ CHUNK_ROWS = 1024
 class _Rows:
     """Named float64 columns that grow by rows; a name first seen late is NaN before."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.columns: dict[str, list[np.ndarray]] = {}
         self.n = 0
 
@@ -55,7 +56,7 @@ class _Rows:
                 parts.append(np.full(rows, np.nan))
         self.n += rows
 
-    def keep(self, mask_or_rows) -> None:
+    def keep(self, mask_or_rows: int | np.ndarray) -> None:
         """Keep the first ``rows`` rows (an ``int``) or the rows where a boolean mask is true."""
         for name in self.columns:
             arr = self.array(name)
@@ -95,8 +96,8 @@ class ResultsWriter:
         written chunked with an unlimited maximum shape, so tools may append to a finished file.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, config_json: str, environment: Mapping[str, Any],
-                 *, resume: bool = False):
+    def __init__(self, run_dir: str | os.PathLike[str], config_json: str, environment: Mapping[str, Any],
+                 *, resume: bool = False) -> None:
         self.path = Path(run_dir) / RESULTS
         self.config_json = config_json
         self.environment_json = json.dumps(environment, sort_keys=True)
@@ -141,8 +142,9 @@ class ResultsWriter:
         self.step_index.append(index)
 
     def write_report(self, report: Mapping[str, Any]) -> None:
-        """Set the final report (e.g. :func:`confusion_report`'s dict plus ``loss``): strings and
-        numbers become attributes of ``/report``, arrays and lists of names datasets."""
+        """Set the final report (e.g. :func:`twinhpc.train.metrics.confusion_report`'s dict plus
+        ``loss``): strings and numbers become attributes of ``/report``, arrays and lists of names
+        datasets."""
         self.report = dict(report)
 
     def truncate(self, epochs: int, step: int) -> None:
@@ -189,11 +191,11 @@ class ResultsWriter:
             raise
 
 
-def _growable(group, name: str, data: np.ndarray) -> None:
+def _growable(group: Any, name: str, data: np.ndarray) -> None:
     group.create_dataset(name, data=data, maxshape=(None,), chunks=(CHUNK_ROWS,))
 
 
-def _write_report(group, report: Mapping[str, Any]) -> None:
+def _write_report(group: Any, report: Mapping[str, Any]) -> None:
     import h5py
 
     for name, value in report.items():
@@ -215,7 +217,7 @@ def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def read_results(path: str | os.PathLike) -> dict[str, Any]:
+def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything in a ``results.h5`` (a file, or a run directory holding one).
 
     Returns
@@ -267,86 +269,3 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, KeyError, ValueError) as e:  # h5py: not HDF5 / truncated; JSON: damaged
         raise TwinError(f"{path}: unreadable results file ({e})") from None
     return out
-
-
-# -- reports ----------------------------------------------------------------------------------
-def confusion_report(y_true, y_pred, n_classes: int, class_names=None) -> dict[str, Any]:
-    """The classification report of predicted against true class indices.
-
-    Parameters
-    ----------
-    y_true, y_pred : 1-D integer arrays of equal length, values in ``[0, n_classes)``.
-    n_classes : number of classes.
-    class_names : names of the classes (default ``"0"``, ``"1"`` ...).
-
-    Returns
-    -------
-    dict
-        ``task="classification"``, ``n`` (samples), ``accuracy``, ``macro_f1`` (mean F1 over
-        the classes that occur in ``y_true`` or ``y_pred``), ``confusion`` (int64
-        ``[n_classes, n_classes]``, row = true class, column = predicted), per class
-        ``precision``, ``recall``, ``f1`` (float64; 0 where undefined: nothing predicted, or no
-        sample, of that class) and ``support`` (int64: true samples), ``classes`` (names).
-
-    Raises
-    ------
-    ValueError
-        For empty or unequal inputs, or a class index outside ``[0, n_classes)``.
-    """
-    y_true = np.asarray(y_true).reshape(-1)
-    y_pred = np.asarray(y_pred).reshape(-1)
-    if y_true.shape != y_pred.shape or y_true.size == 0:
-        raise ValueError(f"y_true and y_pred must be non-empty and of equal length, got "
-                         f"{y_true.size} and {y_pred.size}")
-    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
-        if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n_classes:
-            raise ValueError(f"{name} must hold class indices in [0, {n_classes}), got "
-                             f"{y.dtype} values in [{y.min()}, {y.max()}]")
-    names = [str(c) for c in (class_names if class_names is not None else range(n_classes))]
-    if len(names) != n_classes:
-        raise ValueError(f"{len(names)} class names for {n_classes} classes")
-    confusion = np.bincount(y_true.astype(np.int64) * n_classes + y_pred, minlength=n_classes ** 2)
-    confusion = confusion.reshape(n_classes, n_classes).astype(np.int64)
-    hits = np.diag(confusion).astype(np.float64)
-    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
-    precision = np.divide(hits, predicted, out=np.zeros(n_classes), where=predicted > 0)
-    recall = np.divide(hits, support, out=np.zeros(n_classes), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n_classes), where=denom > 0)
-    seen = (support + predicted) > 0
-    return {"task": "classification", "n": int(y_true.size), "accuracy": float(hits.sum() / y_true.size),
-            "macro_f1": float(f1[seen].mean()), "confusion": confusion, "precision": precision,
-            "recall": recall, "f1": f1, "support": support.astype(np.int64), "classes": names}
-
-
-def regression_report(y, yhat) -> dict[str, Any]:
-    """The regression report of predictions ``yhat`` against targets ``y``.
-
-    Parameters
-    ----------
-    y, yhat : arrays of equal shape ``[n]`` or ``[n, outputs]``.
-
-    Returns
-    -------
-    dict
-        ``task="regression"``, ``n`` (samples), ``mae`` and ``rmse`` over all values, ``r2``:
-        the mean over outputs of ``1 - SS_res / SS_tot``; an output with constant targets
-        (``SS_tot = 0``) counts 1.0 if predicted exactly, else 0.0 (as scikit-learn).
-
-    Raises
-    ------
-    ValueError
-        For empty inputs or unequal shapes.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    yhat = np.asarray(yhat, dtype=np.float64)
-    if y.shape != yhat.shape or y.size == 0 or y.ndim not in (1, 2):
-        raise ValueError(f"y and yhat must be non-empty [n] or [n, outputs] arrays of equal shape, "
-                         f"got {y.shape} and {yhat.shape}")
-    err = yhat - y
-    y2, e2 = y.reshape(len(y), -1), err.reshape(len(y), -1)
-    ss_res = (e2 ** 2).sum(axis=0)
-    ss_tot = ((y2 - y2.mean(axis=0)) ** 2).sum(axis=0)
-    r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), (ss_res == 0).astype(float))
-    return {"task": "regression", "n": int(len(y)), "mae": float(np.abs(err).mean()),
-            "rmse": float(np.sqrt((err ** 2).mean())), "r2": float(r2.mean())}

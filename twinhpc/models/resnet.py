@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register
-
 
 class BasicBlock(nn.Module):
     """Two 3×3 convolutions with BatchNorm and a residual connection; ``stride`` 2 halves H and W."""
@@ -62,7 +60,6 @@ class ResNet(nn.Module):
         return self.head(self.dropout(self.pool(x).flatten(1)))
 
 
-@register("resnet18")
 def resnet18(in_channels: int = 3, width: int = 64, classes: int = 10, dropout: float = 0.0) -> ResNet:
     """ResNet-18 (BasicBlocks [2, 2, 2, 2]) for 32×32 images.
 

@@ -14,7 +14,6 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import TwinError
-from . import register
 
 #: the padding token id of every sequence model (``twinhpc.kernels.text.PAD``, BERT's ``[PAD]``)
 PAD = 0
@@ -91,7 +90,6 @@ _PARAMETERS = """
 """
 
 
-@register("lstm")
 def lstm(vocab_size: int = 20000, embed_dim: int = 128, hidden: int = 128, layers: int = 1,
          bidirectional: bool = True, pooling: str = "max", dropout: float = 0.2,
          classes: int = 2) -> RNNClassifier:
@@ -99,7 +97,6 @@ def lstm(vocab_size: int = 20000, embed_dim: int = 128, hidden: int = 128, layer
                   dropout, classes)
 
 
-@register("gru")
 def gru(vocab_size: int = 20000, embed_dim: int = 128, hidden: int = 128, layers: int = 1,
         bidirectional: bool = True, pooling: str = "max", dropout: float = 0.2,
         classes: int = 2) -> RNNClassifier:

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..errors import TwinError
-from . import register
 from .rnn import PAD, masked_mean, valid_positions
 
 POOLINGS = ("cls", "mean")
@@ -55,7 +54,6 @@ class EncoderClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-@register("transformer")
 def transformer(vocab_size: int = 20000, max_len: int = 256, width: int = 256, layers: int = 4,
                 heads: int = 4, ffn: int = 1024, dropout: float = 0.1, pooling: str = "cls",
                 norm_first: bool = True, classes: int = 2) -> EncoderClassifier:

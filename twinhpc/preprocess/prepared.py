@@ -12,7 +12,8 @@
 
 ``job.preprocessed_dir`` holds a dataset of format v1 (``docs/dataset-format.md``: the same
 splits and shard files as the source, each field transformed to its stored form, see
-:mod:`.transform`) and ``state.h5``, the fitted state (HDF5; ``h5dump state.h5`` shows it)::
+:mod:`.transform`) and ``state.h5``, the fitted state (HDF5, read and written by
+:mod:`twinhpc.io.prepared_state`; ``h5dump state.h5`` shows it)::
 
     /            attrs: format = "twinhpc-preprocess-state", version = 1, kind, fingerprint,
                         settings (JSON: the transform's settings), config (JSON: the job keys
@@ -41,8 +42,10 @@ Note:
     with the weights; nothing is fitted), ``words`` with twinhpc's word tokenizer and the
     fitted vocabulary; ``auto`` is ``minilm`` for ``model.name = "minilm"`` and ``words``
     otherwise (model ``minilm`` with ``words`` is refused when the job is read). Models that
-    read token ids need ``preprocess.text.representation = "sequence"``, ``mlp`` needs
-    ``"tfidf"``; a mismatch is an error naming the key before anything is fitted.
+    read token ids need ``preprocess.text.representation = "sequence"``, models that read
+    vectors (``mlp``) ``"tfidf"``, as each declares in the model registry
+    (:func:`twinhpc.models.input_kind`, which imports no model); a mismatch is an error naming
+    the key before anything is fitted.
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -59,25 +61,21 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, models
 from ..comm.world import World, get_world
 from ..config import Job, JobFileError
 from ..data.format import Manifest, SplitInfo
 from ..data.shards import write_shard
 from ..data.staging import install, staging
 from ..errors import DatasetError, TwinError
+from ..io.prepared_state import STATE, read_prepared_state, write_prepared_state
 from . import fit
 from .transform import KINDS, Image, MiniLM, Sequence, Tfidf
 
 log = logging.getLogger("twinhpc")
 
-STATE = "state.h5"
-STATE_FORMAT = "twinhpc-preprocess-state"
-STATE_VERSION = 1
-#: models whose input is token ids (``preprocess.text.representation = "sequence"``)
-SEQUENCE_MODELS = ("lstm", "gru", "transformer", "gpt", "gpt_lm", "minilm")
-#: models whose input is a feature vector (TF-IDF for text)
-VECTOR_MODELS = ("mlp",)
+#: a model's input kind (:func:`twinhpc.models.input_kind`) → the text representation it reads
+TEXT_REPRESENTATION = {"tokens": "sequence", "vector": "tfidf"}
 
 
 # -- what a job preprocesses ------------------------------------------------------------------
@@ -124,8 +122,8 @@ class Plan:
         if self.kind == "text":
             rep = job.preprocess.text.representation
             self.text_mode = "minilm" if job.text_tokenizer == "minilm" else rep
-            wants = ("sequence" if job.model.name in SEQUENCE_MODELS
-                     else "tfidf" if job.model.name in VECTOR_MODELS else rep)
+            reads = models.input_kind(job.model.name) if job.model.name in models.names() else None
+            wants = TEXT_REPRESENTATION.get(reads, rep)
             if rep != wants:
                 raise JobFileError("preprocess.text.representation",
                                    f"is {rep!r}, but model {job.model.name!r} reads {wants!r} input")
@@ -153,25 +151,10 @@ def fingerprint(settings: dict[str, Any], manifest: Manifest) -> str:
 
 # -- state.h5 ---------------------------------------------------------------------------------
 def write_state(path: Path, transform, attrs: dict[str, Any]) -> None:
-    """Write ``state.h5``: the transform's arrays as datasets, its settings and ``attrs`` as
-    attributes (written to a temporary name, then renamed)."""
-    import h5py
-
+    """Write ``state.h5``: the transform's arrays as datasets, its kind, settings and ``attrs`` as
+    attributes (:func:`twinhpc.io.prepared_state.write_prepared_state`: atomic)."""
     arrays, settings = transform.state()
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w", track_order=True) as f:
-        f.attrs["format"] = STATE_FORMAT
-        f.attrs["version"] = STATE_VERSION
-        f.attrs["kind"] = transform.kind
-        f.attrs["settings"] = json.dumps(settings)
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        for name, arr in arrays.items():
-            if arr.dtype == object:
-                f.create_dataset(name, data=arr, shape=arr.shape, dtype=h5py.string_dtype("utf-8"))
-            else:
-                f.create_dataset(name, data=arr)
-    os.replace(tmp, path)
+    write_prepared_state(path, transform.kind, arrays, settings, attrs)
 
 
 def read_state(path: Path) -> tuple[Any, dict[str, Any]]:
@@ -182,24 +165,10 @@ def read_state(path: Path) -> tuple[Any, dict[str, Any]]:
     TwinError
         Naming the file: missing, not HDF5, another format or version, or damaged.
     """
-    import h5py
-
+    arrays, attrs = read_prepared_state(path)
     try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v)
-                     for k, v in f.attrs.items()}
-            if attrs.get("format") != STATE_FORMAT:
-                raise TwinError(f"{path}: not a twinhpc preprocessing state (attribute 'format' is "
-                                f"{attrs.get('format')!r})")
-            if attrs.get("version") != STATE_VERSION:
-                raise TwinError(f"{path}: state version {attrs.get('version')} is not supported "
-                                f"(this twinhpc reads {STATE_VERSION})")
-            arrays = {name: (np.array(ds.asstr()[()], dtype=object) if h5py.check_string_dtype(ds.dtype)
-                             else ds[()]) for name, ds in f.items()}
         transform = KINDS[attrs["kind"]].from_state(arrays, json.loads(attrs["settings"]))
-    except TwinError:
-        raise
-    except (OSError, KeyError, ValueError) as e:
+    except (KeyError, ValueError) as e:
         raise TwinError(f"{path}: unreadable preprocessing state ({type(e).__name__}: {e})") from None
     return transform, attrs
 

@@ -28,8 +28,9 @@ Note:
 
 Note:
     ``state()`` returns the fitted arrays and settings of a transform, ``from_state`` rebuilds
-    it; :mod:`.prepared` stores them in ``state.h5`` (arrays as datasets, settings as the JSON
-    attribute ``settings``), so each transform owns the meaning of its own state.
+    it; :mod:`.prepared` stores them in ``state.h5`` (:mod:`twinhpc.io.prepared_state`: arrays
+    as datasets, settings as the JSON attribute ``settings``), so each transform owns the
+    meaning of its own state.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy as np
 from ..data.format import FieldSpec
 from ..kernels import text as ktext
 from ..kernels.image import augment_params, normalize_augment
+from ..pretrained import minilm_tokenizer, vocab_size
 
 Batch = Mapping[str, np.ndarray]
 
@@ -208,8 +210,6 @@ class MiniLM:
 
     def encode(self, batch: Batch) -> dict[str, np.ndarray]:
         if self._tokenize is None:
-            from ..models.minilm import minilm_tokenizer
-
             self._tokenize = minilm_tokenizer(self.max_len)
         return {"ids": self._tokenize(list(batch[self.field])).numpy().astype(np.int32)}
 
@@ -217,8 +217,6 @@ class MiniLM:
         return _torch().from_numpy(batch["ids"].astype(np.int64))
 
     def model_defaults(self) -> dict[str, Any]:
-        from ..models.minilm import vocab_size
-
         return {"vocab_size": vocab_size(), "max_len": self.max_len, "block_size": self.max_len}
 
     def state(self):

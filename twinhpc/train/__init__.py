@@ -9,10 +9,11 @@
 
 Modules: :mod:`.loop` (the loop), :mod:`.run` (a run's state and the work between its steps),
 :mod:`.model` (the job's model, its structure checked against the data), :mod:`.optim`
-(optimizers, schedules, clipping), :mod:`.losses` (losses and metrics), :mod:`.evaluate`
-(distributed evaluation), :mod:`.predict` (distributed inference and validation of a
-checkpoint), :mod:`.signals` (SIGUSR2/SIGTERM → checkpoint → requeue), :mod:`.device`.
-``docs/training.md`` is the user-facing description.
+(optimizers, schedules, clipping), :mod:`.losses` (losses and metrics), :mod:`.metrics` (the
+classification and regression reports, numpy only), :mod:`.evaluate` (distributed evaluation),
+:mod:`.predict` (distributed inference and validation of a checkpoint), :mod:`.signals`
+(SIGUSR2/SIGTERM → checkpoint → requeue), :mod:`.device`. ``docs/training.md`` is the
+user-facing description.
 """
 
 from .loop import train

@@ -28,9 +28,9 @@ import torch
 
 from ..config import Job
 from ..data.loader import ShardedLoader
-from ..io.results import confusion_report, regression_report
 from .device import to_device
 from .losses import make_loss, metric_value, predictions
+from .metrics import confusion_report, regression_report
 
 #: epoch whose permutation evaluation reads (any fixed number would do)
 EVAL_EPOCH = 0

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TwinError
-from ..io.results import confusion_report, regression_report
+from .metrics import confusion_report, regression_report
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
