@@ -86,7 +86,8 @@ import torch
 from torch import nn
 
 from ..errors import TwinError
-from .buckets import DEFAULT_BUCKET_CAP_MB, assign_buckets
+from ..config.defaults import BUCKET_CAP_MB
+from .buckets import assign_buckets
 from .timeline import Timeline, now_us
 
 _MIB = 1 << 20
@@ -158,7 +159,8 @@ class DataParallel(nn.Module):
         overwritten with rank 0's at construction.
     engine : the :class:`~twinhpc.comm.engine.Engine` to communicate with; ``None`` creates one
         over ``COMM_WORLD`` (closed by :meth:`close`).
-    bucket_cap_mb : the most MiB of gradients per bucket (see :mod:`twinhpc.comm.buckets`).
+    bucket_cap_mb : the most MiB of gradients per bucket (default
+        :data:`twinhpc.config.defaults.BUCKET_CAP_MB`; see :mod:`twinhpc.comm.buckets`).
     wire_dtype : ``None`` (gradients travel in their own dtype), ``torch.bfloat16`` or
         ``torch.float16``: gradients are cast for the all-reduce (the engine accumulates in
         float32) and back. Halves the bytes; the accuracy cost is in docs/data-parallel.md.
@@ -181,7 +183,7 @@ class DataParallel(nn.Module):
     by every rank. ``forward`` is the wrapped module's.
     """
 
-    def __init__(self, module: nn.Module, engine=None, bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+    def __init__(self, module: nn.Module, engine=None, bucket_cap_mb: float = BUCKET_CAP_MB,
                  wire_dtype: torch.dtype | None = None, timeline: str | Path | None = None,
                  overlap: bool | None = None):
         super().__init__()
