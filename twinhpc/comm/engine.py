@@ -112,6 +112,8 @@ class Handle(Generic[R]):
     """An operation enqueued on an :class:`Engine`; ``wait()`` returns its tensor(s)."""
 
     __slots__ = ("_work", "_result")
+    _work: _C.Work
+    _result: R
 
     def __init__(self, work: _C.Work, result: R):
         self._work = work
