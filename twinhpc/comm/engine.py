@@ -232,6 +232,7 @@ class Engine:
             core.abandon()
             raise
         _live[next(_serials)] = self
+
     # -- algorithm choice -----------------------------------------------------------------------
     def available_algorithms(self) -> list[str]:
         """The algorithms that can run on this communicator (``shm`` needs one node)."""
@@ -414,8 +415,9 @@ class Engine:
         return self._engine().allreduce(tensors, op == "avg", wire_dtype, name, code, blocking)
 
 
-#: engines not yet closed, by creation number; closed at exit (before mpi4py's own exit handler
-#: finalises MPI), the newest first: every rank then closes them in one order
+#: the engines of this process by creation number, held weakly; those still open at exit are closed
+#: then (before mpi4py's own exit handler finalises MPI), the newest first, so that every rank
+#: closes them in one order
 _live: weakref.WeakValueDictionary[int, Engine] = weakref.WeakValueDictionary()
 _serials = itertools.count()
 
