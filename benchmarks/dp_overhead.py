@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from twinhpc.bench import format_table, median
-from twinhpc.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from twinhpc.comm.ddp import DataParallel
 from twinhpc.comm.world import get_world
+from twinhpc.config.defaults import BUCKET_CAP_MB
 from twinhpc.io.bench_results import write_results
 
 DESCRIPTION = f"""\
@@ -57,7 +57,7 @@ writes FOLDER/dp_overhead.h5 (FOLDER/dp_overhead_resnet18.h5 for --model resnet1
 columns of the JSON rows) and the settings as attributes.
 
 example:
-  mpirun -n 2 python benchmarks/dp_overhead.py --bucket-cap-mb 1,5,{DEFAULT_BUCKET_CAP_MB:g},100 --wire-dtype float32,bfloat16
+  mpirun -n 2 python benchmarks/dp_overhead.py --bucket-cap-mb 1,5,{BUCKET_CAP_MB:g},100 --wire-dtype float32,bfloat16
   mpirun -n 2 python benchmarks/dp_overhead.py --overlap auto,on,off --bucket-cap-mb 4,25
 """
 
@@ -76,8 +76,8 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, help="samples per rank per step (default: mlp 64, resnet18 8)")
     p.add_argument("--steps", type=int, default=10, help="steps per measurement (default 10)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported (default 5)")
-    p.add_argument("--bucket-cap-mb", default=f"{DEFAULT_BUCKET_CAP_MB:g}", metavar="CAPS",
-                   help=f"comma-separated bucket caps in MiB to measure (default {DEFAULT_BUCKET_CAP_MB:g}, "
+    p.add_argument("--bucket-cap-mb", default=f"{BUCKET_CAP_MB:g}", metavar="CAPS",
+                   help=f"comma-separated bucket caps in MiB to measure (default {BUCKET_CAP_MB:g}, "
                         f"the library default)")
     p.add_argument("--wire-dtype", default="float32", metavar="DTYPES",
                    help=f"comma-separated wire dtypes among {', '.join(WIRE_DTYPES)} (default float32)")
@@ -231,7 +231,7 @@ def report(args, rows: list[dict]) -> str:
                "step_s_comm": ".4f",
                "step_s_nocomm": ".4f", "ratio": ".3f", "ratio_min": ".3f", "ratio_max": ".3f",
                "wait_s": ".4f", "max_rel_diff": ".2e"}
-    default = [r for r in rows if r["wire_dtype"] == "float32" and r["bucket_cap_mb"] == DEFAULT_BUCKET_CAP_MB
+    default = [r for r in rows if r["wire_dtype"] == "float32" and r["bucket_cap_mb"] == BUCKET_CAP_MB
                and r["overlap_setting"] == "auto"]
     lines = [head, format_table(rows, formats),
              f"memcpy of {r0['bytes'] / 1e6:.1f} MB on every rank at once: {r0['memcpy_s'] * 1e3:.2f} ms "
@@ -240,7 +240,7 @@ def report(args, rows: list[dict]) -> str:
              f"without communication"]
     if default:
         ratio = default[0]["ratio"]
-        lines.append(f"float32, default cap {DEFAULT_BUCKET_CAP_MB:g} MiB, overlap auto: ratio {ratio:.3f} "
+        lines.append(f"float32, default cap {BUCKET_CAP_MB:g} MiB, overlap auto: ratio {ratio:.3f} "
                      f"(target <= {TARGET:.2f} on 2 ranks): {'PASS' if ratio <= TARGET else 'FAIL'}")
     return "\n".join(lines)
 
@@ -251,7 +251,7 @@ def save(args, rows: list[dict]) -> str:
                      for r in rows if r["wire_dtype"] == wire] for wire in args.wires}
     attrs = {"impl": "twinhpc", "model": describe(args), "batch_per_rank": args.batch,
              "steps": args.steps, "rounds": args.rounds, "threads_per_rank": 1, "target_ratio": TARGET,
-             "default_bucket_cap_mb": DEFAULT_BUCKET_CAP_MB,
+             "default_bucket_cap_mb": BUCKET_CAP_MB,
              "memcpy_s": rows[0]["memcpy_s"], "memcpy_gbps": rows[0]["memcpy_gbps"]}
     name = "dp_overhead.h5" if args.model == "mlp" else f"dp_overhead_{args.model}.h5"
     return str(write_results(f"{args.results}/{name}", tables, attrs).absolute())

@@ -12,12 +12,43 @@
 #include <chrono>
 #include <climits>
 #include <cstring>
+#include <iterator>
 
 #include "mpit.h"
 #include "reduce.h"
 
 namespace twinhpc {
 namespace {
+
+// How an all-reduce algorithm sums a host buffer (Engine::sum).
+enum class Method {
+  kMpiAllreduce,  // MPI_Allreduce on comm_, or on the algorithm's own communicator (variants_)
+  kRing,          // reduce-scatter + all-gather over MPI point-to-point (ring.h)
+  kShm,           // MPI-3 shared-memory window, all ranks on one node (shm.h)
+};
+
+// One all-reduce algorithm.
+struct AlgorithmSpec {
+  const char* name;     // its name in Python (twinhpc.comm.engine.ALGORITHMS) and in messages
+  Method method;        // how it sums
+  const char* openmpi;  // kMpiAllreduce: the Open MPI algorithm (mpit.h) forced on a communicator
+                        // of its own, when Open MPI's dynamic rules are enabled; nullptr: none,
+                        // whatever the MPI library picks
+};
+
+// Every all-reduce algorithm, in code order: an algorithm's code is its position (engine.h).
+constexpr AlgorithmSpec kAlgorithms[] = {
+    {"mpi", Method::kMpiAllreduce, nullptr},
+    {"ring", Method::kRing, nullptr},
+    {"shm", Method::kShm, nullptr},
+    {"mpi_recursive_doubling", Method::kMpiAllreduce, "recursive_doubling"},
+    {"mpi_ring", Method::kMpiAllreduce, "ring"},
+    {"mpi_segmented_ring", Method::kMpiAllreduce, "segmented_ring"},
+    {"mpi_rabenseifner", Method::kMpiAllreduce, "rabenseifner"},
+};
+constexpr int kNumAlgorithms = static_cast<int>(std::size(kAlgorithms));
+// The code of "mpi" (plain MPI_Allreduce): every size's algorithm until set_table().
+constexpr int kMpi = 0;
 
 // Elements per MPI call: MPI counts are int.
 constexpr int64_t kMaxMpiCount = int64_t{1} << 30;
@@ -54,10 +85,19 @@ const char* kind_name(OpKind k) {
   return "?";
 }
 
-const char* algorithm_name(int64_t a) {
-  static const char* names[kNumAlgorithms] = {"mpi", "ring", "shm", "mpi_recursive_doubling", "mpi_ring",
-                                              "mpi_segmented_ring", "mpi_rabenseifner"};
-  return a >= 0 && a < kNumAlgorithms ? names[a] : "?";
+const char* algorithm_name(int64_t a) { return a >= 0 && a < kNumAlgorithms ? kAlgorithms[a].name : "?"; }
+
+// Marks w done with the outcome (error "" on success) and wakes its waiters.
+void complete(Work& w, ErrorKind kind, const std::string& error) {
+  {
+    std::lock_guard<std::mutex> lock(w.mu);
+    w.error_kind = kind;
+    w.error = error.empty() ? "" : "twinhpc.Engine " + std::string(kind_name(w.kind)) + " '" + w.name +
+                                       "' (#" + std::to_string(w.index) + "): " + error;
+    w.timings.unpack_done = monotonic_us();
+    w.done = true;
+  }
+  w.cv.notify_all();
 }
 
 // "1000 float32 elements (wire bfloat16, avg, ring)": a signature in words.
@@ -94,23 +134,13 @@ at::Tensor flat_view(at::Tensor& bytes, int64_t n, at::ScalarType t, const at::T
   return bytes.narrow(0, 0, need).view(t);
 }
 
-// Open MPI's code of each variant in coll_tuned_allreduce_algorithm.
-int openmpi_code(int algorithm) {
-  switch (static_cast<Algorithm>(algorithm)) {
-    case Algorithm::kMpiRecursiveDoubling: return 3;
-    case Algorithm::kMpiRing: return 4;
-    case Algorithm::kMpiSegmentedRing: return 5;
-    case Algorithm::kMpiRabenseifner: return 6;
-    default: return 0;
-  }
-}
-
-// Duplicates of comm, one per MPI variant, each created while Open MPI's forced all-reduce
-// algorithm is that variant's (collective). All NULL unless, on every rank, this is Open MPI
-// with dynamic rules enabled and the algorithm variable writable (decided together, so a rank
-// whose environment differs cannot leave the others waiting in MPI_Comm_dup).
+// For each algorithm that forces one of Open MPI's (by code; NULL for the others), a duplicate of
+// comm created while Open MPI's forced all-reduce algorithm is that one (collective). All NULL
+// unless, on every rank, this is Open MPI with dynamic rules enabled and the algorithm variable
+// writable (decided together, so a rank whose environment differs cannot leave the others
+// waiting in MPI_Comm_dup).
 std::vector<MPI_Comm> mpi_variants(MPI_Comm comm) {
-  std::vector<MPI_Comm> out(kNumAlgorithms - kFirstMpiVariant, MPI_COMM_NULL);
+  std::vector<MPI_Comm> out(kNumAlgorithms, MPI_COMM_NULL);
   // MPI_T sessions are reference-counted: holding one across the calls below makes each
   // call's own init/finalize cheap (a fresh MPI_T_init_thread reads every MCA variable,
   // about 0.25 s each here).
@@ -128,9 +158,10 @@ std::vector<MPI_Comm> mpi_variants(MPI_Comm comm) {
   int everywhere = 0;
   MPI_Allreduce(&usable, &everywhere, 1, MPI_INT, MPI_LAND, comm);
   if (!everywhere) return out;
-  for (int a = kFirstMpiVariant; a < kNumAlgorithms; ++a) {
-    set_control_variable(algorithm_var, openmpi_code(a));
-    MPI_Comm_dup(comm, &out[a - kFirstMpiVariant]);
+  for (int a = 0; a < kNumAlgorithms; ++a) {
+    if (kAlgorithms[a].openmpi == nullptr) continue;
+    set_control_variable(algorithm_var, openmpi_allreduce_code(kAlgorithms[a].openmpi));
+    MPI_Comm_dup(comm, &out[a]);
   }
   set_control_variable(algorithm_var, previous);
   return out;
@@ -145,6 +176,12 @@ bool query_cuda_aware() {
 }
 
 }  // namespace
+
+std::vector<std::string> allreduce_algorithms() {
+  std::vector<std::string> names;
+  for (const AlgorithmSpec& a : kAlgorithms) names.emplace_back(a.name);
+  return names;
+}
 
 int64_t monotonic_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -195,12 +232,14 @@ Engine::Engine(MPI_Comm comm, double stall_timeout_s, int64_t segment_bytes, boo
   MPI_Comm_size(comm_, &size_);
   shm_ = SharedMemory::create(comm_, segment_bytes);
   cuda_aware_ = use_cuda_aware && query_cuda_aware();
-  table_ = {{INT64_MAX, static_cast<int>(Algorithm::kMpi)}};
+  table_ = {{INT64_MAX, kMpi}};
   stall_ = std::make_unique<StallInspector>(stall_comm_, stall_timeout_s);
   thread_ = std::thread([this] { loop(); });
 }
 
-Engine::~Engine() { close(); }
+// The ranks destroy their engines in whatever order their garbage collectors pick: no collective
+// here (abandon() does nothing after close()).
+Engine::~Engine() { abandon(); }
 
 void Engine::close() {
   {
@@ -208,12 +247,7 @@ void Engine::close() {
     if (closing_) return;
     closing_ = true;
   }
-  cv_.notify_all();
-  thread_.join();
-  {
-    std::unique_lock<std::mutex> lock(mu_);  // a blocking caller may still be running one
-    cv_.wait(lock, [this] { return !busy_; });
-  }
+  stop_thread();
   stall_.reset();
   shm_.reset();
   MPI_Comm_free(&stall_comm_);
@@ -221,6 +255,33 @@ void Engine::close() {
     if (c != MPI_COMM_NULL) MPI_Comm_free(&c);
   }
   MPI_Comm_free(&comm_);
+}
+
+void Engine::abandon() {
+  std::deque<std::shared_ptr<Work>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closing_) return;
+    closing_ = true;
+    dropped.swap(queue_);
+  }
+  for (const std::shared_ptr<Work>& w : dropped) {
+    complete(*w, ErrorKind::kRuntime, "not run: the engine was destroyed without close()");
+  }
+  stop_thread();
+  // Process-local: rank 0's polling thread stops and its receives are cancelled; another rank's
+  // arrival messages (small, sent eagerly) complete without rank 0.
+  stall_.reset();
+  // Freeing the windows and the communicators is collective: they are left to MPI_Finalize,
+  // and the SharedMemory object with them (its regions stay mapped).
+  static_cast<void>(shm_.release());
+}
+
+void Engine::stop_thread() {
+  cv_.notify_all();
+  thread_.join();  // after the operation it is running; a closing engine's loop runs what is queued
+  std::unique_lock<std::mutex> lock(mu_);  // a blocking caller may still be running one
+  cv_.wait(lock, [this] { return !busy_; });
 }
 
 void Engine::set_table(std::vector<std::pair<int64_t, int>> table) {
@@ -240,11 +301,11 @@ std::vector<std::pair<int64_t, int>> Engine::table() const {
 }
 
 bool Engine::has_algorithm(int algorithm) const {
-  if (algorithm == static_cast<int>(Algorithm::kShm)) return shm_ != nullptr || size_ == 1;
-  if (algorithm >= kFirstMpiVariant && algorithm < kNumAlgorithms) {
-    return variants_[algorithm - kFirstMpiVariant] != MPI_COMM_NULL;
-  }
-  return algorithm >= 0 && algorithm < kNumAlgorithms;
+  if (algorithm < 0 || algorithm >= kNumAlgorithms) return false;
+  const AlgorithmSpec& a = kAlgorithms[algorithm];
+  if (a.method == Method::kShm) return shm_ != nullptr || size_ == 1;
+  if (a.openmpi != nullptr) return variants_[algorithm] != MPI_COMM_NULL;
+  return true;
 }
 
 std::shared_ptr<Work> Engine::submit(std::shared_ptr<Work> work, bool blocking) {
@@ -349,12 +410,12 @@ std::shared_ptr<Work> Engine::allreduce(std::vector<at::Tensor> tensors, bool av
       invalid(ErrorKind::kValue, std::string("algorithm ") + algorithm_name(*algorithm) +
                                      " is not available on this communicator");
     } else {
-      w->algorithm = static_cast<Algorithm>(*algorithm);
+      w->algorithm = *algorithm;
     }
   } else {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = std::find_if(table_.begin(), table_.end(), [&](const auto& e) { return bytes <= e.first; });
-    w->algorithm = static_cast<Algorithm>(it == table_.end() ? table_.back().second : it->second);
+    w->algorithm = it == table_.end() ? table_.back().second : it->second;
   }
   // A single tensor in a shared region, summed in its own dtype, may be summed where it is
   // (if every rank's is at the same place: agree() decides). Not when an algorithm is forced.
@@ -438,15 +499,7 @@ void Engine::execute(Work& w) {
   for (at::Tensor& t : w.tensors) {
     if (t.defined() && error.empty()) t.unsafeGetTensorImpl()->bump_version();
   }
-  {
-    std::lock_guard<std::mutex> lock(w.mu);
-    w.error_kind = kind;
-    w.error = error.empty() ? "" : "twinhpc.Engine " + std::string(kind_name(w.kind)) + " '" + w.name +
-                                       "' (#" + std::to_string(w.index) + "): " + error;
-    w.timings.unpack_done = monotonic_us();
-    w.done = true;
-  }
-  w.cv.notify_all();
+  complete(w, kind, error);
 }
 
 void Engine::check_mpi(int code, const char* what) {
@@ -464,7 +517,7 @@ void Engine::agree(Work& w) {
   mine.dtype = static_cast<int64_t>(w.dtype);
   mine.wire = static_cast<int64_t>(w.wire);
   mine.average = w.average;
-  mine.algorithm = static_cast<int64_t>(w.algorithm);
+  mine.algorithm = w.algorithm;
   mine.root = w.root;
   mine.invalid_kind = static_cast<int64_t>(w.invalid_kind);
   mine.region = w.region;
@@ -555,16 +608,12 @@ void Engine::run(Work& w) {
   }
 }
 
-void Engine::sum(void* buf, int64_t n, at::ScalarType t, Algorithm a) {
+void Engine::sum(void* buf, int64_t n, at::ScalarType t, int algorithm) {
   if (n == 0) return;  // (one rank never gets here: run() returns its input as it is)
-  switch (a) {
-    case Algorithm::kMpi:
-    case Algorithm::kMpiRecursiveDoubling:
-    case Algorithm::kMpiRing:
-    case Algorithm::kMpiSegmentedRing:
-    case Algorithm::kMpiRabenseifner: {
-      const int v = static_cast<int>(a) - kFirstMpiVariant;
-      MPI_Comm comm = v >= 0 ? variants_[v] : comm_;
+  const AlgorithmSpec& a = kAlgorithms[algorithm];
+  switch (a.method) {
+    case Method::kMpiAllreduce: {
+      MPI_Comm comm = a.openmpi != nullptr ? variants_[algorithm] : comm_;
       for (int64_t lo = 0; lo < n; lo += kMaxMpiCount) {
         const int64_t m = std::min(kMaxMpiCount, n - lo);
         check_mpi(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(buf) + lo * c10::elementSize(t),
@@ -573,10 +622,10 @@ void Engine::sum(void* buf, int64_t n, at::ScalarType t, Algorithm a) {
       }
       return;
     }
-    case Algorithm::kRing:
+    case Method::kRing:
       check_mpi(ring_.allreduce(comm_, buf, n, t), "the ring all-reduce");
       return;
-    case Algorithm::kShm:
+    case Method::kShm:
       shm_->allreduce(buf, n, t);
       return;
   }
@@ -636,7 +685,7 @@ void Engine::run_allreduce(Work& w) {
       offset += t.numel();
     }
   }
-  const bool staged = !(cuda_aware_ && (w.algorithm == Algorithm::kMpi || static_cast<int>(w.algorithm) >= kFirstMpiVariant));
+  const bool staged = !(cuda_aware_ && kAlgorithms[w.algorithm].method == Method::kMpiAllreduce);
   at::Tensor host = flat;
   if (staged) {
     host = flat_view(staging_, w.numel, w.wire, at::TensorOptions().device(at::kCPU).pinned_memory(true));

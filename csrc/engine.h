@@ -41,20 +41,10 @@
 
 namespace twinhpc {
 
-// How a buffer is summed across ranks.
-enum class Algorithm : int {
-  kMpi = 0,   // MPI_Allreduce (whatever the MPI library picks)
-  kRing = 1,  // ring reduce-scatter + all-gather over MPI point-to-point (ring.h)
-  kShm = 2,   // MPI-3 shared-memory window, one node only (shm.h)
-  // MPI_Allreduce with one of Open MPI's algorithms forced on a communicator of its own
-  // (available when Open MPI's dynamic rules were enabled before MPI_Init; see mpit.h).
-  kMpiRecursiveDoubling = 3,
-  kMpiRing = 4,
-  kMpiSegmentedRing = 5,
-  kMpiRabenseifner = 6,
-};
-constexpr int kNumAlgorithms = 7;
-constexpr int kFirstMpiVariant = 3;
+// The names of the all-reduce algorithms (how a buffer is summed across ranks), from the one
+// table in engine.cpp. An algorithm's code -- in Work, the signature exchange, set_table() and
+// Python's calls -- is its position in this list; "mpi" (code 0) is MPI_Allreduce.
+std::vector<std::string> allreduce_algorithms();
 
 enum class OpKind : int { kAllreduce = 0, kBroadcast = 1, kBarrier = 2 };
 
@@ -81,7 +71,7 @@ struct Work {
   at::ScalarType dtype = at::kFloat;   // the tensors' dtype
   at::ScalarType wire = at::kFloat;    // the dtype summed across ranks
   int64_t numel = 0;                   // elements of all tensors together
-  Algorithm algorithm = Algorithm::kMpi;  // how the sum is computed
+  int algorithm = 0;                   // how the sum is computed (a code of allreduce_algorithms())
   int root = 0;                        // broadcast: the rank whose tensor is sent
   int64_t region = -1;                 // the shared region holding the tensor (-1: none)
   int64_t region_offset = 0;           // its byte offset there
@@ -113,7 +103,8 @@ class Engine {
   // use_cuda_aware: hand device pointers to MPI when it reports CUDA support (false: always stage
   // through pinned host memory)
   Engine(MPI_Comm comm, double stall_timeout_s, int64_t segment_bytes, bool use_cuda_aware = true);
-  ~Engine();  // close()
+  // Of an engine that was closed: nothing left to do. Of one that never was: abandon().
+  ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
@@ -142,9 +133,17 @@ class Engine {
   // variants: Open MPI with dynamic rules enabled).
   bool has_algorithm(int algorithm) const;
 
-  // Runs what is queued, stops the thread, frees the communicators. Idempotent. Call without
-  // the GIL.
+  // Runs what is queued, stops the thread, frees the communicators and the shared memory.
+  // Collective (every rank closes its engine); idempotent. Call without the GIL.
   void close();
+  // For an engine that is not closed and never will be (garbage collection, the destructor):
+  // releases what this process alone holds, never calling a collective, since the ranks may
+  // get here in different orders or not at all. Operations still queued fail without running;
+  // the one running finishes first; the thread and rank 0's stall inspector stop; the
+  // communicators and shared-memory windows stay allocated (tensors from shared_buffer() stay
+  // valid) until MPI_Finalize. Afterwards the engine refuses work and close() does nothing.
+  // Idempotent; does nothing after close(). Call without the GIL.
+  void abandon();
 
   int rank() const { return rank_; }
   int size() const { return size_; }
@@ -160,12 +159,14 @@ class Engine {
   void run(Work& w);              // one operation; throws on failure
   void agree(Work& w);            // the signature exchange (step 2)
   void run_allreduce(Work& w);    // steps 3-5
-  void sum(void* buf, int64_t n, at::ScalarType t, Algorithm a);  // step 4 on a host buffer
+  void sum(void* buf, int64_t n, at::ScalarType t, int algorithm);  // step 4 on a host buffer
   void check_mpi(int code, const char* what);
+  void stop_thread();  // wake the thread, join it, wait for a blocking caller's operation
 
   MPI_Comm comm_ = MPI_COMM_NULL;        // the operations' duplicate of the caller's communicator
   MPI_Comm stall_comm_ = MPI_COMM_NULL;  // the stall inspector's duplicate
-  // variants_[a - kFirstMpiVariant]: duplicates of comm_ with MPI algorithm a forced (NULL if unavailable)
+  // variants_[a]: for an algorithm a that forces one of Open MPI's, a duplicate of comm_ created
+  // with it forced (NULL for the others, and where unavailable)
   std::vector<MPI_Comm> variants_;
   int rank_ = 0;                         // this process's rank in comm_
   int size_ = 1;                         // ranks in comm_
@@ -182,7 +183,7 @@ class Engine {
   std::deque<std::shared_ptr<Work>> queue_;  // operations not yet taken by the thread
   std::vector<std::pair<int64_t, int>> table_;  // algorithm per size (set_table)
   int64_t next_index_ = 0;               // index of the next enqueued operation
-  bool closing_ = false;                 // close() was called: no more operations
+  bool closing_ = false;                 // close() or abandon() was called: no more operations
   bool busy_ = false;                    // an operation is running (on the thread or a caller)
   std::thread thread_;                   // runs loop()
 };

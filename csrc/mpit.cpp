@@ -50,6 +50,20 @@ struct ControlVariable {
 
 }  // namespace
 
+const std::vector<std::pair<int, std::string>>& openmpi_allreduce_algorithms() {
+  static const std::vector<std::pair<int, std::string>> algorithms = {
+      {1, "basic_linear"}, {2, "nonoverlapping"}, {3, "recursive_doubling"},
+      {4, "ring"},         {5, "segmented_ring"}, {6, "rabenseifner"}};
+  return algorithms;
+}
+
+int openmpi_allreduce_code(const std::string& name) {
+  for (const auto& [code, known] : openmpi_allreduce_algorithms()) {
+    if (known == name) return code;
+  }
+  return 0;
+}
+
 std::string set_control_variable(const std::string& name, int value) {
   ControlVariable cvar(name);
   if (!cvar.error.empty()) return cvar.error;

@@ -8,8 +8,16 @@
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace twinhpc {
+
+// Open MPI's all-reduce algorithms as `coll_tuned_allreduce_algorithm` numbers them:
+// (code, name) pairs in increasing code, from 1 (0 lets Open MPI decide).
+const std::vector<std::pair<int, std::string>>& openmpi_allreduce_algorithms();
+// The code of Open MPI's all-reduce algorithm `name` (one of the above); 0 if unknown.
+int openmpi_allreduce_code(const std::string& name);
 
 // Sets the integer control variable `name` (with no object binding) to `value`. Returns ""
 // on success, else why not (unknown name, read-only, not an integer, no MPI_T).

@@ -162,10 +162,17 @@ void bind_engine(py::module& m) {
       .def("table", &Engine::table)
       .def("has_algorithm", &Engine::has_algorithm, py::arg("algorithm"))
       .def("close", &Engine::close, py::call_guard<py::gil_scoped_release>())
+      .def("abandon", &Engine::abandon, py::call_guard<py::gil_scoped_release>(),
+           "Release what this process alone holds, with no collective (an engine never closed).")
       .def_property_readonly("rank", &Engine::rank)
       .def_property_readonly("size", &Engine::size)
       .def_property_readonly("cuda_aware", &Engine::cuda_aware,
                              "Whether CUDA tensors go to MPI as device pointers (else staged in host memory).");
+  m.def("allreduce_algorithms", &allreduce_algorithms,
+        "The all-reduce algorithms' names; an algorithm's code (Engine.allreduce, set_table, "
+        "has_algorithm) is its position.");
+  m.def("openmpi_allreduce_algorithms", &openmpi_allreduce_algorithms,
+        "Open MPI's all-reduce algorithms as (code, name): the values of coll_tuned_allreduce_algorithm.");
   m.def("reduce_into", &reduce_into_py, py::arg("inout"), py::arg("in"),
         "inout += in with the engine's kernel (16-bit floats summed in float32).");
   m.def("reduce_many", &reduce_many_py, py::arg("dst"), py::arg("srcs"),

@@ -43,7 +43,8 @@ class SharedMemory {
   // Collective over comm. Returns nullptr when comm spans more than one node (the window
   // needs every rank's memory mapped in every process).
   static std::unique_ptr<SharedMemory> create(MPI_Comm comm, int64_t slot_bytes);
-  // Frees the windows (collective: every rank destroys its engine). A region whose tensor (or a
+  // Frees the windows: collective, run when every rank closes its engine (an engine destroyed
+  // unclosed leaves this object alive instead: Engine::abandon). A region whose tensor (or a
   // view of it) is still referenced on some rank is not freed but left mapped until the process
   // ends, so that a tensor kept past Engine.close() never points at unmapped memory.
   ~SharedMemory();

@@ -18,7 +18,7 @@ and return tensors like the ops, and never modify their arguments.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -54,18 +54,21 @@ def _load() -> ModuleType:
 
 def _register_fakes() -> None:
     """Shape-only kernels, so the ops work under torch.compile and FakeTensor tracing."""
+    torch.library.register_fake("twinhpc::pack", _fake_pack)
+    torch.library.register_fake("twinhpc::unpack", _fake_unpack)
+    torch.library.register_fake("twinhpc::scale_", _fake_scale)
 
-    @torch.library.register_fake("twinhpc::pack")
-    def _(tensors, dtype=None):
-        return tensors[0].new_empty(sum(t.numel() for t in tensors), dtype=dtype or tensors[0].dtype)
 
-    @torch.library.register_fake("twinhpc::unpack")
-    def _(flat, outs, scale=1.0):
-        return None
+def _fake_pack(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    return tensors[0].new_empty(sum(t.numel() for t in tensors), dtype=dtype or tensors[0].dtype)
 
-    @torch.library.register_fake("twinhpc::scale_")
-    def _(t, factor):
-        return None
+
+def _fake_unpack(flat: torch.Tensor, outs: list[torch.Tensor], scale: float = 1.0) -> None:
+    return None
+
+
+def _fake_scale(t: torch.Tensor, factor: float) -> None:
+    return None
 
 
 def available() -> bool:
@@ -77,7 +80,7 @@ def available() -> bool:
     return True
 
 
-def build_info() -> dict:
+def build_info() -> dict[str, Any]:
     """How the extension was built.
 
     Returns
@@ -126,7 +129,8 @@ def pack(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> t
     _load()
     if len(tensors) == 0:
         raise ValueError("twinhpc.pack: no tensors given")
-    return torch.ops.twinhpc.pack(list(tensors), dtype)
+    packed: torch.Tensor = torch.ops.twinhpc.pack(list(tensors), dtype)
+    return packed
 
 
 def pack_reference(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -230,8 +234,8 @@ def _cast(x: np.ndarray, src: torch.dtype, dst: torch.dtype, scale: float) -> np
     """``dst(acc(x) * acc(scale))`` with the kernels' arithmetic type ``acc``; a copy if nothing changes."""
     if src == dst and scale == 1.0:
         return x.copy()
-    acc = np.float64 if torch.float64 in (src, dst) else np.float32
-    y = x.astype(acc) * acc(scale)
+    acc: type[np.floating[Any]] = np.float64 if torch.float64 in (src, dst) else np.float32
+    y: np.ndarray = np.multiply(x.astype(acc), acc(scale))
     if dst == torch.float16:
         return y.astype(np.float32).astype(np.float16)
     if dst == torch.bfloat16:

@@ -4,6 +4,8 @@ Every rank's input is a function of its rank, so every rank computes the expecte
 Runs unchanged under plain pytest (1 rank) and ``mpirun -n N python tests/run_mpi.py``.
 """
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,8 @@ if not ops.available():
     pytest.skip(f"the compiled extension twinhpc._C is not built; {ops.BUILD_HINT}", allow_module_level=True)
 
 from twinhpc.comm import tuning  # noqa: E402
-from twinhpc.comm.engine import ALGORITHMS, ALL_SIZES, Engine  # noqa: E402
+from twinhpc.comm.engine import ALGORITHMS, Engine  # noqa: E402
+from twinhpc.comm.tuning import ALL_SIZES  # noqa: E402
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 DTYPES = FLOATS + (torch.int32, torch.int64)
@@ -299,6 +302,29 @@ def test_shared_buffer_ten_million_elements(world, engine):
         view.copy_(pattern + world.rank)
         engine.allreduce_(view)
         assert torch.equal(view, pattern * world.size + sum(range(world.size)))
+
+    collective(world, body)
+
+
+def test_a_leaked_engine_frees_nothing_collectively(world):
+    """Ranks collect garbage at different moments: an engine collected unclosed warns and frees
+    only what its process holds. Each rank in turn drops its engine while the others wait in a
+    barrier elsewhere, where a collective free (of its shared memory or communicators) would
+    wait for them forever. Its shared memory stays usable."""
+    def body():
+        eng = Engine(world.comm, stall_timeout=120, algorithm="mpi")
+        kept = eng.shared_buffer(4 * 1000).view(torch.float32)
+        kept.fill_(world.rank + 1)
+        eng.allreduce_(kept)
+        for turn in range(world.size):
+            if turn == world.rank:
+                with pytest.warns(ResourceWarning, match=f"unclosed <twinhpc.Engine rank {world.rank} of {world.size}"):
+                    del eng
+                    gc.collect()
+            world.barrier()
+        assert torch.all(kept == world.size * (world.size + 1) / 2)
+        kept.add_(1)
+        assert torch.all(kept == world.size * (world.size + 1) / 2 + 1)
 
     collective(world, body)
 

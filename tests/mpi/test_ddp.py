@@ -31,7 +31,7 @@ def engine(world):
     from twinhpc.comm.engine import Engine
 
     torch.set_num_threads(1)
-    eng = Engine(comm=world.comm)
+    eng = Engine(comm=world.comm, stall_timeout=120)
     yield eng
     eng.close()
 

@@ -1,7 +1,9 @@
 """The engine's parts on one process: reduction kernels against numpy, the tuning cache, and
 the engine over MPI.COMM_SELF (a world of one)."""
 
+import gc
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ if not ops.available():
 from mpi4py import MPI  # noqa: E402
 
 from twinhpc.comm import tuning  # noqa: E402
-from twinhpc.comm.engine import ALL_SIZES, Engine  # noqa: E402
+from twinhpc.comm.engine import Engine  # noqa: E402
+from twinhpc.comm.tuning import ALL_SIZES  # noqa: E402
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 DTYPES = FLOATS + (torch.int32, torch.int64)
@@ -170,6 +173,58 @@ def test_closed_engine_refuses_work_and_closes_twice():
     eng.close()
     with pytest.raises(RuntimeError, match="closed"):
         eng.allreduce_(torch.ones(2))
+
+
+class CoreSpy:
+    """The compiled engine, recording which of close() and abandon() is called."""
+
+    def __init__(self, core, calls: list):
+        self._core, self._calls = core, calls
+
+    def __getattr__(self, name):
+        if name in ("close", "abandon"):
+            self._calls.append(name)
+        return getattr(self._core, name)
+
+
+def test_a_leaked_engine_warns_and_frees_nothing_collectively():
+    """Ranks collect garbage in different orders, so an engine collected unclosed must not
+    free its communicators and shared memory (collective): it warns, naming itself, and
+    releases only this process's part (abandon), never close()."""
+    calls = []
+    eng = Engine(MPI.COMM_SELF, algorithm="mpi")
+    eng._core = CoreSpy(eng._core, calls)
+    with pytest.warns(ResourceWarning, match=r"unclosed <twinhpc.Engine rank 0 of 1, algorithm 'mpi', open>"):
+        del eng
+        gc.collect()
+    assert calls == ["abandon"]
+
+
+def test_a_closed_engine_is_collected_silently():
+    calls = []
+    with Engine(MPI.COMM_SELF, algorithm="mpi") as eng:
+        eng._core = CoreSpy(eng._core, calls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del eng
+        gc.collect()
+    assert calls == ["close"]
+
+
+def test_abandoning_fails_what_is_still_queued_and_refuses_new_work():
+    """abandon() (garbage collection of an unclosed engine) runs nothing more: each queued
+    operation either ran before it or fails without running; none is left waiting."""
+    eng = Engine(MPI.COMM_SELF, algorithm="mpi")
+    handles = [eng.allreduce_async_(torch.ones(100), name=f"op{k}") for k in range(200)]
+    eng._core.abandon()
+    for h in handles:
+        try:
+            assert torch.equal(h.wait(), torch.ones(100))
+        except RuntimeError as e:
+            assert f"'{h.name}' (#{h.index}): not run: the engine was destroyed without close()" in str(e)
+    with pytest.raises(RuntimeError, match="closed"):
+        eng.allreduce_(torch.ones(2))
+    eng.close()  # nothing left to do
 
 
 VARIANTS_SCRIPT = """

@@ -52,9 +52,6 @@ from . import format_table, median
 
 DEFAULT_MIN_BYTES = 4 << 10
 DEFAULT_MAX_BYTES = 64 << 20
-#: Open MPI's all-reduce algorithms (coll_tuned_allreduce_algorithm), measured as mpi4py:<name>
-OPENMPI_ALGORITHMS = {1: "basic_linear", 2: "nonoverlapping", 3: "recursive_doubling", 4: "ring",
-                      5: "segmented_ring", 6: "rabenseifner"}
 #: seconds each timed batch of calls should last (fewer calls for big messages)
 BATCH_SECONDS = 0.05
 #: the benchmark's targets: core/mpi4py for messages >= TARGET_MIN_BYTES, and core/best MPI
@@ -98,7 +95,7 @@ def _mpi4py_impls(world: World, forced: bool) -> list[_Impl]:
     if not forced or "Open MPI" not in MPI.Get_library_version():
         return impls
     core = ops._load()
-    for code, name in OPENMPI_ALGORITHMS.items():
+    for code, name in core.openmpi_allreduce_algorithms():  # coll_tuned_allreduce_algorithm's values
         if core.set_control_variable("coll_tuned_allreduce_algorithm", code):
             break  # not writable here: no forced rows
         comm = world.comm.Dup()

@@ -7,10 +7,12 @@ so that commands which only need the MPI world do not import torch.
 
 from __future__ import annotations
 
+from typing import Any
+
 _LAZY = {"DataParallel": "ddp", "Engine": "engine", "Handle": "engine", "World": "world", "get_world": "world"}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 

@@ -2,9 +2,9 @@
 
 A *bucket* is a group of gradients that is packed into one buffer and all-reduced as one
 message. Fewer, larger messages amortise the per-message latency; smaller buckets start
-earlier during backward and so overlap more of it. The cap between the two is
-:data:`DEFAULT_BUCKET_CAP_MB`, chosen with ``benchmarks/dp_overhead.py`` (the measurements are in
-``docs/data-parallel.md``).
+earlier during backward and so overlap more of it. The default cap between the two,
+:data:`twinhpc.config.defaults.BUCKET_CAP_MB` (also the job file's ``train.bucket_cap_mb``), was
+chosen with ``benchmarks/dp_overhead.py`` (the measurements are in ``docs/data-parallel.md``).
 
 Note:
     The policy is PyTorch DDP's, kept in plain Python and free of MPI so that it can be read and
@@ -28,9 +28,6 @@ Note:
 from __future__ import annotations
 
 from typing import Hashable, Sequence
-
-#: default bucket cap in MiB (from ``benchmarks/dp_overhead.py --bucket-cap-mb``; see docs/data-parallel.md)
-DEFAULT_BUCKET_CAP_MB = 25.0
 
 
 def assign_buckets(nbytes: Sequence[int], cap_bytes: int,

@@ -80,14 +80,19 @@ from __future__ import annotations
 import hashlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
+from ..config.defaults import BUCKET_CAP_MB
 from ..errors import TwinError
-from .buckets import DEFAULT_BUCKET_CAP_MB, assign_buckets
+from .buckets import assign_buckets
 from .timeline import Timeline, now_us
+
+if TYPE_CHECKING:
+    from .engine import Engine, Handle
 
 _MIB = 1 << 20
 
@@ -100,7 +105,8 @@ class _Bucket:
         self.index = index
         self.params = params
         self.nbytes = sum(p.numel() * p.element_size() for p in params)
-        self.flat = flat             # the bucket's gradients, contiguous; summed in place
+        self.flat: torch.Tensor | None = flat  # the bucket's gradients, contiguous; summed in place
+                                               # (None after DataParallel.close())
         self.views: list[torch.Tensor] = []  # views[i]: params[i]'s gradient inside flat
         offset = 0
         for p in params:
@@ -126,7 +132,7 @@ def _as_view(p: nn.Parameter, view: torch.Tensor) -> None:
     p.grad = view
 
 
-def _bucket_storage(engine, buckets_params: list[list[nn.Parameter]]) -> list[torch.Tensor]:
+def _bucket_storage(engine: Engine, buckets_params: list[list[nn.Parameter]]) -> list[torch.Tensor]:
     """One flat buffer per bucket, carved from one allocation per device: for CPU buckets the
     engine's shared-memory buffer (summed in place with nothing copied), else device memory.
     Each bucket starts on a 64-byte boundary."""
@@ -135,7 +141,7 @@ def _bucket_storage(engine, buckets_params: list[list[nn.Parameter]]) -> list[to
 
     sizes = [sum(p.numel() * p.element_size() for p in ps) for ps in buckets_params]
     devices = [ps[0].device for ps in buckets_params]
-    flats: list[torch.Tensor | None] = [None] * len(buckets_params)
+    flats: dict[int, torch.Tensor] = {}  # bucket index -> its buffer
     for device in dict.fromkeys(devices):  # each device once, in first-use order
         members = [k for k, d in enumerate(devices) if d == device]
         total = sum(aligned(sizes[k]) for k in members)
@@ -146,7 +152,7 @@ def _bucket_storage(engine, buckets_params: list[list[nn.Parameter]]) -> list[to
             dtype = buckets_params[k][0].dtype
             flats[k] = storage[offset:offset + sizes[k]].view(dtype)
             offset += aligned(sizes[k])
-    return flats
+    return [flats[k] for k in range(len(buckets_params))]
 
 
 class DataParallel(nn.Module):
@@ -158,7 +164,8 @@ class DataParallel(nn.Module):
         overwritten with rank 0's at construction.
     engine : the :class:`~twinhpc.comm.engine.Engine` to communicate with; ``None`` creates one
         over ``COMM_WORLD`` (closed by :meth:`close`).
-    bucket_cap_mb : the most MiB of gradients per bucket (see :mod:`twinhpc.comm.buckets`).
+    bucket_cap_mb : the most MiB of gradients per bucket (default
+        :data:`twinhpc.config.defaults.BUCKET_CAP_MB`; see :mod:`twinhpc.comm.buckets`).
     wire_dtype : ``None`` (gradients travel in their own dtype), ``torch.bfloat16`` or
         ``torch.float16``: gradients are cast for the all-reduce (the engine accumulates in
         float32) and back. Halves the bytes; the accuracy cost is in docs/data-parallel.md.
@@ -181,7 +188,7 @@ class DataParallel(nn.Module):
     by every rank. ``forward`` is the wrapped module's.
     """
 
-    def __init__(self, module: nn.Module, engine=None, bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+    def __init__(self, module: nn.Module, engine: Engine | None = None, bucket_cap_mb: float = BUCKET_CAP_MB,
                  wire_dtype: torch.dtype | None = None, timeline: str | Path | None = None,
                  overlap: bool | None = None):
         super().__init__()
@@ -212,21 +219,21 @@ class DataParallel(nn.Module):
         self.overlap = bool(overlap)
         # CPU buckets reduced on the calling thread: all of them without overlap (in the hooks);
         # with overlap only the last, by synchronize(); the hooks launch the others
-        self._here = [b.flat.device.type == "cpu" and (not self.overlap or b is self.buckets[-1])
+        self._here = [b.params[0].device.type == "cpu" and (not self.overlap or b is self.buckets[-1])
                       for b in self.buckets]
         self._hook_launches = len(self.buckets) - int(self.overlap and bool(self.buckets) and self._here[-1])
         self.broadcast_state()
 
         self._sync = True          # False inside no_sync()
         self._next = 0             # the next bucket to launch
-        self._handles: list = []   # handles of the launched buckets, in launch order
-        self._hooks = []
+        self._handles: list[Handle[torch.Tensor]] = []  # handles of the launched buckets, in launch order
+        self._hooks: list[RemovableHandle] = []
         for bucket in self.buckets:
             for p, view in zip(bucket.params, bucket.views):
                 self._hooks.append(p.register_post_accumulate_grad_hook(
                     lambda p, bucket=bucket, view=view: self._grad_ready(bucket, p, view)))
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -279,6 +286,7 @@ class DataParallel(nn.Module):
             _as_view(p, view)
         if not bucket.first_ready_us:
             bucket.first_ready_us = now_us()
+        assert bucket.flat is not None, "DataParallel.close() was called"
         reduce = self.engine.allreduce_here_ if self._here[bucket.index] else self.engine.allreduce_async_
         self._handles.append(reduce(bucket.flat, op="avg", wire_dtype=self.wire_dtype, name=f"bucket{bucket.index}"))
         self._next += 1

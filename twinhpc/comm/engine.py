@@ -32,6 +32,15 @@ Errors:
     ``stall_timeout`` seconds makes rank 0 print the missing ranks and abort the job
     (``MPI_Abort``, non-zero exit).
 
+Closing:
+    :meth:`Engine.close` (or leaving a ``with Engine() as eng:`` block) is collective: every rank
+    closes its engine, in the same order as its other collectives. An engine that is garbage
+    collected unclosed cannot do that (ranks collect in different orders), so it emits a
+    ``ResourceWarning`` and releases only what its process holds: its thread stops, operations
+    still queued fail, and its communicators and shared memory stay allocated until MPI is
+    finalised. Engines still open at interpreter exit are closed then, in reverse order of
+    creation, before mpi4py finalises MPI.
+
 Note:
     The per-operation agreement costs one 256-byte-per-rank ``MPI_Allgather`` (a few
     microseconds on one node). Checking only the first time a bucket name is seen would be
@@ -43,16 +52,26 @@ Note:
 from __future__ import annotations
 
 import atexit
+import functools
+import itertools
 import os
+import warnings
 import weakref
-from typing import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Generic, Sequence, TypeVar
 
 import torch
 from mpi4py import MPI  # before the exit handler below: MPI must outlive the engines
 
-#: algorithm name -> the core's Algorithm value (csrc/engine.h)
-ALGORITHMS = {"mpi": 0, "ring": 1, "shm": 2, "mpi_recursive_doubling": 3, "mpi_ring": 4,
-              "mpi_segmented_ring": 5, "mpi_rabenseifner": 6}
+from ..config.defaults import STALL_TIMEOUT_S
+from .tuning import ALL_SIZES, algorithm_table
+
+if TYPE_CHECKING:
+    from .. import _C
+
+#: the all-reduce algorithms' names, in the order of their codes in the compiled core (the
+#: table in ``csrc/engine.cpp``); read from ``twinhpc._C`` on first use (see ``__getattr__``)
+ALGORITHMS: tuple[str, ...]
 #: reductions
 OPS = ("sum", "avg")
 #: environment variable overriding ``algorithm="auto"`` (a name of :data:`ALGORITHMS`)
@@ -62,26 +81,45 @@ ALGO_ENV = "TWINHPC_ALLREDUCE_ALGO"
 CUDA_AWARE_ENV = "TWINHPC_MPI_CUDA_AWARE"
 #: bytes per ring message and per shared-memory round (fits the last-level cache several times)
 DEFAULT_SEGMENT_BYTES = 512 << 10
-#: larger than any message: the table entry that covers every size
-ALL_SIZES = (1 << 63) - 1
 
 
-def _core():
+def _core() -> ModuleType:
+    """The compiled extension (loaded on first use; :class:`~twinhpc.errors.TwinError` if not built)."""
     from .. import ops
 
     return ops._load()
 
 
-class Handle:
+@functools.cache
+def _codes() -> dict[str, int]:
+    """Algorithm name -> its code in the compiled core."""
+    names: list[str] = _core().allreduce_algorithms()
+    return {name: code for code, name in enumerate(names)}
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # ALGORITHMS is read on first access, so that importing this module does not load the extension.
+    if name == "ALGORITHMS":
+        return tuple(_codes())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: what a handle's wait() returns: the tensor, or the list of tensors, given
+R = TypeVar("R", torch.Tensor, list[torch.Tensor])
+
+
+class Handle(Generic[R]):
     """An operation enqueued on an :class:`Engine`; ``wait()`` returns its tensor(s)."""
 
     __slots__ = ("_work", "_result")
+    _work: _C.Work
+    _result: R
 
-    def __init__(self, work, result):
+    def __init__(self, work: _C.Work, result: R):
         self._work = work
         self._result = result
 
-    def wait(self):
+    def wait(self) -> R:
         """Block until the operation is complete (the GIL is released meanwhile).
 
         Returns
@@ -113,6 +151,7 @@ class Handle:
 
     @property
     def name(self) -> str:
+        """The label given at submission."""
         return self._work.name
 
     @property
@@ -131,7 +170,8 @@ class Engine:
         Constructing an engine is collective over ``comm``.
     stall_timeout : float
         Seconds an operation may wait for ranks that have not arrived before rank 0 prints
-        them and aborts the job; ``0`` disables the stall inspector.
+        them and aborts the job (default :data:`twinhpc.config.defaults.STALL_TIMEOUT_S`, as the
+        job file's ``train.stall_timeout``); ``0`` disables the stall inspector.
     algorithm : str
         ``"auto"``: per message size, measured once per machine and communicator shape and
         cached (:mod:`twinhpc.comm.tuning`); ``$TWINHPC_ALLREDUCE_ALGO`` overrides it. Or one of
@@ -155,9 +195,10 @@ class Engine:
         If MPI is not initialised with ``MPI_THREAD_MULTIPLE``.
     """
 
-    def __init__(self, comm=None, stall_timeout: float = 60.0, algorithm: str = "auto",
-                 segment_bytes: int = DEFAULT_SEGMENT_BYTES):
-        self._core = None
+    def __init__(self, comm: MPI.Intracomm | None = None, stall_timeout: float = STALL_TIMEOUT_S,
+                 algorithm: str = "auto", segment_bytes: int = DEFAULT_SEGMENT_BYTES):
+        self._core: _C.Engine | None = None
+        self._closed = False
         comm = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(comm, MPI.Comm):
             raise TypeError(f"twinhpc.Engine: comm must be an mpi4py communicator, not {type(comm).__name__}")
@@ -165,31 +206,32 @@ class Engine:
             raise ValueError("twinhpc.Engine: comm is MPI.COMM_NULL")
         if comm.Is_inter():
             raise ValueError("twinhpc.Engine: comm is an intercommunicator; an intracommunicator is needed")
-        if algorithm != "auto" and algorithm not in ALGORITHMS:
+        if algorithm != "auto" and algorithm not in _codes():
             raise ValueError(f"twinhpc.Engine: unknown algorithm {algorithm!r} "
-                             f"(expected 'auto' or one of {', '.join(ALGORITHMS)})")
+                             f"(expected 'auto' or one of {', '.join(_codes())})")
         use_cuda_aware = os.environ.get(CUDA_AWARE_ENV, "1").strip()
         if use_cuda_aware not in ("0", "1"):
             raise ValueError(f"twinhpc.Engine: ${CUDA_AWARE_ENV} must be 0 or 1, not {use_cuda_aware!r}")
         self.comm = comm
-        self._core = _core().Engine(comm.py2f(), float(stall_timeout), int(segment_bytes),
-                                    use_cuda_aware == "1")
-        self.rank: int = self._core.rank
+        self._core = core = _core().Engine(comm.py2f(), float(stall_timeout), int(segment_bytes),
+                                           use_cuda_aware == "1")
+        self.rank: int = core.rank
         #: whether CUDA tensors go to MPI as device pointers (a CUDA-aware MPI, unless
         #: ``$TWINHPC_MPI_CUDA_AWARE=0``); otherwise they are staged through pinned host memory
-        self.cuda_aware: bool = self._core.cuda_aware
-        self.size: int = self._core.size
-        self._available = [a for a, code in ALGORITHMS.items() if self._core.has_algorithm(code)]
+        self.cuda_aware: bool = core.cuda_aware
+        self.size: int = core.size
+        self._available = [a for a, code in _codes().items() if core.has_algorithm(code)]
         self.stall_timeout = float(stall_timeout)
         self.segment_bytes = int(segment_bytes)
-        _live.add(self)
         self.algorithm = os.environ.get(ALGO_ENV, "auto") if algorithm == "auto" else algorithm
-        if self.algorithm == "auto":
-            from .tuning import algorithm_table
-
-            self.set_table(algorithm_table(self))
-        else:
-            self.set_table([(ALL_SIZES, self.algorithm)])
+        try:
+            self.set_table(algorithm_table(self) if self.algorithm == "auto" else [(ALL_SIZES, self.algorithm)])
+        except BaseException:
+            # the other ranks may not have failed alike: release only this process's part
+            self._closed = True
+            core.abandon()
+            raise
+        _live[next(_serials)] = self
 
     # -- algorithm choice -----------------------------------------------------------------------
     def available_algorithms(self) -> list[str]:
@@ -202,15 +244,16 @@ class Engine:
         ``table`` is ``[(max_bytes, name), ...]``; it must be the same on every rank (an
         operation whose algorithm differs across ranks fails on every rank with ValueError).
         """
+        codes = _codes()
         for _, name in table:
-            if name not in ALGORITHMS:
+            if name not in codes:
                 raise ValueError(f"twinhpc.Engine: unknown algorithm {name!r}")
-        self._core.set_table([(int(b), ALGORITHMS[name]) for b, name in table])
+        self._engine().set_table([(int(b), codes[name]) for b, name in table])
 
     def table(self) -> list[tuple[int, str]]:
         """The algorithm per message size now in use (see :meth:`set_table`)."""
-        names = {code: name for name, code in ALGORITHMS.items()}
-        return [(b, names[code]) for b, code in self._core.table()]
+        names = list(_codes())
+        return [(b, names[code]) for b, code in self._engine().table()]
 
     def cores_per_rank(self) -> float:
         """The CPU cores this node's ranks may run on (the union of their affinity masks),
@@ -218,7 +261,7 @@ class Engine:
         the engine's thread. Collective over the communicator; may differ between nodes."""
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         try:
-            cores = set().union(*node.allgather(sorted(os.sched_getaffinity(0))))
+            cores: set[int] = set().union(*node.allgather(sorted(os.sched_getaffinity(0))))
             return len(cores) / node.Get_size()
         finally:
             node.Free()
@@ -240,11 +283,11 @@ class Engine:
         """
         if int(nbytes) < 0:
             raise ValueError(f"twinhpc.Engine.shared_buffer: negative size {nbytes}")
-        return self._core.shared_buffer(int(nbytes))
+        return self._engine().shared_buffer(int(nbytes))
 
     # -- operations -----------------------------------------------------------------------------
     def allreduce_async_(self, t: torch.Tensor, op: str = "sum", wire_dtype: torch.dtype | None = None,
-                         name: str = "allreduce", algorithm: str | None = None) -> Handle:
+                         name: str = "allreduce", algorithm: str | None = None) -> Handle[torch.Tensor]:
         """Enqueue an in-place all-reduce of ``t``; returns at once.
 
         Parameters
@@ -279,7 +322,7 @@ class Engine:
         return self.allreduce_here_(t, op, wire_dtype, name, algorithm).wait()
 
     def allreduce_here_(self, t: torch.Tensor, op: str = "sum", wire_dtype: torch.dtype | None = None,
-                        name: str = "allreduce", algorithm: str | None = None) -> Handle:
+                        name: str = "allreduce", algorithm: str | None = None) -> Handle[torch.Tensor]:
         """:meth:`allreduce_`, returning the completed operation's :class:`Handle` (its
         ``timings()``) instead of ``t``: with nothing queued the calling thread runs it (without
         the GIL); otherwise it returns when the engine's thread has run it, after the queue."""
@@ -288,7 +331,7 @@ class Engine:
 
     def allreduce_many_async_(self, tensors: Sequence[torch.Tensor], op: str = "sum",
                               wire_dtype: torch.dtype | None = None, name: str | None = None,
-                              algorithm: str | None = None) -> Handle:
+                              algorithm: str | None = None) -> Handle[list[torch.Tensor]]:
         """Enqueue one all-reduce of several tensors fused into one buffer; returns at once.
 
         The tensors (one dtype, one device, each contiguous) are packed in order into the
@@ -301,60 +344,87 @@ class Engine:
         return Handle(self._submit(tensors, op, wire_dtype, name or "allreduce_many", algorithm, blocking=False),
                       tensors)
 
-    def broadcast_async_(self, t: torch.Tensor, root: int = 0, name: str = "broadcast") -> Handle:
+    def broadcast_async_(self, t: torch.Tensor, root: int = 0, name: str = "broadcast") -> Handle[torch.Tensor]:
         """Enqueue an in-place broadcast of ``t`` from rank ``root``; ``wait()`` returns ``t``."""
         self._check_tensor(t)
-        return Handle(self._core.broadcast(t, int(root), name, False), t)
+        return Handle(self._engine().broadcast(t, int(root), name, False), t)
 
     def broadcast_(self, t: torch.Tensor, root: int = 0, name: str = "broadcast") -> torch.Tensor:
         """Blocking :meth:`broadcast_async_`: every rank's ``t`` becomes rank ``root``'s."""
         self._check_tensor(t)
-        return Handle(self._core.broadcast(t, int(root), name, True), t).wait()
+        return Handle(self._engine().broadcast(t, int(root), name, True), t).wait()
 
     def barrier(self, name: str = "barrier") -> None:
         """Block until every rank has reached this point of the queue."""
-        self._core.barrier(name, True).wait()
+        self._engine().barrier(name, True).wait()
 
     def close(self) -> None:
         """Finish the queued operations, stop the thread and free the communicators.
 
-        Idempotent; also called at interpreter exit (before mpi4py finalises MPI). With the
-        shared-memory algorithm available, freeing its window is collective: every rank closes.
+        Collective: every rank closes its engine (freeing the shared-memory windows and the
+        communicators involves all ranks). Idempotent; engines still open at interpreter exit
+        are closed then (before mpi4py finalises MPI).
         """
-        if self._core is not None:
+        if self._core is not None and not self._closed:
+            self._closed = True
             self._core.close()
-        _live.discard(self)
 
-    def __del__(self):
-        self.close()  # without the GIL, unlike the core's destructor
+    def __del__(self) -> None:
+        # The garbage collector runs at a different moment on every rank: no collective here.
+        if self._core is None or self._closed:
+            return
+        try:
+            warnings.warn(f"unclosed {self!r}: close it (or use `with Engine() as eng:`) on every rank; "
+                          f"collected unclosed, it frees only this process's resources, and its "
+                          f"communicators and shared memory stay allocated until MPI is finalised",
+                          ResourceWarning, source=self)
+        finally:  # also when warnings are errors
+            self._closed = True
+            self._core.abandon()  # without the GIL, unlike the core's destructor
 
-    def __enter__(self) -> "Engine":
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        where = f"rank {self.rank} of {self.size}" if self._core is not None else "not started"
+        return f"<twinhpc.Engine {where}, algorithm {getattr(self, 'algorithm', '?')!r}, {state}>"
+
+    def __enter__(self) -> Engine:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- helpers --------------------------------------------------------------------------------
+    def _engine(self) -> _C.Engine:
+        """The compiled engine (it refuses work once closed)."""
+        assert self._core is not None, "Engine.__init__ failed"
+        return self._core
+
     @staticmethod
-    def _check_tensor(t) -> None:
+    def _check_tensor(t: object) -> None:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"twinhpc.Engine: expected a torch.Tensor, got {type(t).__name__}")
 
-    def _submit(self, tensors, op, wire_dtype, name, algorithm, blocking):
+    def _submit(self, tensors: list[torch.Tensor], op: str, wire_dtype: torch.dtype | None, name: str,
+                algorithm: str | None, blocking: bool) -> _C.Work:
         if op not in OPS:
             raise ValueError(f"twinhpc.Engine: op must be one of {OPS}, not {op!r}")
-        if algorithm is not None and algorithm not in ALGORITHMS:
-            raise ValueError(f"twinhpc.Engine: unknown algorithm {algorithm!r} (expected one of {', '.join(ALGORITHMS)})")
-        code = None if algorithm is None else ALGORITHMS[algorithm]
-        return self._core.allreduce(tensors, op == "avg", wire_dtype, name, code, blocking)
+        codes = _codes()
+        if algorithm is not None and algorithm not in codes:
+            raise ValueError(f"twinhpc.Engine: unknown algorithm {algorithm!r} (expected one of {', '.join(codes)})")
+        code = None if algorithm is None else codes[algorithm]
+        return self._engine().allreduce(tensors, op == "avg", wire_dtype, name, code, blocking)
 
 
-#: engines not yet closed, closed at exit (before mpi4py's own exit handler finalises MPI)
-_live: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+#: the engines of this process by creation number, held weakly; those still open at exit are closed
+#: then (before mpi4py's own exit handler finalises MPI), the newest first, so that every rank
+#: closes them in one order
+_live: weakref.WeakValueDictionary[int, Engine] = weakref.WeakValueDictionary()
+_serials = itertools.count()
 
 
 @atexit.register
 def _close_all() -> None:
-    for engine in list(_live):
-        engine.close()
-
+    for serial in sorted(_live, reverse=True):
+        engine = _live.get(serial)
+        if engine is not None:
+            engine.close()

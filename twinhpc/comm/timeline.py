@@ -44,7 +44,7 @@ class Timeline:
     rank : this process's rank; the trace's ``pid``.
     """
 
-    def __init__(self, directory: str | os.PathLike, rank: int):
+    def __init__(self, directory: str | os.PathLike[str], rank: int):
         self.path = Path(directory) / f"trace.rank{rank}.json"
         self.rank = rank
         self.events: list[dict[str, Any]] = [

@@ -23,12 +23,17 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 import torch
 
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
 log = logging.getLogger("twinhpc")
 
+#: larger than any message: the table entry that covers every size
+ALL_SIZES = (1 << 63) - 1
 #: message sizes measured (bytes); each stands for the sizes up to the geometric mean with the next
 SIZE_CLASSES = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20)
 #: environment variable naming the cache folder
@@ -39,6 +44,23 @@ CACHE_FILE = "allreduce-tuning.json"
 FORMAT = 5
 #: timed turns per algorithm and size (after one warm-up); the median counts
 REPS = 7
+
+
+class TunedEngine(Protocol):
+    """What tuning needs of an engine (:class:`~twinhpc.comm.engine.Engine` has it)."""
+
+    @property
+    def comm(self) -> MPI.Intracomm: ...
+    @property
+    def rank(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def segment_bytes(self) -> int: ...
+    def available_algorithms(self) -> list[str]: ...
+    def barrier(self, name: str = ...) -> None: ...
+    def allreduce_(self, t: torch.Tensor, op: str = ..., wire_dtype: torch.dtype | None = ...,
+                   name: str = ..., algorithm: str | None = ...) -> torch.Tensor: ...
 
 
 def cache_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -63,7 +85,7 @@ def tuning_key(mpi_library: str, cpu: str, ranks: int, nodes: int, segment_bytes
     return f"v{FORMAT}|{mpi_library}|{cpu}|ranks={ranks}|nodes={nodes}|segment={segment_bytes}"
 
 
-def load(path: Path) -> dict:
+def load(path: Path) -> dict[str, Any]:
     """The cache's entries (key -> entry); ``{}`` if the file is missing or unreadable."""
     try:
         data = json.loads(path.read_text())
@@ -75,7 +97,7 @@ def load(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def store(path: Path, key: str, entry: dict) -> None:
+def store(path: Path, key: str, entry: dict[str, Any]) -> None:
     """Add ``entry`` under ``key``, atomically (temporary file, then rename); warns on failure."""
     data = load(path)
     data[key] = entry
@@ -96,12 +118,10 @@ def table_from_times(times: Mapping[int, Mapping[str, float]]) -> list[tuple[int
     next class's; the last class covers every larger size. Neighbouring classes with the same
     winner are merged.
     """
-    from .engine import ALL_SIZES
-
     sizes = sorted(times)
     table: list[tuple[int, str]] = []
     for i, size in enumerate(sizes):
-        best = min(times[size], key=times[size].get)
+        best = min(times[size], key=times[size].__getitem__)
         bound = int((size * sizes[i + 1]) ** 0.5) if i + 1 < len(sizes) else ALL_SIZES
         if table and table[-1][1] == best:
             table[-1] = (bound, best)
@@ -110,7 +130,7 @@ def table_from_times(times: Mapping[int, Mapping[str, float]]) -> list[tuple[int
     return table
 
 
-def autotune(engine, sizes=SIZE_CLASSES, reps: int = REPS) -> dict[int, dict[str, float]]:
+def autotune(engine: TunedEngine, sizes: Sequence[int] = SIZE_CLASSES, reps: int = REPS) -> dict[int, dict[str, float]]:
     """Seconds of one all-reduce per size and available algorithm (float32 messages). Collective.
 
     After a warm-up call of each, the algorithms take turns, ``reps`` times, so that a drift of
@@ -140,14 +160,12 @@ def autotune(engine, sizes=SIZE_CLASSES, reps: int = REPS) -> dict[int, dict[str
     return times
 
 
-def algorithm_table(engine, environ: Mapping[str, str] = os.environ) -> list[tuple[int, str]]:
+def algorithm_table(engine: TunedEngine, environ: Mapping[str, str] = os.environ) -> list[tuple[int, str]]:
     """The table for ``engine``: from the cache, else measured and cached. Collective.
 
     One rank needs no table (nothing is exchanged): ``mpi`` for every size.
     """
     from mpi4py import MPI
-
-    from .engine import ALL_SIZES
 
     if engine.size == 1:
         return [(ALL_SIZES, "mpi")]

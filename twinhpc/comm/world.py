@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ..errors import TwinError
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
 
 T = TypeVar("T")
 log = logging.getLogger("twinhpc")
@@ -23,11 +26,11 @@ log = logging.getLogger("twinhpc")
 class World:
     """A thin wrapper of an mpi4py communicator (``COMM_WORLD`` unless given)."""
 
-    def __init__(self, comm=None):
+    def __init__(self, comm: MPI.Intracomm | None = None):
         from mpi4py import MPI
 
         self.MPI = MPI
-        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.comm: MPI.Intracomm = MPI.COMM_WORLD if comm is None else comm
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
 
@@ -42,13 +45,13 @@ class World:
     def bcast(self, obj: Any, root: int = 0) -> Any:
         return self.comm.bcast(obj, root=root)
 
-    def allgather(self, obj: Any) -> list:
+    def allgather(self, obj: Any) -> list[Any]:
         return self.comm.allgather(obj)
 
-    def gather(self, obj: Any, root: int = 0) -> list | None:
+    def gather(self, obj: Any, root: int = 0) -> list[Any] | None:
         return self.comm.gather(obj, root=root)
 
-    def allreduce_sum(self, value):
+    def allreduce_sum(self, value: Any) -> Any:
         return self.comm.allreduce(value, op=self.MPI.SUM)
 
     def abort(self, code: int = 1) -> None:
