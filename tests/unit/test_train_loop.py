@@ -215,3 +215,30 @@ def test_a_stop_checkpoints_after_the_next_step_and_the_resumed_run_equals_the_w
         assert np.array_equal(a["metrics"][name], b["metrics"][name]), name
     for name in ("step", "loss", "lr"):
         assert np.array_equal(a["steps"][name], b["steps"][name]), name
+
+
+def test_a_set_up_that_fails_after_the_engine_exists_releases_it_without_a_collective(job, tmp_path, monkeypatch):
+    """The optimizer cannot be made: train() raises that error; the loaders are closed and the
+    engine abandoned (local release), not left to the garbage collector."""
+    import gc
+    import warnings
+
+    from twinhpc.comm.engine import Engine
+    from twinhpc.train import run as run_module
+
+    made, abandoned = [], []
+    real_init, real_abandon = Engine.__init__, Engine.abandon
+    monkeypatch.setattr(Engine, "__init__", lambda self, *a, **k: (made.append(self), real_init(self, *a, **k))[1])
+    monkeypatch.setattr(Engine, "abandon", lambda self: (abandoned.append(self), real_abandon(self))[1])
+
+    def broken_optimizer(*args, **kwargs):
+        raise RuntimeError("no optimizer today")
+
+    monkeypatch.setattr(run_module, "make_optimizer", broken_optimizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(RuntimeError, match="no optimizer today"):
+            train(job, tmp_path, progress=False)
+        gc.collect()
+    assert len(made) == 1 and abandoned == made
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning) and "Engine" in str(w.message)]

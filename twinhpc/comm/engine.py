@@ -379,6 +379,14 @@ class Engine:
                           f"communicators and shared memory stay allocated until MPI is finalised",
                           ResourceWarning, source=self)
         finally:  # also when warnings are errors
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Release only this process's resources, with no collective: for error paths on which the
+        other ranks may never close theirs. Queued operations fail instead of running; the
+        communicators and the shared memory stay allocated until MPI is finalised. Idempotent, and
+        nothing to do after :meth:`close`."""
+        if self._core is not None and not self._closed:
             self._closed = True
             self._core.abandon()  # without the GIL, unlike the core's destructor
 

@@ -221,58 +221,63 @@ class TrainingRun:
             prepared = world.run(lambda: open_prepared(job))
         self.prep = prep = prepared
         self.per_rank = job.data.per_rank_batch(world.size)
-        self.loader = ShardedLoader(prep.dataset_dir, job.data.train_split, self.per_rank, seed=job.data.seed,
-                                    fields=prep.fields, policy=job.data.policy, prefetch=job.data.prefetch,
-                                    world=world)
-        self.val_loader = split_loader(prep.dataset_dir, job.data.val_split, job, world, prep.fields)
-        self.accumulate = ocfg.accumulate
-        self.steps_per_epoch = len(self.loader) // self.accumulate
-        if self.steps_per_epoch == 0:
-            raise TwinError(f"optim.accumulate: {self.accumulate} micro-batches per step, but an epoch has "
-                            f"only {len(self.loader)} batches of data.batch_size {job.data.batch_size}")
-        self.total_steps = min(cfg.max_steps or math.inf, self.steps_per_epoch * cfg.epochs)
-        self.samples_per_step = job.data.batch_size * self.accumulate
+        self.loader = self.val_loader = self.engine = None
+        try:
+            self.loader = ShardedLoader(prep.dataset_dir, job.data.train_split, self.per_rank, seed=job.data.seed,
+                                        fields=prep.fields, policy=job.data.policy, prefetch=job.data.prefetch,
+                                        world=world)
+            self.val_loader = split_loader(prep.dataset_dir, job.data.val_split, job, world, prep.fields)
+            self.accumulate = ocfg.accumulate
+            self.steps_per_epoch = len(self.loader) // self.accumulate
+            if self.steps_per_epoch == 0:
+                raise TwinError(f"optim.accumulate: {self.accumulate} micro-batches per step, but an epoch has "
+                                f"only {len(self.loader)} batches of data.batch_size {job.data.batch_size}")
+            self.total_steps = min(cfg.max_steps or math.inf, self.steps_per_epoch * cfg.epochs)
+            self.samples_per_step = job.data.batch_size * self.accumulate
 
-        # -- model, optimizer, schedule, loss ---------------------------------------------------
-        torch.manual_seed(cfg.seed)                       # the same initial weights on every rank
-        self.engine = Engine(world.comm, stall_timeout=cfg.stall_timeout)
-        self.device = resolve_device(cfg.device)
-        self.on_device = {"device": self.device} if self.device.type == "cuda" else {}
-        self.model = DataParallel(build_model(job, prep).to(self.device), engine=self.engine,
-                                  bucket_cap_mb=cfg.bucket_cap_mb, wire_dtype=WIRE_DTYPES[cfg.wire_dtype])
-        self.optimizer = make_optimizer(self.model.parameters(), ocfg)
-        self.schedule = Schedule(ocfg, self.steps_per_epoch, int(self.total_steps))
-        self.loss_fn = make_loss(cfg.task_loss)
-        self.n_out = len(prep.classes) or int(prep.model_defaults.get("classes", 1))
-        self.stats_len = stats_size(cfg.task, self.n_out)
-        torch.manual_seed(cfg.seed + world.rank)          # dropout: per rank
-        self.aug_rng = np.random.default_rng(cfg.seed + world.rank)   # augmentation: per rank
+            # -- model, optimizer, schedule, loss ---------------------------------------------------
+            torch.manual_seed(cfg.seed)                       # the same initial weights on every rank
+            self.engine = Engine(world.comm, stall_timeout=cfg.stall_timeout)
+            self.device = resolve_device(cfg.device)
+            self.on_device = {"device": self.device} if self.device.type == "cuda" else {}
+            self.model = DataParallel(build_model(job, prep).to(self.device), engine=self.engine,
+                                      bucket_cap_mb=cfg.bucket_cap_mb, wire_dtype=WIRE_DTYPES[cfg.wire_dtype])
+            self.optimizer = make_optimizer(self.model.parameters(), ocfg)
+            self.schedule = Schedule(ocfg, self.steps_per_epoch, int(self.total_steps))
+            self.loss_fn = make_loss(cfg.task_loss)
+            self.n_out = len(prep.classes) or int(prep.model_defaults.get("classes", 1))
+            self.stats_len = stats_size(cfg.task, self.n_out)
+            torch.manual_seed(cfg.seed + world.rank)          # dropout: per rank
+            self.aug_rng = np.random.default_rng(cfg.seed + world.rank)   # augmentation: per rank
 
-        # -- the record, and where to start -----------------------------------------------------
-        from ..env import startup_report
+            # -- the record, and where to start -----------------------------------------------------
+            from ..env import startup_report
 
-        environment = startup_report(world)
-        self.state = LoopState()
-        self.state.start_epoch(self.stats_len)
-        checkpoint = latest(run_dir) if resume else None
-        self.results = (ResultsWriter(run_dir, job.to_json(), environment, resume=checkpoint is not None)
-                        if self.master_process else None)
-        if checkpoint is not None:
-            info = load_checkpoint(checkpoint, self.model.module, self.optimizer, rank=world.rank,
-                                   generators={"augment": self.aug_rng})
-            self.loader.load_state_dict(info["loader"])
-            self.state = LoopState(**info["extra"]["loop"])
-            self.schedule.load_state_dict(info["extra"]["schedule"])
-            if self.results is not None:
-                self.results.truncate(epochs=self.state.epoch, step=self.state.step)
-            log.info("resuming from %s: step %d, epoch %d", checkpoint, self.state.step, self.state.epoch + 1)
+            environment = startup_report(world)
+            self.state = LoopState()
+            self.state.start_epoch(self.stats_len)
+            checkpoint = latest(run_dir) if resume else None
+            self.results = (ResultsWriter(run_dir, job.to_json(), environment, resume=checkpoint is not None)
+                            if self.master_process else None)
+            if checkpoint is not None:
+                info = load_checkpoint(checkpoint, self.model.module, self.optimizer, rank=world.rank,
+                                       generators={"augment": self.aug_rng})
+                self.loader.load_state_dict(info["loader"])
+                self.state = LoopState(**info["extra"]["loop"])
+                self.schedule.load_state_dict(info["extra"]["schedule"])
+                if self.results is not None:
+                    self.results.truncate(epochs=self.state.epoch, step=self.state.step)
+                log.info("resuming from %s: step %d, epoch %d", checkpoint, self.state.step, self.state.epoch + 1)
 
-        self.stop = StopSignal()   # a flag that nothing sets, until train() installs the handlers
-        self.pending: PendingStep | None = None
-        self.saved_step: int | None = None
-        self.bar = Progress(self.steps_per_epoch, "", enabled=False)   # replaced by each epoch's
-        self.row: dict = {}
-        self.last_eval: Evaluation | None = None
+            self.stop = StopSignal()   # a flag that nothing sets, until train() installs the handlers
+            self.pending: PendingStep | None = None
+            self.saved_step: int | None = None
+            self.bar = Progress(self.steps_per_epoch, "", enabled=False)   # replaced by each epoch's
+            self.row: dict = {}
+            self.last_eval: Evaluation | None = None
+        except BaseException:
+            self._abandon()
+            raise
 
     def start_epoch(self, epoch: int):
         """Point the loader at ``epoch`` (its position within it kept, when resumed mid-epoch),
@@ -415,6 +420,15 @@ class TrainingRun:
         errors = world.allgather(message)
         where = "; ".join(f"rank {r}: {m}" for r, m in enumerate(errors) if m)
         raise NonFiniteLoss(f"{where}; last good checkpoint: {good or 'none (nothing saved yet)'}")
+
+    def _abandon(self) -> None:
+        """After a failed set-up: stop the loaders' threads and release the engine without a
+        collective (the other ranks may not have failed, or not at the same point)."""
+        for part in (self.loader, self.val_loader):
+            if part is not None:
+                part.close()
+        if self.engine is not None:
+            self.engine.abandon()
 
     def close(self) -> None:
         """Restore the signal handlers, stop the engine's and the loaders' threads."""
