@@ -45,10 +45,15 @@ def extensions():
         compile_args["nvcc"] = ["-O3"]
         macros.append(("TWINHPC_WITH_CUDA", "1"))
     kind = CUDAExtension if with_cuda else CppExtension
-    print(f"twinhpc: building twinhpc._C with CUDA {'on' if with_cuda else 'off'}, "
-          f"MPI flags from {mpi.wrapper}", file=sys.stderr)
-    return [kind("twinhpc._C", sources, define_macros=macros, extra_compile_args=compile_args,
-                 extra_link_args=mpi.link_args)]
+    print(
+        f"twinhpc: building twinhpc._C with CUDA {'on' if with_cuda else 'off'}, MPI flags from {mpi.wrapper}",
+        file=sys.stderr,
+    )
+    return [
+        kind(
+            "twinhpc._C", sources, define_macros=macros, extra_compile_args=compile_args, extra_link_args=mpi.link_args
+        )
+    ]
 
 
 def main():

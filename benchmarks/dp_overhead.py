@@ -24,9 +24,9 @@ per-rank work with communication off, at one intra-op thread per rank.
 The model (--model) is either `mlp`, an MLP (WIDTH inputs, LAYERS hidden layers of WIDTH units, 10
 outputs; the defaults give 3.16M float32 parameters, 12.6 MB of gradients, with little compute per
 gradient byte: the communication-heavy stress case), or `resnet18`, twinhpc's ResNet-18 for
-32x32x3 images (11.2M parameters, 44.7 MB of gradients: the CIFAR-10 worked case). Each rank trains on its own fixed random
-batches of BATCH samples (cross-entropy, SGD). A step is forward, backward, (synchronize),
-optimizer step. Measured in one run, interleaved: after a warm-up step of each, ROUNDS rounds
+32x32x3 images (11.2M parameters, 44.7 MB of gradients: the CIFAR-10 worked case). Each rank
+trains on its own fixed random batches of BATCH samples (cross-entropy, SGD). A step is forward,
+backward, (synchronize), optimizer step. Measured in one run, interleaved: after a warm-up step of each, ROUNDS rounds
 each time STEPS steps of the communication-free model and of one DataParallel model per
 (bucket cap, wire dtype, overlap setting), in alternating order; a measurement's time is the slowest rank's
 (barrier before, MPI max after), and the medians over rounds are reported. ratio = step time with
@@ -53,8 +53,8 @@ Rank 0 prints a table (or with --json the rows as JSON: impl, ranks, bytes, time
 step_s_comm, step_s_nocomm, ratio, ratio_min, ratio_max, wait_s, bucket_cap_mb, buckets,
 overlap_setting, overlap (1: CPU buckets summed by the engine's thread, 0: on the calling thread),
 wire_dtype, max_rel_diff, memcpy_s, memcpy_gbps) and
-writes FOLDER/dp_overhead.h5 (FOLDER/dp_overhead_resnet18.h5 for --model resnet18) atomically: one table per wire dtype (a row per bucket cap, numeric
-columns of the JSON rows) and the settings as attributes.
+writes FOLDER/dp_overhead.h5 (FOLDER/dp_overhead_resnet18.h5 for --model resnet18) atomically:
+one table per wire dtype (a row per bucket cap, numeric columns of the JSON rows) and the settings as attributes.
 
 example:
   mpirun -n 2 python benchmarks/dp_overhead.py --bucket-cap-mb 1,5,{BUCKET_CAP_MB:g},100 --wire-dtype float32,bfloat16
@@ -68,26 +68,42 @@ OVERLAPS = {"auto": None, "on": True, "off": False}  # --overlap -> DataParallel
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="dp_overhead.py", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="dp_overhead.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", choices=("mlp", "resnet18"), default="mlp", help="the model (default mlp)")
     p.add_argument("--width", type=int, default=1024, help="MLP input and hidden width (default 1024)")
     p.add_argument("--layers", type=int, default=3, help="hidden layers (default 3)")
     p.add_argument("--batch", type=int, help="samples per rank per step (default: mlp 64, resnet18 8)")
     p.add_argument("--steps", type=int, default=10, help="steps per measurement (default 10)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported (default 5)")
-    p.add_argument("--bucket-cap-mb", default=f"{BUCKET_CAP_MB:g}", metavar="CAPS",
-                   help=f"comma-separated bucket caps in MiB to measure (default {BUCKET_CAP_MB:g}, "
-                        f"the library default)")
-    p.add_argument("--wire-dtype", default="float32", metavar="DTYPES",
-                   help=f"comma-separated wire dtypes among {', '.join(WIRE_DTYPES)} (default float32)")
-    p.add_argument("--overlap", default="auto", metavar="MODES",
-                   help="comma-separated DataParallel overlap settings among auto (the library default: "
-                        "the engine's thread only with a spare core per rank), on (CPU buckets summed by the "
-                        "engine's thread during backward), off (summed on the calling thread) (default auto)")
+    p.add_argument(
+        "--bucket-cap-mb",
+        default=f"{BUCKET_CAP_MB:g}",
+        metavar="CAPS",
+        help=f"comma-separated bucket caps in MiB to measure (default {BUCKET_CAP_MB:g}, the library default)",
+    )
+    p.add_argument(
+        "--wire-dtype",
+        default="float32",
+        metavar="DTYPES",
+        help=f"comma-separated wire dtypes among {', '.join(WIRE_DTYPES)} (default float32)",
+    )
+    p.add_argument(
+        "--overlap",
+        default="auto",
+        metavar="MODES",
+        help="comma-separated DataParallel overlap settings among auto (the library default: "
+        "the engine's thread only with a spare core per rank), on (CPU buckets summed by the "
+        "engine's thread during backward), off (summed on the calling thread) (default auto)",
+    )
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    p.add_argument("--results", default="bench-results", metavar="FOLDER",
-                   help="folder for dp_overhead.h5 (default ./bench-results)")
+    p.add_argument(
+        "--results",
+        default="bench-results",
+        metavar="FOLDER",
+        help="folder for dp_overhead.h5 (default ./bench-results)",
+    )
     args = p.parse_args(argv)
     args.batch = args.batch or {"mlp": 64, "resnet18": 8}[args.model]
     args.caps = [float(c) for c in args.bucket_cap_mb.split(",")]
@@ -177,14 +193,17 @@ def run(args) -> list[dict]:
     engine = Engine(comm=world.comm)
     g = torch.Generator().manual_seed(world.rank)
     shape = (3, 32, 32) if args.model == "resnet18" else (args.width,)
-    batches = [(torch.randn(args.batch, *shape, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
-               for _ in range(BATCHES)]
+    batches = [
+        (torch.randn(args.batch, *shape, generator=g), torch.randint(0, 10, (args.batch,), generator=g))
+        for _ in range(BATCHES)
+    ]
     baseline = Trainer(make_model(args), batches, None)
     configs = [(wire, cap, ov) for wire in args.wires for cap in args.caps for ov in args.overlaps]
     trainers = []
     for wire, cap, ov in configs:
-        dp = DataParallel(make_model(args), engine=engine, bucket_cap_mb=cap, wire_dtype=WIRE_DTYPES[wire],
-                          overlap=OVERLAPS[ov])
+        dp = DataParallel(
+            make_model(args), engine=engine, bucket_cap_mb=cap, wire_dtype=WIRE_DTYPES[wire], overlap=OVERLAPS[ov]
+        )
         trainers.append(Trainer(dp, batches, dp))
 
     grad_bytes = sum(p.numel() * p.element_size() for p in baseline.model.parameters())
@@ -207,16 +226,29 @@ def run(args) -> list[dict]:
     for (wire, cap, ov), t, times in zip(configs, trainers, comm):
         step_s = median(s for s, _ in times)
         step_s_nocomm = median(nocomm)
-        rows.append({"impl": "twinhpc", "ranks": world.size, "bytes": grad_bytes, "time_s": step_s,
-                     "step_s_comm": step_s, "step_s_nocomm": step_s_nocomm,
-                     "ratio": median(s / n for (s, _), n in zip(times, nocomm)),
-                     # the spread of the per-round ratios: how far one run can be trusted here
-                     "ratio_min": min(s / n for (s, _), n in zip(times, nocomm)),
-                     "ratio_max": max(s / n for (s, _), n in zip(times, nocomm)),
-                     "wait_s": median(w for _, w in times), "bucket_cap_mb": cap, "buckets": len(t.dp.buckets),
-                     "overlap_setting": ov, "overlap": int(t.dp.overlap),
-                     "wire_dtype": wire, "max_rel_diff": max_rel_diff(t.model.module, reference),
-                     "memcpy_s": memcpy_s, "memcpy_gbps": grad_bytes / memcpy_s / 1e9})
+        rows.append(
+            {
+                "impl": "twinhpc",
+                "ranks": world.size,
+                "bytes": grad_bytes,
+                "time_s": step_s,
+                "step_s_comm": step_s,
+                "step_s_nocomm": step_s_nocomm,
+                "ratio": median(s / n for (s, _), n in zip(times, nocomm)),
+                # the spread of the per-round ratios: how far one run can be trusted here
+                "ratio_min": min(s / n for (s, _), n in zip(times, nocomm)),
+                "ratio_max": max(s / n for (s, _), n in zip(times, nocomm)),
+                "wait_s": median(w for _, w in times),
+                "bucket_cap_mb": cap,
+                "buckets": len(t.dp.buckets),
+                "overlap_setting": ov,
+                "overlap": int(t.dp.overlap),
+                "wire_dtype": wire,
+                "max_rel_diff": max_rel_diff(t.model.module, reference),
+                "memcpy_s": memcpy_s,
+                "memcpy_gbps": grad_bytes / memcpy_s / 1e9,
+            }
+        )
         t.dp.close()
     engine.close()
     return rows
@@ -224,35 +256,72 @@ def run(args) -> list[dict]:
 
 def report(args, rows: list[dict]) -> str:
     r0 = rows[0]
-    head = (f"dp_overhead: {describe(args)}, {r0['bytes'] / 1e6:.1f} MB of gradients, "
-            f"{r0['ranks']} rank(s), batch {args.batch}/rank, 1 thread/rank, "
-            f"{args.steps} steps x {args.rounds} rounds (median)")
-    formats = {"wire_dtype": "s", "bucket_cap_mb": "g", "buckets": "d", "overlap_setting": "s", "overlap": "d",
-               "step_s_comm": ".4f",
-               "step_s_nocomm": ".4f", "ratio": ".3f", "ratio_min": ".3f", "ratio_max": ".3f",
-               "wait_s": ".4f", "max_rel_diff": ".2e"}
-    default = [r for r in rows if r["wire_dtype"] == "float32" and r["bucket_cap_mb"] == BUCKET_CAP_MB
-               and r["overlap_setting"] == "auto"]
-    lines = [head, format_table(rows, formats),
-             f"memcpy of {r0['bytes'] / 1e6:.1f} MB on every rank at once: {r0['memcpy_s'] * 1e3:.2f} ms "
-             f"({r0['memcpy_gbps']:.1f} GB/s); two of them, the data the float32 all-reduce moves per step "
-             f"(copy-in, in-place sum), = {2 * r0['memcpy_s'] / r0['step_s_nocomm']:.1%} of the step "
-             f"without communication"]
+    head = (
+        f"dp_overhead: {describe(args)}, {r0['bytes'] / 1e6:.1f} MB of gradients, "
+        f"{r0['ranks']} rank(s), batch {args.batch}/rank, 1 thread/rank, "
+        f"{args.steps} steps x {args.rounds} rounds (median)"
+    )
+    formats = {
+        "wire_dtype": "s",
+        "bucket_cap_mb": "g",
+        "buckets": "d",
+        "overlap_setting": "s",
+        "overlap": "d",
+        "step_s_comm": ".4f",
+        "step_s_nocomm": ".4f",
+        "ratio": ".3f",
+        "ratio_min": ".3f",
+        "ratio_max": ".3f",
+        "wait_s": ".4f",
+        "max_rel_diff": ".2e",
+    }
+    default = [
+        r
+        for r in rows
+        if r["wire_dtype"] == "float32" and r["bucket_cap_mb"] == BUCKET_CAP_MB and r["overlap_setting"] == "auto"
+    ]
+    lines = [
+        head,
+        format_table(rows, formats),
+        f"memcpy of {r0['bytes'] / 1e6:.1f} MB on every rank at once: {r0['memcpy_s'] * 1e3:.2f} ms "
+        f"({r0['memcpy_gbps']:.1f} GB/s); two of them, the data the float32 all-reduce moves per step "
+        f"(copy-in, in-place sum), = {2 * r0['memcpy_s'] / r0['step_s_nocomm']:.1%} of the step "
+        f"without communication",
+    ]
     if default:
         ratio = default[0]["ratio"]
-        lines.append(f"float32, default cap {BUCKET_CAP_MB:g} MiB, overlap auto: ratio {ratio:.3f} "
-                     f"(target <= {TARGET:.2f} on 2 ranks): {'PASS' if ratio <= TARGET else 'FAIL'}")
+        lines.append(
+            f"float32, default cap {BUCKET_CAP_MB:g} MiB, overlap auto: ratio {ratio:.3f} "
+            f"(target <= {TARGET:.2f} on 2 ranks): {'PASS' if ratio <= TARGET else 'FAIL'}"
+        )
     return "\n".join(lines)
 
 
 def save(args, rows: list[dict]) -> str:
-    tables = {wire: [{k: v for k, v in r.items()
-                      if k not in ("impl", "wire_dtype", "overlap_setting", "memcpy_s", "memcpy_gbps")}
-                     for r in rows if r["wire_dtype"] == wire] for wire in args.wires}
-    attrs = {"impl": "twinhpc", "model": describe(args), "batch_per_rank": args.batch,
-             "steps": args.steps, "rounds": args.rounds, "threads_per_rank": 1, "target_ratio": TARGET,
-             "default_bucket_cap_mb": BUCKET_CAP_MB,
-             "memcpy_s": rows[0]["memcpy_s"], "memcpy_gbps": rows[0]["memcpy_gbps"]}
+    tables = {
+        wire: [
+            {
+                k: v
+                for k, v in r.items()
+                if k not in ("impl", "wire_dtype", "overlap_setting", "memcpy_s", "memcpy_gbps")
+            }
+            for r in rows
+            if r["wire_dtype"] == wire
+        ]
+        for wire in args.wires
+    }
+    attrs = {
+        "impl": "twinhpc",
+        "model": describe(args),
+        "batch_per_rank": args.batch,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "threads_per_rank": 1,
+        "target_ratio": TARGET,
+        "default_bucket_cap_mb": BUCKET_CAP_MB,
+        "memcpy_s": rows[0]["memcpy_s"],
+        "memcpy_gbps": rows[0]["memcpy_gbps"],
+    }
     name = "dp_overhead.h5" if args.model == "mlp" else f"dp_overhead_{args.model}.h5"
     return str(write_results(f"{args.results}/{name}", tables, attrs).absolute())
 

@@ -39,16 +39,28 @@ RESULTS_FILE = "ingest_cifar.h5"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", type=Path, help="directory for the synthetic source and the datasets; an existing "
-                   "source in WORK/cifar-10-batches-py is reused (default: a temporary directory, removed after)")
-    p.add_argument("--results", type=Path, default=Path("benchmark-results"),
-                   help=f"directory for {RESULTS_FILE} (default ./benchmark-results)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        help="directory for the synthetic source and the datasets; an existing "
+        "source in WORK/cifar-10-batches-py is reused (default: a temporary directory, removed after)",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=Path("benchmark-results"),
+        help=f"directory for {RESULTS_FILE} (default ./benchmark-results)",
+    )
     p.add_argument("--ranks", default="1,2", help="comma-separated rank counts to time (default 1,2)")
     p.add_argument("--target-seconds", type=float, default=60.0, help="the target wall time (default 60)")
     p.add_argument("--target-ranks", type=int, default=2, help="the rank count the target applies to (default 2)")
     p.add_argument("--shards", type=int, default=4, help="shards per split (default 4)")
-    p.add_argument("--per-batch", type=int, default=PER_BATCH,
-                   help=f"images per batch file, six files (default {PER_BATCH}: the real size)")
+    p.add_argument(
+        "--per-batch",
+        type=int,
+        default=PER_BATCH,
+        help=f"images per batch file, six files (default {PER_BATCH}: the real size)",
+    )
     p.add_argument("--mpirun", default="mpirun", help="the MPI launcher (default mpirun)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = p.parse_args(argv)
@@ -73,8 +85,23 @@ def time_ingest(args, ranks: int, src: Path, out: Path) -> float:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    cmd = [args.mpirun, "-n", str(ranks), "--oversubscribe", sys.executable, "-m", "twinhpc", "ingest", "cifar10",
-           str(src), "--out", str(out), "--shards", str(args.shards), "--overwrite"]
+    cmd = [
+        args.mpirun,
+        "-n",
+        str(ranks),
+        "--oversubscribe",
+        sys.executable,
+        "-m",
+        "twinhpc",
+        "ingest",
+        "cifar10",
+        str(src),
+        "--out",
+        str(out),
+        "--shards",
+        str(args.shards),
+        "--overwrite",
+    ]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
@@ -111,8 +138,14 @@ def main(argv=None) -> int:
         rows = []
         for ranks in args.ranks:
             seconds = time_ingest(args, ranks, src, work / f"dataset-{ranks}")
-            rows.append({"ranks": ranks, "seconds": round(seconds, 3), "samples_per_s": round(samples / seconds, 1),
-                         "target_met": seconds <= args.target_seconds})
+            rows.append(
+                {
+                    "ranks": ranks,
+                    "seconds": round(seconds, 3),
+                    "samples_per_s": round(samples / seconds, 1),
+                    "target_met": seconds <= args.target_seconds,
+                }
+            )
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -120,21 +153,36 @@ def main(argv=None) -> int:
     passed = bool(at_target) and all(r["target_met"] for r in at_target)
     by_ranks = {r["ranks"]: r["seconds"] for r in rows}
     speedup = by_ranks[1] / by_ranks[args.target_ranks] if {1, args.target_ranks} <= set(by_ranks) else float("nan")
-    write_results(args.results / RESULTS_FILE, rows, {
-        "benchmark": "ingest_cifar", "samples": samples, "shards": args.shards,
-        "target": f"{samples} samples on {args.target_ranks} ranks in under {args.target_seconds:g} s",
-        "target_seconds": args.target_seconds, "target_ranks": args.target_ranks, "passed": passed,
-        f"speedup_1_to_{args.target_ranks}": speedup, "host": platform.node(), "cpus": os.cpu_count() or 0,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    })
+    write_results(
+        args.results / RESULTS_FILE,
+        rows,
+        {
+            "benchmark": "ingest_cifar",
+            "samples": samples,
+            "shards": args.shards,
+            "target": f"{samples} samples on {args.target_ranks} ranks in under {args.target_seconds:g} s",
+            "target_seconds": args.target_seconds,
+            "target_ranks": args.target_ranks,
+            "passed": passed,
+            f"speedup_1_to_{args.target_ranks}": speedup,
+            "host": platform.node(),
+            "cpus": os.cpu_count() or 0,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"ingest cifar10: {samples} samples, {args.shards} shards per split, target: "
-              f"under {args.target_seconds:g} s on {args.target_ranks} ranks")
+        print(
+            f"ingest cifar10: {samples} samples, {args.shards} shards per split, target: "
+            f"under {args.target_seconds:g} s on {args.target_ranks} ranks"
+        )
         print(f"{'ranks':>5}  {'seconds':>8}  {'samples/s':>10}  target met")
         for r in rows:
-            print(f"{r['ranks']:>5}  {r['seconds']:>8.2f}  {r['samples_per_s']:>10.0f}  {'yes' if r['target_met'] else 'no'}")
+            print(
+                f"{r['ranks']:>5}  {r['seconds']:>8.2f}  {r['samples_per_s']:>10.0f}  "
+                f"{'yes' if r['target_met'] else 'no'}"
+            )
         print(f"speedup 1 -> {args.target_ranks} ranks: {speedup:.2f}x; results: {args.results / RESULTS_FILE}")
     return 0 if passed else 1
 

@@ -59,29 +59,65 @@ def cases(args):
     offsets, flips = image.augment_params(image.batch_rng(0, 0, 0, 0), len(x), pad=4)
     aug = dict(offsets=offsets, flips=flips, pad=4, layout="NCHW")
     same = np.array_equal
-    yield ("normalize_augment", lambda: image.normalize_augment(x, mean, std, **aug),
-           lambda: image.normalize_augment_reference(x, mean, std, **aug), 20, 5.0, same)
-    yield ("normalize_augment_parallel", lambda: image.normalize_augment(x, mean, std, parallel=True, **aug),
-           lambda: image.normalize_augment_reference(x, mean, std, **aug), 20, None, same)
+    yield (
+        "normalize_augment",
+        lambda: image.normalize_augment(x, mean, std, **aug),
+        lambda: image.normalize_augment_reference(x, mean, std, **aug),
+        20,
+        5.0,
+        same,
+    )
+    yield (
+        "normalize_augment_parallel",
+        lambda: image.normalize_augment(x, mean, std, parallel=True, **aug),
+        lambda: image.normalize_augment_reference(x, mean, std, **aug),
+        20,
+        None,
+        same,
+    )
 
     def close(a, b):
         return same(a.count, b.count) and np.allclose(a.mean, b.mean, rtol=1e-12) and np.allclose(a.m2, b.m2, rtol=1e-9)
 
     images = image.synthetic_batch(args.images, 32, 32, 3, seed=1)
-    yield ("image_moments", lambda: stats.image_moments(images), lambda: stats.image_moments_reference(images),
-           1, None, close)
+    yield (
+        "image_moments",
+        lambda: stats.image_moments(images),
+        lambda: stats.image_moments_reference(images),
+        1,
+        None,
+        close,
+    )
     table = stats.synthetic_table(args.rows, 32, seed=2)
-    yield ("tabular_moments", lambda: stats.tabular_moments(table), lambda: stats.tabular_moments_reference(table),
-           1, None, close)
+    yield (
+        "tabular_moments",
+        lambda: stats.tabular_moments(table),
+        lambda: stats.tabular_moments_reference(table),
+        1,
+        None,
+        close,
+    )
 
     docs = text.synthetic_corpus(args.docs, args.words, args.terms, seed=3)
     counts = text.count_terms(docs)
-    yield ("count_terms", lambda: text.count_terms(docs), lambda: text.count_terms_reference(docs), 1, None,
-           lambda a, b: a.terms == b.terms and same(a.tf, b.tf) and same(a.df, b.df))
+    yield (
+        "count_terms",
+        lambda: text.count_terms(docs),
+        lambda: text.count_terms_reference(docs),
+        1,
+        None,
+        lambda a, b: a.terms == b.terms and same(a.tf, b.tf) and same(a.df, b.df),
+    )
     vocab = text.build_vocabulary(counts)
     small = text.build_vocabulary(counts, min_freq=2, max_size=20_000)
-    yield ("encode", lambda: text.encode(docs, small, 256, stop_words=text.ENGLISH_STOP_WORDS),
-           lambda: text.encode_reference(docs, small, 256, stop_words=text.ENGLISH_STOP_WORDS), 1, None, same)
+    yield (
+        "encode",
+        lambda: text.encode(docs, small, 256, stop_words=text.ENGLISH_STOP_WORDS),
+        lambda: text.encode_reference(docs, small, 256, stop_words=text.ENGLISH_STOP_WORDS),
+        1,
+        None,
+        same,
+    )
 
     def equal_csr(ours, theirs):
         x, m = ours[0], theirs
@@ -92,17 +128,29 @@ def cases(args):
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
     except ImportError:
-        yield ("tfidf_fit_transform", lambda: tfidf.tfidf_fit_transform(docs, vocab),
-               lambda: tfidf.tfidf_reference(docs, vocab), 1, None, equal_csr)
+        yield (
+            "tfidf_fit_transform",
+            lambda: tfidf.tfidf_fit_transform(docs, vocab),
+            lambda: tfidf.tfidf_reference(docs, vocab),
+            1,
+            None,
+            equal_csr,
+        )
     else:
-        yield ("tfidf_fit_transform", lambda: tfidf.tfidf_fit_transform(docs, vocab),
-               lambda: TfidfVectorizer(vocabulary=vocab.index).fit_transform(docs), 1, 2.0, equal_csr)
+        yield (
+            "tfidf_fit_transform",
+            lambda: tfidf.tfidf_fit_transform(docs, vocab),
+            lambda: TfidfVectorizer(vocabulary=vocab.index).fit_transform(docs),
+            1,
+            2.0,
+            equal_csr,
+        )
 
 
 def run(args) -> list[dict]:
     rows = []
     prepared = list(cases(args))
-    for _, kernel, reference, *_ in prepared:    # warm-up: compile or load the Numba code
+    for _, kernel, reference, *_ in prepared:  # warm-up: compile or load the Numba code
         kernel()
         reference()
     times = {name: ([], []) for name, *_ in prepared}
@@ -117,9 +165,17 @@ def run(args) -> list[dict]:
     for name, _, _, _, target, _ in prepared:
         tk, tr = median(times[name][0]), median(times[name][1])
         ratio = tr / tk
-        rows.append({"kernel": name, "kernel_ms": tk * 1e3, "reference_ms": tr * 1e3, "ratio": ratio,
-                     "equal": checks[name], "target": target,
-                     "result": "n/a" if target is None else ("PASS" if ratio >= target and checks[name] else "FAIL")})
+        rows.append(
+            {
+                "kernel": name,
+                "kernel_ms": tk * 1e3,
+                "reference_ms": tr * 1e3,
+                "ratio": ratio,
+                "equal": checks[name],
+                "target": target,
+                "result": "n/a" if target is None else ("PASS" if ratio >= target and checks[name] else "FAIL"),
+            }
+        )
     return rows
 
 
@@ -141,16 +197,43 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print(format_table([{**r, "target": "n/a" if r["target"] is None else f">= {r['target']:g}x",
-                             "equal": "yes" if r["equal"] else "NO"} for r in rows],
-                           {"kernel": "", "kernel_ms": ".2f", "reference_ms": ".2f", "ratio": ".1f",
-                            "equal": "", "target": "", "result": ""}))
+        print(
+            format_table(
+                [
+                    {
+                        **r,
+                        "target": "n/a" if r["target"] is None else f">= {r['target']:g}x",
+                        "equal": "yes" if r["equal"] else "NO",
+                    }
+                    for r in rows
+                ],
+                {
+                    "kernel": "",
+                    "kernel_ms": ".2f",
+                    "reference_ms": ".2f",
+                    "ratio": ".1f",
+                    "equal": "",
+                    "target": "",
+                    "result": "",
+                },
+            )
+        )
     if args.results:
-        numeric = [{"kernel_ms": r["kernel_ms"], "reference_ms": r["reference_ms"], "ratio": r["ratio"],
-                    "equal": int(r["equal"]), "target": float("nan") if r["target"] is None else r["target"]}
-                   for r in rows]
-        path = write_results(os.path.join(args.results, "kernels.h5"), {"kernels": numeric},
-                             {"names": [r["kernel"] for r in rows], "options": json.dumps(vars(args))})
+        numeric = [
+            {
+                "kernel_ms": r["kernel_ms"],
+                "reference_ms": r["reference_ms"],
+                "ratio": r["ratio"],
+                "equal": int(r["equal"]),
+                "target": float("nan") if r["target"] is None else r["target"],
+            }
+            for r in rows
+        ]
+        path = write_results(
+            os.path.join(args.results, "kernels.h5"),
+            {"kernels": numeric},
+            {"names": [r["kernel"] for r in rows], "options": json.dumps(vars(args))},
+        )
         print(f"wrote {path}", file=sys.stderr)
     return 1 if any(r["result"] == "FAIL" for r in rows) else 0
 

@@ -85,25 +85,37 @@ log_every = 1000000
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="train_throughput.py", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="train_throughput.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", default="cnn,resnet18", help="comma-separated models (default cnn,resnet18)")
     p.add_argument("--batch", type=int, help="samples per rank per step (default: cnn 64, resnet18 16)")
     p.add_argument("--steps", type=int, default=24, help="optimizer steps per measurement (default 24)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported (default 5)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="train.device of both loops (default cpu; cuda: one rank per GPU)")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="train.device of both loops (default cpu; cuda: one rank per GPU)",
+    )
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast in both loops (train.bf16)")
-    p.add_argument("--prefetch", type=int, default=2,
-                   help="data.prefetch of twinhpc's loop: batches prepared ahead by a thread (default 2)")
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=2,
+        help="data.prefetch of twinhpc's loop: batches prepared ahead by a thread (default 2)",
+    )
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    p.add_argument("--results", default="bench-results", help="folder for train_throughput.h5 (default ./bench-results)")
+    p.add_argument(
+        "--results", default="bench-results", help="folder for train_throughput.h5 (default ./bench-results)"
+    )
     return p.parse_args(argv)
 
 
-def prepare(world, work: Path, model: str, batch: int, steps: int, device: str = "cpu", bf16: bool = False,
-            prefetch: int = 2):
+def prepare(
+    world, work: Path, model: str, batch: int, steps: int, device: str = "cpu", bf16: bool = False, prefetch: int = 2
+):
     """Ingest and preprocess STEPS·BATCH·N synthetic images (+ one batch per rank to validate)."""
     n_train, n_val = steps * batch * world.size, batch * world.size
     src = work / f"{model}.npz"
@@ -116,11 +128,27 @@ def prepare(world, work: Path, model: str, batch: int, steps: int, device: str =
         share = slice(n_train * world.rank // world.size, n_train * (world.rank + 1) // world.size)
         images, labels = torch.from_numpy(z["image"][share].copy()), torch.from_numpy(z["label"][share].copy())
     folder = work / model
-    ingest("npz", src, folder / "data", options={"label": "label"}, val_fraction=n_val / (n_train + n_val),
-           test_fraction=0.0, world=world, overwrite=True)
+    ingest(
+        "npz",
+        src,
+        folder / "data",
+        options={"label": "label"},
+        val_fraction=n_val / (n_train + n_val),
+        test_fraction=0.0,
+        world=world,
+        overwrite=True,
+    )
     if world.rank == 0:
-        (folder / "job.toml").write_text(JOB.format(dir=folder, batch=batch * world.size, model=model,
-                                                    device=device, bf16=str(bf16).lower(), prefetch=prefetch))
+        (folder / "job.toml").write_text(
+            JOB.format(
+                dir=folder,
+                batch=batch * world.size,
+                model=model,
+                device=device,
+                bf16=str(bf16).lower(),
+                prefetch=prefetch,
+            )
+        )
     world.barrier()
     job = load_job(folder / "job.toml")
     preprocess(job, world=world)
@@ -141,8 +169,12 @@ def init_torch_distributed(world, device: str) -> None:
             s.bind(("", 0))
             addr = (socket.gethostname(), s.getsockname()[1])
     host, port = world.bcast(addr)
-    dist.init_process_group("nccl" if device == "cuda" else "gloo", init_method=f"tcp://{host}:{port}",
-                            rank=world.rank, world_size=world.size)
+    dist.init_process_group(
+        "nccl" if device == "cuda" else "gloo",
+        init_method=f"tcp://{host}:{port}",
+        rank=world.rank,
+        world_size=world.size,
+    )
 
 
 def plain_loop(job, images: torch.Tensor, labels: torch.Tensor, steps: int, batch: int, ddp: bool = False) -> float:
@@ -158,23 +190,27 @@ def plain_loop(job, images: torch.Tensor, labels: torch.Tensor, steps: int, batc
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     images, labels = images.to(device), labels.to(device)
     opt = make_optimizer(model.parameters(), job.optim)
-    g = torch.Generator(device=device).manual_seed(1)   # on a GPU: no host copies, no waits
+    g = torch.Generator(device=device).manual_seed(1)  # on a GPU: no host copies, no waits
     mean = torch.tensor([125.0, 123.0, 114.0], device=device).view(1, 3, 1, 1)
     inv_std = 1.0 / torch.tensor([63.0, 62.0, 66.0], device=device).view(1, 3, 1, 1)
     pad, side = 2, 32
     span = torch.arange(side, device=device)
     t0 = time.perf_counter()
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, images.shape[0], (batch,), generator=g, device=device)
-        x = images[idx].permute(0, 3, 1, 2).float()                    # (B, 3, 32, 32)
+        x = images[idx].permute(0, 3, 1, 2).float()  # (B, 3, 32, 32)
         x = F.pad(x, (pad, pad, pad, pad))
         oy, ox = torch.randint(0, 2 * pad + 1, (2, batch), generator=g, device=device)
-        rows = (oy[:, None] + span)[:, None, :, None]                  # (B, 1, 32, 1)
-        cols = (ox[:, None] + span)                                    # (B, 32)
+        rows = (oy[:, None] + span)[:, None, :, None]  # (B, 1, 32, 1)
+        cols = ox[:, None] + span  # (B, 32)
         flip = torch.rand(batch, generator=g, device=device) < 0.5
         cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
-        x = x[torch.arange(batch, device=device)[:, None, None, None],
-              torch.arange(3, device=device)[None, :, None, None], rows, cols]
+        x = x[
+            torch.arange(batch, device=device)[:, None, None, None],
+            torch.arange(3, device=device)[None, :, None, None],
+            rows,
+            cols,
+        ]
         x = (x - mean) * inv_std
         with autocast(job.train.bf16, device):
             loss = F.cross_entropy(model(x), labels[idx])
@@ -205,13 +241,12 @@ def run(args) -> list[dict]:
         work = Path(world.bcast(tmp if world.rank == 0 else None))
         for model in args.models.split(","):
             batch = args.batch or BATCH.get(model, 32)
-            job, images, labels = prepare(world, work, model, batch, args.steps, args.device, args.bf16,
-                                          args.prefetch)
+            job, images, labels = prepare(world, work, model, batch, args.steps, args.device, args.bf16, args.prefetch)
             multi = world.size > 1
             if multi:
                 init_torch_distributed(world, args.device)
             loops = ("plain", "ddp", "twinhpc") if multi else ("plain", "twinhpc")
-            plain_loop(job, images, labels, 1, batch)                  # warm-up of each
+            plain_loop(job, images, labels, 1, batch)  # warm-up of each
             if multi:
                 plain_loop(job, images, labels, 1, batch, ddp=True)
             twinhpc_loop(world, job, work / model / "warmup")
@@ -234,25 +269,54 @@ def run(args) -> list[dict]:
             # the target: the same work as plain PyTorch does it -- at one rank the plain loop,
             # at several the plain loop in torch's DDP (the plain loop without communication,
             # `ratio`, is the stricter reference: it pays no all-reduce at all)
-            rows.append({"model": model, "ranks": world.size, "batch": batch, "threads": args.threads,
-                         "steps": args.steps, "plain_sps": median(sps["plain"]),
-                         "ddp_sps": median(sps["ddp"]) if multi else float("nan"),
-                         "twinhpc_sps": median(sps["twinhpc"]), "ratio": ratio, "ratio_ddp": ratio_ddp,
-                         # the spread of the target's per-round ratios (VM noise shows here)
-                         "ratio_ddp_min": min(per_round), "ratio_ddp_max": max(per_round),
-                         "data_wait": median(waits),
-                         "pass_ratio": ratio_ddp >= TARGET_RATIO, "pass_wait": median(waits) < TARGET_WAIT})
+            rows.append(
+                {
+                    "model": model,
+                    "ranks": world.size,
+                    "batch": batch,
+                    "threads": args.threads,
+                    "steps": args.steps,
+                    "plain_sps": median(sps["plain"]),
+                    "ddp_sps": median(sps["ddp"]) if multi else float("nan"),
+                    "twinhpc_sps": median(sps["twinhpc"]),
+                    "ratio": ratio,
+                    "ratio_ddp": ratio_ddp,
+                    # the spread of the target's per-round ratios (VM noise shows here)
+                    "ratio_ddp_min": min(per_round),
+                    "ratio_ddp_max": max(per_round),
+                    "data_wait": median(waits),
+                    "pass_ratio": ratio_ddp >= TARGET_RATIO,
+                    "pass_wait": median(waits) < TARGET_WAIT,
+                }
+            )
     return rows
 
 
 def report(rows: list[dict]) -> str:
-    return format_table(rows, {"model": "", "ranks": "", "batch": "", "threads": "", "steps": "",
-                               "plain_sps": ".1f", "ddp_sps": ".1f", "twinhpc_sps": ".1f", "ratio": ".3f",
-                               "ratio_ddp": ".3f", "ratio_ddp_min": ".3f", "ratio_ddp_max": ".3f",
-                               "data_wait": ".2%", "pass_ratio": "", "pass_wait": ""}) + \
-        (f"\ntargets (samples/s per rank): ratio_ddp >= {TARGET_RATIO} (twinhpc over plain PyTorch doing the "
-         f"same work: the plain loop at 1 rank, the plain loop in torch DDP at several), data_wait < "
-         f"{TARGET_WAIT:.0%}; ratio = twinhpc over the plain loop without communication")
+    return format_table(
+        rows,
+        {
+            "model": "",
+            "ranks": "",
+            "batch": "",
+            "threads": "",
+            "steps": "",
+            "plain_sps": ".1f",
+            "ddp_sps": ".1f",
+            "twinhpc_sps": ".1f",
+            "ratio": ".3f",
+            "ratio_ddp": ".3f",
+            "ratio_ddp_min": ".3f",
+            "ratio_ddp_max": ".3f",
+            "data_wait": ".2%",
+            "pass_ratio": "",
+            "pass_wait": "",
+        },
+    ) + (
+        f"\ntargets (samples/s per rank): ratio_ddp >= {TARGET_RATIO} (twinhpc over plain PyTorch doing the "
+        f"same work: the plain loop at 1 rank, the plain loop in torch DDP at several), data_wait < "
+        f"{TARGET_WAIT:.0%}; ratio = twinhpc over the plain loop without communication"
+    )
 
 
 def main(argv=None) -> int:
@@ -262,10 +326,18 @@ def main(argv=None) -> int:
     if world.rank == 0:
         print(json.dumps(rows, indent=2) if args.json else report(rows), flush=True)
         tables = {r["model"]: [{k: v for k, v in r.items() if k != "model"}] for r in rows}  # numeric columns
-        path = write_results(f"{args.results}/train_throughput.h5", tables,
-                             {"target_ratio": TARGET_RATIO, "target_data_wait": TARGET_WAIT,
-                              "ranks": world.size, "rounds": args.rounds, "device": args.device,
-                              "bf16": args.bf16})
+        path = write_results(
+            f"{args.results}/train_throughput.h5",
+            tables,
+            {
+                "target_ratio": TARGET_RATIO,
+                "target_data_wait": TARGET_WAIT,
+                "ranks": world.size,
+                "rounds": args.rounds,
+                "device": args.device,
+                "bf16": args.bf16,
+            },
+        )
         print(f"results: {path.absolute()}", flush=True)
     return 0
 

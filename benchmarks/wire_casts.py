@@ -37,8 +37,9 @@ example:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="wire_casts.py", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="wire_casts.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--mib", type=float, default=12.0, help="bucket size in MiB of float32 (default 12)")
     p.add_argument("--rounds", type=int, default=9, help="alternating rounds; medians reported (default 9)")
     p.add_argument("--repeat", type=int, default=10, help="calls per timed batch (default 10)")
@@ -62,9 +63,12 @@ def cases(n: int, dtype: torch.dtype) -> dict:
 
     def pack():
         packed["flat"] = ops.pack([bucket], dtype=dtype)
-    return {"pack": (pack, lambda: packed["flat"]),
-            "unpack": (lambda: ops.unpack(wire, [out], scale=0.5), lambda: out),
-            "sum": (lambda: core.reduce_many(total, [wire, other]), lambda: total)}
+
+    return {
+        "pack": (pack, lambda: packed["flat"]),
+        "unpack": (lambda: ops.unpack(wire, [out], scale=0.5), lambda: out),
+        "sum": (lambda: core.reduce_many(total, [wire, other]), lambda: total),
+    }
 
 
 def run(args) -> list[dict]:
@@ -92,14 +96,24 @@ def run(args) -> list[dict]:
                             call()
                         times[path].append((time.perf_counter() - t0) / args.repeat)
                 a, b = outputs["vector"], outputs["scalar"]
-                same = bool(torch.equal(a.view(torch.int16) if a.dtype != torch.float32 else a.view(torch.int32),
-                                        b.view(torch.int16) if b.dtype != torch.float32 else b.view(torch.int32)))
+                same = bool(
+                    torch.equal(
+                        a.view(torch.int16) if a.dtype != torch.float32 else a.view(torch.int32),
+                        b.view(torch.int16) if b.dtype != torch.float32 else b.view(torch.int32),
+                    )
+                )
                 gb = n * 4 / 1e9
-                rows.append({"name": f"{name}_{str(dtype).removeprefix('torch.')}", "elements": n,
-                             "vector_ms": median(times["vector"]) * 1e3, "scalar_ms": median(times["scalar"]) * 1e3,
-                             "vector_gfloat_s": gb / 4 / median(times["vector"]),
-                             "speedup": median(s / v for s, v in zip(times["scalar"], times["vector"])),
-                             "same_bits": same})
+                rows.append(
+                    {
+                        "name": f"{name}_{str(dtype).removeprefix('torch.')}",
+                        "elements": n,
+                        "vector_ms": median(times["vector"]) * 1e3,
+                        "scalar_ms": median(times["scalar"]) * 1e3,
+                        "vector_gfloat_s": gb / 4 / median(times["vector"]),
+                        "speedup": median(s / v for s, v in zip(times["scalar"], times["vector"])),
+                        "same_bits": same,
+                    }
+                )
     finally:
         core.set_simd16(before)
     return rows
@@ -111,13 +125,35 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"wire_casts: {args.mib:g} MiB float32 bucket, 1 thread, {args.rounds} rounds x {args.repeat} calls (medians)")
-        print(format_table(rows, {"name": "", "elements": "d", "vector_ms": ".3f", "scalar_ms": ".3f",
-                                  "vector_gfloat_s": ".2f", "speedup": ".2f", "same_bits": ""}))
-    path = write_results(f"{args.results}/wire_casts.h5",
-                         {"wire_casts": [{k: v for k, v in r.items() if k != "name"} for r in rows]},
-                         {"names": [r["name"] for r in rows], "mib": args.mib, "rounds": args.rounds,
-                          "repeat": args.repeat, "threads": 1})
+        print(
+            f"wire_casts: {args.mib:g} MiB float32 bucket, 1 thread, "
+            f"{args.rounds} rounds x {args.repeat} calls (medians)"
+        )
+        print(
+            format_table(
+                rows,
+                {
+                    "name": "",
+                    "elements": "d",
+                    "vector_ms": ".3f",
+                    "scalar_ms": ".3f",
+                    "vector_gfloat_s": ".2f",
+                    "speedup": ".2f",
+                    "same_bits": "",
+                },
+            )
+        )
+    path = write_results(
+        f"{args.results}/wire_casts.h5",
+        {"wire_casts": [{k: v for k, v in r.items() if k != "name"} for r in rows]},
+        {
+            "names": [r["name"] for r in rows],
+            "mib": args.mib,
+            "rounds": args.rounds,
+            "repeat": args.repeat,
+            "threads": 1,
+        },
+    )
     print(f"results: {path.absolute()}", flush=True)
     return 0 if all(r["same_bits"] for r in rows) else 1
 

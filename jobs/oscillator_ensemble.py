@@ -47,8 +47,12 @@ def simulate(members: int, steps: int, dt: float, seed: int) -> dict[str, np.nda
         state = state + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         t += dt
     regime = np.where(zeta > 0.35, 2, np.where(amp > 0, 1, 0)).astype(np.int64)
-    return {"params": params.astype(np.float32), "trajectory": traj, "regime": regime,
-            "damping": zeta.astype(np.float32)}
+    return {
+        "params": params.astype(np.float32),
+        "trajectory": traj,
+        "regime": regime,
+        "damping": zeta.astype(np.float32),
+    }
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# before any test module imports mpi4py: `import twinhpc` sets Open MPI's dynamic-rules variable,
+# read once when MPI starts (the engine's Open MPI algorithm variants depend on it)
+import twinhpc  # noqa: E402, F401
+
 
 @dataclass(frozen=True)
 class CliResult:

@@ -61,8 +61,9 @@ def py2_pickle(obj, path: str | os.PathLike) -> None:
     Path(path).write_bytes(buf.getvalue())
 
 
-def write_cifar10(directory: str | os.PathLike, n_train_per_batch: int = 20, n_test: int = 20,
-                  seed: int = 0, meta: bool = True) -> dict:
+def write_cifar10(
+    directory: str | os.PathLike, n_train_per_batch: int = 20, n_test: int = 20, seed: int = 0, meta: bool = True
+) -> dict:
     """Write the CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``, ``batches.meta``).
 
     Pixels are random, so every image is unique. Returns ``image`` (N, 32, 32, 3) uint8 HWC,
@@ -75,16 +76,33 @@ def write_cifar10(directory: str | os.PathLike, n_train_per_batch: int = 20, n_t
     for name, n in [(b, n_train_per_batch) for b in CIFAR_TRAIN_BATCHES] + [(CIFAR_TEST_BATCH, n_test)]:
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)  # row: R plane, G plane, B plane
         y = rng.integers(0, 10, size=n).tolist()
-        py2_pickle({b"batch_label": f"{name} of 6".encode(), b"labels": y, b"data": data,
-                    b"filenames": [f"img_{name}_{i}.png".encode() for i in range(n)]}, directory / name)
+        py2_pickle(
+            {
+                b"batch_label": f"{name} of 6".encode(),
+                b"labels": y,
+                b"data": data,
+                b"filenames": [f"img_{name}_{i}.png".encode() for i in range(n)],
+            },
+            directory / name,
+        )
         images.append(data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(y, dtype=np.int64))
         splits += ["test" if name == CIFAR_TEST_BATCH else "train"] * n
     if meta:
-        py2_pickle({b"num_cases_per_batch": n_train_per_batch, b"num_vis": 3072,
-                    b"label_names": [c.encode() for c in CIFAR_CLASSES]}, directory / "batches.meta")
-    return {"image": np.concatenate(images), "label": np.concatenate(labels),
-            "split": np.array(splits), "classes": CIFAR_CLASSES if meta else tuple(str(i) for i in range(10))}
+        py2_pickle(
+            {
+                b"num_cases_per_batch": n_train_per_batch,
+                b"num_vis": 3072,
+                b"label_names": [c.encode() for c in CIFAR_CLASSES],
+            },
+            directory / "batches.meta",
+        )
+    return {
+        "image": np.concatenate(images),
+        "label": np.concatenate(labels),
+        "split": np.array(splits),
+        "classes": CIFAR_CLASSES if meta else tuple(str(i) for i in range(10)),
+    }
 
 
 class Exploit:
@@ -133,9 +151,13 @@ def write_imdb(directory: str | os.PathLike, n_per_class: int = 3, n_unsup: int 
         out["rating"].append(0)
         out["split"].append("unlabeled")
     (directory / "train" / "urls_pos.txt").write_text("http://example.invalid/\n")  # present in the real layout
-    return {"text": np.array(out["text"], dtype=object), "label": np.array(out["label"], dtype=np.int64),
-            "rating": np.array(out["rating"], dtype=np.int64), "split": np.array(out["split"]),
-            "classes": ("neg", "pos")}
+    return {
+        "text": np.array(out["text"], dtype=object),
+        "label": np.array(out["label"], dtype=np.int64),
+        "rating": np.array(out["rating"], dtype=np.int64),
+        "split": np.array(out["split"]),
+        "classes": ("neg", "pos"),
+    }
 
 
 # -- tables: CSV and Parquet --------------------------------------------------------------------
@@ -157,8 +179,13 @@ def table_columns(n: int = 30, seed: int = 0, label_kind: str = "str") -> dict[s
         label = [int(v) for v in rng.choice([1, 3, 10], size=n)]
     else:
         label = [float(v) for v in np.round(rng.normal(size=n), 3)]
-    return {"id": list(range(100, 100 + n)), "f1": f1, "f2": [int(v) for v in rng.integers(-5, 5, size=n)],
-            "color": color, "label": label}
+    return {
+        "id": list(range(100, 100 + n)),
+        "f1": f1,
+        "f2": [int(v) for v in rng.integers(-5, 5, size=n)],
+        "color": color,
+        "label": label,
+    }
 
 
 def write_csv(path: str | os.PathLike, n: int = 30, seed: int = 0, label_kind: str = "str") -> dict[str, list]:
@@ -175,8 +202,15 @@ def write_csv(path: str | os.PathLike, n: int = 30, seed: int = 0, label_kind: s
     return cols
 
 
-def write_parquet(path: str | os.PathLike, n: int = 30, seed: int = 0, parts: int = 1,
-                  row_group_size: int = 7, label_kind: str = "str", hive: bool = False) -> dict[str, list]:
+def write_parquet(
+    path: str | os.PathLike,
+    n: int = 30,
+    seed: int = 0,
+    parts: int = 1,
+    row_group_size: int = 7,
+    label_kind: str = "str",
+    hive: bool = False,
+) -> dict[str, list]:
     """Write :func:`table_columns` as Parquet.
 
     ``parts == 1`` and not ``hive``: one file at ``path``. Otherwise ``path`` is a directory as
@@ -231,8 +265,12 @@ def write_jsonl(path: str | os.PathLike, n: int = 25, seed: int = 0, label_key: 
     records = []
     with open(path, "wb") as f:
         for i in range(n):
-            rec = {"review_id": f"r{i:04d}", "text": f"review {i}: \"great\"\nfood \u00e0 la carte \u2605",
-                   label_key: int(rng.integers(1, 6)), "useful": int(rng.integers(0, 3))}
+            rec = {
+                "review_id": f"r{i:04d}",
+                "text": f'review {i}: "great"\nfood \u00e0 la carte \u2605',
+                label_key: int(rng.integers(1, 6)),
+                "useful": int(rng.integers(0, 3)),
+            }
             records.append(rec)
             f.write(json.dumps(rec, ensure_ascii=i % 2 == 0).encode() + (b"\r\n" if i % 3 == 0 else b"\n"))
             if i % 7 == 6:
@@ -241,8 +279,13 @@ def write_jsonl(path: str | os.PathLike, n: int = 25, seed: int = 0, label_key: 
 
 
 # -- image folder -------------------------------------------------------------------------------
-def write_image_folder(directory: str | os.PathLike, n_per_class: int = 3, classes=("cat", "dog", "zebra"),
-                       size: tuple[int, int] = (8, 12), seed: int = 0) -> dict:
+def write_image_folder(
+    directory: str | os.PathLike,
+    n_per_class: int = 3,
+    classes=("cat", "dog", "zebra"),
+    size: tuple[int, int] = (8, 12),
+    seed: int = 0,
+) -> dict:
     """Write ``<class>/<name>`` PNG images of random pixels, ``size`` = (H, W).
 
     Files mix extensions ``.png`` and ``.PNG`` and image modes (RGB, RGBA with an opaque alpha,
@@ -275,8 +318,12 @@ def write_image_folder(directory: str | os.PathLike, n_per_class: int = 3, class
             images.append(rgb)
             labels.append(label)
             files.append(folder / name)
-    return {"image": np.stack(images), "label": np.array(labels, dtype=np.int64), "files": files,
-            "classes": tuple(classes)}
+    return {
+        "image": np.stack(images),
+        "label": np.array(labels, dtype=np.int64),
+        "files": files,
+        "classes": tuple(classes),
+    }
 
 
 # -- NumPy --------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 #: accepted values of TWINHPC_CUDA
 CUDA_MODES = ("auto", "0", "1")
@@ -41,7 +41,8 @@ def find_nvcc(environ: Mapping[str, str] = os.environ) -> str | None:
         nvcc = os.path.join(home, "bin", "nvcc")
         return nvcc if os.path.exists(nvcc) else None
     return shutil.which("nvcc", path=environ.get("PATH")) or (
-        "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+        "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
+    )
 
 
 def cuda_enabled(mode: str, nvcc: str | None, torch_cuda: str | None) -> bool:
@@ -72,8 +73,11 @@ def cuda_enabled(mode: str, nvcc: str | None, torch_cuda: str | None) -> bool:
     if torch_cuda is None:
         missing.append("a CUDA-enabled torch (torch.version.cuda is None: this torch is a CPU build)")
     if mode == "1" and missing:
-        raise BuildError("TWINHPC_CUDA=1 but the CUDA build needs " + " and ".join(missing)
-                         + "; set TWINHPC_CUDA=0 or auto to build without CUDA")
+        raise BuildError(
+            "TWINHPC_CUDA=1 but the CUDA build needs "
+            + " and ".join(missing)
+            + "; set TWINHPC_CUDA=0 or auto to build without CUDA"
+        )
     return not missing
 
 
@@ -106,13 +110,16 @@ def cuda_arch_list(torch_arch_flags: str, nvcc_codes: str) -> str:
     BuildError
         If they have no architecture in common.
     """
+
     def capabilities(text: str) -> set[tuple[int, int]]:
         return {(int(d[:-1]), int(d[-1])) for d in re.findall(r"sm_(\d\d+)", text)}
 
     common = sorted(capabilities(torch_arch_flags) & capabilities(nvcc_codes))
     if not common:
-        raise BuildError(f"torch was compiled for {torch_arch_flags!r} and nvcc compiles {nvcc_codes!r}: "
-                         "no GPU architecture in common; set TORCH_CUDA_ARCH_LIST (e.g. \"9.0\")")
+        raise BuildError(
+            f"torch was compiled for {torch_arch_flags!r} and nvcc compiles {nvcc_codes!r}: "
+            'no GPU architecture in common; set TORCH_CUDA_ARCH_LIST (e.g. "9.0")'
+        )
     return ";".join(f"{major}.{minor}" for major, minor in common) + "+PTX"
 
 
@@ -128,9 +135,9 @@ def default_cuda_arch_list(nvcc: str) -> str:
 class MPIFlags:
     """Compiler and linker flags for code that includes ``mpi.h`` and links libmpi."""
 
-    wrapper: str            # the MPI C++ compiler wrapper they came from, e.g. "mpicxx"
+    wrapper: str  # the MPI C++ compiler wrapper they came from, e.g. "mpicxx"
     compile_args: list[str]  # include paths, macros, -pthread
-    link_args: list[str]     # library paths, libraries (without C++ bindings), an rpath per path
+    link_args: list[str]  # library paths, libraries (without C++ bindings), an rpath per path
 
 
 def split_mpi_flags(wrapper: str, tokens: list[str]) -> MPIFlags:
@@ -174,16 +181,21 @@ def mpi_flags(environ: Mapping[str, str] = os.environ) -> MPIFlags:
         If no wrapper is found, or it answers neither way.
     """
     wrapper = environ.get("MPICXX") or next(
-        (w for w in MPI_WRAPPERS if shutil.which(w, path=environ.get("PATH"))), None)
+        (w for w in MPI_WRAPPERS if shutil.which(w, path=environ.get("PATH"))), None
+    )
     if wrapper is None:
-        raise BuildError(f"no MPI C++ compiler wrapper found (tried {', '.join(MPI_WRAPPERS)} on PATH). "
-                         "Install an MPI with its development files (Debian: apt-get install "
-                         "openmpi-bin libopenmpi-dev) or set MPICXX to the wrapper's path")
+        raise BuildError(
+            f"no MPI C++ compiler wrapper found (tried {', '.join(MPI_WRAPPERS)} on PATH). "
+            "Install an MPI with its development files (Debian: apt-get install "
+            "openmpi-bin libopenmpi-dev) or set MPICXX to the wrapper's path"
+        )
     compile_text, link_text = _run([wrapper, "--showme:compile"]), _run([wrapper, "--showme:link"])
     if compile_text is not None and link_text is not None:
         return split_mpi_flags(wrapper, shlex.split(compile_text) + shlex.split(link_text))
     show = _run([wrapper, "-show"])
     if show is None:
-        raise BuildError(f"the MPI wrapper {wrapper!r} answers neither --showme:compile/--showme:link "
-                         "(Open MPI) nor -show (MPICH); set MPICXX to a working MPI C++ wrapper")
+        raise BuildError(
+            f"the MPI wrapper {wrapper!r} answers neither --showme:compile/--showme:link "
+            "(Open MPI) nor -show (MPICH); set MPICXX to a working MPI C++ wrapper"
+        )
     return split_mpi_flags(wrapper, shlex.split(show)[1:])

@@ -14,28 +14,51 @@ import platform
 import re
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from . import __version__
 
 #: (variable, launcher) in order of preference, per quantity
-RANK_VARS = (("OMPI_COMM_WORLD_RANK", "openmpi"), ("PMI_RANK", "pmi"), ("PMIX_RANK", "pmix"),
-             ("SLURM_PROCID", "slurm"))
+RANK_VARS = (("OMPI_COMM_WORLD_RANK", "openmpi"), ("PMI_RANK", "pmi"), ("PMIX_RANK", "pmix"), ("SLURM_PROCID", "slurm"))
 SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
 LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID")
 
 #: launcher variables worth showing (plus every OMPI_MCA_* that passes the filter below)
 SHOWN_VARS = (
-    "SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NTASKS",
-    "SLURM_CPUS_PER_TASK", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_ARRAY_JOB_ID",
-    "SLURM_ARRAY_TASK_ID", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-    "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE",
+    "SLURM_JOB_ID",
+    "SLURM_JOB_PARTITION",
+    "SLURM_JOB_NODELIST",
+    "SLURM_NNODES",
+    "SLURM_NTASKS",
+    "SLURM_CPUS_PER_TASK",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "PMIX_RANK",
+    "PMI_RANK",
+    "PMI_SIZE",
 )
 #: name fragments of variables never shown: keys and addresses (e.g. Open MPI's
 #: OMPI_MCA_orte_precondition_transports, *_uri), and per-job session plumbing
-HIDDEN_FRAGMENTS = ("KEY", "TOKEN", "SECRET", "PASS", "CRED", "TRANSPORTS", "URI", "SESSION_DIR",
-                    "JOBID", "VPID", "JOBFAM")
+HIDDEN_FRAGMENTS = (
+    "KEY",
+    "TOKEN",
+    "SECRET",
+    "PASS",
+    "CRED",
+    "TRANSPORTS",
+    "URI",
+    "SESSION_DIR",
+    "JOBID",
+    "VPID",
+    "JOBFAM",
+)
 #: OMPI_MCA_* settings mpirun makes for its own plumbing (prefixes after OMPI_MCA_), not shown
 MPIRUN_INTERNAL_MCA = ("orte_", "ess", "pmix", "initial_wdir", "shmem_RUNTIME_QUERY_hint")
 #: longest value shown; longer ones are left out
@@ -46,12 +69,12 @@ MAX_VALUE_CHARS = 256
 class ProcessInfo:
     """This process as its launcher describes it (defaults without a launcher)."""
 
-    rank: int        # rank in the job (0 without a launcher)
-    size: int        # number of processes the launcher started (1 without a launcher)
+    rank: int  # rank in the job (0 without a launcher)
+    size: int  # number of processes the launcher started (1 without a launcher)
     local_rank: int  # rank among the job's processes on this host (0 if unknown)
-    host: str        # host name, without the domain
-    pid: int         # operating-system process id
-    launcher: str    # where rank came from: "openmpi", "pmi", "pmix", "slurm" or "none"
+    host: str  # host name, without the domain
+    pid: int  # operating-system process id
+    launcher: str  # where rank came from: "openmpi", "pmi", "pmix", "slurm" or "none"
 
 
 def _lookup(environ: Mapping[str, str], names) -> tuple[str, int] | None:
@@ -77,10 +100,14 @@ def process_info(environ: Mapping[str, str] = os.environ) -> ProcessInfo:
     rank = _lookup(environ, [name for name, _ in RANK_VARS])
     size = _lookup(environ, SIZE_VARS)
     local_rank = _lookup(environ, LOCAL_RANK_VARS)
-    return ProcessInfo(rank=rank[1] if rank else 0, size=size[1] if size else 1,
-                       local_rank=local_rank[1] if local_rank else 0,
-                       host=socket.gethostname().split(".")[0], pid=os.getpid(),
-                       launcher=dict(RANK_VARS)[rank[0]] if rank else "none")
+    return ProcessInfo(
+        rank=rank[1] if rank else 0,
+        size=size[1] if size else 1,
+        local_rank=local_rank[1] if local_rank else 0,
+        host=socket.gethostname().split(".")[0],
+        pid=os.getpid(),
+        launcher=dict(RANK_VARS)[rank[0]] if rank else "none",
+    )
 
 
 def launcher_vars(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -91,10 +118,16 @@ def launcher_vars(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     :data:`HIDDEN_FRAGMENTS` entry (keys, addresses) or whose value is longer than
     :data:`MAX_VALUE_CHARS`.
     """
-    names = [n for n in environ if n in SHOWN_VARS or (
-        n.startswith("OMPI_MCA_") and not n[len("OMPI_MCA_"):].startswith(MPIRUN_INTERNAL_MCA))]
-    return {n: environ[n] for n in sorted(names)
-            if not any(f in n.upper() for f in HIDDEN_FRAGMENTS) and len(environ[n]) <= MAX_VALUE_CHARS}
+    names = [
+        n
+        for n in environ
+        if n in SHOWN_VARS or (n.startswith("OMPI_MCA_") and not n[len("OMPI_MCA_") :].startswith(MPIRUN_INTERNAL_MCA))
+    ]
+    return {
+        n: environ[n]
+        for n in sorted(names)
+        if not any(f in n.upper() for f in HIDDEN_FRAGMENTS) and len(environ[n]) <= MAX_VALUE_CHARS
+    }
 
 
 def devices() -> list[str]:
@@ -111,9 +144,18 @@ def rank_row(world) -> dict:
     import torch
 
     info = process_info()
-    return {"rank": world.rank, "size": world.size, "host": info.host, "local_rank": info.local_rank,
-            "pid": info.pid, "threads": torch.get_num_threads(), "devices": devices(),
-            "launcher": info.launcher, "launcher_size": info.size, "vars": launcher_vars()}
+    return {
+        "rank": world.rank,
+        "size": world.size,
+        "host": info.host,
+        "local_rank": info.local_rank,
+        "pid": info.pid,
+        "threads": torch.get_num_threads(),
+        "devices": devices(),
+        "launcher": info.launcher,
+        "launcher_size": info.size,
+        "vars": launcher_vars(),
+    }
 
 
 def _extension_info() -> dict:
@@ -129,12 +171,19 @@ def _extension_info() -> dict:
 
 def _mpi_runtime(MPI) -> dict:
     """The MPI library mpi4py loaded, the standard it implements, mpi4py and the thread level."""
-    levels = {MPI.THREAD_SINGLE: "MPI_THREAD_SINGLE", MPI.THREAD_FUNNELED: "MPI_THREAD_FUNNELED",
-              MPI.THREAD_SERIALIZED: "MPI_THREAD_SERIALIZED", MPI.THREAD_MULTIPLE: "MPI_THREAD_MULTIPLE"}
+    levels = {
+        MPI.THREAD_SINGLE: "MPI_THREAD_SINGLE",
+        MPI.THREAD_FUNNELED: "MPI_THREAD_FUNNELED",
+        MPI.THREAD_SERIALIZED: "MPI_THREAD_SERIALIZED",
+        MPI.THREAD_MULTIPLE: "MPI_THREAD_MULTIPLE",
+    }
     major, minor = MPI.Get_version()
-    return {"library": MPI.Get_library_version().strip("\0\n "), "standard": f"{major}.{minor}",
-            "mpi4py": sys.modules["mpi4py"].__version__,
-            "thread_level": levels.get(MPI.Query_thread(), str(MPI.Query_thread()))}
+    return {
+        "library": MPI.Get_library_version().strip("\0\n "),
+        "standard": f"{major}.{minor}",
+        "mpi4py": sys.modules["mpi4py"].__version__,
+        "thread_level": levels.get(MPI.Query_thread(), str(MPI.Query_thread())),
+    }
 
 
 def startup_report(world) -> dict | None:
@@ -189,17 +238,21 @@ def _warnings(report: dict) -> list[str]:
     else:
         compiled, loaded = _mpi_major(ext["mpi_compiled"]), _mpi_major(mpi["library"])
         if compiled and loaded and compiled != loaded:
-            out.append(f"the extension was compiled against {ext['mpi_compiled']} but mpi4py runs "
-                       f"{mpi['library'].splitlines()[0]}; rebuild it in this environment")
+            out.append(
+                f"the extension was compiled against {ext['mpi_compiled']} but mpi4py runs "
+                f"{mpi['library'].splitlines()[0]}; rebuild it in this environment"
+            )
         elif ext["mpi_library"] != mpi["library"]:
             out.append("the extension and mpi4py loaded different MPI libraries; keep one MPI per environment")
         if not ext["cuda"] and any(d != "cpu" for r in rows for d in r["devices"]):
             out.append("GPUs are visible but the extension was built without CUDA (TWINHPC_CUDA)")
     for r in rows:
         if r["launcher"] != "none" and r["launcher_size"] != r["size"]:
-            out.append(f"rank {r['rank']}: the launcher ({r['launcher']}) started {r['launcher_size']} "
-                       f"processes but the MPI world has {r['size']}; under srun check --mpi (pmix for "
-                       "Open MPI, pmi2 for MPICH), in a batch script start the ranks with srun or mpirun")
+            out.append(
+                f"rank {r['rank']}: the launcher ({r['launcher']}) started {r['launcher_size']} "
+                f"processes but the MPI world has {r['size']}; under srun check --mpi (pmix for "
+                "Open MPI, pmi2 for MPICH), in a batch script start the ranks with srun or mpirun"
+            )
     return out
 
 
@@ -214,8 +267,10 @@ def format_report(report: dict) -> str:
     """The startup table as text: versions, one row per rank, launcher variables, warnings."""
     ext, mpi, rows = report["extension"], report["mpi"], report["ranks"]
     if ext["built"]:
-        ext_line = (f"built: CUDA {'yes' if ext['cuda'] else 'no'}, {ext['mpi_compiled']} "
-                    f"(MPI {ext['mpi_standard']}), {ext['compiler']}, torch {ext['torch']}")
+        ext_line = (
+            f"built: CUDA {'yes' if ext['cuda'] else 'no'}, {ext['mpi_compiled']} "
+            f"(MPI {ext['mpi_standard']}), {ext['compiler']}, torch {ext['torch']}"
+        )
     else:
         ext_line = "not built"
     torch_info = report["torch"]
@@ -230,9 +285,13 @@ def format_report(report: dict) -> str:
         f"world       {len(rows)} rank{'s' * (len(rows) != 1)} on {len(hosts)} host{'s' * (len(hosts) != 1)}",
         "",
     ]
-    lines += _table(["rank", "size", "host", "local", "pid", "threads", "devices"],
-                    [[r["rank"], r["size"], r["host"], r["local_rank"], r["pid"], r["threads"],
-                      ", ".join(r["devices"])] for r in rows])
+    lines += _table(
+        ["rank", "size", "host", "local", "pid", "threads", "devices"],
+        [
+            [r["rank"], r["size"], r["host"], r["local_rank"], r["pid"], r["threads"], ", ".join(r["devices"])]
+            for r in rows
+        ],
+    )
     common = {k: v for k, v in rows[0]["vars"].items() if all(r["vars"].get(k) == v for r in rows)}
     if common:
         lines += ["", "launcher variables (all ranks):"] + [f"  {k}={v}" for k, v in common.items()]

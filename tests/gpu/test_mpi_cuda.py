@@ -50,12 +50,15 @@ def test_engine_says_how_cuda_tensors_travel(world, engine):
     import os
 
     forced_off = os.environ.get("TWINHPC_MPI_CUDA_AWARE") == "0"
-    print(f"rank {world.rank}: cuda_aware={engine.cuda_aware} "
-          f"(TWINHPC_MPI_CUDA_AWARE={os.environ.get('TWINHPC_MPI_CUDA_AWARE', 'unset')})")
+    print(
+        f"rank {world.rank}: cuda_aware={engine.cuda_aware} "
+        f"(TWINHPC_MPI_CUDA_AWARE={os.environ.get('TWINHPC_MPI_CUDA_AWARE', 'unset')})"
+    )
 
     def body():
-        assert not (forced_off and engine.cuda_aware), \
+        assert not (forced_off and engine.cuda_aware), (
             "TWINHPC_MPI_CUDA_AWARE=0 but the engine still hands device pointers to MPI"
+        )
 
     collective(world, body)
 
@@ -76,8 +79,9 @@ def test_cuda_sum_and_average_equal_numpy(world, engine, device, dtype, algorith
                 engine.allreduce_async_(means[n], op="avg", algorithm=algorithm).wait()
         for n, (t, returned) in sums.items():
             assert returned is t and t.device == device
-            np.testing.assert_array_equal(t.cpu().double().numpy(), expected_sum(n, dtype, world.size),
-                                          err_msg=f"n={n}")
+            np.testing.assert_array_equal(
+                t.cpu().double().numpy(), expected_sum(n, dtype, world.size), err_msg=f"n={n}"
+            )
         for n, t in means.items():
             mean = expected_sum(n, dtype, world.size) / world.size
             np.testing.assert_allclose(t.cpu().double().numpy(), mean, rtol=WIRE_EPS.get(dtype, 1e-7) * 2)

@@ -1,4 +1,5 @@
-"""The benchmark scripts end to end (tiny sizes): allreduce.py, dp_overhead.py, train_throughput.py under mpirun -n 2; wire_casts.py."""
+"""The benchmark scripts end to end (tiny sizes): allreduce.py, dp_overhead.py, train_throughput.py
+under mpirun -n 2; wire_casts.py."""
 
 import json
 import os
@@ -22,11 +23,26 @@ pytestmark = [
 
 def test_allreduce_benchmark_writes_rows_ratios_and_hdf5(tmp_path):
     env = dict(os.environ, OMPI_MCA_rmaps_base_oversubscribe="1", TWINHPC_CACHE=str(tmp_path / "cache"))
-    cmd = ["mpirun", "-n", "2", sys.executable, str(ROOT / "benchmarks" / "allreduce.py"), "--min-bytes", "4KiB",
-           "--max-bytes", "16KiB", "--rounds", "2", "--no-gloo", "--json", "--results", str(tmp_path)]
+    cmd = [
+        "mpirun",
+        "-n",
+        "2",
+        sys.executable,
+        str(ROOT / "benchmarks" / "allreduce.py"),
+        "--min-bytes",
+        "4KiB",
+        "--max-bytes",
+        "16KiB",
+        "--rounds",
+        "2",
+        "--no-gloo",
+        "--json",
+        "--results",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = json.loads(out.stdout[out.stdout.index("["):])
+    rows = json.loads(out.stdout[out.stdout.index("[") :])
     impls = {r["impl"] for r in rows}
     assert {"memcpy", "mpi4py", "twinhpc:auto", "twinhpc:shared", "twinhpc:mpi"} <= impls
     for r in rows:
@@ -43,17 +59,31 @@ def test_allreduce_benchmark_writes_rows_ratios_and_hdf5(tmp_path):
 
 def _run_json(script: str, args: list[str], tmp_path, timeout: int = 600):
     env = dict(os.environ, OMPI_MCA_rmaps_base_oversubscribe="1", TWINHPC_CACHE=str(tmp_path / "cache"))
-    cmd = ["mpirun", "-n", "2", "--bind-to", "none", sys.executable, str(ROOT / "benchmarks" / script), *args,
-           "--json", "--results", str(tmp_path)]
+    cmd = [
+        "mpirun",
+        "-n",
+        "2",
+        "--bind-to",
+        "none",
+        sys.executable,
+        str(ROOT / "benchmarks" / script),
+        *args,
+        "--json",
+        "--results",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows, _ = json.JSONDecoder().raw_decode(out.stdout[out.stdout.index("["):])  # a "results:" line may follow
+    rows, _ = json.JSONDecoder().raw_decode(out.stdout[out.stdout.index("[") :])  # a "results:" line may follow
     return rows
 
 
 def test_dp_overhead_benchmark_reports_both_step_times(tmp_path):
-    rows = _run_json("dp_overhead.py", ["--width", "64", "--layers", "1", "--steps", "2", "--rounds", "1",
-                                        "--overlap", "auto,on,off"], tmp_path)
+    rows = _run_json(
+        "dp_overhead.py",
+        ["--width", "64", "--layers", "1", "--steps", "2", "--rounds", "1", "--overlap", "auto,on,off"],
+        tmp_path,
+    )
     assert [(r["overlap_setting"], r["overlap"]) for r in rows[1:]] == [("on", 1), ("off", 0)]
     r = rows[0]
     assert r["ranks"] == 2 and r["step_s_comm"] > 0 and r["step_s_nocomm"] > 0 and r["ratio"] > 0
@@ -66,8 +96,9 @@ def test_dp_overhead_benchmark_reports_both_step_times(tmp_path):
 
 
 def test_train_throughput_benchmark_compares_plain_ddp_and_twinhpc(tmp_path):
-    rows = _run_json("train_throughput.py", ["--models", "cnn", "--batch", "8", "--steps", "2", "--rounds", "1"],
-                     tmp_path)
+    rows = _run_json(
+        "train_throughput.py", ["--models", "cnn", "--batch", "8", "--steps", "2", "--rounds", "1"], tmp_path
+    )
     (r,) = rows
     assert r["model"] == "cnn" and r["ranks"] == 2
     for key in ("plain_sps", "ddp_sps", "twinhpc_sps"):
@@ -82,12 +113,25 @@ def test_train_throughput_benchmark_compares_plain_ddp_and_twinhpc(tmp_path):
 
 @pytest.mark.skipif(not ops.available() or not ops._load().simd16_available(), reason="no AVX2/F16C here")
 def test_wire_casts_benchmark_compares_both_paths_with_equal_bits(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "wire_casts.py"), "--mib", "0.1", "--rounds", "2",
-           "--repeat", "1", "--json", "--results", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "wire_casts.py"),
+        "--mib",
+        "0.1",
+        "--rounds",
+        "2",
+        "--repeat",
+        "1",
+        "--json",
+        "--results",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows, _ = json.JSONDecoder().raw_decode(out.stdout[out.stdout.index("["):])
-    assert [r["name"] for r in rows] == [f"{op}_{d}" for d in ("bfloat16", "float16") for op in ("pack", "unpack", "sum")]
+    rows, _ = json.JSONDecoder().raw_decode(out.stdout[out.stdout.index("[") :])
+    assert [r["name"] for r in rows] == [
+        f"{op}_{d}" for d in ("bfloat16", "float16") for op in ("pack", "unpack", "sum")
+    ]
     for r in rows:
         assert r["same_bits"] and r["vector_ms"] > 0 and r["scalar_ms"] > 0 and r["speedup"] > 0
     with h5py.File(tmp_path / "wire_casts.h5") as f:

@@ -13,20 +13,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 MPIRUN = shutil.which("mpirun")
 needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed")
 ROOT = Path(__file__).resolve().parents[2]
 #: code that runs `twinhpc info --json` as if twinhpc._C were not built
-WITHOUT_EXTENSION = ("import sys; sys.modules['twinhpc._C'] = None; "
-                     "from twinhpc.cli.main import main; sys.exit(main(['info', '--json']))")
+WITHOUT_EXTENSION = (
+    "import sys; sys.modules['twinhpc._C'] = None; "
+    "from twinhpc.cli.main import main; sys.exit(main(['info', '--json']))"
+)
 
 
 def clean_env() -> dict:
     """This environment without launcher variables (the test process may be an MPI singleton)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_", "SLURM_"))}
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
-               OMP_NUM_THREADS="1")
+    env.update(
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+        OMP_NUM_THREADS="1",
+    )
     return env
 
 
@@ -88,8 +93,14 @@ def test_info_json_under_mpirun_has_a_row_per_rank():
 
 
 def test_info_works_without_the_extension():
-    proc = subprocess.run([sys.executable, "-c", WITHOUT_EXTENSION], cwd=ROOT, env=clean_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTENSION],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["extension"]["built"] is False

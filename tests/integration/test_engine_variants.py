@@ -27,10 +27,13 @@ with Engine(MPI.COMM_SELF, algorithm="mpi") as eng:
 
 
 @pytest.mark.skipif("Open MPI" not in MPI.Get_library_version(), reason="the variants are Open MPI's algorithms")
-@pytest.mark.parametrize("dynamic_rules, expected", [
-    (None, "mpi_recursive_doubling,mpi_ring,mpi_segmented_ring,mpi_rabenseifner"),  # import twinhpc enables them
-    ("0", ""),  # the environment says no: only the library's own choice
-])
+@pytest.mark.parametrize(
+    "dynamic_rules, expected",
+    [
+        (None, "mpi_recursive_doubling,mpi_ring,mpi_segmented_ring,mpi_rabenseifner"),  # import twinhpc enables them
+        ("0", ""),  # the environment says no: only the library's own choice
+    ],
+)
 def test_open_mpi_algorithm_variants_follow_the_dynamic_rules_variable(dynamic_rules, expected):
     env = {k: v for k, v in os.environ.items() if k != "OMPI_MCA_coll_tuned_use_dynamic_rules"}
     if dynamic_rules is not None:

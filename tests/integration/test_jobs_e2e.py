@@ -40,9 +40,15 @@ from twinhpc.preprocess.fit import read_rows
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = ROOT / "jobs"
 PNGS = ("loss.png", "metric.png", "confusion.png", "timing.png")
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-       "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-       "OMPI_MCA_rmaps_base_oversubscribe": "1", "TWINHPC_VENV": sys.prefix}
+ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    "OMP_NUM_THREADS": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "TWINHPC_VENV": sys.prefix,
+}
 
 pytestmark = pytest.mark.slow
 
@@ -108,19 +114,42 @@ CIFAR = dict(source=write_cifar, kind="cifar10", dataset="data/cifar10", classes
 IMDB = dict(source=write_aclimdb, kind="imdb", dataset="data/imdb", classes=2)
 TEXT_SMALL = ("data.batch_size=8", "train.epochs=2", "preprocess.text.max_len=32")
 CASES = {
-    "cifar10_cnn": dict(CIFAR, sets=("data.batch_size=16", "train.epochs=2", "optim.warmup_steps=2",
-                                     "model.structure.channels=8", "model.structure.hidden=16")),
+    "cifar10_cnn": dict(
+        CIFAR,
+        sets=(
+            "data.batch_size=16",
+            "train.epochs=2",
+            "optim.warmup_steps=2",
+            "model.structure.channels=8",
+            "model.structure.hidden=16",
+        ),
+    ),
     # bf16 = true, as the job says
-    "cifar10_resnet18": dict(CIFAR, sets=("data.batch_size=16", "train.epochs=2", "optim.warmup_steps=2",
-                                          "model.structure.width=8")),
+    "cifar10_resnet18": dict(
+        CIFAR, sets=("data.batch_size=16", "train.epochs=2", "optim.warmup_steps=2", "model.structure.width=8")
+    ),
     # min_freq = 5, stop words, max_vocab as the job says; in_features from the vocabulary (the
     # job file's former in_features = 30000 is refused before training, naming the key)
-    "imdb_tfidf_mlp": dict(IMDB, sets=("data.batch_size=8", "train.epochs=2", "model.structure.hidden=[16]"),
-                           refused=("model.structure.in_features=30000", "model.structure.in_features: is 30000, "
-                                                                         "but the preprocessed data")),
-    "imdb_transformer": dict(IMDB, sets=TEXT_SMALL + (
-        "optim.warmup_steps=2", "model.structure.max_len=32", "model.structure.width=16",
-        "model.structure.layers=1", "model.structure.heads=2", "model.structure.ffn=32")),
+    "imdb_tfidf_mlp": dict(
+        IMDB,
+        sets=("data.batch_size=8", "train.epochs=2", "model.structure.hidden=[16]"),
+        refused=(
+            "model.structure.in_features=30000",
+            "model.structure.in_features: is 30000, but the preprocessed data",
+        ),
+    ),
+    "imdb_transformer": dict(
+        IMDB,
+        sets=TEXT_SMALL
+        + (
+            "optim.warmup_steps=2",
+            "model.structure.max_len=32",
+            "model.structure.width=16",
+            "model.structure.layers=1",
+            "model.structure.heads=2",
+            "model.structure.ffn=32",
+        ),
+    ),
     # the pretrained MiniLM with its own tokenizer, top two layers trained, as the job says
     "imdb_minilm": dict(IMDB, sets=TEXT_SMALL + ("optim.warmup_steps=2",)),
 }
@@ -198,8 +227,10 @@ def test_job_end_to_end(name, tmp_path, monkeypatch, capsys):
         # new reviews, ingested on their own; one uses every word of the training vocabulary,
         # more distinct terms than any review the TF-IDF width was measured on
         new = Path(write_aclimdb(tmp_path / "new", n_per_class=2))
-        long_review = " ".join(f"{w} " * 3 for w in ("train test neg pos review cafe café br stars bad byte "
-                                                     + " ".join(map(str, range(11)))).split())
+        long_review = " ".join(
+            f"{w} " * 3
+            for w in ("train test neg pos review cafe café br stars bad byte " + " ".join(map(str, range(11)))).split()
+        )
         next((new / "test" / "pos").glob("*.txt")).write_text(long_review)
         twinhpc(capsys, "ingest", "imdb", new, "--out", "data/new")
         twinhpc(capsys, "predict", job, "--run", run, "--input", "data/new", "--out", "new.h5", *overrides)
@@ -223,8 +254,9 @@ def test_tabular_csv_on_two_ranks(tmp_path, monkeypatch, capsys):
     overrides = sets("data.batch_size=16", "train.epochs=2", "model.structure.hidden=[16, 8]")
     (tmp_path / "data").mkdir()
     cols = fixtures.write_csv(tmp_path / "data" / "table.csv", n=160, seed=3)
-    out = mpirun2("ingest", "csv", "data/table.csv", "--out", "data/table", "--label", "label", "--shards", "4",
-                  cwd=tmp_path)
+    out = mpirun2(
+        "ingest", "csv", "data/table.csv", "--out", "data/table", "--label", "label", "--shards", "4", cwd=tmp_path
+    )
     assert "on 2 rank(s)" in out
     assert "on 2 rank(s)" in mpirun2("preprocess", job, *overrides, cwd=tmp_path)
     out = mpirun2("train", job, "--out", run, *overrides, cwd=tmp_path)
@@ -247,9 +279,10 @@ def test_tabular_csv_on_two_ranks(tmp_path, monkeypatch, capsys):
     # new data: the test rows whose colour is known and class is not "bird" (so the new file
     # has other colour levels and classes than the training data), columns in another order
     classes = ("bird", "cat", "dog")
-    ids = test["x"][:, 0].astype(int).tolist()          # x = id, f1, f2 (header order)
-    keep = [i for i, id_ in enumerate(ids) if cols["color"][id_ - 100] is not None
-            and classes[test["label"][i]] != "bird"]
+    ids = test["x"][:, 0].astype(int).tolist()  # x = id, f1, f2 (header order)
+    keep = [
+        i for i, id_ in enumerate(ids) if cols["color"][id_ - 100] is not None and classes[test["label"][i]] != "bird"
+    ]
     assert len(keep) >= 3
     with open(tmp_path / "new.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -257,8 +290,20 @@ def test_tabular_csv_on_two_ranks(tmp_path, monkeypatch, capsys):
         for i in keep:
             r = ids[i] - 100
             w.writerow([cols[k][r] if cols[k][r] is not None else "" for k in ("label", "color", "f2", "id", "f1")])
-    twinhpc(capsys, "ingest", "csv", "new.csv", "--out", "data/new", "--label", "label",
-            "--val-fraction", "0", "--test-fraction", "0")
+    twinhpc(
+        capsys,
+        "ingest",
+        "csv",
+        "new.csv",
+        "--out",
+        "data/new",
+        "--label",
+        "label",
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0",
+    )
     new_manifest = Manifest.load("data/new")
     assert new_manifest.classes == ("cat", "dog") and "" not in new_manifest.categorical["color"]
     twinhpc(capsys, "predict", job, "--run", run, "--input", "data/new", "--out", "new.h5", *overrides)
@@ -266,4 +311,4 @@ def test_tabular_csv_on_two_ranks(tmp_path, monkeypatch, capsys):
     by_id = dict(zip(split_rows("data/new", "train", ["x"])["x"][:, 1].astype(int).tolist(), range(len(keep))))
     order = [by_id[ids[i]] for i in keep]
     np.testing.assert_allclose(new["output"][order], one["output"][keep], rtol=1e-5, atol=1e-6)
-    assert new["target"][order].tolist() == one["target"][keep].tolist()   # class ids of the training classes
+    assert new["target"][order].tolist() == one["target"][keep].tolist()  # class ids of the training classes

@@ -37,10 +37,21 @@ def run_job(body: str, timeout_s: float, stall_timeout: float) -> tuple[subproce
     script = textwrap.dedent(PRELUDE.format(timeout=stall_timeout)) + textwrap.dedent(body)
     # A fresh job: no MPI variables inherited from a pytest process that is itself an MPI rank.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "ORTE_", "HYDRA_", "PMI_"))}
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.run(["mpirun", "-n", "2", sys.executable, "-c", script], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout_s)
+    env.update(
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+        PYTHONPATH=ROOT,
+        OMP_NUM_THREADS="1",
+    )
+    proc = subprocess.run(
+        ["mpirun", "-n", "2", sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     end = time.monotonic()
     waiting = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("WAITING")]
     assert waiting, f"rank 0 never started waiting:\n{proc.stdout}\n{proc.stderr}"
@@ -48,36 +59,48 @@ def run_job(body: str, timeout_s: float, stall_timeout: float) -> tuple[subproce
 
 
 def test_a_rank_that_does_not_arrive_is_named_and_the_job_aborts():
-    proc, after = run_job("""
+    proc, after = run_job(
+        """
         if eng.rank == 1:
             time.sleep(120)
         eng.allreduce_(torch.ones(4), name="late")
-    """, timeout_s=150, stall_timeout=2.0)
+    """,
+        timeout_s=150,
+        stall_timeout=2.0,
+    )
     assert proc.returncode != 0
     assert "collective #1 'late'" in proc.stderr and "missing ranks: [1]" in proc.stderr, proc.stderr
     assert after < 20, f"the job took {after:.1f} s to end after rank 0 started waiting"
 
 
 def test_a_rank_that_dies_ends_the_job():
-    proc, after = run_job("""
+    proc, after = run_job(
+        """
         if eng.rank == 1:
             os._exit(3)
         eng.allreduce_(torch.ones(4), name="orphaned")
-    """, timeout_s=150, stall_timeout=0)
+    """,
+        timeout_s=150,
+        stall_timeout=0,
+    )
     assert proc.returncode != 0
     assert after < 60, f"the job took {after:.1f} s to end after rank 1 died"
 
 
 def test_thousands_of_quick_operations_are_not_a_stall():
     """Rank 0 must keep up with every rank's arrivals, else its view lags into a false stall."""
-    proc, _ = run_job("""
+    proc, _ = run_job(
+        """
         t = torch.ones(16)
         end = time.monotonic() + 3
         while eng.comm.bcast(time.monotonic() < end):
             for _ in range(200):
                 eng.allreduce_(t, algorithm="shm")
         print("DONE", eng.rank, flush=True)
-    """, timeout_s=150, stall_timeout=1.0)
+    """,
+        timeout_s=150,
+        stall_timeout=1.0,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("DONE") == 2
 

@@ -25,9 +25,15 @@ from twinhpc.io.results import read_results
 ROOT = Path(__file__).resolve().parents[2]
 JOB = ROOT / "jobs" / "digits.toml"
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-       "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-       "OMPI_MCA_rmaps_base_oversubscribe": "1", "TWINHPC_VENV": sys.prefix}
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}:{os.environ['PATH']}",
+    "OMP_NUM_THREADS": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "TWINHPC_VENV": sys.prefix,
+}
 TWINHPC = [sys.executable, "-m", "twinhpc"]
 MPIRUN2 = ["mpirun", "-n", "2"]
 
@@ -46,8 +52,23 @@ def digits(tmp_path_factory) -> Path:
         pytest.skip("jobs/digits.toml is not there")
     work = tmp_path_factory.mktemp("digits")
     run([sys.executable, ROOT / "jobs" / "digits_to_npz.py", "--out", "data/digits.npz"], work)
-    run(TWINHPC + ["ingest", "npz", "data/digits.npz", "--out", "data/digits", "--label", "label",
-                   "--val-fraction", "0.2", "--test-fraction", "0"], work)
+    run(
+        TWINHPC
+        + [
+            "ingest",
+            "npz",
+            "data/digits.npz",
+            "--out",
+            "data/digits",
+            "--label",
+            "label",
+            "--val-fraction",
+            "0.2",
+            "--test-fraction",
+            "0",
+        ],
+        work,
+    )
     run(TWINHPC + ["preprocess", JOB], work)
     return work
 
@@ -90,8 +111,12 @@ def test_predict_on_two_ranks_equals_one_rank_in_order(trained, digits):
     run_dir, _, _ = trained
     for n, out in ((1, "p1.h5"), (2, "p2.h5")):
         launcher = MPIRUN2 if n == 2 else []
-        run(launcher + TWINHPC + ["predict", JOB, "--run", run_dir, "--input", "data/digits", "--split", "val",
-                                  "--out", out], digits)
+        run(
+            launcher
+            + TWINHPC
+            + ["predict", JOB, "--run", run_dir, "--input", "data/digits", "--split", "val", "--out", out],
+            digits,
+        )
     with h5py.File(digits / "p1.h5") as a, h5py.File(digits / "p2.h5") as b:
         assert np.array_equal(a["index"][()], np.arange(359))
         assert np.array_equal(a["index"][()], b["index"][()])
@@ -106,17 +131,23 @@ def test_sigusr2_mid_epoch_checkpoints_requeues_and_resumes_bit_identically(digi
     parameters and every recorded metric equal an uninterrupted run's exactly."""
     opts = ["--set", "train.epochs=1", "--set", "train.log_every=1"]
     cut, whole = digits / "runs" / "cut", digits / "runs" / "whole"
-    proc = subprocess.Popen(MPIRUN2 + TWINHPC + ["train", JOB, "--out", cut] + opts, cwd=digits, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        MPIRUN2 + TWINHPC + ["train", JOB, "--out", cut] + opts,
+        cwd=digits,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     logs = [cut / "logs" / f"twinhpc-train.rank{r}.log" for r in (0, 1)]
     deadline = time.time() + 120
     while not all(p.is_file() and "training cnn" in p.read_text() for p in logs):  # handlers installed
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
         time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR2)        # mpirun forwards it to both ranks
+    proc.send_signal(signal.SIGUSR2)  # mpirun forwards it to both ranks
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 255, output
-    (step, ckpt), = [(int(p.stem.split("-")[1]), p) for p in (cut / "ckpt").glob("step-*.h5")]
+    ((step, ckpt),) = [(int(p.stem.split("-")[1]), p) for p in (cut / "ckpt").glob("step-*.h5")]
     with h5py.File(ckpt) as f:
         consumed = json.loads(f.attrs["loader"])["batches_consumed"]
     assert 0 < consumed < 44 and f"step {step}" in output, "the checkpoint is not mid-epoch"

@@ -10,7 +10,8 @@ expected values derive from ``world.size``.
 from __future__ import annotations
 
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def collective(world, body: Callable[[], Any]) -> Any:

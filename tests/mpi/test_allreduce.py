@@ -25,13 +25,12 @@ DTYPES = FLOATS + (torch.int32, torch.int64)
 #: empty, one element, odd, and a few segments of the ring / rounds of shared memory
 SIZES = (0, 1, 7, 100_003)
 #: wire dtype -> its unit roundoff (relative spacing of representable numbers / 2)
-WIRE_EPS = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
+WIRE_EPS = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
 
 @pytest.fixture(scope="module")
 def engine(world):
-    eng = collective(world, lambda: Engine(world.comm, stall_timeout=120, algorithm="mpi",
-                                           segment_bytes=64 << 10))
+    eng = collective(world, lambda: Engine(world.comm, stall_timeout=120, algorithm="mpi", segment_bytes=64 << 10))
     yield eng
     eng.close()
 
@@ -133,8 +132,9 @@ def test_allreduce_many_fuses_and_unpacks_in_order(world, engine, wire):
 def test_async_operations_complete_in_fifo_order(world, engine):
     def body():
         ts = [rank_input(1000 + k, torch.float64, world.rank) + k for k in range(12)]
-        handles = [engine.allreduce_async_(t, name=f"op{k}", algorithm=list(ALGORITHMS)[k % 3])
-                   for k, t in enumerate(ts)]
+        handles = [
+            engine.allreduce_async_(t, name=f"op{k}", algorithm=list(ALGORITHMS)[k % 3]) for k, t in enumerate(ts)
+        ]
         behind = engine.allreduce_(torch.ones(4, dtype=torch.float64), name="blocking")  # queued behind them
         assert all(h.done() for h in handles)
         np.testing.assert_array_equal(behind.numpy(), np.full(4, world.size))
@@ -165,17 +165,23 @@ def test_broadcast_copies_the_root(world, engine, dtype):
     collective(world, body)
 
 
-@pytest.mark.parametrize("case, error, words", [
-    ("non-contiguous", ValueError, "not contiguous"),
-    ("complex64", TypeError, "unsupported dtype complex64"),
-    ("bool", TypeError, "unsupported dtype bool"),
-    ("int average", TypeError, "cannot average int32"),
-    ("int wire", TypeError, "wire casts are between floating-point dtypes"),
-])
+@pytest.mark.parametrize(
+    "case, error, words",
+    [
+        ("non-contiguous", ValueError, "not contiguous"),
+        ("complex64", TypeError, "unsupported dtype complex64"),
+        ("bool", TypeError, "unsupported dtype bool"),
+        ("int average", TypeError, "cannot average int32"),
+        ("int wire", TypeError, "wire casts are between floating-point dtypes"),
+    ],
+)
 def test_bad_input_raises_on_every_rank(world, engine, case, error, words):
     def body():
-        t = {"non-contiguous": torch.zeros(4, 6).t(), "complex64": torch.zeros(5, dtype=torch.complex64),
-             "bool": torch.zeros(5, dtype=torch.bool)}.get(case, torch.zeros(5, dtype=torch.int32))
+        t = {
+            "non-contiguous": torch.zeros(4, 6).t(),
+            "complex64": torch.zeros(5, dtype=torch.complex64),
+            "bool": torch.zeros(5, dtype=torch.bool),
+        }.get(case, torch.zeros(5, dtype=torch.int32))
         op = "avg" if case == "int average" else "sum"
         wire = torch.float16 if case == "int wire" else None
         with pytest.raises(error, match=words):
@@ -193,8 +199,10 @@ def test_ranks_that_disagree_get_a_clear_error(world, engine, what):
 
     def body():
         last = world.rank == world.size - 1
-        t = torch.zeros(10 + (1 if last and what == "size" else 0),
-                        dtype=torch.float64 if last and what == "dtype" else torch.float32)
+        t = torch.zeros(
+            10 + (1 if last and what == "size" else 0),
+            dtype=torch.float64 if last and what == "dtype" else torch.float32,
+        )
         with pytest.raises(ValueError, match=f"ranks disagree.*rank {world.size - 1}: "):
             engine.allreduce_(t, name="mismatch")
         np.testing.assert_array_equal(engine.allreduce_(torch.ones(3)).numpy(), np.full(3, world.size))
@@ -245,11 +253,11 @@ def test_shared_buffer_sums_in_place_equal_numpy(world, engine, dtype):
         # check part-way would otherwise leave the others waiting in its next all-reduce
         sums, means = {}, {}
         for n in SIZES:
-            view = buf[8:8 + n * es].view(dtype)
+            view = buf[8 : 8 + n * es].view(dtype)
             view.copy_(rank_input(n, dtype, world.rank))
-            buf[8 + n * es:].fill_(7)
+            buf[8 + n * es :].fill_(7)
             returned = engine.allreduce_(view, op="sum")
-            outside = bool(buf[:8].eq(0).all() and buf[8 + n * es:].eq(7).all())
+            outside = bool(buf[:8].eq(0).all() and buf[8 + n * es :].eq(7).all())
             sums[n] = (returned is view, view.clone(), outside)
             if dtype in FLOATS:
                 view.copy_(rank_input(n, dtype, world.rank))
@@ -275,20 +283,20 @@ def test_shared_buffer_at_different_offsets_or_cast_still_sums(world, engine):
     def body():
         buf = engine.shared_buffer(8 * n + 64)
         offset = 4 * (world.rank % 2)  # differs between ranks 0 and 1
-        view = buf[offset:offset + 4 * n].view(torch.float32)
+        view = buf[offset : offset + 4 * n].view(torch.float32)
         view.copy_(rank_input(n, torch.float32, world.rank))
         engine.allreduce_(view)
         np.testing.assert_array_equal(view.numpy(), expected_sum(n, torch.float32, world.size))
         t = rank_input(n, torch.float32, world.rank)
-        mine = buf[:4 * n].view(torch.float32) if world.rank == 0 else t  # shared on rank 0 only
+        mine = buf[: 4 * n].view(torch.float32) if world.rank == 0 else t  # shared on rank 0 only
         mine.copy_(t)
         engine.allreduce_(mine)
         np.testing.assert_array_equal(mine.numpy(), expected_sum(n, torch.float32, world.size))
-        view = buf[:4 * n].view(torch.float32)
+        view = buf[: 4 * n].view(torch.float32)
         view.copy_(rank_input(n, torch.float32, world.rank))
         engine.allreduce_(view, op="avg", wire_dtype=torch.bfloat16)
         mean = expected_sum(n, torch.float32, world.size) / world.size
-        np.testing.assert_allclose(view.numpy(), mean, rtol=2.0 ** -8 * (world.size + 2))
+        np.testing.assert_allclose(view.numpy(), mean, rtol=2.0**-8 * (world.size + 2))
 
     collective(world, body)
 
@@ -311,6 +319,7 @@ def test_a_leaked_engine_frees_nothing_collectively(world):
     only what its process holds. Each rank in turn drops its engine while the others wait in a
     barrier elsewhere, where a collective free (of its shared memory or communicators) would
     wait for them forever. Its shared memory stays usable."""
+
     def body():
         eng = Engine(world.comm, stall_timeout=120, algorithm="mpi")
         kept = eng.shared_buffer(4 * 1000).view(torch.float32)
@@ -332,6 +341,7 @@ def test_a_leaked_engine_frees_nothing_collectively(world):
 def test_shared_buffer_kept_past_close_stays_readable(world):
     """Engine.close() frees a shared region only when no rank still uses its tensor; a tensor
     (or view) kept past close() stays mapped, with its values, and writable."""
+
     def body():
         eng = Engine(world.comm, stall_timeout=120, algorithm="mpi")
         kept = eng.shared_buffer(4 * 1000).view(torch.float32)

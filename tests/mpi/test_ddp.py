@@ -57,12 +57,14 @@ class Recorder:
 
 def global_batches(steps=STEPS, shape=(3, 32, 32), classes=10):
     g = torch.Generator().manual_seed(1234)
-    return [(torch.randn(GLOBAL_BATCH, *shape, generator=g), torch.randint(0, classes, (GLOBAL_BATCH,), generator=g))
-            for _ in range(steps)]
+    return [
+        (torch.randn(GLOBAL_BATCH, *shape, generator=g), torch.randint(0, classes, (GLOBAL_BATCH,), generator=g))
+        for _ in range(steps)
+    ]
 
 
 def share(t, rank, size):
-    return t[GLOBAL_BATCH * rank // size: GLOBAL_BATCH * (rank + 1) // size]
+    return t[GLOBAL_BATCH * rank // size : GLOBAL_BATCH * (rank + 1) // size]
 
 
 def max_rel_diff(a: nn.Module, b: nn.Module) -> float:
@@ -105,8 +107,13 @@ def test_training_equals_one_process_with_the_whole_batch(world, engine, wire, o
         batches = global_batches()
         reference = train_reference(seeded(0, lambda: build("cnn")), batches)
         # rank-dependent initialisation: the broadcast must make it rank 0's
-        dp = DataParallel(seeded(world.rank, lambda: build("cnn")), engine=engine, wire_dtype=wire,
-                          bucket_cap_mb=SMALL_CAP_MB, overlap=overlap_of(overlap, world))
+        dp = DataParallel(
+            seeded(world.rank, lambda: build("cnn")),
+            engine=engine,
+            wire_dtype=wire,
+            bucket_cap_mb=SMALL_CAP_MB,
+            overlap=overlap_of(overlap, world),
+        )
         for x, y in batches:
             F.cross_entropy(dp(share(x, world.rank, world.size)), share(y, world.rank, world.size)).backward()
             dp.synchronize()
@@ -145,8 +152,12 @@ def test_no_sync_accumulation_equals_one_big_batch(world, engine, overlap):
     def body():
         batches = global_batches()
         reference = train_reference(seeded(0, lambda: build("cnn")), batches)
-        dp = DataParallel(seeded(0, lambda: build("cnn")), engine=engine, bucket_cap_mb=SMALL_CAP_MB,
-                          overlap=overlap_of(overlap, world))
+        dp = DataParallel(
+            seeded(0, lambda: build("cnn")),
+            engine=engine,
+            bucket_cap_mb=SMALL_CAP_MB,
+            overlap=overlap_of(overlap, world),
+        )
         for x, y in batches:
             x, y = share(x, world.rank, world.size), share(y, world.rank, world.size)
             half = len(x) // 2  # the share (12/N rows) splits into two equal micro-batches
@@ -184,18 +195,25 @@ def test_unused_parameters_do_not_hang_and_buckets_go_in_the_same_order(world, e
         batches = global_batches(shape=(16,), classes=5)
 
         def reference_loss(model, x, y):
-            return sum(F.cross_entropy(model(share(x, r, world.size), r == 0), share(y, r, world.size))
-                       for r in range(world.size)) / world.size
+            return (
+                sum(
+                    F.cross_entropy(model(share(x, r, world.size), r == 0), share(y, r, world.size))
+                    for r in range(world.size)
+                )
+                / world.size
+            )
 
         reference = train_reference(seeded(0, Branchy), batches, reference_loss)
         recorder = Recorder(engine)
-        dp = DataParallel(seeded(0, Branchy), engine=recorder, bucket_cap_mb=SMALL_CAP_MB,
-                          overlap=overlap_of(overlap, world))
+        dp = DataParallel(
+            seeded(0, Branchy), engine=recorder, bucket_cap_mb=SMALL_CAP_MB, overlap=overlap_of(overlap, world)
+        )
         # one rank: nothing to bucket or launch (the average is the gradient itself)
         assert len(dp.buckets) >= 3 if world.size > 1 else dp.buckets == []
         for x, y in batches:
-            F.cross_entropy(dp(share(x, world.rank, world.size), world.rank == 0),
-                            share(y, world.rank, world.size)).backward()
+            F.cross_entropy(
+                dp(share(x, world.rank, world.size), world.rank == 0), share(y, world.rank, world.size)
+            ).backward()
             dp.synchronize()
             sgd_step(dp)
         dp.close()

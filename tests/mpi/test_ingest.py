@@ -29,8 +29,12 @@ def make_source(world, tmp, n=N_SAMPLES):
 
     def write():
         rng = np.random.default_rng(7)
-        np.savez(path, id=np.arange(n, dtype=np.int64), x=rng.random((n, 5, 3), dtype=np.float32),
-                 y=(np.arange(n) % 4).astype(np.int64))
+        np.savez(
+            path,
+            id=np.arange(n, dtype=np.int64),
+            x=rng.random((n, 5, 3), dtype=np.float32),
+            y=(np.arange(n) % 4).astype(np.int64),
+        )
 
     on_root(world, write)
     return path
@@ -53,11 +57,23 @@ def test_same_dataset_for_any_rank_count(world, shared_tmp):
     """The N-rank dataset equals the 1-rank dataset byte for byte, and holds each sample once."""
     src = make_source(world, shared_tmp)
     out_n = shared_tmp / f"ds-n{world.size}"
-    m = collective(world, lambda: ingest("npz", src, out_n, shards=4, val_fraction=0.2, test_fraction=0.1, seed=3,
-                                         world=world))
+    m = collective(
+        world, lambda: ingest("npz", src, out_n, shards=4, val_fraction=0.2, test_fraction=0.1, seed=3, world=world)
+    )
     # the same ingest by rank 0 alone, on a one-rank communicator
-    on_root(world, lambda: ingest("npz", src, shared_tmp / "ds-ref", shards=4, val_fraction=0.2, test_fraction=0.1,
-                                  seed=3, world=World(world.MPI.COMM_SELF)))
+    on_root(
+        world,
+        lambda: ingest(
+            "npz",
+            src,
+            shared_tmp / "ds-ref",
+            shards=4,
+            val_fraction=0.2,
+            test_fraction=0.1,
+            seed=3,
+            world=World(world.MPI.COMM_SELF),
+        ),
+    )
 
     def body():
         source = np.load(src)
@@ -90,14 +106,19 @@ def test_bad_options_fail_on_every_rank(world, shared_tmp):
         (dict(val_fraction=0.5, test_fraction=0.5), "--test-fraction must be < 1"),
     ]
     for kwargs, needle in cases:
+
         def body(kwargs=kwargs, needle=needle):
             with pytest.raises(TwinError) as err:
                 ingest("npz", src, shared_tmp / "out", world=world, **kwargs)
             assert needle in str(err.value), f"{needle!r} not in {err.value}"
 
         collective(world, body)
-    collective(world, lambda: _check(not (shared_tmp / "out").exists() and leftovers(shared_tmp) == [],
-                                     f"debris left: {os.listdir(shared_tmp)}"))
+    collective(
+        world,
+        lambda: _check(
+            not (shared_tmp / "out").exists() and leftovers(shared_tmp) == [], f"debris left: {os.listdir(shared_tmp)}"
+        ),
+    )
 
 
 def _check(ok, msg):
@@ -130,8 +151,13 @@ def test_existing_output_needs_overwrite(world, shared_tmp):
 
     before = collective(world, body)
     m = collective(world, lambda: ingest("npz", src, out, world=world, overwrite=True, seed=5))
-    collective(world, lambda: _check(m.provenance["seed"] == 5 and before.provenance["seed"] == 0
-                                     and leftovers(shared_tmp) == [], "overwrite did not replace"))
+    collective(
+        world,
+        lambda: _check(
+            m.provenance["seed"] == 5 and before.provenance["seed"] == 0 and leftovers(shared_tmp) == [],
+            "overwrite did not replace",
+        ),
+    )
 
 
 def test_failure_on_one_rank_fails_all_and_leaves_nothing(world, shared_tmp, monkeypatch):
@@ -141,8 +167,10 @@ def test_failure_on_one_rank_fails_all_and_leaves_nothing(world, shared_tmp, mon
     src = make_source(world, shared_tmp, n=40)
     bad_rank = world.size - 1
     if world.rank == bad_rank:
+
         def broken(self, indices):
             raise OSError(f"simulated read failure in {self.path}")
+
         monkeypatch.setattr(NpzSource, "read", broken)
     out = shared_tmp / "ds"
 
@@ -242,7 +270,14 @@ def test_every_kind_is_rank_count_invariant(world, shared_tmp, kind):
     sources = on_root(world, lambda: _write_every_kind(shared_tmp))
     src, options = sources[kind]
     m = collective(world, lambda: ingest(kind, src, shared_tmp / "ds", shards=2, options=options, world=world))
-    ref = on_root(world, lambda: ingest(kind, src, shared_tmp / "ref", shards=2, options=options,
-                                        world=World(world.MPI.COMM_SELF)))
-    collective(world, lambda: _check([s.shards for s in m.splits] == [s.shards for s in ref.splits],
-                                     f"{kind}: shards differ between 1 and {world.size} ranks"))
+    ref = on_root(
+        world,
+        lambda: ingest(kind, src, shared_tmp / "ref", shards=2, options=options, world=World(world.MPI.COMM_SELF)),
+    )
+    collective(
+        world,
+        lambda: _check(
+            [s.shards for s in m.splits] == [s.shards for s in ref.splits],
+            f"{kind}: shards differ between 1 and {world.size} ranks",
+        ),
+    )

@@ -22,9 +22,12 @@ def dataset(world, shared_tmp):
     src = shared_tmp / "src.npz"
     if world.rank == 0:
         rng = np.random.default_rng(0)
-        np.savez(src, id=np.arange(N_SAMPLES, dtype=np.int64),
-                 x=rng.standard_normal((N_SAMPLES, 16, 64)).astype(np.float32),
-                 y=rng.integers(0, 10, N_SAMPLES))
+        np.savez(
+            src,
+            id=np.arange(N_SAMPLES, dtype=np.int64),
+            x=rng.standard_normal((N_SAMPLES, 16, 64)).astype(np.float32),
+            y=rng.integers(0, 10, N_SAMPLES),
+        )
     world.barrier()
     out = shared_tmp / "ds"
     manifest = ingest("npz", src, out, shards=3, val_fraction=VAL_FRACTION, test_fraction=0.0, world=world)

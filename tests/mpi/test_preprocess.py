@@ -8,7 +8,6 @@ small so that every rank merges several blocks. Run unchanged with plain pytest 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tests.fixtures import write_cifar10, write_csv, write_imdb
@@ -24,17 +23,27 @@ from twinhpc.preprocess.prepared import STATE, read_state
 SOURCES = {
     "cifar10": (lambda d: write_cifar10(d, n_train_per_batch=7, n_test=5), {"model": {"name": "cnn"}}),
     "imdb": (lambda d: write_imdb(d, n_per_class=7), {"model": {"name": "mlp"}, "data": {"inputs": "text"}}),
-    "imdb-seq": (lambda d: write_imdb(d, n_per_class=7),
-                 {"model": {"name": "lstm"}, "data": {"inputs": "text"},
-                  "preprocess": {"text": {"representation": "sequence", "max_len": 6}}}),
+    "imdb-seq": (
+        lambda d: write_imdb(d, n_per_class=7),
+        {
+            "model": {"name": "lstm"},
+            "data": {"inputs": "text"},
+            "preprocess": {"text": {"representation": "sequence", "max_len": 6}},
+        },
+    ),
     "csv": (lambda d: write_csv(d / "t.csv", n=50), {"model": {"name": "mlp"}}),
 }
 
 
 def job_for(dataset, out, tables) -> Job:
     tables = {k: dict(v) for k, v in tables.items()}
-    return Job.from_dict({**tables, "data": {"dataset": str(dataset), **tables.get("data", {})},
-                          "preprocess": {"out": str(out), **tables.get("preprocess", {})}})
+    return Job.from_dict(
+        {
+            **tables,
+            "data": {"dataset": str(dataset), **tables.get("data", {})},
+            "preprocess": {"out": str(out), **tables.get("preprocess", {})},
+        }
+    )
 
 
 @pytest.mark.parametrize("name", SOURCES)

@@ -62,8 +62,15 @@ def job(world, shared_tmp):
         n = TRAIN + VAL
         np.savez(src, image=rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), label=rng.integers(0, 4, n))
     world.barrier()
-    ingest("npz", src, shared_tmp / "data", options={"label": "label"}, val_fraction=VAL / (TRAIN + VAL),
-           test_fraction=0.0, world=world)
+    ingest(
+        "npz",
+        src,
+        shared_tmp / "data",
+        options={"label": "label"},
+        val_fraction=VAL / (TRAIN + VAL),
+        test_fraction=0.0,
+        world=world,
+    )
     path = shared_tmp / "job.toml"
     if world.rank == 0:
         path.write_text(JOB.format(dir=shared_tmp, batch=GLOBAL_BATCH, accumulate=ACCUMULATE, epochs=EPOCHS))
@@ -77,10 +84,22 @@ def reference(job, prep, size: int) -> dict:
     """One process, plain PyTorch: the parameters after training on the N ranks' global batches."""
     torch.manual_seed(job.train.seed)
     model = build_model(job, prep)
-    opt = torch.optim.SGD(model.parameters(), lr=job.optim.lr, momentum=job.optim.momentum,
-                          weight_decay=job.optim.weight_decay)
-    loaders = [ShardedLoader(prep.dataset_dir, "train", GLOBAL_BATCH // size, seed=job.data.seed,
-                             fields=prep.fields, prefetch=0, rank=r, size=size) for r in range(size)]
+    opt = torch.optim.SGD(
+        model.parameters(), lr=job.optim.lr, momentum=job.optim.momentum, weight_decay=job.optim.weight_decay
+    )
+    loaders = [
+        ShardedLoader(
+            prep.dataset_dir,
+            "train",
+            GLOBAL_BATCH // size,
+            seed=job.data.seed,
+            fields=prep.fields,
+            prefetch=0,
+            rank=r,
+            size=size,
+        )
+        for r in range(size)
+    ]
     for epoch in range(EPOCHS):
         shares = [[prep.transform({k: v.copy() for k, v in b.items()}) for b in ld.epoch(epoch)] for ld in loaders]
         for step in range(len(shares[0]) // ACCUMULATE):
@@ -107,10 +126,10 @@ def test_n_ranks_train_like_one_process_with_the_global_batch(world, shared_tmp,
         expected = reference(job, prep, world.size)
         assert max_rel_diff(trained, expected) < 1e-5
         untrained = build_model(job, prep).state_dict()
-        assert max_rel_diff(untrained, expected) > 1e-3   # training moved the weights
+        assert max_rel_diff(untrained, expected) > 1e-3  # training moved the weights
         if world.rank == 0:
             results = read_results(shared_tmp / "run")
             assert results["epochs"] == EPOCHS and len(results["steps"]["step"]) == EPOCHS * steps_per_epoch
-            assert results["report"]["n"] == VAL          # every validation sample once, at any N
+            assert results["report"]["n"] == VAL  # every validation sample once, at any N
 
     collective(world, check)

@@ -11,8 +11,10 @@ from twinhpc import __version__
 from twinhpc.errors import TwinError
 from twinhpc.io.bench_results import table_array, write_results
 
-ROWS = [{"impl": "mpi4py", "bytes": 4096, "time_s": 1.5e-5, "ok": True},
-        {"impl": "twinhpc:auto", "bytes": np.int64(16384), "time_s": 2.0, "ok": False}]
+ROWS = [
+    {"impl": "mpi4py", "bytes": 4096, "time_s": 1.5e-5, "ok": True},
+    {"impl": "twinhpc:auto", "bytes": np.int64(16384), "time_s": 2.0, "ok": False},
+]
 
 
 def test_columns_follow_the_first_row():
@@ -24,8 +26,12 @@ def test_columns_follow_the_first_row():
 
 @pytest.mark.parametrize("created", [True, False])
 def test_tables_and_attributes_written(tmp_path, created):
-    path = write_results(tmp_path / "sub" / "x.h5", {"rows": ROWS, "total": [{"rank": -1, "mb_s": 9.5}]},
-                         {"world_size": 2, "dataset": "d"}, created=created)
+    path = write_results(
+        tmp_path / "sub" / "x.h5",
+        {"rows": ROWS, "total": [{"rank": -1, "mb_s": 9.5}]},
+        {"world_size": 2, "dataset": "d"},
+        created=created,
+    )
     assert path == tmp_path / "sub" / "x.h5"
     with h5py.File(path, "r") as f:
         assert list(f) == ["rows", "total"]

@@ -16,22 +16,28 @@ NVCC = "/opt/cuda/bin/nvcc"  # a made-up toolkit path: cuda_enabled only checks 
 
 
 # -- the CUDA decision -------------------------------------------------------------------------
-@pytest.mark.parametrize("mode, nvcc, torch_cuda, expected", [
-    ("auto", NVCC, "12.4", True),
-    ("auto", None, "12.4", False),
-    ("auto", NVCC, None, False),
-    ("0", NVCC, "12.4", False),
-    ("1", NVCC, "12.4", True),
-])
+@pytest.mark.parametrize(
+    "mode, nvcc, torch_cuda, expected",
+    [
+        ("auto", NVCC, "12.4", True),
+        ("auto", None, "12.4", False),
+        ("auto", NVCC, None, False),
+        ("0", NVCC, "12.4", False),
+        ("1", NVCC, "12.4", True),
+    ],
+)
 def test_cuda_enabled_needs_toolkit_and_cuda_torch(mode, nvcc, torch_cuda, expected):
     assert _build.cuda_enabled(mode, nvcc, torch_cuda) is expected
 
 
-@pytest.mark.parametrize("mode, nvcc, torch_cuda, message", [
-    ("1", None, "12.4", "the CUDA toolkit"),
-    ("1", NVCC, None, "a CUDA-enabled torch"),
-    ("yes", NVCC, "12.4", "expected one of auto, 0, 1"),
-])
+@pytest.mark.parametrize(
+    "mode, nvcc, torch_cuda, message",
+    [
+        ("1", None, "12.4", "the CUDA toolkit"),
+        ("1", NVCC, None, "a CUDA-enabled torch"),
+        ("yes", NVCC, "12.4", "expected one of auto, 0, 1"),
+    ],
+)
 def test_cuda_enabled_explains_what_is_missing(mode, nvcc, torch_cuda, message):
     with pytest.raises(_build.BuildError, match=message):
         _build.cuda_enabled(mode, nvcc, torch_cuda)
@@ -92,8 +98,12 @@ def test_mpi_flags_from_this_machines_wrapper():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH")
 def test_cuda_kernels_compile_with_nvcc(tmp_path):
     obj = tmp_path / "pack_kernels.o"
-    proc = subprocess.run(["nvcc", "-std=c++17", "-O3", "-c", os.path.join(ROOT, "csrc", "cuda", "pack_kernels.cu"),
-                           "-o", str(obj)], capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(
+        ["nvcc", "-std=c++17", "-O3", "-c", os.path.join(ROOT, "csrc", "cuda", "pack_kernels.cu"), "-o", str(obj)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stderr
     assert obj.stat().st_size > 0
 

@@ -15,8 +15,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from twinhpc.io import checkpoint as ckpt_mod
-from twinhpc.io.checkpoint import (CheckpointError, checkpoint_path, latest, list_checkpoints,
-                                   load_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from twinhpc.io.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    latest,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 OPTIMIZERS = {
     "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-4),
@@ -72,8 +80,15 @@ def test_resume_continues_bit_identically(tmp_path, name):
     model = make_model(0)
     opt = OPTIMIZERS[name](model.parameters())
     train(model, opt, 3, augment)
-    save_checkpoint(tmp_path, step=3, epoch=0, model=model, optimizer=opt, rng=rng_state({"augment": augment}),
-                    loader={"epoch": 0, "batches": 3})
+    save_checkpoint(
+        tmp_path,
+        step=3,
+        epoch=0,
+        model=model,
+        optimizer=opt,
+        rng=rng_state({"augment": augment}),
+        loader={"epoch": 0, "batches": 3},
+    )
     train(model, opt, 4, augment)  # the uninterrupted run
 
     seed_all(123)  # "another process": other RNG states, another initialisation, fresh optimizer
@@ -81,7 +96,12 @@ def test_resume_continues_bit_identically(tmp_path, name):
     model2 = make_model(7)
     opt2 = OPTIMIZERS[name](model2.parameters())
     info = load_checkpoint(latest(tmp_path), model2, opt2, generators={"augment": augment2})
-    assert (info["step"], info["epoch"], info["loader"], info["rng_restored"]) == (3, 0, {"epoch": 0, "batches": 3}, True)
+    assert (info["step"], info["epoch"], info["loader"], info["rng_restored"]) == (
+        3,
+        0,
+        {"epoch": 0, "batches": 3},
+        True,
+    )
     train(model2, opt2, 4, augment2)
 
     assert_state_equal(model.state_dict(), model2.state_dict())
@@ -131,8 +151,12 @@ def test_rng_states_are_restored(tmp_path):
     path = save_checkpoint(tmp_path, step=1, epoch=0, model=make_model(0), rng=rng_state({"augment": augment}))
 
     def draw():
-        return (torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)],
-                augment.normal(size=4).tolist())
+        return (
+            torch.rand(4).tolist(),
+            np.random.rand(4).tolist(),
+            [random.random() for _ in range(4)],
+            augment.normal(size=4).tolist(),
+        )
 
     first = draw()
     load_checkpoint(path, generators={"augment": augment})
@@ -170,10 +194,15 @@ def test_a_generator_missing_from_the_checkpoint_is_named(tmp_path):
 
 # -- checkpoints that do not fit --------------------------------------------------------------
 def test_a_checkpoint_of_another_model_names_the_parameter(tmp_path):
-    path = save_checkpoint(tmp_path, step=1, epoch=0, model=make_model(0), optimizer=torch.optim.AdamW(make_model(0).parameters()))
+    path = save_checkpoint(
+        tmp_path, step=1, epoch=0, model=make_model(0), optimizer=torch.optim.AdamW(make_model(0).parameters())
+    )
     wider = nn.Sequential(nn.Linear(6, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 3))
-    with pytest.raises(CheckpointError, match=rf"{path}: parameter '0.weight' is torch.float32 \[16, 6\] in the "
-                                              rf"checkpoint but torch.float32 \[32, 6\] in the model"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{path}: parameter '0.weight' is torch.float32 \[16, 6\] in the "
+        rf"checkpoint but torch.float32 \[32, 6\] in the model",
+    ):
         load_checkpoint(path, wider)
     deeper = nn.Sequential(*make_model(0), nn.Linear(3, 3))
     with pytest.raises(CheckpointError, match=rf"{path}: parameter '5.weight' of the model is not in the checkpoint"):
@@ -181,7 +210,9 @@ def test_a_checkpoint_of_another_model_names_the_parameter(tmp_path):
     shallower = nn.Sequential(nn.Linear(6, 16))
     with pytest.raises(CheckpointError, match=rf"{path}: parameter '1\.\w+' of the checkpoint is not in the model"):
         load_checkpoint(path, shallower)
-    with pytest.raises(CheckpointError, match=r"'0.weight' is torch.float32 \[16, 6\] in the checkpoint but torch.float64"):
+    with pytest.raises(
+        CheckpointError, match=r"'0.weight' is torch.float32 \[16, 6\] in the checkpoint but torch.float64"
+    ):
         load_checkpoint(path, make_model(0).double())
 
 

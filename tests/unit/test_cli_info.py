@@ -36,8 +36,14 @@ def test_table_with_one_process(cli):
 
 # -- what the rows are made of -----------------------------------------------------------------
 def test_process_info_prefers_open_mpi_over_slurm():
-    environ = {"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0",
-               "OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}
+    environ = {
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "0",
+        "OMPI_COMM_WORLD_RANK": "3",
+        "OMPI_COMM_WORLD_SIZE": "4",
+        "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+    }
     info = process_info(environ)
     assert (info.rank, info.size, info.local_rank, info.launcher) == (3, 4, 1, "openmpi")
     assert info.pid == os.getpid()
@@ -51,10 +57,15 @@ def test_process_info_under_srun_and_without_a_launcher():
 
 
 def test_launcher_vars_hide_keys_plumbing_and_long_values():
-    environ = {"SLURM_JOB_ID": "42", "OMPI_MCA_btl": "self,vader", "HOME": "/root",
-               "OMPI_MCA_orte_precondition_transports": "4261e0c5-e7466aa8",
-               "OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5000", "OMPI_MCA_ess_base_vpid": "0",
-               "SLURM_JOB_NODELIST": "n" * 300}
+    environ = {
+        "SLURM_JOB_ID": "42",
+        "OMPI_MCA_btl": "self,vader",
+        "HOME": "/root",
+        "OMPI_MCA_orte_precondition_transports": "4261e0c5-e7466aa8",
+        "OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5000",
+        "OMPI_MCA_ess_base_vpid": "0",
+        "SLURM_JOB_NODELIST": "n" * 300,
+    }
     assert launcher_vars(environ) == {"OMPI_MCA_btl": "self,vader", "SLURM_JOB_ID": "42"}
 
 

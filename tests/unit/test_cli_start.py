@@ -36,8 +36,12 @@ print(codes, sorted(m for m in ("torch", "twinhpc._C", "numba") if m in sys.modu
 
 
 def test_parser_help_and_dataset_verbs_do_not_import_torch(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "a.npz"), str(tmp_path / "ds")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path / "a.npz"), str(tmp_path / "ds")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[0, 0, 0] []", proc.stdout + proc.stderr
 

@@ -41,7 +41,7 @@ class FakeEngine:
     def __init__(self, cores_per_rank=1.0):
         self.cores = cores_per_rank  # what cores_per_rank() reports
         self.launches = []  # (name, flat buffer, wire_dtype) per bucket all-reduce, in order
-        self.here = []      # names of those run on the caller's thread (allreduce_here_)
+        self.here = []  # names of those run on the caller's thread (allreduce_here_)
         self.closed = False
 
     def cores_per_rank(self):
@@ -245,8 +245,11 @@ def test_timeline_has_every_bucket_of_every_step(tmp_path):
     dp.close()
     events = json.loads((tmp_path / "trace.rank0.json").read_text())["traceEvents"]
     spans = [e for e in events if e["ph"] == "X"]
-    allreduces = sorted((e["args"]["step"], e["args"]["bucket"]) for e in spans if e["name"].startswith("bucket")
-                        and LANES[e["tid"]] == "allreduce")
+    allreduces = sorted(
+        (e["args"]["step"], e["args"]["bucket"])
+        for e in spans
+        if e["name"].startswith("bucket") and LANES[e["tid"]] == "allreduce"
+    )
     assert allreduces == [(s, b.index) for s in range(steps) for b in dp.buckets]
     assert sum(e["name"] == "synchronize" for e in spans) == steps
 

@@ -29,7 +29,7 @@ def make(dtype, seed) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     if dtype in FLOATS:
         return (torch.randn(N, generator=g, dtype=torch.float64) * 100).to(dtype)
-    return torch.randint(-10**6, 10**6, (N,), generator=g, dtype=dtype)
+    return torch.randint(-(10**6), 10**6, (N,), generator=g, dtype=dtype)
 
 
 def rounded(x: np.ndarray, dtype) -> torch.Tensor:
@@ -97,8 +97,7 @@ def test_a_corrupt_cache_is_ignored(tmp_path):
 
 
 def test_table_takes_the_fastest_per_size_and_merges_neighbours():
-    times = {4096: {"mpi": 1.0, "ring": 2.0}, 65536: {"mpi": 1.0, "ring": 3.0},
-             1 << 20: {"mpi": 2.0, "ring": 1.0}}
+    times = {4096: {"mpi": 1.0, "ring": 2.0}, 65536: {"mpi": 1.0, "ring": 3.0}, 1 << 20: {"mpi": 2.0, "ring": 1.0}}
     assert tuning.table_from_times(times) == [(int((65536 * (1 << 20)) ** 0.5), "mpi"), (ALL_SIZES, "ring")]
 
 

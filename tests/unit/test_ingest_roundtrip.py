@@ -18,7 +18,6 @@ from twinhpc.data.ingest import ingest
 from twinhpc.errors import IngestError
 
 
-
 # -- reading a dataset back ---------------------------------------------------------------------
 def read_dataset(out: Path) -> tuple[Manifest, dict[str, dict[str, np.ndarray]]]:
     """The manifest and, per split, every field over all its shards (shard order)."""
@@ -46,8 +45,9 @@ def _key(value) -> object:
     return value if isinstance(value, str) else np.ascontiguousarray(value).tobytes()
 
 
-def assert_holds_exactly(out: Path, expected: dict[str, np.ndarray], key: str,
-                         given_split: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def assert_holds_exactly(
+    out: Path, expected: dict[str, np.ndarray], key: str, given_split: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Check the dataset at ``out`` holds each sample of ``expected`` (field -> array in source
     order, samples unique in field ``key``) exactly once, with equal values, and that given splits
     were kept (a given ``train`` sample may land in ``train`` or ``val``). Returns, per split, the
@@ -109,8 +109,12 @@ def test_table_kinds(tmp_path, layout):
 def test_cifar10(tmp_path):
     written = fx.write_cifar10(tmp_path / "cifar", n_train_per_batch=12, n_test=15)
     m = ingest("cifar10", tmp_path / "cifar", tmp_path / "out", shards=2)
-    found = assert_holds_exactly(tmp_path / "out", {"image": written["image"], "label": written["label"]},
-                                 key="image", given_split=written["split"])
+    found = assert_holds_exactly(
+        tmp_path / "out",
+        {"image": written["image"], "label": written["label"]},
+        key="image",
+        given_split=written["split"],
+    )
     assert len(found["test"]) == (written["split"] == "test").sum()
     assert m.classes == written["classes"]
 
@@ -120,8 +124,9 @@ def test_imdb(tmp_path, keep_unsup):
     written = fx.write_imdb(tmp_path / "aclImdb")
     kept = written["split"] != "unlabeled" if not keep_unsup else np.ones(len(written["split"]), bool)
     expected = {k: written[k][kept] for k in ("text", "label", "rating")}
-    m = ingest("imdb", tmp_path / "aclImdb", tmp_path / "out", shards=2,
-               options={"keep_unsup": True} if keep_unsup else None)
+    m = ingest(
+        "imdb", tmp_path / "aclImdb", tmp_path / "out", shards=2, options={"keep_unsup": True} if keep_unsup else None
+    )
     found = assert_holds_exactly(tmp_path / "out", expected, key="text", given_split=written["split"][kept])
     assert ("unlabeled" in found) == keep_unsup
     assert m.classes == ("neg", "pos")
@@ -130,8 +135,10 @@ def test_imdb(tmp_path, keep_unsup):
 def test_jsonl(tmp_path):
     records = fx.write_jsonl(tmp_path / "r.jsonl")
     stars = [r["stars"] for r in records]
-    expected = {"text": np.array([r["text"] for r in records], dtype=object),
-                "label": np.searchsorted(np.unique(stars), stars).astype(np.int64)}
+    expected = {
+        "text": np.array([r["text"] for r in records], dtype=object),
+        "label": np.searchsorted(np.unique(stars), stars).astype(np.int64),
+    }
     m = ingest("jsonl", tmp_path / "r.jsonl", tmp_path / "out", shards=2)
     assert_holds_exactly(tmp_path / "out", expected, key="text")
     assert m.classes == tuple(str(s) for s in np.unique(stars))
@@ -148,8 +155,12 @@ def test_cli_ingest_cifar10(cli, tmp_path):
     written = fx.write_cifar10(tmp_path / "cifar", n_train_per_batch=6, n_test=9)
     r = cli("ingest", "cifar10", tmp_path / "cifar", "--out", tmp_path / "out", "--shards", "2")
     assert r.returncode == 0, r.stderr
-    assert_holds_exactly(tmp_path / "out", {"image": written["image"], "label": written["label"]},
-                         key="image", given_split=written["split"])
+    assert_holds_exactly(
+        tmp_path / "out",
+        {"image": written["image"], "label": written["label"]},
+        key="image",
+        given_split=written["split"],
+    )
 
 
 # -- bad sources --------------------------------------------------------------------------------
@@ -246,23 +257,75 @@ BAD = [
     ("missing-images", "image-folder", lambda t: t / "nope", None, "nope", ["does not exist"]),
     ("missing-parquet", "parquet", lambda t: t / "nope", None, "nope", ["does not exist"]),
     ("missing-jsonl", "jsonl", lambda t: t / "nope.jsonl", None, "nope.jsonl", ["does not exist"]),
-    ("cifar-text-batch", "cifar10", lambda t: _cifar_with(t, "data_batch_3", b"hello, I am text\n"), None,
-     "data_batch_3", ["not a CIFAR-10"]),
-    ("cifar-missing-batch", "cifar10", lambda t: _cifar_with(t, "data_batch_4", None), None, "data_batch_4", ["missing"]),
-    ("cifar-truncated-batch", "cifar10", lambda t: _cifar_truncated(t, "test_batch"), None, "test_batch",
-     ["not a CIFAR-10"]),
+    (
+        "cifar-text-batch",
+        "cifar10",
+        lambda t: _cifar_with(t, "data_batch_3", b"hello, I am text\n"),
+        None,
+        "data_batch_3",
+        ["not a CIFAR-10"],
+    ),
+    (
+        "cifar-missing-batch",
+        "cifar10",
+        lambda t: _cifar_with(t, "data_batch_4", None),
+        None,
+        "data_batch_4",
+        ["missing"],
+    ),
+    (
+        "cifar-truncated-batch",
+        "cifar10",
+        lambda t: _cifar_truncated(t, "test_batch"),
+        None,
+        "test_batch",
+        ["not a CIFAR-10"],
+    ),
     ("cifar-empty", "cifar10", _empty_dir, None, "empty", ["empty"]),
     ("imdb-missing-folder", "imdb", lambda t: _imdb_without(t, "test/pos"), None, "test/pos", ["missing"]),
-    ("imdb-unsup-missing", "imdb", lambda t: _imdb_without(t, "train/unsup"), {"keep_unsup": True}, "train/unsup",
-     ["--keep-unsup"]),
+    (
+        "imdb-unsup-missing",
+        "imdb",
+        lambda t: _imdb_without(t, "train/unsup"),
+        {"keep_unsup": True},
+        "train/unsup",
+        ["--keep-unsup"],
+    ),
     ("imdb-empty", "imdb", _emptied_imdb, None, "aclImdb", ["empty"]),
-    ("images-truncated", "image-folder", lambda t: _images_with(t, "truncated"), None, "img001.PNG", ["not a readable image"]),
-    ("images-corrupt", "image-folder", lambda t: _images_with(t, "garbage"), None, "img001.PNG", ["not a readable image"]),
+    (
+        "images-truncated",
+        "image-folder",
+        lambda t: _images_with(t, "truncated"),
+        None,
+        "img001.PNG",
+        ["not a readable image"],
+    ),
+    (
+        "images-corrupt",
+        "image-folder",
+        lambda t: _images_with(t, "garbage"),
+        None,
+        "img001.PNG",
+        ["not a readable image"],
+    ),
     ("images-empty", "image-folder", _empty_dir, None, "empty", ["empty"]),
-    ("images-bad-size", "image-folder", lambda t: _images_with(t, None), {"image_size": "big"}, "imgs", ["--image-size"]),
+    (
+        "images-bad-size",
+        "image-folder",
+        lambda t: _images_with(t, None),
+        {"image_size": "big"},
+        "imgs",
+        ["--image-size"],
+    ),
     ("jsonl-malformed", "jsonl", lambda t: _jsonl_with(t, '{"text": "x", "stars": '), None, "r.jsonl", ["line 3"]),
-    ("jsonl-no-text", "jsonl", lambda t: _jsonl_with(t, '{"body": "x", "stars": 2}'), None, "r.jsonl",
-     ["line 3", "--text-field"]),
+    (
+        "jsonl-no-text",
+        "jsonl",
+        lambda t: _jsonl_with(t, '{"body": "x", "stars": 2}'),
+        None,
+        "r.jsonl",
+        ["line 3", "--text-field"],
+    ),
     ("jsonl-no-label", "jsonl", lambda t: _jsonl_with(t, '{"text": "x"}'), None, "r.jsonl", ["line 3", "--label"]),
     ("jsonl-empty", "jsonl", lambda t: _file(t, "e.jsonl", b"\n\n"), None, "e.jsonl", ["empty"]),
     ("csv-no-label", "csv", _csv_without_label, None, "t.csv", ["--label"]),
@@ -272,12 +335,30 @@ BAD = [
     ("csv-empty", "csv", lambda t: _file(t, "e.csv", b""), None, "e.csv", ["empty"]),
     ("csv-header-only", "csv", lambda t: _file(t, "h.csv", b"a,label\n"), None, "h.csv", ["empty"]),
     ("csv-missing-label-value", "csv", lambda t: _file(t, "m.csv", b"a,label\n1,x\n2,\n"), None, "m.csv", ["row 2"]),
-    ("csv-class-not-listed", "csv", lambda t: _file(t, "c.csv", b"a,label\n1,x\n2,y\n"), {"classes": "x"}, "c.csv",
-     ["--classes", "'y'"]),
-    ("csv-unknown-option", "csv", lambda t: _file(t, "c.csv", b"a,label\n1,x\n"), {"image_size": "3"}, "c.csv",
-     ["--image-size"]),
-    ("parquet-text-file", "parquet", lambda t: _file(t, "x.parquet", b"just text\n"), None, "x.parquet",
-     ["not a readable parquet"]),
+    (
+        "csv-class-not-listed",
+        "csv",
+        lambda t: _file(t, "c.csv", b"a,label\n1,x\n2,y\n"),
+        {"classes": "x"},
+        "c.csv",
+        ["--classes", "'y'"],
+    ),
+    (
+        "csv-unknown-option",
+        "csv",
+        lambda t: _file(t, "c.csv", b"a,label\n1,x\n"),
+        {"image_size": "3"},
+        "c.csv",
+        ["--image-size"],
+    ),
+    (
+        "parquet-text-file",
+        "parquet",
+        lambda t: _file(t, "x.parquet", b"just text\n"),
+        None,
+        "x.parquet",
+        ["not a readable parquet"],
+    ),
     ("parquet-corrupt-part", "parquet", _parquet_with_corrupt_part, None, "part-00001", ["not a readable parquet"]),
     ("parquet-empty-dir", "parquet", _empty_dir, None, "empty", ["empty"]),
     ("parquet-no-label", "parquet", lambda t: _table_parquet(t, {"a": [1, 2]}), None, "n.parquet", ["--label"]),
@@ -295,8 +376,15 @@ def test_bad_source_is_an_error_naming_it(tmp_path, case):
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
-CLI_CASES = ["missing-npz", "csv-no-label", "cifar-text-batch", "imdb-missing-folder", "images-truncated",
-             "parquet-corrupt-part", "jsonl-malformed"]
+CLI_CASES = [
+    "missing-npz",
+    "csv-no-label",
+    "cifar-text-batch",
+    "imdb-missing-folder",
+    "images-truncated",
+    "parquet-corrupt-part",
+    "jsonl-malformed",
+]
 
 
 @pytest.mark.parametrize("case", [c for c in BAD if c[0] in CLI_CASES], ids=CLI_CASES)

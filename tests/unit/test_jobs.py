@@ -20,8 +20,15 @@ JOB_FILES = sorted(JOBS.glob("*.toml"))
 def test_there_are_job_files_for_every_workload():
     models = {load_job(p).model.name for p in JOB_FILES}
     assert {"cnn", "resnet18", "mlp", "transformer", "minilm"} <= models
-    assert {p.stem for p in JOB_FILES} >= {"digits", "cifar10_cnn", "cifar10_resnet18", "imdb_tfidf_mlp",
-                                           "imdb_transformer", "imdb_minilm", "tabular_csv"}
+    assert {p.stem for p in JOB_FILES} >= {
+        "digits",
+        "cifar10_cnn",
+        "cifar10_resnet18",
+        "imdb_tfidf_mlp",
+        "imdb_transformer",
+        "imdb_minilm",
+        "tabular_csv",
+    }
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
@@ -42,8 +49,14 @@ def test_jobs_that_prepare_a_dataset_differently_write_different_preprocessed_di
     seen = {}
     for path in JOB_FILES:
         job = load_job(path)
-        how = (job.data.dataset, job.data.train_split, job.data.inputs, job.data.label, job.text_tokenizer,
-               {k: v for k, v in job.preprocess.to_dict().items() if k != "out"})
+        how = (
+            job.data.dataset,
+            job.data.train_split,
+            job.data.inputs,
+            job.data.label,
+            job.text_tokenizer,
+            {k: v for k, v in job.preprocess.to_dict().items() if k != "out"},
+        )
         other = seen.setdefault(job.preprocessed_dir, (path.name, how))
         assert other[1] == how, f"{path.name} and {other[0]} both write {job.preprocessed_dir}, differently"
 
@@ -52,8 +65,12 @@ def test_train_sbatch_runs_each_step():
     text = (JOBS / "train.sbatch").read_text()
     assert subprocess.run(["bash", "-n", str(JOBS / "train.sbatch")]).returncode == 0
     steps = [line.split()[:3] for line in text.splitlines() if line.startswith(("srun", "twinhpc"))]
-    assert steps == [["srun", "twinhpc", "preprocess"], ["srun", "twinhpc", "train"],
-                     ["srun", "twinhpc", "validate"], ["twinhpc", "report", '"$RUN"']]
+    assert steps == [
+        ["srun", "twinhpc", "preprocess"],
+        ["srun", "twinhpc", "train"],
+        ["srun", "twinhpc", "validate"],
+        ["twinhpc", "report", '"$RUN"'],
+    ]
     assert "#SBATCH --ntasks=" in text
 
 
@@ -72,14 +89,21 @@ def test_digits_to_npz(tmp_path):
         np.testing.assert_allclose(f["image"][..., 0] / 255 * 16, d.images, atol=16 / 255)
 
 
-@pytest.mark.parametrize("structure, defaults, key, expected", [
-    ({"in_features": 30000}, {"in_features": 29000}, "in_features",
-     "is 30000, but the preprocessed data data/imdb-pre has 29000 features per sample (model 'mlp' needs "
-     "exactly that many)"),
-    ({"classes": 3}, {"classes": 2}, "classes", "has 2 outputs"),
-    ({"vocab_size": 100}, {"vocab_size": 102}, "vocab_size", "needs at least that many"),
-    ({"max_len": 16}, {"max_len": 32}, "max_len", "32 tokens per sample"),
-])
+@pytest.mark.parametrize(
+    "structure, defaults, key, expected",
+    [
+        (
+            {"in_features": 30000},
+            {"in_features": 29000},
+            "in_features",
+            "is 30000, but the preprocessed data data/imdb-pre has 29000 features per sample (model 'mlp' needs "
+            "exactly that many)",
+        ),
+        ({"classes": 3}, {"classes": 2}, "classes", "has 2 outputs"),
+        ({"vocab_size": 100}, {"vocab_size": 102}, "vocab_size", "needs at least that many"),
+        ({"max_len": 16}, {"max_len": 32}, "max_len", "32 tokens per sample"),
+    ],
+)
 def test_a_structure_key_that_contradicts_the_data_is_named(structure, defaults, key, expected):
     from twinhpc.train.model import check_structure_against_data
 
@@ -92,5 +116,9 @@ def test_a_structure_key_that_contradicts_the_data_is_named(structure, defaults,
 def test_structure_keys_that_fit_the_data_pass():
     from twinhpc.train.model import check_structure_against_data
 
-    check_structure_against_data("transformer", {"vocab_size": 20002, "max_len": 256, "width": 8, "classes": 2},
-                                 {"vocab_size": 50, "max_len": 32, "classes": 2}, "x")
+    check_structure_against_data(
+        "transformer",
+        {"vocab_size": 20002, "max_len": 256, "width": 8, "classes": 2},
+        {"vocab_size": 50, "max_len": 32, "classes": 2},
+        "x",
+    )

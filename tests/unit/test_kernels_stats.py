@@ -15,7 +15,7 @@ def assert_moments(actual: stats.Moments, expected: stats.Moments) -> None:
     np.testing.assert_allclose(actual.m2, expected.m2, rtol=1e-9, atol=1e-6)
 
 
-@pytest.mark.parametrize("n", [0, 1, 5, 70])   # 70 CIFAR images: more than one chunk
+@pytest.mark.parametrize("n", [0, 1, 5, 70])  # 70 CIFAR images: more than one chunk
 @pytest.mark.parametrize("parallel", [True, False])
 def test_image_moments_match_numpy(n, parallel):
     x = synthetic_batch(n, 32, 32, 3, seed=n)
@@ -27,12 +27,12 @@ def test_image_moments_of_a_non_contiguous_view():
     assert_moments(stats.image_moments(x), stats.image_moments_reference(np.ascontiguousarray(x)))
 
 
-@pytest.mark.parametrize("n", [0, 1, 7, 10_000])   # 10,000 rows: three chunks
+@pytest.mark.parametrize("n", [0, 1, 7, 10_000])  # 10,000 rows: three chunks
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_tabular_moments_skip_nans(n, dtype):
     x = stats.synthetic_table(n, 5, seed=n).astype(dtype)
     if n:
-        x[:, 2] = np.nan                      # a feature without any value
+        x[:, 2] = np.nan  # a feature without any value
     m = stats.tabular_moments(x)
     assert_moments(m, stats.tabular_moments_reference(x))
     assert m.count[2] == 0 and np.isnan(m.variance()[2])

@@ -7,8 +7,16 @@ import pytest
 
 from twinhpc.kernels import text
 
-TRICKY = ["", "a b c", "Don't STOP—believing!", "İstanbul ΣΑΣ x_y __ 12 ½½ e\u0301e", "tab\there\nnew_line",
-          "snake_case and CamelCase", "日本語のテキスト ١٢٣ digits", "ǅemal ǈ ﬁne"]
+TRICKY = [
+    "",
+    "a b c",
+    "Don't STOP—believing!",
+    "İstanbul ΣΑΣ x_y __ 12 ½½ e\u0301e",
+    "tab\there\nnew_line",
+    "snake_case and CamelCase",
+    "日本語のテキスト ١٢٣ digits",
+    "ǅemal ǈ ﬁne",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +33,7 @@ def assert_counts(a: text.TermCounts, b: text.TermCounts) -> None:
 def test_every_code_point_is_classified_as_re_does():
     """Each character doubled (so that word characters make tokens), in documents of 999."""
     chars = [chr(c) * 2 for c in range(1, 0x110000) if not 0xD800 <= c < 0xE000]
-    docs = [" ".join(chars[i:i + 999]) for i in range(0, len(chars), 999)]
+    docs = [" ".join(chars[i : i + 999]) for i in range(0, len(chars), 999)]
     assert_counts(text.count_terms(docs), text.count_terms_reference(docs))
 
 
@@ -33,7 +41,7 @@ def test_every_code_point_is_classified_as_re_does():
 def test_count_terms_equals_reference(corpus, stop_words):
     counts = text.count_terms(corpus, stop_words=stop_words)
     assert_counts(counts, text.count_terms_reference(corpus, stop_words=stop_words))
-    assert (stop_words is None) == ("and" in counts.terms)      # from TRICKY
+    assert (stop_words is None) == ("and" in counts.terms)  # from TRICKY
 
 
 def test_table_grows_past_its_first_size():
@@ -45,7 +53,11 @@ def test_table_grows_past_its_first_size():
 
 
 def test_tokenize_is_scikit_learns_default_pattern():
-    assert text.tokenize("Don't STOP—believing, a_b!", stop_words=text.ENGLISH_STOP_WORDS) == ["stop", "believing", "a_b"]
+    assert text.tokenize("Don't STOP—believing, a_b!", stop_words=text.ENGLISH_STOP_WORDS) == [
+        "stop",
+        "believing",
+        "a_b",
+    ]
     assert text.tokenize("I am a café") == ["am", "café"]
 
 
@@ -64,8 +76,9 @@ def test_vocabulary_order_min_freq_and_cap():
     assert text.build_vocabulary(counts, max_size=0).terms == ()
 
 
-@pytest.mark.parametrize("kwargs, name", [(dict(by="idf"), "by"), (dict(min_freq=0), "min_freq"),
-                                          (dict(max_size=-1), "max_size")])
+@pytest.mark.parametrize(
+    "kwargs, name", [(dict(by="idf"), "by"), (dict(min_freq=0), "min_freq"), (dict(max_size=-1), "max_size")]
+)
 def test_vocabulary_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name}:"):
         text.build_vocabulary(text.count_terms(["aa"]), **kwargs)
@@ -84,8 +97,9 @@ def test_encode_equals_reference(corpus, max_len, stop_words, parallel):
 def test_encode_conventions():
     vocab = text.Vocabulary(["bb", "aa"])
     ids = text.encode(["aa zz the bb", ""], vocab, 5, stop_words={"the"})
-    np.testing.assert_array_equal(ids, [[1 + text.RESERVED, text.UNK, 0 + text.RESERVED, text.PAD, text.PAD],
-                                        [text.PAD] * 5])
+    np.testing.assert_array_equal(
+        ids, [[1 + text.RESERVED, text.UNK, 0 + text.RESERVED, text.PAD, text.PAD], [text.PAD] * 5]
+    )
 
 
 @pytest.mark.parametrize("docs, name", [("one string", "docs"), (["ok", 3], r"docs\[1\]"), ([b"bytes"], r"docs\[0\]")])

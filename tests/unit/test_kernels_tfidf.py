@@ -32,16 +32,18 @@ def test_fit_transform_equals_reference(corpus, vocab, sublinear_tf, parallel):
     ref, ref_idf = tfidf.tfidf_reference(corpus, vocab, sublinear_tf=sublinear_tf)
     np.testing.assert_allclose(idf, ref_idf, rtol=1e-15)
     assert_csr(x, ref.indices, ref.indptr, ref.data, ref.shape)
-    assert x.indptr[-4] == x.indptr[-3]           # the empty document: an empty row
+    assert x.indptr[-4] == x.indptr[-3]  # the empty document: an empty row
 
 
 @pytest.mark.parametrize("sublinear_tf", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_equals_scikit_learn(corpus, vocab, sublinear_tf, dtype):
-    sklearn_text = pytest.importorskip("sklearn.feature_extraction.text",
-                                       reason="scikit-learn is not installed (the comparison needs it)")
-    vectorizer = sklearn_text.TfidfVectorizer(vocabulary=vocab.index, lowercase=True, token_pattern=text.TOKEN_PATTERN,
-                                              sublinear_tf=sublinear_tf, dtype=dtype)
+    sklearn_text = pytest.importorskip(
+        "sklearn.feature_extraction.text", reason="scikit-learn is not installed (the comparison needs it)"
+    )
+    vectorizer = sklearn_text.TfidfVectorizer(
+        vocabulary=vocab.index, lowercase=True, token_pattern=text.TOKEN_PATTERN, sublinear_tf=sublinear_tf, dtype=dtype
+    )
     want = vectorizer.fit_transform(corpus)
     x, idf = tfidf.tfidf_fit_transform(corpus, vocab, sublinear_tf=sublinear_tf, dtype=dtype)
     np.testing.assert_allclose(idf, vectorizer.idf_, rtol=1e-6 if dtype == np.float32 else 1e-12)
@@ -78,5 +80,6 @@ def test_bad_arguments_are_named(vocab):
     with pytest.raises(ValueError, match="^dtype:"):
         tfidf.tfidf_transform(["aa"], vocab, np.ones(len(vocab)), dtype=np.int32)
     with pytest.raises(ValueError, match="^b:"):
-        tfidf.merge_document_frequencies(tfidf.DocumentFrequencies(np.zeros(2, np.int64), 1),
-                                         tfidf.DocumentFrequencies(np.zeros(3, np.int64), 1))
+        tfidf.merge_document_frequencies(
+            tfidf.DocumentFrequencies(np.zeros(2, np.int64), 1), tfidf.DocumentFrequencies(np.zeros(3, np.int64), 1)
+        )

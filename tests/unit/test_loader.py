@@ -21,10 +21,13 @@ def sample_x(ids: np.ndarray) -> np.ndarray:
     return (ids[:, None, None] + np.arange(np.prod(X_SHAPE)).reshape(X_SHAPE) / 1e4).astype(np.float32)
 
 
-def make_dataset(root: Path, n: int = N_SAMPLES, shards: int = N_SHARDS, text: bool = False,
-                 compression: str = "none") -> Path:
+def make_dataset(
+    root: Path, n: int = N_SAMPLES, shards: int = N_SHARDS, text: bool = False, compression: str = "none"
+) -> Path:
     """A dataset whose sample ``i`` has ``id == i`` (stored in a shuffled order, as ingest does)."""
-    fields = (FieldSpec("id", "int64"), FieldSpec("x", "float32", X_SHAPE)) + ((FieldSpec("text", "str"),) if text else ())
+    fields = (FieldSpec("id", "int64"), FieldSpec("x", "float32", X_SHAPE)) + (
+        (FieldSpec("text", "str"),) if text else ()
+    )
 
     def read(idx):
         out = {"id": idx.astype(np.int64), "x": sample_x(idx)}
@@ -35,8 +38,10 @@ def make_dataset(root: Path, n: int = N_SAMPLES, shards: int = N_SHARDS, text: b
     order = np.random.default_rng(1).permutation(n)
     bounds = [n * i // shards for i in range(shards + 1)]
     root.mkdir(parents=True)
-    infos = tuple(write_shard(root / shard_name("train", i, shards), fields, order[bounds[i]:bounds[i + 1]], read,
-                              compression) for i in range(shards))
+    infos = tuple(
+        write_shard(root / shard_name("train", i, shards), fields, order[bounds[i] : bounds[i + 1]], read, compression)
+        for i in range(shards)
+    )
     Manifest(fields=fields, splits=(SplitInfo("train", n, infos),)).save(root)
     return root
 
@@ -102,8 +107,13 @@ def test_drop_policy_counts(dataset, size, batch):
 @pytest.mark.parametrize("size,batch", [(2, 7), (3, 50), (4, 150)])
 def test_pad_policy_sees_every_sample(dataset, size, batch):
     per_rank_batches = -(-N_SAMPLES // (size * batch))
-    ids = np.concatenate([b["id"] for r in range(size)
-                          for b in loader(dataset, batch_size=batch, rank=r, size=size, policy="pad").epoch(0)])
+    ids = np.concatenate(
+        [
+            b["id"]
+            for r in range(size)
+            for b in loader(dataset, batch_size=batch, rank=r, size=size, policy="pad").epoch(0)
+        ]
+    )
     assert len(ids) == size * per_rank_batches * batch
     assert set(ids) == set(range(N_SAMPLES))
     assert len(ids) - len(np.unique(ids)) == size * per_rank_batches * batch - N_SAMPLES
@@ -157,8 +167,15 @@ def test_resume_mid_epoch_continues_exactly_across_the_epoch_boundary(dataset):
     assert (b.current_epoch, b.batches_consumed) == (6, 0)
 
 
-@pytest.mark.parametrize("change,key", [({"size": 2}, "world_size"), ({"batch_size": 8}, "batch_size"),
-                                        ({"seed": 3}, "seed"), ({"policy": "pad"}, "policy")])
+@pytest.mark.parametrize(
+    "change,key",
+    [
+        ({"size": 2}, "world_size"),
+        ({"batch_size": 8}, "batch_size"),
+        ({"seed": 3}, "seed"),
+        ({"policy": "pad"}, "policy"),
+    ],
+)
 def test_state_from_another_setup_is_refused(dataset, change, key):
     state = loader(dataset).state_dict()
     with pytest.raises(TwinError, match=f"'{key}'"):
@@ -214,7 +231,9 @@ def test_shard_truncated_while_open_gives_a_short_read_naming_file_and_field(dat
     for shard in ld._reader.shards.values():  # opened and validated: now cut their data short
         with open(shard.path, "r+b") as f:
             f.truncate(shard.path.stat().st_size // 4)
-    with pytest.raises(DatasetError, match=r"field 'x' rows \d+:\d+: short read \(\d+ of \d+ bytes\); is the file truncated"):
+    with pytest.raises(
+        DatasetError, match=r"field 'x' rows \d+:\d+: short read \(\d+ of \d+ bytes\); is the file truncated"
+    ):
         list(ld.epoch(1))  # every block again, those of the truncated shards too
     ld.close()
 
@@ -255,8 +274,11 @@ def test_prefetch_thread_error_reaches_the_consumer_with_the_path(dataset, tmp_p
     ld = loader(ds, batch_size=8, prefetch=2)
     it = iter(ld.epoch(0))
     next(it)  # the thread has started and opened the shards it needed so far
-    doomed = [ds / sh.file for sh in Manifest.load(ds).split("train").shards if sh.file not in
-              {s.path.name for s in ld._reader.shards.values()}]
+    doomed = [
+        ds / sh.file
+        for sh in Manifest.load(ds).split("train").shards
+        if sh.file not in {s.path.name for s in ld._reader.shards.values()}
+    ]
     assert doomed, "a shard the first batch did not need"
     for path in doomed:
         path.unlink()

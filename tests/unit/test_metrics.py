@@ -46,13 +46,16 @@ def test_a_class_never_predicted_or_present():
     assert r["macro_f1"] == pytest.approx((0.8 + 0) / 2)  # over classes 0 and 1 only
 
 
-@pytest.mark.parametrize("y_true, y_pred, match", [
-    ([0, 3], [0, 1], r"y_true must hold class indices in \[0, 3\)"),
-    ([0, 1], [0, -1], "y_pred must hold class indices"),
-    ([0.0, 1.0], [0, 1], "y_true must hold class indices"),
-    ([0, 1], [0], "equal length"),
-    ([], [], "non-empty"),
-])
+@pytest.mark.parametrize(
+    "y_true, y_pred, match",
+    [
+        ([0, 3], [0, 1], r"y_true must hold class indices in \[0, 3\)"),
+        ([0, 1], [0, -1], "y_pred must hold class indices"),
+        ([0.0, 1.0], [0, 1], "y_true must hold class indices"),
+        ([0, 1], [0], "equal length"),
+        ([], [], "non-empty"),
+    ],
+)
 def test_confusion_report_rejects_bad_input(y_true, y_pred, match):
     with pytest.raises(ValueError, match=match):
         confusion_report(np.array(y_true), np.array(y_pred), 3)

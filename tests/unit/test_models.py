@@ -20,9 +20,9 @@ N, CLASSES = 48, 3  # samples and classes of the tiny fixtures
 VOCAB, LENGTH = 32, 12  # token fixtures: vocabulary size and padded length
 
 needs_minilm = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None
-        for m in (pretrained.PACKAGE, "safetensors", "tokenizers")),
-    reason=f"MiniLM weights or readers not installed ({pretrained.INSTALL})")
+    any(importlib.util.find_spec(m) is None for m in (pretrained.PACKAGE, "safetensors", "tokenizers")),
+    reason=f"MiniLM weights or readers not installed ({pretrained.INSTALL})",
+)
 
 
 # -- tiny tasks: (inputs, targets) with a signal the models can learn in a few steps ----------
@@ -60,8 +60,10 @@ def text_task(gen, n=9):
     fillers = ["the", "a", "report", "says", "today", "that", "it", "was", "quite"]
     words = ["wonderful", "terrible", "boring"]
     y = torch.randint(CLASSES, (n,), generator=gen)
-    texts = [" ".join([fillers[int(i)] for i in torch.randint(len(fillers), (3,), generator=gen)]
-                      + [words[int(c)]]) for c in y]
+    texts = [
+        " ".join([fillers[int(i)] for i in torch.randint(len(fillers), (3,), generator=gen)] + [words[int(c)]])
+        for c in y
+    ]
     return pretrained.minilm_tokenizer(max_len=8)(texts), y
 
 
@@ -72,10 +74,11 @@ SMALL = {
     "mlp": (dict(in_features=10, hidden=(16, 16), classes=CLASSES), tabular_task),
     "lstm": (dict(vocab_size=VOCAB, embed_dim=16, hidden=16, classes=CLASSES), token_task),
     "gru": (dict(vocab_size=VOCAB, embed_dim=16, hidden=16, classes=CLASSES), token_task),
-    "transformer": (dict(vocab_size=VOCAB, max_len=LENGTH, width=16, layers=2, heads=2, ffn=32,
-                         classes=CLASSES), token_task),
-    "gpt": (dict(vocab_size=VOCAB, block_size=LENGTH, width=16, layers=2, heads=2, classes=CLASSES),
-            token_task),
+    "transformer": (
+        dict(vocab_size=VOCAB, max_len=LENGTH, width=16, layers=2, heads=2, ffn=32, classes=CLASSES),
+        token_task,
+    ),
+    "gpt": (dict(vocab_size=VOCAB, block_size=LENGTH, width=16, layers=2, heads=2, classes=CLASSES), token_task),
     "gpt_lm": (dict(vocab_size=VOCAB, block_size=LENGTH, width=16, layers=2, heads=2), lm_task),
     "minilm": (dict(classes=CLASSES, trainable_layers=0), text_task),
 }
@@ -94,8 +97,13 @@ def test_every_registered_model_has_a_small_case():
 
 
 #: the input kind each tiny task feeds
-TASK_INPUTS = {image_task: "image", tabular_task: "vector", token_task: "tokens", lm_task: "tokens",
-               text_task: "tokens"}
+TASK_INPUTS = {
+    image_task: "image",
+    tabular_task: "vector",
+    token_task: "tokens",
+    lm_task: "tokens",
+    text_task: "tokens",
+}
 
 
 def test_every_model_declares_the_input_kind_its_small_case_feeds():
@@ -105,12 +113,15 @@ def test_every_model_declares_the_input_kind_its_small_case_feeds():
 
 
 def test_names_and_input_kinds_import_neither_torch_nor_a_model():
-    code = ("import sys; from twinhpc.models import input_kind, names; "
-            "assert input_kind('lstm') == 'tokens' and 'cnn' in names(); "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('twinhpc.models.')))")
+    code = (
+        "import sys; from twinhpc.models import input_kind, names; "
+        "assert input_kind('lstm') == 'tokens' and 'cnn' in names(); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('twinhpc.models.')))"
+    )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -150,8 +161,17 @@ def default_input(name):
     return torch.randint(1, 20000, (2, 16))
 
 
-DEFAULT_SHAPES = {"cnn": (2, 10), "resnet18": (2, 10), "mlp": (2, 2), "lstm": (2, 2), "gru": (2, 2),
-                  "transformer": (2, 2), "gpt": (2, 2), "gpt_lm": (2, 16, 20000), "minilm": (2, 2)}
+DEFAULT_SHAPES = {
+    "cnn": (2, 10),
+    "resnet18": (2, 10),
+    "mlp": (2, 2),
+    "lstm": (2, 2),
+    "gru": (2, 2),
+    "transformer": (2, 2),
+    "gpt": (2, 2),
+    "gpt_lm": (2, 16, 20000),
+    "minilm": (2, 2),
+}
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -196,9 +216,12 @@ def test_trains_on_a_tiny_task_and_its_loss_decreases(name):
 
 # -- sequence models ---------------------------------------------------------------------------
 SEQUENCE_CASES = [
-    ("lstm", {}), ("lstm", dict(layers=2, bidirectional=False, pooling="mean")),
-    ("gru", {}), ("gru", dict(layers=2, pooling="mean")),
-    ("transformer", {}), ("transformer", dict(pooling="mean", norm_first=False)),
+    ("lstm", {}),
+    ("lstm", dict(layers=2, bidirectional=False, pooling="mean")),
+    ("gru", {}),
+    ("gru", dict(layers=2, pooling="mean")),
+    ("transformer", {}),
+    ("transformer", dict(pooling="mean", norm_first=False)),
     ("gpt", {}),
 ]
 
@@ -304,15 +327,18 @@ def test_an_unknown_structure_key_is_a_twin_error_naming_it():
         build("mlp", hiden=(8,))
 
 
-@pytest.mark.parametrize("name, structure, culprit", [
-    ("mlp", dict(activation="swish"), "swish"),
-    ("lstm", dict(pooling="last"), "last"),
-    ("gru", dict(pooling="last"), "last"),
-    ("transformer", dict(pooling="max"), "max"),
-    ("transformer", dict(width=10, heads=4), "heads"),
-    ("gpt", dict(width=10, heads=4), "heads"),
-    ("gpt_lm", dict(width=10, heads=4), "heads"),
-])
+@pytest.mark.parametrize(
+    "name, structure, culprit",
+    [
+        ("mlp", dict(activation="swish"), "swish"),
+        ("lstm", dict(pooling="last"), "last"),
+        ("gru", dict(pooling="last"), "last"),
+        ("transformer", dict(pooling="max"), "max"),
+        ("transformer", dict(width=10, heads=4), "heads"),
+        ("gpt", dict(width=10, heads=4), "heads"),
+        ("gpt_lm", dict(width=10, heads=4), "heads"),
+    ],
+)
 def test_a_bad_structure_value_is_a_twin_error_naming_it(name, structure, culprit):
     with pytest.raises(TwinError, match=culprit):
         build(name, **structure)

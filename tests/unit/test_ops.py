@@ -180,8 +180,11 @@ def test_unpack_rejects_non_contiguous_out_and_writes_nothing():
 
 def test_unpack_rejects_scaling_ints():
     with pytest.raises(TypeError, match=r"cannot scale outs\[0\] of integer dtype int64 by 0.5"):
-        ops.unpack(torch.ones(5, dtype=torch.int64), [torch.empty(2, dtype=torch.int64),
-                                                      torch.empty(3, dtype=torch.int64)], scale=0.5)
+        ops.unpack(
+            torch.ones(5, dtype=torch.int64),
+            [torch.empty(2, dtype=torch.int64), torch.empty(3, dtype=torch.int64)],
+            scale=0.5,
+        )
 
 
 def test_unpack_rejects_int_float_casts():

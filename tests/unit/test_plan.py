@@ -10,8 +10,7 @@ from twinhpc.data.plan import POLICIES, BlockLayout, EpochPlan, rank_share, samp
 
 #: (samples per shard, block rows per shard): one shard, equal shards, ragged shards with
 #: blocks larger than a shard, one-sample blocks
-LAYOUTS = [([600], [64]), ([200, 200, 200], [64, 64, 64]), ([7, 1, 130, 45], [16, 16, 3, 50]),
-           ([500, 499], [1, 1000])]
+LAYOUTS = [([600], [64]), ([200, 200, 200], [64, 64, 64]), ([7, 1, 130, 45], [16, 16, 3, 50]), ([500, 499], [1, 1000])]
 
 
 def make_plan(counts, rows, seed=0, epoch=0, window=2) -> EpochPlan:
@@ -28,8 +27,7 @@ def test_blocks_tile_the_split_without_crossing_a_shard(counts, rows):
     for b, s in enumerate(lay.shard_of):
         assert lay.shard_starts[s] <= lay.starts[b] < lay.stops[b] <= lay.shard_starts[s + 1]
         assert lay.stops[b] - lay.starts[b] <= rows[s]
-    assert np.array_equal(np.bincount(lay.shard_of, minlength=len(counts)),
-                          [-(-c // r) for c, r in zip(counts, rows)])
+    assert np.array_equal(np.bincount(lay.shard_of, minlength=len(counts)), [-(-c // r) for c, r in zip(counts, rows)])
 
 
 @pytest.mark.parametrize("window", [1, 2, 5, 1000])
@@ -44,7 +42,7 @@ def test_permutation_is_windows_of_whole_blocks_shuffled_inside(counts, rows, wi
         assert len(w.blocks) <= window
         stored = np.concatenate([np.arange(lay.starts[b], lay.stops[b]) for b in w.blocks])
         assert np.array_equal(w.samples[w.position], stored)  # position maps stored order into P
-        assert np.array_equal(p[plan.bounds[k]:plan.bounds[k + 1]], w.samples)
+        assert np.array_equal(p[plan.bounds[k] : plan.bounds[k + 1]], w.samples)
 
 
 def test_permutation_is_deterministic_and_depends_on_seed_and_epoch():
@@ -89,8 +87,10 @@ def test_rank_slices_are_equal_and_cut_the_same_permutation_for_any_world_size(c
                 assert 0 <= size * m - n < size * batch
 
 
-@pytest.mark.parametrize("n,size,batch,drop,pad", [(600, 1, 16, 592, 608), (600, 4, 150, 150, 150),
-                                                    (600, 4, 149, 149, 298), (10, 3, 3, 3, 6)])
+@pytest.mark.parametrize(
+    "n,size,batch,drop,pad",
+    [(600, 1, 16, 592, 608), (600, 4, 150, 150, 150), (600, 4, 149, 149, 298), (10, 3, 3, 3, 6)],
+)
 def test_samples_per_rank(n, size, batch, drop, pad):
     assert samples_per_rank(n, size, batch, "drop") == drop
     assert samples_per_rank(n, size, batch, "pad") == pad

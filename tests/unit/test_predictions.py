@@ -15,14 +15,21 @@ ATTRS = {"dataset": "data/new", "split": "test", "checkpoint": "runs/x/ckpt/step
 
 
 def test_classification_file_holds_rows_predicted_classes_and_attributes(tmp_path):
-    out = tmp_path / "sub" / "pred.h5"   # the directory is created
-    rows = {"index": np.array([0, 2, 5], dtype=np.int64),
-            "output": np.array([[0.1, 2.0], [3.0, -1.0], [0.5, 0.25]], dtype=np.float64),
-            "target": np.array([1, 0, -1], dtype=np.int64)}
+    out = tmp_path / "sub" / "pred.h5"  # the directory is created
+    rows = {
+        "index": np.array([0, 2, 5], dtype=np.int64),
+        "output": np.array([[0.1, 2.0], [3.0, -1.0], [0.5, 0.25]], dtype=np.float64),
+        "target": np.array([1, 0, -1], dtype=np.int64),
+    }
     write_predictions(out, rows, task="classification", classes=["cat", "dog"], **ATTRS)
     with h5py.File(out, "r") as f:
-        assert dict(f.attrs) == {"format": FORMAT_NAME, "version": FORMAT_VERSION, "task": "classification",
-                                 "classes": json.dumps(["cat", "dog"]), **ATTRS}
+        assert dict(f.attrs) == {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "task": "classification",
+            "classes": json.dumps(["cat", "dog"]),
+            **ATTRS,
+        }
         assert sorted(f) == ["index", "output", "prediction", "target"]
         assert f["index"].dtype == np.int64 and np.array_equal(f["index"][()], [0, 2, 5])
         assert f["output"].dtype == np.float32 and f["output"].shape == (3, 2)
@@ -46,6 +53,6 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     write_predictions(out, good, task="regression", classes=[], **ATTRS)
     before = out.read_bytes()
     with pytest.raises(KeyError):
-        write_predictions(out, {"index": np.arange(3)}, task="regression", classes=[], **ATTRS)   # no output
+        write_predictions(out, {"index": np.arange(3)}, task="regression", classes=[], **ATTRS)  # no output
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["pred.h5"]

@@ -28,16 +28,25 @@ def test_arrays_and_attributes_read_back(tmp_path):
     assert list(back) == ["terms", "idf"]
     assert back["terms"].dtype == object and back["terms"].tolist() == ["film", "café", "日本"]
     assert back["idf"].dtype == np.float64 and back["idf"].tolist() == arrays["idf"].tolist()
-    assert attrs == {"format": "twinhpc-preprocess-state", "version": STATE_VERSION, "kind": "tfidf",
-                     "settings": '{"field": "text", "width": 3}', "fingerprint": "abc", "label": ""}
+    assert attrs == {
+        "format": "twinhpc-preprocess-state",
+        "version": STATE_VERSION,
+        "kind": "tfidf",
+        "settings": '{"field": "text", "width": 3}',
+        "fingerprint": "abc",
+        "label": "",
+    }
     assert list(attrs) == ["format", "version", "kind", "settings", "fingerprint", "label"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE]
 
 
-@pytest.mark.parametrize("attr, value, match", [
-    ("version", STATE_VERSION + 1, f"state version {STATE_VERSION + 1} is not supported"),
-    ("format", "twinhpc-results", "not a twinhpc preprocessing state"),
-])
+@pytest.mark.parametrize(
+    "attr, value, match",
+    [
+        ("version", STATE_VERSION + 1, f"state version {STATE_VERSION + 1} is not supported"),
+        ("format", "twinhpc-results", "not a twinhpc preprocessing state"),
+    ],
+)
 def test_another_format_or_version_is_refused(tmp_path, attr, value, match):
     write_example(tmp_path / STATE)
     with h5py.File(tmp_path / STATE, "r+") as f:

@@ -36,8 +36,13 @@ def whole_split(directory, split, fields=None):
 
 def make_job(dataset, tmp, **tables) -> Job:
     tables.setdefault("model", {"name": "mlp"})
-    return Job.from_dict({"data": {"dataset": str(dataset), **tables.pop("data", {})},
-                          "preprocess": {"out": str(tmp / "pre"), **tables.pop("preprocess", {})}, **tables})
+    return Job.from_dict(
+        {
+            "data": {"dataset": str(dataset), **tables.pop("data", {})},
+            "preprocess": {"out": str(tmp / "pre"), **tables.pop("preprocess", {})},
+            **tables,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +71,7 @@ def table(tmp_path_factory):
 
 # -- images -------------------------------------------------------------------------------------
 def test_image_statistics_and_transform_equal_the_references(cifar, tmp_path):
-    job = make_job(cifar, tmp_path, model={"name": "cnn"},
-                   preprocess={"image": {"crop_padding": 2, "flip": True}})
+    job = make_job(cifar, tmp_path, model={"name": "cnn"}, preprocess={"image": {"crop_padding": 2, "flip": True}})
     assert preprocess(job)["status"] == "written"
     prep = open_prepared(job)
     images = whole_split(cifar, "train", ["image"])["image"]
@@ -166,8 +170,8 @@ def test_tfidf_rows_of_new_data_may_be_wider_than_the_stored_width():
     tfidf = Tfidf("text", ["aa", "bb", "cc"], [1.0, 2.0, 3.0], width=2)
     docs = {"text": np.array(["aa bb cc aa", "cc"], dtype=object)}
     with pytest.raises(ValueError, match="more than the stored width 2"):
-        tfidf.encode(docs)                      # writing the preprocessed dataset: a bug
-    stored = tfidf.encode(docs, grow=True)      # new data (twinhpc predict): as wide as needed
+        tfidf.encode(docs)  # writing the preprocessed dataset: a bug
+    stored = tfidf.encode(docs, grow=True)  # new data (twinhpc predict): as wide as needed
     assert stored["terms"].tolist() == [[0, 1, 2], [2, -1, -1]] and stored["counts"].tolist() == [[2, 1, 1], [1, 0, 0]]
     want = np.array([[2.0, 2.0, 3.0], [0, 0, 3.0]])
     want /= np.linalg.norm(want, axis=1, keepdims=True)
@@ -181,7 +185,7 @@ def test_new_data_is_mapped_by_name_to_the_training_levels_classes_and_columns(t
     preprocess(job)
     prep = open_prepared(job)
     source = Manifest.load(table)
-    levels = source.categorical["color"]            # ('', 'blue, dark', 'green', 'red')
+    levels = source.categorical["color"]  # ('', 'blue, dark', 'green', 'red')
     rows = whole_split(table, "test")
     want = prep.encode(rows)
     # the same rows as another CSV would store them: levels without '', classes without 'bird',
@@ -190,23 +194,33 @@ def test_new_data_is_mapped_by_name_to_the_training_levels_classes_and_columns(t
     theirs_classes = ("cat", "dog")
     columns = source.provenance["details"]["x_columns"]
     theirs_columns = columns[::-1]
-    other = dataclasses.replace(source, categorical={"color": theirs_levels}, classes=theirs_classes,
-                                provenance={"details": {"x_columns": theirs_columns}})
+    other = dataclasses.replace(
+        source,
+        categorical={"color": theirs_levels},
+        classes=theirs_classes,
+        provenance={"details": {"x_columns": theirs_columns}},
+    )
     code = {v: i for i, v in enumerate(theirs_levels)}
-    batch = {"x": rows["x"][:, ::-1].copy(),
-             "cat_color": np.array([code.get(levels[c], 7) for c in rows["cat_color"]]),
-             "label": np.array([theirs_classes.index(prep.classes[c]) if prep.classes[c] in theirs_classes else 0
-                                for c in rows["label"]])}
+    batch = {
+        "x": rows["x"][:, ::-1].copy(),
+        "cat_color": np.array([code.get(levels[c], 7) for c in rows["cat_color"]]),
+        "label": np.array(
+            [theirs_classes.index(prep.classes[c]) if prep.classes[c] in theirs_classes else 0 for c in rows["label"]]
+        ),
+    }
     got = prep.encoder(other, "data/new")(batch)
     known = np.array([levels[c] != "" for c in rows["cat_color"]])
     np.testing.assert_allclose(got["x"][known], want["x"][known], rtol=1e-6)
-    assert (got["x"][~known, -len(levels):] == 0).all()          # a level it never saw: no one-hot
+    assert (got["x"][~known, -len(levels) :] == 0).all()  # a level it never saw: no one-hot
     has = np.array([prep.classes[c] in theirs_classes for c in rows["label"]])
     assert got["label"][has].tolist() == rows["label"][has].tolist()
-    assert prep.encoder(source) == prep.encode                   # its own dataset: nothing to map
+    assert prep.encoder(source) == prep.encode  # its own dataset: nothing to map
     bad = dataclasses.replace(source, provenance={"details": {"x_columns": ["id", "f1"]}})
-    with pytest.raises(TwinError, match=r"data/new: numeric columns \['id', 'f1'\], but the job's model was "
-                                        r"trained on \['id', 'f1', 'f2'\]"):
+    with pytest.raises(
+        TwinError,
+        match=r"data/new: numeric columns \['id', 'f1'\], but the job's model was "
+        r"trained on \['id', 'f1', 'f2'\]",
+    ):
         prep.encoder(bad, "data/new")
 
 
@@ -232,8 +246,12 @@ def test_minilm_tokenizer_ids_and_which_jobs_share_them(imdb, tmp_path):
     same = override(job, {"preprocess.text.tokenizer": "minilm"})
     assert preprocess(same)["status"] == "up to date"
     transformer = override(same, {"model.name": "transformer"})
-    assert open_prepared(transformer).model_defaults == {"vocab_size": 30522, "max_len": 12, "block_size": 12,
-                                                         "classes": 2}
+    assert open_prepared(transformer).model_defaults == {
+        "vocab_size": 30522,
+        "max_len": 12,
+        "block_size": 12,
+        "classes": 2,
+    }
     # the word tokenizer makes other data
     with pytest.raises(TwinError, match="twinhpc preprocess"):
         open_prepared(override(job, {"model.name": "transformer", "preprocess.text.tokenizer": "auto"}))
@@ -251,8 +269,10 @@ def test_text_job_errors_name_the_key(imdb, tmp_path):
 def test_a_text_job_is_checked_against_the_model_registry_without_importing_torch(imdb, tmp_path):
     """The representation a model reads comes from its registered input kind; preprocessing text
     with the word tokenizer imports neither torch nor a model (a fresh process tells)."""
-    job = {"data": {"dataset": str(imdb), "inputs": "text"},
-           "preprocess": {"out": str(tmp_path / "pre"), "text": {"representation": "sequence"}}}
+    job = {
+        "data": {"dataset": str(imdb), "inputs": "text"},
+        "preprocess": {"out": str(tmp_path / "pre"), "text": {"representation": "sequence"}},
+    }
     code = f"""
 import sys
 from twinhpc.config import Job
@@ -270,8 +290,9 @@ print(sorted(m for m in sys.modules if m == "torch" or m.startswith("twinhpc.mod
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_", "SLURM_"))}
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=300, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -312,13 +333,17 @@ def test_regression_labels_and_task_check(tmp_path):
 
 
 # -- state.h5 -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("transform", [
-    Image("image", (4, 5, 3), [0.1, 0.2, 0.3], [0.4, 0.5, 0.6], crop_padding=1, flip=True),
-    Image("pic", (4, 4, 1)),
-    Sequence("text", ["héllo", "world", "x_y"], max_len=7, stop_words=("the",)),
-    Tfidf("text", ["a1", "b2"], [1.5, 2.25], width=3),
-    Tabular([("x", (2,)), ("z", ())], [("cat_c", ("", "red"))], [1.0, 2.0, 3.0], [4.0, 5.0, 6.0], False),
-], ids=lambda t: t.kind)
+@pytest.mark.parametrize(
+    "transform",
+    [
+        Image("image", (4, 5, 3), [0.1, 0.2, 0.3], [0.4, 0.5, 0.6], crop_padding=1, flip=True),
+        Image("pic", (4, 4, 1)),
+        Sequence("text", ["héllo", "world", "x_y"], max_len=7, stop_words=("the",)),
+        Tfidf("text", ["a1", "b2"], [1.5, 2.25], width=3),
+        Tabular([("x", (2,)), ("z", ())], [("cat_c", ("", "red"))], [1.0, 2.0, 3.0], [4.0, 5.0, 6.0], False),
+    ],
+    ids=lambda t: t.kind,
+)
 def test_state_round_trip(transform, tmp_path):
     write_state(tmp_path / STATE, transform, {"fingerprint": "abc"})
     back, attrs = read_state(tmp_path / STATE)
@@ -360,7 +385,7 @@ def test_image_transform_falls_back_to_the_host_once_when_the_gpu_kernel_cannot_
     assert len(calls) == 1 and "CUDA driver library cannot be found" in caplog.text
     assert caplog.text.count("cannot run on cuda") == 1
 
-    monkeypatch.undo()   # the real kernel wrapper: it checks the arguments before any GPU call
+    monkeypatch.undo()  # the real kernel wrapper: it checks the arguments before any GPU call
     monkeypatch.setattr(transform, "_cuda_kernel_usable", None)
     with pytest.raises(ValueError, match="offsets"):
         transform._image_kernel_on_device(x, t.mean, t.std, np.full((4, 2), 9), None, 2, "cuda")

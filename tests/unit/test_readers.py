@@ -78,7 +78,9 @@ def test_csv_integer_labels_are_classes_in_numeric_order(tmp_path):
     source, info = opened("csv", tmp_path / "t.csv")
     distinct = sorted(set(cols["label"]))
     assert info.classes == tuple(str(v) for v in distinct)
-    np.testing.assert_array_equal(source.read(np.arange(info.count))["label"], [distinct.index(v) for v in cols["label"]])
+    np.testing.assert_array_equal(
+        source.read(np.arange(info.count))["label"], [distinct.index(v) for v in cols["label"]]
+    )
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
@@ -143,7 +145,7 @@ def test_parquet_schema_mismatch_names_the_file(tmp_path):
 def test_cifar10_pixels_are_height_width_rgb(tmp_path):
     fx.write_cifar10(tmp_path / "c", n_train_per_batch=1, n_test=1)
     data = np.zeros((1, 3072), np.uint8)
-    data[0, 0 * 1024 + 1] = 10   # red, row 0, column 1
+    data[0, 0 * 1024 + 1] = 10  # red, row 0, column 1
     data[0, 1 * 1024 + 32] = 20  # green, row 1, column 0
     data[0, 2 * 1024 + 1023] = 30  # blue, row 31, column 31
     fx.py2_pickle({b"data": data, b"labels": [7]}, tmp_path / "c" / "test_batch")

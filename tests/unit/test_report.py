@@ -18,16 +18,22 @@ CLASSES = ["cat", "dog", "zebra"]
 def write_run(run, task="classification", epochs=4, seed=0):
     rng = np.random.default_rng(seed)
     metric = "accuracy" if task == "classification" else "rmse"
-    config = ('{"data": {"dataset": "data/x"}, "model": {"name": "cnn"}, '
-              f'"train": {{"task": "{task}", "metric": "{metric}"}}}}')
+    config = (
+        '{"data": {"dataset": "data/x"}, "model": {"name": "cnn"}, '
+        f'"train": {{"task": "{task}", "metric": "{metric}"}}}}'
+    )
     w = ResultsWriter(run, config, {"ranks": 1})
     history = []
     for e in range(epochs):
-        m = {"loss": 1.0 / (e + 1), "val_loss": 1.2 / (e + 1) + 0.1 * (e == epochs - 1),
-             f"val_{metric}": float(rng.uniform(0.5, 0.9)), "lr": 1e-3, "epoch_time_s": 2.0}
+        m = {
+            "loss": 1.0 / (e + 1),
+            "val_loss": 1.2 / (e + 1) + 0.1 * (e == epochs - 1),
+            f"val_{metric}": float(rng.uniform(0.5, 0.9)),
+            "lr": 1e-3,
+            "epoch_time_s": 2.0,
+        }
         history.append(m)
-        w.append_epoch(m, timing={"data_wait": 0.1, "forward_backward": 1.5, "communication": 0.3,
-                                  "optimizer": 0.1})
+        w.append_epoch(m, timing={"data_wait": 0.1, "forward_backward": 1.5, "communication": 0.3, "optimizer": 0.1})
     if task == "classification":
         y = rng.integers(0, 3, 60)
         pred = np.where(rng.random(60) < 0.7, y, rng.integers(0, 3, 60))

@@ -27,11 +27,20 @@ def small_run(run_dir: Path) -> ResultsWriter:
     """Three epochs of a 3-class run: metrics, timing, five step records and the final report."""
     w = ResultsWriter(run_dir, CONFIG, ENV)
     for epoch in range(3):
-        w.append_epoch({"loss": 1.0 / (epoch + 1), "val_loss": 1.5 / (epoch + 1), "val_accuracy": 0.5 + 0.1 * epoch,
-                        "lr": 0.1, "epoch_time_s": 2.0, "samples_per_s": 500.0},
-                       timing={"data_wait": 0.1, "forward_backward": 1.5, "communication": 0.3, "optimizer": 0.1})
-    w.append_steps({"step": [10, 20, 30, 40, 50], "loss": [1.0, 0.9, 0.8, 0.7, 0.6], "lr": [0.1] * 5,
-                    "step_time_s": [0.02] * 5})
+        w.append_epoch(
+            {
+                "loss": 1.0 / (epoch + 1),
+                "val_loss": 1.5 / (epoch + 1),
+                "val_accuracy": 0.5 + 0.1 * epoch,
+                "lr": 0.1,
+                "epoch_time_s": 2.0,
+                "samples_per_s": 500.0,
+            },
+            timing={"data_wait": 0.1, "forward_backward": 1.5, "communication": 0.3, "optimizer": 0.1},
+        )
+    w.append_steps(
+        {"step": [10, 20, 30, 40, 50], "loss": [1.0, 0.9, 0.8, 0.7, 0.6], "lr": [0.1] * 5, "step_time_s": [0.02] * 5}
+    )
     report = confusion_report(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3, ["cat", "dog", "emu"])
     w.write_report({**report, "loss": 0.4, "split": "val"})
     w.flush()

@@ -33,9 +33,31 @@ def path(request):
 
 def float32_patterns(n: int, seed: int = 0) -> np.ndarray:
     """n float32 values from random bit patterns (every class), plus the edge cases up front."""
-    edges = np.array([0.0, -0.0, 1.0, -1.0, 1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-11, 1 + 3 * 2**-11,
-                      65504.0, 65519.0, 65520.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 1e-45,
-                      3.3895e38, 3.4028235e38, np.inf, -np.inf, np.nan], dtype=np.float32)
+    edges = np.array(
+        [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            1 + 2**-8,
+            1 + 3 * 2**-8,
+            1 + 2**-11,
+            1 + 3 * 2**-11,
+            65504.0,
+            65519.0,
+            65520.0,
+            2.0**-24,
+            2.0**-25,
+            3 * 2.0**-26,
+            1e-45,
+            3.3895e38,
+            3.4028235e38,
+            np.inf,
+            -np.inf,
+            np.nan,
+        ],
+        dtype=np.float32,
+    )
     bits = np.random.default_rng(seed).integers(0, 2**32, max(n - len(edges), 0), dtype=np.uint64)
     return np.concatenate([edges, bits.astype(np.uint32).view(np.float32)])[:n]
 
@@ -59,8 +81,7 @@ def widen_bits(bits: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def assert_same_bits_or_both_nan(got: np.ndarray, want: np.ndarray, dtype: torch.dtype,
-                                  source: np.ndarray) -> None:
+def assert_same_bits_or_both_nan(got: np.ndarray, want: np.ndarray, dtype: torch.dtype, source: np.ndarray) -> None:
     """Equal 16-bit patterns, except that a NaN of ``source`` need only stay a NaN (payloads may
     differ, and the bfloat16 reference, which only adds the rounding bias, is not meant for
     NaNs: it can carry one into infinity)."""

@@ -13,7 +13,13 @@ def load(path):
 def test_trace_is_valid_chrome_json_with_named_lanes(tmp_path):
     tl = Timeline(tmp_path / "tl", rank=3)
     t0 = now_us()
-    timings = {"enqueue": t0 + 10, "start": t0 + 15, "pack_done": t0 + 20, "reduce_done": t0 + 90, "unpack_done": t0 + 95}
+    timings = {
+        "enqueue": t0 + 10,
+        "start": t0 + 15,
+        "pack_done": t0 + 20,
+        "reduce_done": t0 + 90,
+        "unpack_done": t0 + 95,
+    }
     tl.bucket(step=0, index=1, nbytes=4096, first_ready_us=t0, timings=timings)
     tl.span("optimizer wait", "synchronize", t0 + 50, t0 + 96, step=0)
     path = tl.write()

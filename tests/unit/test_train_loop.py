@@ -43,11 +43,19 @@ def job(tmp_path_factory):
     """48 training and 16 validation 8×8 grey images of 3 classes, preprocessed."""
     work = tmp_path_factory.mktemp("loop")
     rng = np.random.default_rng(1)
-    np.savez(work / "images.npz", image=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8),
-             label=rng.integers(0, 3, 64))
+    np.savez(
+        work / "images.npz", image=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), label=rng.integers(0, 3, 64)
+    )
     world = get_world()
-    ingest("npz", work / "images.npz", work / "data", options={"label": "label"}, val_fraction=0.25,
-           test_fraction=0.0, world=world)
+    ingest(
+        "npz",
+        work / "images.npz",
+        work / "data",
+        options={"label": "label"},
+        val_fraction=0.25,
+        test_fraction=0.0,
+        world=world,
+    )
     (work / "job.toml").write_text(JOB.format(dir=work))
     job = override(load_job(work / "job.toml"), {"train.out": str(work / "run")})
     preprocess(job, world=world)
@@ -59,16 +67,19 @@ def test_nan_loss_stops_naming_step_samples_and_last_good_checkpoint(job, tmp_pa
     with pytest.raises(NonFiniteLoss) as e:
         train(exploding, tmp_path, progress=False)
     message = str(e.value)
-    m = re.search(r"loss is (\S+) at optimizer step (\d+) \(epoch (\d+), batch (\d+)\); samples (\[[\d, ]+\]) "
-                  r"of split 'train'; last good checkpoint: (\S+)", message)
+    m = re.search(
+        r"loss is (\S+) at optimizer step (\d+) \(epoch (\d+), batch (\d+)\); samples (\[[\d, ]+\]) "
+        r"of split 'train'; last good checkpoint: (\S+)",
+        message,
+    )
     assert m, message
     value, step, epoch, batch, samples, ckpt = m.groups()
     assert not np.isfinite(float(value))
     saved = list_checkpoints(tmp_path)
-    assert saved and saved[-1][0] == int(step) - 1 and str(saved[-1][1]) == ckpt   # before the bad step
+    assert saved and saved[-1][0] == int(step) - 1 and str(saved[-1][1]) == ckpt  # before the bad step
     loader = ShardedLoader(open_prepared(job).dataset_dir, "train", 8, seed=job.data.seed, size=1, rank=0)
     b = int(batch) - 1
-    assert eval(samples) == loader.indices(int(epoch) - 1)[b * 8:(b + 1) * 8].tolist()
+    assert eval(samples) == loader.indices(int(epoch) - 1)[b * 8 : (b + 1) * 8].tolist()
 
 
 def test_early_stopping_ends_after_patience_epochs_without_improvement(job, tmp_path):
@@ -84,13 +95,17 @@ def test_structure_defaults_come_from_the_data_and_the_job_wins(job):
     prep = open_prepared(job)
     model = build_model(job, prep)
     conv, last = model[0], model[-1]
-    assert conv.in_channels == 1 and conv.out_channels == 4      # data: 1 channel; job: 4 filters
+    assert conv.in_channels == 1 and conv.out_channels == 4  # data: 1 channel; job: 4 filters
     assert last.out_features == len(prep.classes) == 3
 
 
 def test_set_dropout_reaches_every_dropout_layer():
-    model = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(2, 2), torch.nn.Dropout2d(0.3),
-                                torch.nn.MultiheadAttention(4, 2, dropout=0.0))
+    model = torch.nn.Sequential(
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(2, 2),
+        torch.nn.Dropout2d(0.3),
+        torch.nn.MultiheadAttention(4, 2, dropout=0.0),
+    )
     assert set_dropout(model, 0.25) == 3
     assert model[0].p == model[2].p == model[3].dropout == 0.25
 
@@ -116,8 +131,10 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.mark.parametrize("device", ["auto", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))])
+@pytest.mark.parametrize(
+    "device",
+    ["auto", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
+)
 def test_device_runs_track_the_cpu_run(job, tmp_path, device, no_tf32):
     """``train.device``: the model and batches on the resolved device (``auto`` is the CPU
     without a GPU); validate and predict follow the job's device. The loss curve matches the
@@ -195,7 +212,8 @@ class StopAtRead:
 
 @pytest.mark.parametrize("flag_step,saved_step", [(3, 4), (6, 6)], ids=["mid-epoch", "epoch-end"])
 def test_a_stop_checkpoints_after_the_next_step_and_the_resumed_run_equals_the_whole(
-        job, tmp_path, monkeypatch, flag_step, saved_step):
+    job, tmp_path, monkeypatch, flag_step, saved_step
+):
     """Step scalars are read one step late: a stop flag seen when step k is finished (during
     step k+1) checkpoints at the end of step k+1, or at once when k ends the epoch (6 steps);
     resuming from there records exactly what an uninterrupted run records."""

@@ -22,8 +22,8 @@ def test_warmup_cosine_rises_linearly_then_decays_to_min_lr():
     rates = [s.lr(step, step // 10) for step in range(20)]
     assert rates[:4] == pytest.approx([cfg.lr * (k + 1) / 4 for k in range(4)])
     after = rates[4:]
-    assert all(a > b for a, b in zip(after, after[1:]))            # strictly decreasing
-    assert s.lr(20, 2) == pytest.approx(cfg.min_lr)                 # the end of the run
+    assert all(a > b for a, b in zip(after, after[1:]))  # strictly decreasing
+    assert s.lr(20, 2) == pytest.approx(cfg.min_lr)  # the end of the run
     middle = 4 + (20 - 4) // 2
     assert s.lr(middle, 1) == pytest.approx((cfg.lr + cfg.min_lr) / 2)
 
@@ -37,7 +37,7 @@ def test_step_schedule_decays_every_step_size_epochs():
 def test_plateau_decays_after_patience_epochs_without_improvement_and_round_trips():
     cfg = OptimConfig(lr=1.0, schedule="plateau", patience=1, factor=0.5)
     s = Schedule(cfg, 1, 10)
-    for value in (1.0, 0.9, 0.95, 0.95):      # improves, then two epochs without improvement
+    for value in (1.0, 0.9, 0.95, 0.95):  # improves, then two epochs without improvement
         s.end_epoch(value, "min")
     assert s.lr(0, 0) == 0.5
     clone = Schedule(cfg, 1, 10)
@@ -73,8 +73,9 @@ def test_clip_gradients_bounds_the_global_norm():
     assert clip_gradients(ps, None) is None
 
 
-@pytest.mark.parametrize("task,metrics,classes", [("classification", ("accuracy", "f1"), 5),
-                                                  ("regression", ("mae", "rmse", "r2"), 3)])
+@pytest.mark.parametrize(
+    "task,metrics,classes", [("classification", ("accuracy", "f1"), 5), ("regression", ("mae", "rmse", "r2"), 3)]
+)
 def test_summed_batch_statistics_give_the_metric_of_the_whole_set(task, metrics, classes):
     rng = np.random.default_rng(0)
     n = 97
@@ -86,11 +87,12 @@ def test_summed_batch_statistics_give_the_metric_of_the_whole_set(task, metrics,
         targets = outputs + torch.from_numpy(rng.normal(size=(n, classes)).astype(np.float32))
         pred = outputs.numpy()
     stats = np.zeros(stats_size(task, classes))
-    for lo in range(0, n, 10):                 # batches of 10 (the last one smaller)
-        stats += batch_stats(task, outputs[lo:lo + 10], targets[lo:lo + 10], classes).numpy()
+    for lo in range(0, n, 10):  # batches of 10 (the last one smaller)
+        stats += batch_stats(task, outputs[lo : lo + 10], targets[lo : lo + 10], classes).numpy()
     for name in metrics:
         assert metric_from_stats(name, stats, classes) == pytest.approx(
-            metric_value(name, pred, targets.numpy(), classes), rel=1e-9)
+            metric_value(name, pred, targets.numpy(), classes), rel=1e-9
+        )
 
 
 def test_losses_are_per_sample():

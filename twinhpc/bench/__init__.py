@@ -18,7 +18,8 @@ def median(values) -> float:
 
 def format_table(rows: list[dict[str, Any]], formats: dict[str, str]) -> str:
     """A plain text table: one column per key of ``formats`` (its value: the format spec)."""
-    cells = [[k for k in formats]] + [[format(r[k], f) if not isinstance(r[k], str) else r[k]
-                                       for k, f in formats.items()] for r in rows]
+    cells = [[k for k in formats]] + [
+        [format(r[k], f) if not isinstance(r[k], str) else r[k] for k, f in formats.items()] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(formats))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)

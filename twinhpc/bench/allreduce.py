@@ -38,8 +38,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -88,6 +88,7 @@ def _mpi4py_impls(world: World, forced: bool) -> list[_Impl]:
         def setup(nbytes):
             buf = np.zeros(nbytes // 4, np.float32)
             return lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+
         return setup
 
     default = world.comm.Dup()
@@ -113,6 +114,7 @@ def _engine_impls(world: World) -> list[_Impl]:
         def setup(nbytes):
             t = torch.zeros(nbytes // 4)
             return lambda: engine.allreduce_(t, algorithm=algorithm, name="bench")
+
         return setup
 
     def shared(nbytes):
@@ -123,12 +125,14 @@ def _engine_impls(world: World) -> list[_Impl]:
     impls += [_Impl("twinhpc:shared", shared), _Impl("twinhpc:auto", with_algorithm(None), engine.close)]
     device = _gpu_of_every_rank(world, distinct=False)
     if device is not None:
+
         def on_gpu(nbytes):
             t = torch.zeros(nbytes // 4, device=device)
 
             def call():
                 engine.allreduce_(t, name="bench")
                 torch.cuda.synchronize(device)
+
             return call
 
         impls.insert(-1, _Impl("twinhpc:cuda", on_gpu))  # before auto, whose close ends the engine
@@ -163,8 +167,7 @@ def _torch_impls(world: World) -> list[_Impl]:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     port = world.bcast(port)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=world.rank,
-                            world_size=world.size)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=world.rank, world_size=world.size)
 
     def gloo(nbytes):
         t = torch.zeros(nbytes // 4)
@@ -181,6 +184,7 @@ def _torch_impls(world: World) -> list[_Impl]:
             def call():
                 dist.all_reduce(t, group=group)
                 torch.cuda.synchronize(device)
+
             return call
 
         impls.append(_Impl("nccl", nccl))
@@ -191,6 +195,7 @@ def _memcpy_impl() -> _Impl:
     def setup(nbytes):
         src, dst = np.zeros(nbytes // 4, np.float32), np.empty(nbytes // 4, np.float32)
         return lambda: np.copyto(dst, src)
+
     return _Impl("memcpy", setup)
 
 
@@ -203,9 +208,14 @@ def _time(world: World, call: Callable[[], None], calls: int) -> float:
     return world.comm.allreduce((time.perf_counter() - t0) / calls, op=world.MPI.MAX)
 
 
-def bench_allreduce(min_bytes: int = DEFAULT_MIN_BYTES, max_bytes: int = DEFAULT_MAX_BYTES,
-                    rounds: int = 7, gloo: bool = True, results: str | Path | None = "bench-results",
-                    world: World | None = None) -> dict:
+def bench_allreduce(
+    min_bytes: int = DEFAULT_MIN_BYTES,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    rounds: int = 7,
+    gloo: bool = True,
+    results: str | Path | None = "bench-results",
+    world: World | None = None,
+) -> dict:
     """Measure every implementation at every size; collective.
 
     Parameters
@@ -224,8 +234,12 @@ def bench_allreduce(min_bytes: int = DEFAULT_MIN_BYTES, max_bytes: int = DEFAULT
     if min_bytes < 4 or max_bytes < min_bytes:
         raise TwinError(f"--min-bytes {min_bytes} / --max-bytes {max_bytes}: need 4 <= min <= max")
     forced = algorithms_can_be_forced()
-    impls = ([_memcpy_impl()] + world.run(lambda: _mpi4py_impls(world, forced)) + world.run(lambda: _engine_impls(world))
-             + (world.run(lambda: _torch_impls(world)) if gloo else []))
+    impls = (
+        [_memcpy_impl()]
+        + world.run(lambda: _mpi4py_impls(world, forced))
+        + world.run(lambda: _engine_impls(world))
+        + (world.run(lambda: _torch_impls(world)) if gloo else [])
+    )
     rows, times = [], {}
     try:
         for nbytes in sizes_between(min_bytes, max_bytes):
@@ -235,22 +249,29 @@ def bench_allreduce(min_bytes: int = DEFAULT_MIN_BYTES, max_bytes: int = DEFAULT
                 call()  # warm-up: pages touched, connections made
             per = {name: [] for name, _ in prepared}
             for k in range(rounds):
-                for name, call in (prepared if k % 2 == 0 else prepared[::-1]):
+                for name, call in prepared if k % 2 == 0 else prepared[::-1]:
                     per[name].append(_time(world, call, calls))
             times[nbytes] = per
             for name, seconds in per.items():
                 t = median(seconds)
                 algbw = nbytes / t / 1e9
                 factor = 1.0 if name == "memcpy" else 2 * (world.size - 1) / world.size
-                rows.append(dict(impl=name, ranks=world.size, bytes=nbytes, time_s=t, algbw_gbps=algbw,
-                                 busbw_gbps=algbw * factor))
+                rows.append(
+                    dict(
+                        impl=name, ranks=world.size, bytes=nbytes, time_s=t, algbw_gbps=algbw, busbw_gbps=algbw * factor
+                    )
+                )
     finally:
         for impl in reversed(impls):
             impl.close()
-    figures = dict(rows=rows, ratios=ratios(times), world_size=world.size, rounds=rounds,
-                   mpi_algorithms_forced=forced,
-                   targets=dict(vs_mpi4py=TARGET_VS_MPI4PY, vs_best_mpi=TARGET_VS_BEST_MPI,
-                                min_bytes=TARGET_MIN_BYTES))
+    figures = dict(
+        rows=rows,
+        ratios=ratios(times),
+        world_size=world.size,
+        rounds=rounds,
+        mpi_algorithms_forced=forced,
+        targets=dict(vs_mpi4py=TARGET_VS_MPI4PY, vs_best_mpi=TARGET_VS_BEST_MPI, min_bytes=TARGET_MIN_BYTES),
+    )
     if results is not None:
         path = Path(results) / "allreduce.h5"
         world.run(lambda: write(path, figures) if world.is_root else None)
@@ -274,13 +295,16 @@ def ratios(times: dict[int, dict[str, list[float]]]) -> list[dict]:
         core, rounds = per["twinhpc:auto"], range(len(per["twinhpc:auto"]))
         best_each = [min(v[i] for v in mpi.values()) for i in rounds]
         shared = per.get("twinhpc:shared")
-        out.append(dict(
-            bytes=nbytes,
-            core_vs_mpi4py=median([per["mpi4py"][i] / core[i] for i in rounds]),
-            core_vs_best_mpi=median([best_each[i] / core[i] for i in rounds]),
-            best_mpi=min(mpi, key=lambda k: median(mpi[k])),
-            memcpy_gbps=nbytes / median(per["memcpy"]) / 1e9,
-            shared_vs_mpi4py=median([per["mpi4py"][i] / shared[i] for i in rounds]) if shared else float("nan")))
+        out.append(
+            dict(
+                bytes=nbytes,
+                core_vs_mpi4py=median([per["mpi4py"][i] / core[i] for i in rounds]),
+                core_vs_best_mpi=median([best_each[i] / core[i] for i in rounds]),
+                best_mpi=min(mpi, key=lambda k: median(mpi[k])),
+                memcpy_gbps=nbytes / median(per["memcpy"]) / 1e9,
+                shared_vs_mpi4py=median([per["mpi4py"][i] / shared[i] for i in rounds]) if shared else float("nan"),
+            )
+        )
     return out
 
 
@@ -294,13 +318,33 @@ def write(path: Path, figures: dict) -> Path:
 
 def report(figures: dict) -> str:
     """The rows as a table, then the ratios against the targets."""
-    rows = format_table(figures["rows"], {"impl": "", "ranks": "d", "bytes": "d", "time_s": ".3e",
-                                          "algbw_gbps": ".3f", "busbw_gbps": ".3f"})
-    ratio_rows = [dict(r, met="yes" if r["core_vs_best_mpi"] >= TARGET_VS_BEST_MPI and
-                       (r["bytes"] < TARGET_MIN_BYTES or r["core_vs_mpi4py"] >= TARGET_VS_MPI4PY) else "NO")
-                  for r in figures["ratios"]]
-    ratio_table = format_table(ratio_rows, {"bytes": "d", "core_vs_mpi4py": ".2f", "core_vs_best_mpi": ".2f",
-                                            "best_mpi": "", "memcpy_gbps": ".2f", "met": "",
-                                            "shared_vs_mpi4py": ".2f"})
-    return (f"{rows}\n\ntwinhpc:auto busbw over mpi4py (target >= {TARGET_VS_MPI4PY} from "
-            f"{TARGET_MIN_BYTES >> 20} MiB) and over the best MPI row (target >= {TARGET_VS_BEST_MPI}):\n{ratio_table}")
+    rows = format_table(
+        figures["rows"],
+        {"impl": "", "ranks": "d", "bytes": "d", "time_s": ".3e", "algbw_gbps": ".3f", "busbw_gbps": ".3f"},
+    )
+    ratio_rows = [
+        dict(
+            r,
+            met="yes"
+            if r["core_vs_best_mpi"] >= TARGET_VS_BEST_MPI
+            and (r["bytes"] < TARGET_MIN_BYTES or r["core_vs_mpi4py"] >= TARGET_VS_MPI4PY)
+            else "NO",
+        )
+        for r in figures["ratios"]
+    ]
+    ratio_table = format_table(
+        ratio_rows,
+        {
+            "bytes": "d",
+            "core_vs_mpi4py": ".2f",
+            "core_vs_best_mpi": ".2f",
+            "best_mpi": "",
+            "memcpy_gbps": ".2f",
+            "met": "",
+            "shared_vs_mpi4py": ".2f",
+        },
+    )
+    return (
+        f"{rows}\n\ntwinhpc:auto busbw over mpi4py (target >= {TARGET_VS_MPI4PY} from "
+        f"{TARGET_MIN_BYTES >> 20} MiB) and over the best MPI row (target >= {TARGET_VS_BEST_MPI}):\n{ratio_table}"
+    )

@@ -75,9 +75,9 @@ class RawReader:
                 for a in range(lo, hi, self.rows):
                     b = min(hi, a + self.rows)
                     if spec.is_text:
-                        buf[:b - a] = ds.asstr()[a:b]
+                        buf[: b - a] = ds.asstr()[a:b]
                     else:
-                        ds.read_direct(buf, np.s_[a:b], np.s_[0:b - a])
+                        ds.read_direct(buf, np.s_[a:b], np.s_[0 : b - a])
         return self.samples
 
     def close(self) -> None:
@@ -96,10 +96,18 @@ def _passes(one_pass, epochs: int, seconds: float | None) -> tuple[int, float]:
     return samples, time.perf_counter() - t0
 
 
-def bench_loader(dataset, split: str = "train", batch_size: int = 256, epochs: int = 1,
-                 seconds: float | None = None, prefetch: int = 2, rounds: int = 3,
-                 results: str | Path | None = "bench-results", target: float = TARGET,
-                 world: World | None = None) -> dict:
+def bench_loader(
+    dataset,
+    split: str = "train",
+    batch_size: int = 256,
+    epochs: int = 1,
+    seconds: float | None = None,
+    prefetch: int = 2,
+    rounds: int = 3,
+    results: str | Path | None = "bench-results",
+    target: float = TARGET,
+    world: World | None = None,
+) -> dict:
     """Measure the loader against a raw sequential read of ``dataset``; collective.
 
     Parameters
@@ -141,9 +149,19 @@ def bench_loader(dataset, split: str = "train", batch_size: int = 256, epochs: i
         loader.close()
         raw.close()
     figures = _figures(per_round, numeric)
-    figures.update(dataset=str(directory), split=split, world_size=world.size, batch_size=batch_size,
-                   prefetch=prefetch, rounds=rounds, epochs=None if seconds else epochs, seconds=seconds,
-                   samples_per_rank=loader.samples_per_rank, bytes_per_sample=numeric, target=target)
+    figures.update(
+        dataset=str(directory),
+        split=split,
+        world_size=world.size,
+        batch_size=batch_size,
+        prefetch=prefetch,
+        rounds=rounds,
+        epochs=None if seconds else epochs,
+        seconds=seconds,
+        samples_per_rank=loader.samples_per_rank,
+        bytes_per_sample=numeric,
+        target=target,
+    )
     figures["pass"] = figures["ratio"] >= target
     if results is not None:
         path = Path(results) / "loader.h5"
@@ -161,42 +179,77 @@ def _figures(per_round: list[list[tuple[int, float, int, float]]], numeric: int)
         loader_s = max(rnd[r][1] for r in ranks)
         raw_mb = sum(rnd[r][2] for r in ranks) * numeric / 1e6 / max(rnd[r][3] for r in ranks)
         loader_mb = samples * numeric / 1e6 / loader_s
-        return {"loader_samples_per_s": samples / loader_s, "loader_MB_per_s": loader_mb,
-                "raw_MB_per_s": raw_mb, "ratio": loader_mb / raw_mb if raw_mb else float("nan")}
+        return {
+            "loader_samples_per_s": samples / loader_s,
+            "loader_MB_per_s": loader_mb,
+            "raw_MB_per_s": raw_mb,
+            "ratio": loader_mb / raw_mb if raw_mb else float("nan"),
+        }
 
     def medians(ranks) -> dict:
         each = [rates(rnd, ranks) for rnd in per_round]
         return {k: median(e[k] for e in each) for k in each[0]}
 
     total_rounds = [rates(rnd, range(size)) for rnd in per_round]
-    return {"ranks": [{"rank": r, **medians([r])} for r in range(size)],
-            "total": medians(range(size)),
-            "rounds_total": total_rounds,
-            "ratio": median(t["ratio"] for t in total_rounds)}
+    return {
+        "ranks": [{"rank": r, **medians([r])} for r in range(size)],
+        "total": medians(range(size)),
+        "rounds_total": total_rounds,
+        "ratio": median(t["ratio"] for t in total_rounds),
+    }
 
 
 def _write(path: Path, figures: dict) -> None:
-    attrs = {k: figures[k] for k in ("dataset", "split", "world_size", "batch_size", "prefetch", "rounds",
-                                     "samples_per_rank", "bytes_per_sample", "ratio", "target", "pass")}
+    attrs = {
+        k: figures[k]
+        for k in (
+            "dataset",
+            "split",
+            "world_size",
+            "batch_size",
+            "prefetch",
+            "rounds",
+            "samples_per_rank",
+            "bytes_per_sample",
+            "ratio",
+            "target",
+            "pass",
+        )
+    }
     if figures["seconds"] is None:
         attrs["epochs"] = figures["epochs"]
     else:
         attrs["seconds"] = figures["seconds"]
-    write_results(path, {"ranks": figures["ranks"], "total": [{"rank": -1, **figures["total"]}],
-                         "rounds": [{"round": i, **t} for i, t in enumerate(figures["rounds_total"])]}, attrs)
+    write_results(
+        path,
+        {
+            "ranks": figures["ranks"],
+            "total": [{"rank": -1, **figures["total"]}],
+            "rounds": [{"round": i, **t} for i, t in enumerate(figures["rounds_total"])],
+        },
+        attrs,
+    )
 
 
 def report(figures: dict) -> str:
     """The table that ``twinhpc bench loader`` prints."""
     what = f"{figures['epochs']} epoch(s)" if figures["epochs"] else f"{figures['seconds']} s"
     rows = figures["ranks"] + [{"rank": "total", **figures["total"]}]
-    formats = {"rank": "d", "loader_samples_per_s": ",.0f", "loader_MB_per_s": ",.0f", "raw_MB_per_s": ",.0f", "ratio": ".2f"}
-    lines = [f"bench loader: {figures['dataset']} split {figures['split']}, {figures['world_size']} rank(s), "
-             f"batch {figures['batch_size']}, prefetch {figures['prefetch']}, {what} per measurement, "
-             f"median of {figures['rounds']} rounds",
-             format_table(rows, formats),
-             f"loader/raw = {figures['ratio']:.2f} (target >= {figures['target']:.2f}): "
-             f"{'PASS' if figures['pass'] else 'FAIL'}"]
+    formats = {
+        "rank": "d",
+        "loader_samples_per_s": ",.0f",
+        "loader_MB_per_s": ",.0f",
+        "raw_MB_per_s": ",.0f",
+        "ratio": ".2f",
+    }
+    lines = [
+        f"bench loader: {figures['dataset']} split {figures['split']}, {figures['world_size']} rank(s), "
+        f"batch {figures['batch_size']}, prefetch {figures['prefetch']}, {what} per measurement, "
+        f"median of {figures['rounds']} rounds",
+        format_table(rows, formats),
+        f"loader/raw = {figures['ratio']:.2f} (target >= {figures['target']:.2f}): "
+        f"{'PASS' if figures['pass'] else 'FAIL'}",
+    ]
     if "results_file" in figures:
         lines.append(f"results: {figures['results_file']}")
     return "\n".join(lines)

@@ -37,21 +37,36 @@ example:
 
 
 def add_loader(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("loader", help="loader throughput against a raw sequential read",
-                       description=LOADER_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "loader",
+        help="loader throughput against a raw sequential read",
+        description=LOADER_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dataset", metavar="DIR", help="dataset directory (made by `twinhpc ingest`)")
     p.add_argument("--split", default="train", help="split to read (default train)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B", help="batch size per rank (default 256)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--epochs", type=int, default=1, metavar="E",
-                     help="loader epochs (and raw passes) per measurement (default 1)")
-    how.add_argument("--seconds", type=float, metavar="S",
-                     help="instead: whole epochs/passes until S seconds have passed")
-    p.add_argument("--prefetch", type=int, default=2, metavar="K", help="batches prefetched by the loader's thread (default 2; 0: none)")
-    p.add_argument("--rounds", type=int, default=3, metavar="R", help="alternating rounds; medians reported (default 3)")
+    how.add_argument(
+        "--epochs", type=int, default=1, metavar="E", help="loader epochs (and raw passes) per measurement (default 1)"
+    )
+    how.add_argument(
+        "--seconds", type=float, metavar="S", help="instead: whole epochs/passes until S seconds have passed"
+    )
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=2,
+        metavar="K",
+        help="batches prefetched by the loader's thread (default 2; 0: none)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, metavar="R", help="alternating rounds; medians reported (default 3)"
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
-    p.add_argument("--results", default="bench-results", metavar="FOLDER",
-                   help="folder for loader.h5 (default ./bench-results)")
+    p.add_argument(
+        "--results", default="bench-results", metavar="FOLDER", help="folder for loader.h5 (default ./bench-results)"
+    )
     return p
 
 
@@ -61,9 +76,17 @@ def run_loader(args) -> int:
 
     world = get_world()
     setup_logging_for(args, world)
-    figures = bench_loader(args.dataset, split=args.split, batch_size=args.batch_size, epochs=args.epochs,
-                           seconds=args.seconds, prefetch=args.prefetch, rounds=args.rounds,
-                           results=args.results, world=world)
+    figures = bench_loader(
+        args.dataset,
+        split=args.split,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        seconds=args.seconds,
+        prefetch=args.prefetch,
+        rounds=args.rounds,
+        results=args.results,
+        world=world,
+    )
     if world.is_root:
         print(json.dumps(figures, indent=2) if args.json else report(figures), flush=True)
     return 0
@@ -93,8 +116,8 @@ def parse_bytes(text: str) -> int:
     units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     t = text.strip().upper()
     for unit, factor in units.items():
-        if t.endswith(unit) and t[:-len(unit)].isdigit():
-            return int(t[:-len(unit)]) * factor
+        if t.endswith(unit) and t[: -len(unit)].isdigit():
+            return int(t[: -len(unit)]) * factor
     if t.isdigit():
         return int(t)
     raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4096, 64KiB, 64MiB)")
@@ -103,17 +126,27 @@ def parse_bytes(text: str) -> int:
 def add_allreduce(sub) -> argparse.ArgumentParser:
     # the defaults stay in twinhpc.bench.allreduce (DEFAULT_MIN_BYTES, DEFAULT_MAX_BYTES): that
     # module imports torch, which building the parser must not (tests check the help's figures)
-    p = sub.add_parser("allreduce", help="the all-reduce engine against MPI, mpi4py and gloo",
-                       description=ALLREDUCE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--min-bytes", type=parse_bytes, metavar="B",
-                   help="smallest message (default 4KiB)")
-    p.add_argument("--max-bytes", type=parse_bytes, metavar="B",
-                   help="largest message (default 64MiB; up to 256MiB as memory allows)")
-    p.add_argument("--rounds", type=int, default=7, metavar="R", help="interleaved rounds; medians reported (default 7)")
+    p = sub.add_parser(
+        "allreduce",
+        help="the all-reduce engine against MPI, mpi4py and gloo",
+        description=ALLREDUCE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--min-bytes", type=parse_bytes, metavar="B", help="smallest message (default 4KiB)")
+    p.add_argument(
+        "--max-bytes",
+        type=parse_bytes,
+        metavar="B",
+        help="largest message (default 64MiB; up to 256MiB as memory allows)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=7, metavar="R", help="interleaved rounds; medians reported (default 7)"
+    )
     p.add_argument("--no-gloo", action="store_true", help="skip torch.distributed (gloo / NCCL)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    p.add_argument("--results", default="bench-results", metavar="FOLDER",
-                   help="folder for allreduce.h5 (default ./bench-results)")
+    p.add_argument(
+        "--results", default="bench-results", metavar="FOLDER", help="folder for allreduce.h5 (default ./bench-results)"
+    )
     return p
 
 
@@ -125,8 +158,9 @@ def run_allreduce(args) -> int:
     setup_logging_for(args, world)
     min_bytes = DEFAULT_MIN_BYTES if args.min_bytes is None else args.min_bytes
     max_bytes = DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes
-    figures = bench_allreduce(min_bytes, max_bytes, rounds=args.rounds, gloo=not args.no_gloo,
-                              results=args.results, world=world)
+    figures = bench_allreduce(
+        min_bytes, max_bytes, rounds=args.rounds, gloo=not args.no_gloo, results=args.results, world=world
+    )
     if world.is_root:
         print(json.dumps(figures["rows"], indent=1) if args.json else report(figures), flush=True)
     return 0
@@ -137,10 +171,14 @@ BENCHMARKS = {"loader": (add_loader, run_loader), "allreduce": (add_allreduce, r
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help="benchmarks (loader, allreduce)", description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks (loader, allreduce)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     benches = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    for name, (add, _) in BENCHMARKS.items():
+    for add, _ in BENCHMARKS.values():
         add_common(add(benches))
     return p
 

@@ -20,8 +20,12 @@ Run it the way the real job will run, to check the launch:
 
 
 def add_parser(sub):
-    p = sub.add_parser("info", help="show versions, the build, the MPI world and each rank",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "info",
+        help="show versions, the build, the MPI world and each rank",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_common(p)
     return p

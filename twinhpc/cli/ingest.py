@@ -27,28 +27,52 @@ The dataset is built in a temporary directory beside DIR and renamed when comple
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("ingest", help="convert a source into a sharded HDF5 dataset",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "ingest",
+        help="convert a source into a sharded HDF5 dataset",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("kind", metavar="KIND", help="source kind (see above)")
     p.add_argument("src", metavar="SRC", help="source file or directory")
     p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to create")
     p.add_argument("--shards", type=int, default=1, metavar="N", help="shards per split (default 1)")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
-                   help="fraction of the training pool held out for validation (default 0.1)")
-    p.add_argument("--test-fraction", type=float, default=None, metavar="F",
-                   help="fraction held out for test (default 0.1; 0 for sources with their own test split)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="fraction of the training pool held out for validation (default 0.1)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fraction held out for test (default 0.1; 0 for sources with their own test split)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the split permutation (default 0)")
-    p.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none",
-                   help="HDF5 compression of every field (default none)")
+    p.add_argument(
+        "--compression",
+        choices=("none", "gzip", "lzf"),
+        default="none",
+        help="HDF5 compression of every field (default none)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists (after the new one is complete)")
     r = p.add_argument_group("reader options (each applies to the kinds named)")
     r.add_argument("--label", help="label array/column/key (npz, csv, parquet, jsonl)")
     r.add_argument("--fields", help="comma-separated fields/columns to keep (npz, csv, parquet)")
-    r.add_argument("--categorical", help="comma-separated columns to treat as categorical (csv, parquet; default: non-numeric)")
+    r.add_argument(
+        "--categorical", help="comma-separated columns to treat as categorical (csv, parquet; default: non-numeric)"
+    )
     r.add_argument("--text-field", help="text key (jsonl; default 'text')")
-    r.add_argument("--classes", help="comma-separated label values in class order (jsonl, csv, parquet; default: sorted)")
+    r.add_argument(
+        "--classes", help="comma-separated label values in class order (jsonl, csv, parquet; default: sorted)"
+    )
     r.add_argument("--image-size", help="HxW (or S) images are resized to (image-folder; default 32)")
-    r.add_argument("--keep-unsup", action="store_true", help="keep imdb's train/unsup reviews as split 'unlabeled' (label -1)")
+    r.add_argument(
+        "--keep-unsup", action="store_true", help="keep imdb's train/unsup reviews as split 'unlabeled' (label -1)"
+    )
     add_common(p)
     return p
 
@@ -63,8 +87,18 @@ def run(args) -> int:
     world = get_world()
     setup_logging_for(args, world)
     options = {k: getattr(args, k) for k in READER_OPTIONS if getattr(args, k) not in (None, False)}
-    ingest(args.kind, args.src, args.out, shards=args.shards, val_fraction=args.val_fraction,
-           test_fraction=args.test_fraction, seed=args.seed, compression=args.compression,
-           overwrite=args.overwrite, options=options, world=world,
-           command="twinhpc " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    ingest(
+        args.kind,
+        args.src,
+        args.out,
+        shards=args.shards,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        compression=args.compression,
+        overwrite=args.overwrite,
+        options=options,
+        world=world,
+        command="twinhpc " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
     return 0

@@ -10,14 +10,21 @@ from .main import add_common, setup_logging_for
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "inspect", help="show a dataset's schema, splits, counts and field statistics",
+        "inspect",
+        help="show a dataset's schema, splits, counts and field statistics",
         description="Show a dataset's schema, splits, sample counts, class counts and per-field "
-                    "statistics (min/max/mean/std; text lengths) from up to --max-samples samples "
-                    "per split. Under MPI, rank 0 does the work and prints.")
+        "statistics (min/max/mean/std; text lengths) from up to --max-samples samples "
+        "per split. Under MPI, rank 0 does the work and prints.",
+    )
     p.add_argument("dir", metavar="DIR", help="dataset directory (made by `twinhpc ingest`)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--max-samples", type=int, default=10000, metavar="N",
-                   help="samples per split used for statistics (default 10000)")
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="samples per split used for statistics (default 10000)",
+    )
     add_common(p)
     return p
 

@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twinhpc",
         description="twinhpc: sharded HDF5 datasets, MPI-parallel ingest and loading, and "
-                    "digital-twin training on MPI/Slurm clusters.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "digital-twin training on MPI/Slurm clusters.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"twinhpc {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
@@ -57,16 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
 def add_common(p: argparse.ArgumentParser) -> None:
     """Options every verb has: logging."""
     g = p.add_argument_group("logging")
-    g.add_argument("--log-dir", default=os.environ.get("TWINHPC_LOG_DIR"),
-                   help="write one log file per rank here (default: $TWINHPC_LOG_DIR, else none)")
+    g.add_argument(
+        "--log-dir",
+        default=os.environ.get("TWINHPC_LOG_DIR"),
+        help="write one log file per rank here (default: $TWINHPC_LOG_DIR, else none)",
+    )
     g.add_argument("-v", "--verbose", action="store_true", help="debug messages on the console")
 
 
 def setup_logging_for(args, world) -> None:
     from ..log import setup_logging
 
-    setup_logging(world.rank, getattr(args, "log_dir", None), name=f"twinhpc-{args.verb}",
-                  verbose=getattr(args, "verbose", False))
+    setup_logging(
+        world.rank, getattr(args, "log_dir", None), name=f"twinhpc-{args.verb}", verbose=getattr(args, "verbose", False)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

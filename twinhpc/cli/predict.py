@@ -16,8 +16,12 @@ stored order: /index, /output (logits or values), /prediction (class), /target (
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("predict", help="predict a dataset with a trained checkpoint into PRED.h5",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "predict",
+        help="predict a dataset with a trained checkpoint into PRED.h5",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("job", metavar="JOB.toml", help="job file")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--run", metavar="RUN", help="run directory of `twinhpc train` (its newest checkpoint)")
@@ -25,8 +29,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="DATASET", help="dataset directory to predict")
     p.add_argument("--split", help="split of DATASET (default: data.test_split, else its only split)")
     p.add_argument("--out", required=True, metavar="PRED.h5", help="predictions file to write")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a job-file key (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job-file key (repeatable)",
+    )
     add_common(p)
     return p
 

@@ -19,11 +19,21 @@ result is the same for every N. Format: docs/preprocess.md.
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("preprocess", help="fit statistics/vocabularies and write the preprocessed dataset",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "preprocess",
+        help="fit statistics/vocabularies and write the preprocessed dataset",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("job", metavar="JOB.toml", help="job file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a job-file key, e.g. --set preprocess.text.max_vocab=20000 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job-file key, e.g. --set preprocess.text.max_vocab=20000 (repeatable)",
+    )
     p.add_argument("--force", action="store_true", help="rewrite even when the existing one is up to date")
     add_common(p)
     return p
@@ -37,8 +47,9 @@ def run(args) -> int:
     world = get_world()
     setup_logging_for(args, world)
     job = world.run(lambda: load_job(args.job, args.overrides))
-    result = preprocess(job, world=world, force=args.force,
-                        command="twinhpc " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    result = preprocess(
+        job, world=world, force=args.force, command="twinhpc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    )
     if world.is_root:
         samples = ", ".join(f"{k} {v}" for k, v in result["samples"].items())
         if result["status"] == "up to date":

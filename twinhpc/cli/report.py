@@ -13,8 +13,12 @@ metric.png, confusion.png (classification) and timing.png. Works while the run i
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("report", help="summary and plots of a training run",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "report",
+        help="summary and plots of a training run",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run", metavar="RUN", help="run directory (or its results.h5)")
     p.add_argument("--no-plots", action="store_true", help="print the summary only")
     return p

@@ -22,13 +22,23 @@ Exit status: 0 done (or stopped early), 2 an error (a bad job, data, NaN/inf los
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train the job's model (data parallel over the MPI ranks)",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="train the job's model (data parallel over the MPI ranks)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("job", metavar="JOB.toml", help="job file")
     p.add_argument("--out", metavar="RUN", help="run directory (default: train.out, else runs/<job name>)")
     p.add_argument("--resume", action="store_true", help="continue from RUN's newest checkpoint")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a job-file key, e.g. --set optim.lr=0.01 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job-file key, e.g. --set optim.lr=0.01 (repeatable)",
+    )
     add_common(p)
     return p
 
@@ -51,6 +61,9 @@ def run(args) -> int:
     if result.status == "preempted":
         return REQUEUE_EXIT_STATUS
     if world.is_root:
-        print(f"{result.status}: {result.step} steps, {result.epoch} epoch(s); results {run_dir / 'results.h5'}, "
-              f"checkpoint {result.checkpoint}", flush=True)
+        print(
+            f"{result.status}: {result.step} steps, {result.epoch} epoch(s); results {run_dir / 'results.h5'}, "
+            f"checkpoint {result.checkpoint}",
+            flush=True,
+        )
     return 0

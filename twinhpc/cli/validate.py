@@ -16,30 +16,44 @@ loss, accuracy, macro F1 and the confusion matrix with per-class precision/recal
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("validate", help="evaluate a trained checkpoint on a split",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "validate",
+        help="evaluate a trained checkpoint on a split",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("job", metavar="JOB.toml", help="job file")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--run", metavar="RUN", help="run directory of `twinhpc train` (its newest checkpoint)")
     g.add_argument("--checkpoint", metavar="PATH", help="a checkpoint file RUN/ckpt/step-<N>.h5")
     p.add_argument("--split", help="split to evaluate (default: data.val_split)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a job-file key (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job-file key (repeatable)",
+    )
     add_common(p)
     return p
 
 
 def format_report(report: dict) -> str:
     """The report as text: the headline figures, then a per-class table (classification)."""
-    lines = [f"{report['split']} split, {report['n']} samples, checkpoint {report['checkpoint']}",
-             f"loss {report['loss']:.4f}"]
+    lines = [
+        f"{report['split']} split, {report['n']} samples, checkpoint {report['checkpoint']}",
+        f"loss {report['loss']:.4f}",
+    ]
     if report["task"] == "classification":
         lines[-1] += f"  accuracy {report['accuracy']:.4f}  macro F1 {report['macro_f1']:.4f}"
         lines.append(f"{'class':>12} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
         for i, name in enumerate(report["classes"]):
-            lines.append(f"{name:>12} {report['precision'][i]:9.4f} {report['recall'][i]:9.4f} "
-                         f"{report['f1'][i]:9.4f} {report['support'][i]:8d}")
+            lines.append(
+                f"{name:>12} {report['precision'][i]:9.4f} {report['recall'][i]:9.4f} "
+                f"{report['f1'][i]:9.4f} {report['support'][i]:8d}"
+            )
         lines.append("confusion (row: true class, column: predicted):")
         lines += ["  " + " ".join(f"{v:5d}" for v in row) for row in report["confusion"]]
     else:

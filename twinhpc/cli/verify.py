@@ -13,12 +13,14 @@ log = logging.getLogger("twinhpc")
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "verify", help="check every shard's checksum and schema against the manifest",
+        "verify",
+        help="check every shard's checksum and schema against the manifest",
         description="Check a dataset: every shard listed in the manifest exists, its SHA-256 "
-                    "matches, and its fields have the manifest's dtypes, shapes and counts. "
-                    "Under MPI the shards are divided among the ranks. Exit status 0 when intact, "
-                    "1 when any shard is bad (each named on stderr), 2 when the manifest itself "
-                    "is missing or malformed.")
+        "matches, and its fields have the manifest's dtypes, shapes and counts. "
+        "Under MPI the shards are divided among the ranks. Exit status 0 when intact, "
+        "1 when any shard is bad (each named on stderr), 2 when the manifest itself "
+        "is missing or malformed.",
+    )
     p.add_argument("dir", metavar="DIR", help="dataset directory")
     add_common(p)
     return p
@@ -40,8 +42,14 @@ def run(args) -> int:
         if world.is_root:
             for p in problems:
                 log.error("BAD %s", p)
-            log.error("verify %s: %d of %d shard(s) bad", args.dir, len({p.split(':')[0] for p in problems}), n)
+            log.error("verify %s: %d of %d shard(s) bad", args.dir, len({p.split(":")[0] for p in problems}), n)
         return 1
-    log.info("verify %s: OK, %d shard(s), %d samples, checked on %d rank(s) in %.1f s", args.dir, n,
-             sum(s.count for s in manifest.splits), world.size, time.perf_counter() - t0)
+    log.info(
+        "verify %s: OK, %d shard(s), %d samples, checked on %d rank(s) in %.1f s",
+        args.dir,
+        n,
+        sum(s.count for s in manifest.splits),
+        world.size,
+        time.perf_counter() - t0,
+    )
     return 0

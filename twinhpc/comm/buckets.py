@@ -27,11 +27,10 @@ Note:
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 
-def assign_buckets(nbytes: Sequence[int], cap_bytes: int,
-                   kinds: Sequence[Hashable] | None = None) -> list[list[int]]:
+def assign_buckets(nbytes: Sequence[int], cap_bytes: int, kinds: Sequence[Hashable] | None = None) -> list[list[int]]:
     """Group tensors into buckets of at most ``cap_bytes`` each, in reverse order.
 
     Parameters
@@ -63,7 +62,7 @@ def assign_buckets(nbytes: Sequence[int], cap_bytes: int,
 
     buckets: list[list[int]] = []
     members: dict[Hashable, list[int]] = {}  # kind -> its open bucket's tensor indices
-    size: dict[Hashable, int] = {}           # kind -> its open bucket's bytes
+    size: dict[Hashable, int] = {}  # kind -> its open bucket's bytes
     for i in reversed(range(len(nbytes))):
         kind = kinds[i]
         if kind in members and size[kind] + nbytes[i] > cap_bytes:

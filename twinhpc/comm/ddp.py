@@ -78,9 +78,10 @@ Note:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -106,14 +107,14 @@ class _Bucket:
         self.params = params
         self.nbytes = sum(p.numel() * p.element_size() for p in params)
         self.flat: torch.Tensor | None = flat  # the bucket's gradients, contiguous; summed in place
-                                               # (None after DataParallel.close())
+        # (None after DataParallel.close())
         self.views: list[torch.Tensor] = []  # views[i]: params[i]'s gradient inside flat
         offset = 0
         for p in params:
-            self.views.append(flat[offset:offset + p.numel()].view_as(p))
+            self.views.append(flat[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
-        self.missing = len(params)   # gradients not yet ready in this step
-        self.first_ready_us = 0      # when the first of them became ready (timeline)
+        self.missing = len(params)  # gradients not yet ready in this step
+        self.first_ready_us = 0  # when the first of them became ready (timeline)
 
     def reset(self) -> None:
         self.missing = len(self.params)
@@ -136,6 +137,7 @@ def _bucket_storage(engine: Engine, buckets_params: list[list[nn.Parameter]]) ->
     """One flat buffer per bucket, carved from one allocation per device: for CPU buckets the
     engine's shared-memory buffer (summed in place with nothing copied), else device memory.
     Each bucket starts on a 64-byte boundary."""
+
     def aligned(n: int) -> int:
         return (n + 63) // 64 * 64
 
@@ -145,12 +147,15 @@ def _bucket_storage(engine: Engine, buckets_params: list[list[nn.Parameter]]) ->
     for device in dict.fromkeys(devices):  # each device once, in first-use order
         members = [k for k, d in enumerate(devices) if d == device]
         total = sum(aligned(sizes[k]) for k in members)
-        storage = (engine.shared_buffer(total) if device.type == "cpu"
-                   else torch.zeros(total, dtype=torch.uint8, device=device))
+        storage = (
+            engine.shared_buffer(total)
+            if device.type == "cpu"
+            else torch.zeros(total, dtype=torch.uint8, device=device)
+        )
         offset = 0
         for k in members:
             dtype = buckets_params[k][0].dtype
-            flats[k] = storage[offset:offset + sizes[k]].view(dtype)
+            flats[k] = storage[offset : offset + sizes[k]].view(dtype)
             offset += aligned(sizes[k])
     return [flats[k] for k in range(len(buckets_params))]
 
@@ -188,12 +193,19 @@ class DataParallel(nn.Module):
     by every rank. ``forward`` is the wrapped module's.
     """
 
-    def __init__(self, module: nn.Module, engine: Engine | None = None, bucket_cap_mb: float = BUCKET_CAP_MB,
-                 wire_dtype: torch.dtype | None = None, timeline: str | Path | None = None,
-                 overlap: bool | None = None):
+    def __init__(
+        self,
+        module: nn.Module,
+        engine: Engine | None = None,
+        bucket_cap_mb: float = BUCKET_CAP_MB,
+        wire_dtype: torch.dtype | None = None,
+        timeline: str | Path | None = None,
+        overlap: bool | None = None,
+    ):
         super().__init__()
         if engine is None:
             from .engine import Engine
+
             engine, self._owns_engine = Engine(), True
         else:
             self._owns_engine = False
@@ -204,34 +216,43 @@ class DataParallel(nn.Module):
         self.steps = 0  # completed synchronize() calls
 
         params = [p for p in module.parameters() if p.requires_grad]
-        layout = assign_buckets([p.numel() * p.element_size() for p in params], int(bucket_cap_mb * _MIB),
-                                [(p.dtype, p.device) for p in params])
+        layout = assign_buckets(
+            [p.numel() * p.element_size() for p in params],
+            int(bucket_cap_mb * _MIB),
+            [(p.dtype, p.device) for p in params],
+        )
         self._check_same_on_every_rank(layout)
         # one rank: the average over the ranks is the gradient itself, so there is nothing to
         # bucket or launch; backward runs with no hook and .grad stays autograd's own tensor
         # (a plain model's speed: no copy into bucket views, no Python call per parameter)
         self.local = engine.size == 1
         grouped = [] if self.local else [[params[i] for i in members] for members in layout]
-        self.buckets = [_Bucket(k, ps, flat) for k, (ps, flat) in enumerate(zip(grouped, _bucket_storage(engine, grouped)))]
+        self.buckets = [
+            _Bucket(k, ps, flat) for k, (ps, flat) in enumerate(zip(grouped, _bucket_storage(engine, grouped)))
+        ]
         if overlap is None:  # a spare core per rank for the engine's thread? (collective)
             overlap = self.local or engine.cores_per_rank() > torch.get_num_threads()
         #: whether CPU buckets are summed by the engine's thread during backward (see ``overlap``)
         self.overlap = bool(overlap)
         # CPU buckets reduced on the calling thread: all of them without overlap (in the hooks);
         # with overlap only the last, by synchronize(); the hooks launch the others
-        self._here = [b.params[0].device.type == "cpu" and (not self.overlap or b is self.buckets[-1])
-                      for b in self.buckets]
+        self._here = [
+            b.params[0].device.type == "cpu" and (not self.overlap or b is self.buckets[-1]) for b in self.buckets
+        ]
         self._hook_launches = len(self.buckets) - int(self.overlap and bool(self.buckets) and self._here[-1])
         self.broadcast_state()
 
-        self._sync = True          # False inside no_sync()
-        self._next = 0             # the next bucket to launch
+        self._sync = True  # False inside no_sync()
+        self._next = 0  # the next bucket to launch
         self._handles: list[Handle[torch.Tensor]] = []  # handles of the launched buckets, in launch order
         self._hooks: list[RemovableHandle] = []
         for bucket in self.buckets:
             for p, view in zip(bucket.params, bucket.views):
-                self._hooks.append(p.register_post_accumulate_grad_hook(
-                    lambda p, bucket=bucket, view=view: self._grad_ready(bucket, p, view)))
+                self._hooks.append(
+                    p.register_post_accumulate_grad_hook(
+                        lambda p, bucket=bucket, view=view: self._grad_ready(bucket, p, view)
+                    )
+                )
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
@@ -250,9 +271,11 @@ class DataParallel(nn.Module):
         self.engine.allreduce_(differs, op="sum")
         if differs.any():
             ranks = ", ".join(str(r) for r in differs.nonzero().flatten().tolist())
-            raise TwinError(f"DataParallel: the model on rank(s) {ranks} differs from rank 0's "
-                            f"(parameter or buffer shapes or dtypes, bucket cap or wire dtype); "
-                            f"every rank must build the same model with the same settings")
+            raise TwinError(
+                f"DataParallel: the model on rank(s) {ranks} differs from rank 0's "
+                f"(parameter or buffer shapes or dtypes, bucket cap or wire dtype); "
+                f"every rank must build the same model with the same settings"
+            )
 
     @torch.no_grad()
     def broadcast_state(self) -> None:
@@ -271,8 +294,10 @@ class DataParallel(nn.Module):
         if not self._sync:
             return
         if bucket.index < self._next or bucket.missing == 0:
-            raise TwinError("DataParallel: a gradient arrived twice in one step (backward ran again "
-                            "before synchronize()); use no_sync() for gradient accumulation")
+            raise TwinError(
+                "DataParallel: a gradient arrived twice in one step (backward ran again "
+                "before synchronize()); use no_sync() for gradient accumulation"
+            )
         if bucket.missing == len(bucket.params):
             bucket.first_ready_us = now_us()
         _as_view(p, view)
@@ -306,8 +331,10 @@ class DataParallel(nn.Module):
             The seconds spent here (waiting for communication that backward did not hide).
         """
         if not self._sync:
-            raise TwinError("DataParallel.synchronize() inside no_sync(): the gradients would not be "
-                            "averaged; call it after the first backward outside no_sync()")
+            raise TwinError(
+                "DataParallel.synchronize() inside no_sync(): the gradients would not be "
+                "averaged; call it after the first backward outside no_sync()"
+            )
         start = now_us()
         while self._next < self._hook_launches:
             self._launch(self.buckets[self._next])
@@ -337,8 +364,7 @@ class DataParallel(nn.Module):
         :meth:`synchronize`) raises :class:`TwinError`.
         """
         if self._next or any(b.missing < len(b.params) for b in self.buckets):
-            raise TwinError("DataParallel.no_sync() entered after a synced backward; "
-                            "call synchronize() first")
+            raise TwinError("DataParallel.no_sync() entered after a synced backward; call synchronize() first")
         outer, self._sync = self._sync, False
         try:
             yield

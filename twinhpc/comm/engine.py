@@ -57,8 +57,9 @@ import itertools
 import os
 import warnings
 import weakref
+from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Generic, Sequence, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
 from mpi4py import MPI  # before the exit handler below: MPI must outlive the engines
@@ -195,8 +196,13 @@ class Engine:
         If MPI is not initialised with ``MPI_THREAD_MULTIPLE``.
     """
 
-    def __init__(self, comm: MPI.Intracomm | None = None, stall_timeout: float = STALL_TIMEOUT_S,
-                 algorithm: str = "auto", segment_bytes: int = DEFAULT_SEGMENT_BYTES):
+    def __init__(
+        self,
+        comm: MPI.Intracomm | None = None,
+        stall_timeout: float = STALL_TIMEOUT_S,
+        algorithm: str = "auto",
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ):
         self._core: _C.Engine | None = None
         self._closed = False
         comm = MPI.COMM_WORLD if comm is None else comm
@@ -207,14 +213,14 @@ class Engine:
         if comm.Is_inter():
             raise ValueError("twinhpc.Engine: comm is an intercommunicator; an intracommunicator is needed")
         if algorithm != "auto" and algorithm not in _codes():
-            raise ValueError(f"twinhpc.Engine: unknown algorithm {algorithm!r} "
-                             f"(expected 'auto' or one of {', '.join(_codes())})")
+            raise ValueError(
+                f"twinhpc.Engine: unknown algorithm {algorithm!r} (expected 'auto' or one of {', '.join(_codes())})"
+            )
         use_cuda_aware = os.environ.get(CUDA_AWARE_ENV, "1").strip()
         if use_cuda_aware not in ("0", "1"):
             raise ValueError(f"twinhpc.Engine: ${CUDA_AWARE_ENV} must be 0 or 1, not {use_cuda_aware!r}")
         self.comm = comm
-        self._core = core = _core().Engine(comm.py2f(), float(stall_timeout), int(segment_bytes),
-                                           use_cuda_aware == "1")
+        self._core = core = _core().Engine(comm.py2f(), float(stall_timeout), int(segment_bytes), use_cuda_aware == "1")
         self.rank: int = core.rank
         #: whether CUDA tensors go to MPI as device pointers (a CUDA-aware MPI, unless
         #: ``$TWINHPC_MPI_CUDA_AWARE=0``); otherwise they are staged through pinned host memory
@@ -286,8 +292,14 @@ class Engine:
         return self._engine().shared_buffer(int(nbytes))
 
     # -- operations -----------------------------------------------------------------------------
-    def allreduce_async_(self, t: torch.Tensor, op: str = "sum", wire_dtype: torch.dtype | None = None,
-                         name: str = "allreduce", algorithm: str | None = None) -> Handle[torch.Tensor]:
+    def allreduce_async_(
+        self,
+        t: torch.Tensor,
+        op: str = "sum",
+        wire_dtype: torch.dtype | None = None,
+        name: str = "allreduce",
+        algorithm: str | None = None,
+    ) -> Handle[torch.Tensor]:
         """Enqueue an in-place all-reduce of ``t``; returns at once.
 
         Parameters
@@ -312,8 +324,14 @@ class Engine:
         self._check_tensor(t)
         return Handle(self._submit([t], op, wire_dtype, name, algorithm, blocking=False), t)
 
-    def allreduce_(self, t: torch.Tensor, op: str = "sum", wire_dtype: torch.dtype | None = None,
-                   name: str = "allreduce", algorithm: str | None = None) -> torch.Tensor:
+    def allreduce_(
+        self,
+        t: torch.Tensor,
+        op: str = "sum",
+        wire_dtype: torch.dtype | None = None,
+        name: str = "allreduce",
+        algorithm: str | None = None,
+    ) -> torch.Tensor:
         """Blocking :meth:`allreduce_async_`; returns ``t`` holding the result.
 
         With nothing queued, the calling thread runs the operation itself (without the GIL),
@@ -321,17 +339,28 @@ class Engine:
         """
         return self.allreduce_here_(t, op, wire_dtype, name, algorithm).wait()
 
-    def allreduce_here_(self, t: torch.Tensor, op: str = "sum", wire_dtype: torch.dtype | None = None,
-                        name: str = "allreduce", algorithm: str | None = None) -> Handle[torch.Tensor]:
+    def allreduce_here_(
+        self,
+        t: torch.Tensor,
+        op: str = "sum",
+        wire_dtype: torch.dtype | None = None,
+        name: str = "allreduce",
+        algorithm: str | None = None,
+    ) -> Handle[torch.Tensor]:
         """:meth:`allreduce_`, returning the completed operation's :class:`Handle` (its
         ``timings()``) instead of ``t``: with nothing queued the calling thread runs it (without
         the GIL); otherwise it returns when the engine's thread has run it, after the queue."""
         self._check_tensor(t)
         return Handle(self._submit([t], op, wire_dtype, name, algorithm, blocking=True), t)
 
-    def allreduce_many_async_(self, tensors: Sequence[torch.Tensor], op: str = "sum",
-                              wire_dtype: torch.dtype | None = None, name: str | None = None,
-                              algorithm: str | None = None) -> Handle[list[torch.Tensor]]:
+    def allreduce_many_async_(
+        self,
+        tensors: Sequence[torch.Tensor],
+        op: str = "sum",
+        wire_dtype: torch.dtype | None = None,
+        name: str | None = None,
+        algorithm: str | None = None,
+    ) -> Handle[list[torch.Tensor]]:
         """Enqueue one all-reduce of several tensors fused into one buffer; returns at once.
 
         The tensors (one dtype, one device, each contiguous) are packed in order into the
@@ -341,8 +370,9 @@ class Engine:
         tensors = list(tensors)
         for t in tensors:
             self._check_tensor(t)
-        return Handle(self._submit(tensors, op, wire_dtype, name or "allreduce_many", algorithm, blocking=False),
-                      tensors)
+        return Handle(
+            self._submit(tensors, op, wire_dtype, name or "allreduce_many", algorithm, blocking=False), tensors
+        )
 
     def broadcast_async_(self, t: torch.Tensor, root: int = 0, name: str = "broadcast") -> Handle[torch.Tensor]:
         """Enqueue an in-place broadcast of ``t`` from rank ``root``; ``wait()`` returns ``t``."""
@@ -374,10 +404,14 @@ class Engine:
         if self._core is None or self._closed:
             return
         try:
-            warnings.warn(f"unclosed {self!r}: close it (or use `with Engine() as eng:`) on every rank; "
-                          f"collected unclosed, it frees only this process's resources, and its "
-                          f"communicators and shared memory stay allocated until MPI is finalised",
-                          ResourceWarning, source=self)
+            warnings.warn(
+                f"unclosed {self!r}: close it (or use `with Engine() as eng:`) on every rank; "
+                f"collected unclosed, it frees only this process's resources, and its "
+                f"communicators and shared memory stay allocated until MPI is finalised",
+                ResourceWarning,
+                stacklevel=1,  # the collector, not a caller, runs __del__
+                source=self,
+            )
         finally:  # also when warnings are errors
             self.abandon()
 
@@ -412,8 +446,15 @@ class Engine:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"twinhpc.Engine: expected a torch.Tensor, got {type(t).__name__}")
 
-    def _submit(self, tensors: list[torch.Tensor], op: str, wire_dtype: torch.dtype | None, name: str,
-                algorithm: str | None, blocking: bool) -> _C.Work:
+    def _submit(
+        self,
+        tensors: list[torch.Tensor],
+        op: str,
+        wire_dtype: torch.dtype | None,
+        name: str,
+        algorithm: str | None,
+        blocking: bool,
+    ) -> _C.Work:
         if op not in OPS:
             raise ValueError(f"twinhpc.Engine: op must be one of {OPS}, not {op!r}")
         codes = _codes()

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 #: the phases, one lane (trace ``tid``) each, in display order
 LANES = ("bucket ready", "queued", "pack", "allreduce", "unpack", "optimizer wait")
@@ -53,13 +54,23 @@ class Timeline:
         ]
         for tid, lane in enumerate(LANES):
             self.events.append({"ph": "M", "pid": rank, "tid": tid, "name": "thread_name", "args": {"name": lane}})
-            self.events.append({"ph": "M", "pid": rank, "tid": tid, "name": "thread_sort_index",
-                                "args": {"sort_index": tid}})
+            self.events.append(
+                {"ph": "M", "pid": rank, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}}
+            )
 
     def span(self, lane: str, name: str, start_us: float, end_us: float, **args: Any) -> None:
         """Record one phase from ``start_us`` to ``end_us`` (clock of :func:`now_us`) on ``lane``."""
-        self.events.append({"ph": "X", "pid": self.rank, "tid": LANES.index(lane), "name": name,
-                            "ts": start_us, "dur": max(0, end_us - start_us), "args": args})
+        self.events.append(
+            {
+                "ph": "X",
+                "pid": self.rank,
+                "tid": LANES.index(lane),
+                "name": name,
+                "ts": start_us,
+                "dur": max(0, end_us - start_us),
+                "args": args,
+            }
+        )
 
     def bucket(self, step: int, index: int, nbytes: int, first_ready_us: int, timings: Mapping[str, int]) -> None:
         """Record one bucket's phases: ready (first gradient to launch), then the engine's

@@ -22,8 +22,9 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -59,8 +60,14 @@ class TunedEngine(Protocol):
     def segment_bytes(self) -> int: ...
     def available_algorithms(self) -> list[str]: ...
     def barrier(self, name: str = ...) -> None: ...
-    def allreduce_(self, t: torch.Tensor, op: str = ..., wire_dtype: torch.dtype | None = ...,
-                   name: str = ..., algorithm: str | None = ...) -> torch.Tensor: ...
+    def allreduce_(
+        self,
+        t: torch.Tensor,
+        op: str = ...,
+        wire_dtype: torch.dtype | None = ...,
+        name: str = ...,
+        algorithm: str | None = ...,
+    ) -> torch.Tensor: ...
 
 
 def cache_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -174,8 +181,7 @@ def algorithm_table(engine: TunedEngine, environ: Mapping[str, str] = os.environ
     nodes = comm.allreduce(1 if node.Get_rank() == 0 else 0)
     node.Free()
     library = MPI.Get_library_version().replace("\0", "").splitlines()[0].strip()
-    key = tuning_key(library, _cpu_model(), engine.size, nodes,
-                     engine.segment_bytes)
+    key = tuning_key(library, _cpu_model(), engine.size, nodes, engine.segment_bytes)
     path = cache_path(environ)
     entry = comm.bcast(load(path).get(key) if engine.rank == 0 else None, root=0)
     if entry is not None:
@@ -183,7 +189,14 @@ def algorithm_table(engine: TunedEngine, environ: Mapping[str, str] = os.environ
     times = autotune(engine)
     table = table_from_times(times)
     if engine.rank == 0:
-        store(path, key, {"table": table, "seconds": {str(s): t for s, t in times.items()},
-                          "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        store(
+            path,
+            key,
+            {
+                "table": table,
+                "seconds": {str(s): t for s, t in times.items()},
+                "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
         log.info("all-reduce tuning for %s: %s (cached in %s)", key, table, path)
     return table

@@ -17,6 +17,21 @@ from .schema import Job
 from .slurm import SlurmConfig
 from .training import EarlyStopping, ModelConfig, OptimConfig, TrainConfig, check_structure
 
-__all__ = ["DataConfig", "EarlyStopping", "ImagePreprocess", "Job", "JobFileError", "ModelConfig",
-           "OptimConfig", "PreprocessConfig", "SlurmConfig", "TabularPreprocess", "TextPreprocess",
-           "TrainConfig", "check_structure", "load_job", "override", "parse_override"]
+__all__ = [
+    "DataConfig",
+    "EarlyStopping",
+    "ImagePreprocess",
+    "Job",
+    "JobFileError",
+    "ModelConfig",
+    "OptimConfig",
+    "PreprocessConfig",
+    "SlurmConfig",
+    "TabularPreprocess",
+    "TextPreprocess",
+    "TrainConfig",
+    "check_structure",
+    "load_job",
+    "override",
+    "parse_override",
+]

@@ -47,10 +47,18 @@ class JobFileError(TwinError):
         return JobFileError(self.key, self.problem, where)
 
 
-def key(default: Any = MISSING, doc: str = "", *, choices: tuple[str, ...] | None = None,
-        ge: float | None = None, gt: float | None = None, le: float | None = None,
-        lt: float | None = None, check: Callable[[Any], str | None] | None = None,
-        default_doc: str | None = None) -> Any:
+def key(
+    default: Any = MISSING,
+    doc: str = "",
+    *,
+    choices: tuple[str, ...] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    default_doc: str | None = None,
+) -> Any:
     """A documented, constrained dataclass field.
 
     Parameters
@@ -63,8 +71,16 @@ def key(default: Any = MISSING, doc: str = "", *, choices: tuple[str, ...] | Non
     check : ``check(value) -> problem or None`` for rules the above cannot say.
     default_doc : how the reference shows the default when ``None`` means "derived".
     """
-    meta = {"doc": doc, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "check": check,
-            "default_doc": default_doc}
+    meta = {
+        "doc": doc,
+        "choices": choices,
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "lt": lt,
+        "check": check,
+        "default_doc": default_doc,
+    }
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -110,8 +126,16 @@ def describe_type(tp: Any, article: bool = False) -> str:
 
 def toml_type_name(value: Any) -> str:
     """The TOML name of a value's type (``"integer"``, ``"array"``, ``"table"`` ...), for errors."""
-    return {str: "string", int: "integer", float: "float", bool: "boolean", list: "array",
-            tuple: "array", dict: "table", type(None): "nothing"}.get(type(value), type(value).__name__)
+    return {
+        str: "string",
+        int: "integer",
+        float: "float",
+        bool: "boolean",
+        list: "array",
+        tuple: "array",
+        dict: "table",
+        type(None): "nothing",
+    }.get(type(value), type(value).__name__)
 
 
 class TypeMismatch(Exception):
@@ -172,8 +196,12 @@ def _bounds_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
         if isinstance(v, str) and meta["choices"] is not None and v not in meta["choices"]:
             return f"must be one of {', '.join(map(repr, meta['choices']))}, got {v!r}"
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            for name, op, sym in (("ge", float.__ge__, "≥"), ("gt", float.__gt__, ">"),
-                                  ("le", float.__le__, "≤"), ("lt", float.__lt__, "<")):
+            for name, op, sym in (
+                ("ge", float.__ge__, "≥"),
+                ("gt", float.__gt__, ">"),
+                ("le", float.__le__, "≤"),
+                ("lt", float.__lt__, "<"),
+            ):
                 bound = meta[name]
                 if bound is not None and not op(float(v), float(bound)):
                     return f"must be {sym} {bound:g}, got {v!r}"
@@ -218,10 +246,12 @@ class Table:
             try:
                 coerced = coerce(value, hints[f.name])
             except TypeMismatch:
-                hint = (f' (write it as a string: "{value}")'
-                        if isinstance(value, (_dt.date, _dt.time)) else "")
-                raise JobFileError(name, f"must be {describe_type(hints[f.name], article=True)}, got "
-                                         f"{toml_type_name(value)} {value!r}{hint}") from None
+                hint = f' (write it as a string: "{value}")' if isinstance(value, (_dt.date, _dt.time)) else ""
+                raise JobFileError(
+                    name,
+                    f"must be {describe_type(hints[f.name], article=True)}, got "
+                    f"{toml_type_name(value)} {value!r}{hint}",
+                ) from None
             problem = _bounds_problem(coerced, f.metadata)
             if problem:
                 raise JobFileError(name, problem)
@@ -246,8 +276,10 @@ class Table:
         known = {f.name: f for f in fields(cls)}
         for name in table:
             if name not in known:
-                raise JobFileError(f"{cls.TABLE}.{name}", f"unknown key{did_you_mean(name, known)}; "
-                                                         f"[{cls.TABLE}] has: {', '.join(known)}")
+                raise JobFileError(
+                    f"{cls.TABLE}.{name}",
+                    f"unknown key{did_you_mean(name, known)}; [{cls.TABLE}] has: {', '.join(known)}",
+                )
         for name, f in known.items():
             if name not in table and f.default is MISSING and f.default_factory is MISSING:
                 raise JobFileError(f"{cls.TABLE}.{name}", f"missing (required): {f.metadata['doc']}")

@@ -57,15 +57,19 @@ def _check_path(dotted: str) -> None:
     free table such as ``model.structure``)."""
     parts = dotted.split(".")
     if parts[0] not in Job.TABLES:
-        raise JobFileError(dotted, f"unknown table {parts[0]!r}{did_you_mean(parts[0], Job.TABLES)}; "
-                                   f"a job file has: {', '.join(Job.TABLES)}")
+        raise JobFileError(
+            dotted,
+            f"unknown table {parts[0]!r}{did_you_mean(parts[0], Job.TABLES)}; a job file has: {', '.join(Job.TABLES)}",
+        )
     cls: type[Table] = Job.table_class(parts[0])
     for i, part in enumerate(parts[1:], start=1):
         hints = typing.get_type_hints(cls)
         names = [n for n in hints if n != "TABLE"]
         if part not in names:
-            raise JobFileError(".".join(parts[:i + 1]), f"unknown key{did_you_mean(part, names)}; "
-                                                        f"[{cls.TABLE}] has: {', '.join(names)}")
+            raise JobFileError(
+                ".".join(parts[: i + 1]),
+                f"unknown key{did_you_mean(part, names)}; [{cls.TABLE}] has: {', '.join(names)}",
+            )
         tp = hints[part]
         if isinstance(tp, type) and issubclass(tp, Table):
             if i == len(parts) - 1:
@@ -74,7 +78,7 @@ def _check_path(dotted: str) -> None:
         elif tp is dict or typing.get_origin(tp) is dict:
             return  # a free table: its keys are checked by their owner
         elif i != len(parts) - 1:
-            raise JobFileError(dotted, f"{'.'.join(parts[:i + 1])} is not a table")
+            raise JobFileError(dotted, f"{'.'.join(parts[: i + 1])} is not a table")
 
 
 def _apply(tables: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,8 +149,7 @@ def load_job(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Job
         values[dotted], sources[dotted] = value, f"--set {item}"
     for dotted, value in (("train.out", f"{RUNS_DIR}/{path.stem}"), ("slurm.job_name", path.stem)):
         section, name = dotted.split(".")
-        if isinstance(tables.get(section, {}), dict) and name not in tables.get(section, {}) \
-                and dotted not in values:
+        if isinstance(tables.get(section, {}), dict) and name not in tables.get(section, {}) and dotted not in values:
             values[dotted] = value
     return _build(_apply(tables, values), str(path), sources)
 

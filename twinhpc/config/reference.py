@@ -102,8 +102,7 @@ def _summary(cls: type) -> str:
 def table_reference(cls: type[Table]) -> list[str]:
     """Markdown for one table and, after it, its sub-tables."""
     hints = typing.get_type_hints(cls)
-    lines = [f"## `[{cls.TABLE}]`", "", _summary(cls), "",
-             "| key | type | default | meaning |", "|---|---|---|---|"]
+    lines = [f"## `[{cls.TABLE}]`", "", _summary(cls), "", "| key | type | default | meaning |", "|---|---|---|---|"]
     subtables = []
     for f in fields(cls):
         tp = hints[f.name]

@@ -48,10 +48,12 @@ class Job:
     def __post_init__(self) -> None:
         tokenizer = self.preprocess.text.tokenizer
         if self.model.name == "minilm" and tokenizer == "words":
-            raise JobFileError("preprocess.text.tokenizer",
-                               "is \"words\", but model \"minilm\" reads ids of MiniLM's own WordPiece "
-                               "tokenizer (its pretrained embeddings know no other vocabulary); set "
-                               "it to \"minilm\" (or \"auto\")")
+            raise JobFileError(
+                "preprocess.text.tokenizer",
+                'is "words", but model "minilm" reads ids of MiniLM\'s own WordPiece '
+                "tokenizer (its pretrained embeddings know no other vocabulary); set "
+                'it to "minilm" (or "auto")',
+            )
         if tokenizer == "auto" and self.text_tokenizer == "minilm":
             check_minilm_text(self.preprocess.text, "'auto' and model \"minilm\"")
 
@@ -81,10 +83,12 @@ class Job:
         try:
             for name in tables:
                 if name not in cls.TABLES:
-                    raise JobFileError(name, f"unknown table{did_you_mean(name, cls.TABLES)}; a job "
-                                             f"file has: {', '.join(cls.TABLES)}")
-            parsed: dict[str, Any] = {name: cls.table_class(name).from_dict(tables.get(name, {}))
-                                      for name in cls.TABLES}
+                    raise JobFileError(
+                        name, f"unknown table{did_you_mean(name, cls.TABLES)}; a job file has: {', '.join(cls.TABLES)}"
+                    )
+            parsed: dict[str, Any] = {
+                name: cls.table_class(name).from_dict(tables.get(name, {})) for name in cls.TABLES
+            }
             return cls(**parsed)
         except JobFileError as e:
             raise (e.at(where) if where else e) from None
@@ -116,4 +120,3 @@ class Job:
     def preprocessed_dir(self) -> str:
         """Where the preprocessed dataset lives: ``preprocess.out`` or ``<data.dataset>-pre``."""
         return self.preprocess.out or self.data.dataset.rstrip("/") + "-pre"
-

@@ -30,7 +30,7 @@ def _time_problem(value: Any) -> str | None:
     try:
         minutes = slurm_minutes(value)
     except ValueError:
-        return f"must be minutes (an integer) or \"HH:MM:SS\" / \"D-HH:MM:SS\", got {value!r}"
+        return f'must be minutes (an integer) or "HH:MM:SS" / "D-HH:MM:SS", got {value!r}'
     return None if minutes >= 1 else f"must be at least one minute, got {value!r}"
 
 
@@ -51,17 +51,17 @@ class SlurmConfig(Table):
     ntasks_per_node: int = key(1, "MPI ranks per node (`--ntasks-per-node`).", ge=1)
     cpus_per_task: int = key(1, "CPU cores per rank (`--cpus-per-task`); also torch's thread count.", ge=1)
     gpus_per_node: int = key(0, "GPUs per node (`--gpus-per-node`).", ge=0)
-    mem_gb: float | None = key(None, "Memory per node in GiB (`--mem`).", gt=0,
-                               default_doc="the cluster's default")
-    time: int | str = key(60, "Time limit: minutes, or `\"HH:MM:SS\"` / `\"D-HH:MM:SS\"` (`--time`).",
-                          check=_time_problem)
+    mem_gb: float | None = key(None, "Memory per node in GiB (`--mem`).", gt=0, default_doc="the cluster's default")
+    time: int | str = key(60, 'Time limit: minutes, or `"HH:MM:SS"` / `"D-HH:MM:SS"` (`--time`).', check=_time_problem)
     account: str | None = key(None, "Account charged (`--account`).", default_doc="your default")
     qos: str | None = key(None, "Quality of service (`--qos`).", default_doc="your default")
     job_name: str | None = key(None, "Job name (`--job-name`).", default_doc="the job file's name")
     constraint: str | None = key(None, "Node features required (`--constraint`).", default_doc="none")
-    additional: dict[str, Any] = key({}, "`[slurm.additional]`: any other sbatch option, written "
-                                         "as `--<key>=<value>` (e.g. `mail-type = \"END\"`).",
-                                     check=_additional_problem)
+    additional: dict[str, Any] = key(
+        {},
+        '`[slurm.additional]`: any other sbatch option, written as `--<key>=<value>` (e.g. `mail-type = "END"`).',
+        check=_additional_problem,
+    )
 
     @property
     def minutes(self) -> int:
@@ -76,10 +76,18 @@ class SlurmConfig(Table):
         mem = None
         if self.mem_gb is not None:
             mem = f"{int(self.mem_gb)}G" if self.mem_gb.is_integer() else f"{round(self.mem_gb * 1024)}M"
-        params = {"job_name": self.job_name, "partition": self.partition, "time": self.minutes,
-                  "nodes": self.nodes, "ntasks_per_node": self.ntasks_per_node,
-                  "cpus_per_task": self.cpus_per_task, "gpus_per_node": self.gpus_per_node or None,
-                  "mem": mem, "account": self.account, "qos": self.qos, "constraint": self.constraint,
-                  "additional_parameters": dict(self.additional) or None}
+        params = {
+            "job_name": self.job_name,
+            "partition": self.partition,
+            "time": self.minutes,
+            "nodes": self.nodes,
+            "ntasks_per_node": self.ntasks_per_node,
+            "cpus_per_task": self.cpus_per_task,
+            "gpus_per_node": self.gpus_per_node or None,
+            "mem": mem,
+            "account": self.account,
+            "qos": self.qos,
+            "constraint": self.constraint,
+            "additional_parameters": dict(self.additional) or None,
+        }
         return {k: v for k, v in params.items() if v is not None}
-

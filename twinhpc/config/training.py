@@ -34,15 +34,21 @@ class ModelConfig(Table):
     """``[model]``: which model of the registry (`twinhpc.models`) and its structure."""
 
     TABLE: ClassVar[str] = "model"
-    name: str = key(doc="A registered model name (see `twinhpc.models.names()`), e.g. `cnn`, "
-                        "`resnet18`, `mlp`, `lstm`, `transformer`, `gpt`, `minilm`.")
-    structure: dict[str, Any] = key({}, "`[model.structure]`: keyword arguments of the model's "
-                                        "builder (its signature is the schema; unknown keys are "
-                                        "errors when the model is built).")
+    name: str = key(
+        doc="A registered model name (see `twinhpc.models.names()`), e.g. `cnn`, "
+        "`resnet18`, `mlp`, `lstm`, `transformer`, `gpt`, `minilm`."
+    )
+    structure: dict[str, Any] = key(
+        {},
+        "`[model.structure]`: keyword arguments of the model's "
+        "builder (its signature is the schema; unknown keys are "
+        "errors when the model is built).",
+    )
 
 
-def check_structure(builder: Callable[..., Any], structure: Mapping[str, Any], *,
-                    where: str | None = None) -> dict[str, Any]:
+def check_structure(
+    builder: Callable[..., Any], structure: Mapping[str, Any], *, where: str | None = None
+) -> dict[str, Any]:
     """Check ``[model.structure]`` against a builder's signature; the keyword arguments to call it.
 
     Every key must be a parameter of ``builder`` (any key if it takes ``**kwargs``), every
@@ -57,8 +63,7 @@ def check_structure(builder: Callable[..., Any], structure: Mapping[str, Any], *
         Naming ``model.structure.<key>`` (and ``where``) with the valid keys or the expected type.
     """
     params = inspect.signature(builder).parameters
-    named = {n: p for n, p in params.items()
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     out = {}
     try:
@@ -68,8 +73,11 @@ def check_structure(builder: Callable[..., Any], structure: Mapping[str, Any], *
                 if takes_any:
                     out[name] = value
                     continue
-                raise JobFileError(dotted, f"unknown key{did_you_mean(name, named)}; the model's "
-                                           f"structure keys are: {', '.join(named) or '(none)'}")
+                raise JobFileError(
+                    dotted,
+                    f"unknown key{did_you_mean(name, named)}; the model's "
+                    f"structure keys are: {', '.join(named) or '(none)'}",
+                )
             default = named[name].default
             if default is inspect.Parameter.empty or default is None:
                 out[name] = value
@@ -78,13 +86,15 @@ def check_structure(builder: Callable[..., Any], structure: Mapping[str, Any], *
             try:
                 coerced = coerce(value, tp)
             except TypeMismatch:
-                raise JobFileError(dotted, f"must be {_describe_default(default)} like its default "
-                                           f"{default!r}, got {toml_type_name(value)} {value!r}") from None
+                raise JobFileError(
+                    dotted,
+                    f"must be {_describe_default(default)} like its default "
+                    f"{default!r}, got {toml_type_name(value)} {value!r}",
+                ) from None
             out[name] = list(coerced) if isinstance(default, list) else coerced
         missing = [n for n, p in named.items() if p.default is inspect.Parameter.empty and n not in out]
         if missing:
-            raise JobFileError(f"model.structure.{missing[0]}", "missing (the model's builder has no "
-                                                                "default for it)")
+            raise JobFileError(f"model.structure.{missing[0]}", "missing (the model's builder has no default for it)")
     except JobFileError as e:
         raise (e.at(where) if where else e) from None
     return out
@@ -94,7 +104,8 @@ def _describe_default(default: Any) -> str:
     if isinstance(default, (tuple, list)):
         return "an array"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
-        type(default), f"a {type(default).__name__}")
+        type(default), f"a {type(default).__name__}"
+    )
 
 
 # -- [optim] ----------------------------------------------------------------------------------
@@ -103,37 +114,48 @@ class OptimConfig(Table):
     """``[optim]``: optimizer, learning-rate schedule, clipping and accumulation."""
 
     TABLE: ClassVar[str] = "optim"
-    name: str = key("adamw", "Optimizer: SGD, Adam, or AdamW (Adam with decoupled weight decay).",
-                    choices=("sgd", "adam", "adamw"))
+    name: str = key(
+        "adamw", "Optimizer: SGD, Adam, or AdamW (Adam with decoupled weight decay).", choices=("sgd", "adam", "adamw")
+    )
     lr: float = key(1e-3, "Peak learning rate.", gt=0)
     momentum: float = key(0.9, "SGD momentum (sgd only).", ge=0, lt=1)
     nesterov: bool = key(False, "Nesterov momentum (sgd only).")
     weight_decay: float = key(0.0, "L2 penalty (sgd, adam) or decoupled weight decay (adamw).", ge=0)
     betas: tuple[float, float] = key((0.9, 0.999), "Adam's β₁, β₂ (adam, adamw).", ge=0, lt=1)
     eps: float = key(1e-8, "Adam's ε (adam, adamw).", gt=0)
-    schedule: str = key("none", "Learning-rate schedule: `step` multiplies by `gamma` every "
-                                "`step_size` epochs; `cosine` decays to `min_lr` over the run's "
-                                "optimizer steps; `warmup_cosine` first rises linearly over "
-                                "`warmup_steps`; `plateau` multiplies by `factor` when "
-                                "`train.early_stopping.metric` has not improved for `patience` "
-                                "epochs.",
-                        choices=("none", "step", "cosine", "warmup_cosine", "plateau"))
+    schedule: str = key(
+        "none",
+        "Learning-rate schedule: `step` multiplies by `gamma` every "
+        "`step_size` epochs; `cosine` decays to `min_lr` over the run's "
+        "optimizer steps; `warmup_cosine` first rises linearly over "
+        "`warmup_steps`; `plateau` multiplies by `factor` when "
+        "`train.early_stopping.metric` has not improved for `patience` "
+        "epochs.",
+        choices=("none", "step", "cosine", "warmup_cosine", "plateau"),
+    )
     step_size: int = key(30, "Epochs between decays (`step`).", ge=1)
     gamma: float = key(0.1, "Decay factor (`step`).", gt=0, le=1)
-    warmup_steps: int = key(0, "Optimizer steps of linear warm-up from 0 to `lr` (`warmup_cosine`; "
-                               "must be > 0 there).", ge=0)
+    warmup_steps: int = key(
+        0, "Optimizer steps of linear warm-up from 0 to `lr` (`warmup_cosine`; must be > 0 there).", ge=0
+    )
     patience: int = key(5, "Epochs without improvement before a decay (`plateau`).", ge=0)
     factor: float = key(0.1, "Decay factor (`plateau`).", gt=0, lt=1)
     min_lr: float = key(0.0, "Floor of the learning rate (`cosine`, `warmup_cosine`, `plateau`).", ge=0)
-    grad_clip: float | None = key(None, "Clip the global L2 norm of the gradients to this value.",
-                                  gt=0, default_doc="no clipping")
-    accumulate: int = key(1, "Micro-batches whose gradients are summed per optimizer step "
-                             "(gradient accumulation; ranks communicate once per step).", ge=1)
+    grad_clip: float | None = key(
+        None, "Clip the global L2 norm of the gradients to this value.", gt=0, default_doc="no clipping"
+    )
+    accumulate: int = key(
+        1,
+        "Micro-batches whose gradients are summed per optimizer step "
+        "(gradient accumulation; ranks communicate once per step).",
+        ge=1,
+    )
 
     def check(self) -> None:
         if self.schedule == "warmup_cosine" and self.warmup_steps == 0:
-            raise JobFileError("optim.warmup_steps", "must be > 0 with schedule 'warmup_cosine' "
-                                                     "(use 'cosine' for no warm-up)")
+            raise JobFileError(
+                "optim.warmup_steps", "must be > 0 with schedule 'warmup_cosine' (use 'cosine' for no warm-up)"
+            )
         if self.min_lr > self.lr:
             raise JobFileError("optim.min_lr", f"{self.min_lr!r} is above optim.lr {self.lr!r}")
 
@@ -145,10 +167,12 @@ class EarlyStopping(Table):
 
     TABLE: ClassVar[str] = "train.early_stopping"
     patience: int = key(0, "Epochs without improvement before stopping (0: never stop early).", ge=0)
-    metric: str = key("val_loss", "Per-epoch metric watched: `val_loss` or `val_<train metric>` "
-                                  "(e.g. `val_accuracy`).")
-    mode: str = key("auto", "`min`: smaller is better; `max`: larger is better; `auto`: `min` for "
-                            "losses, MAE and RMSE, `max` otherwise.", choices=("auto", "min", "max"))
+    metric: str = key("val_loss", "Per-epoch metric watched: `val_loss` or `val_<train metric>` (e.g. `val_accuracy`).")
+    mode: str = key(
+        "auto",
+        "`min`: smaller is better; `max`: larger is better; `auto`: `min` for losses, MAE and RMSE, `max` otherwise.",
+        choices=("auto", "min", "max"),
+    )
     min_delta: float = key(0.0, "Smallest change that counts as an improvement.", ge=0)
 
     @property
@@ -161,9 +185,9 @@ class EarlyStopping(Table):
 
 def _checkpoint_every_problem(value: Any) -> str | None:
     if isinstance(value, str) and value != "epoch":
-        return f"must be a number of optimizer steps (≥ 1) or \"epoch\", got {value!r}"
+        return f'must be a number of optimizer steps (≥ 1) or "epoch", got {value!r}'
     if isinstance(value, int) and value < 1:
-        return f"must be ≥ 1 optimizer steps (or \"epoch\"), got {value!r}"
+        return f'must be ≥ 1 optimizer steps (or "epoch"), got {value!r}'
     return None
 
 
@@ -173,57 +197,84 @@ class TrainConfig(Table):
 
     TABLE: ClassVar[str] = "train"
     epochs: int = key(10, "Passes over the training split.", ge=1)
-    max_steps: int | None = key(None, "Stop after this many optimizer steps, even mid-epoch.", ge=1,
-                                default_doc="no limit")
-    task: str = key("classification", "What the model predicts: class logits or values.",
-                    choices=("classification", "regression"))
-    loss: str | None = key(None, "Loss function: `cross_entropy` (classification); `mse`, `l1`, "
-                                 "`huber` (regression).",
-                           choices=CLASSIFICATION_LOSSES + REGRESSION_LOSSES,
-                           default_doc="`cross_entropy` / `mse` by task")
-    metric: str | None = key(None, "Metric reported per epoch: `accuracy`, `f1` (macro; "
-                                   "classification); `mae`, `rmse`, `r2` (regression).",
-                             choices=CLASSIFICATION_METRICS + REGRESSION_METRICS,
-                             default_doc="`accuracy` / `rmse` by task")
-    device: str = key("cpu", "Where the model trains: `cpu`; `cuda` (rank r of a node uses GPU "
-                             "`local rank % GPUs`; images are augmented there, other batches "
-                             "copied there; not yet run on a GPU); `auto` (cuda when a GPU is visible).",
-                      choices=("cpu", "cuda", "auto"))
+    max_steps: int | None = key(
+        None, "Stop after this many optimizer steps, even mid-epoch.", ge=1, default_doc="no limit"
+    )
+    task: str = key(
+        "classification", "What the model predicts: class logits or values.", choices=("classification", "regression")
+    )
+    loss: str | None = key(
+        None,
+        "Loss function: `cross_entropy` (classification); `mse`, `l1`, `huber` (regression).",
+        choices=CLASSIFICATION_LOSSES + REGRESSION_LOSSES,
+        default_doc="`cross_entropy` / `mse` by task",
+    )
+    metric: str | None = key(
+        None,
+        "Metric reported per epoch: `accuracy`, `f1` (macro; classification); `mae`, `rmse`, `r2` (regression).",
+        choices=CLASSIFICATION_METRICS + REGRESSION_METRICS,
+        default_doc="`accuracy` / `rmse` by task",
+    )
+    device: str = key(
+        "cpu",
+        "Where the model trains: `cpu`; `cuda` (rank r of a node uses GPU "
+        "`local rank % GPUs`; images are augmented there, other batches "
+        "copied there; not yet run on a GPU); `auto` (cuda when a GPU is visible).",
+        choices=("cpu", "cuda", "auto"),
+    )
     bf16: bool = key(False, "Run forward and loss under bfloat16 autocast (weights stay float32).")
-    dropout: float | None = key(None, "Set the probability of every dropout layer of the model.",
-                                ge=0, lt=1, default_doc="the model's own")
+    dropout: float | None = key(
+        None, "Set the probability of every dropout layer of the model.", ge=0, lt=1, default_doc="the model's own"
+    )
     early_stopping: EarlyStopping = key(EarlyStopping(), "`[train.early_stopping]` below.")
-    checkpoint_every: int | str = key("epoch", "Write `RUN/ckpt/step-<N>.h5` every this many "
-                                               "optimizer steps, or at the end of every `\"epoch\"`.",
-                                      check=_checkpoint_every_problem)
+    checkpoint_every: int | str = key(
+        "epoch",
+        'Write `RUN/ckpt/step-<N>.h5` every this many optimizer steps, or at the end of every `"epoch"`.',
+        check=_checkpoint_every_problem,
+    )
     keep_checkpoints: int = key(3, "Checkpoints kept (the newest); older ones are deleted.", ge=1)
-    out: str | None = key(None, "Run directory (results.h5, ckpt/, logs); `--out` overrides it.",
-                          default_doc="`runs/<job file name>`")
-    seed: int = key(0, "Global seed of initialisation, dropout and augmentation; rank `r` seeds "
-                       "its per-rank generators with `seed + r`.", ge=0)
-    log_every: int = key(10, "Optimizer steps between per-step records (`/steps` in results.h5) "
-                             "and log lines.", ge=1)
-    bucket_cap_mb: float = key(BUCKET_CAP_MB, "Gradient bucket size of the data-parallel all-reduce (MiB).",
-                               gt=0)
-    wire_dtype: str = key("none", "Dtype gradients are cast to for the all-reduce (`none`: their "
-                                  "own).", choices=("none", "fp16", "bf16"))
-    stall_timeout: float = key(STALL_TIMEOUT_S, "Seconds a collective may wait before the missing ranks "
-                                                "are named and the job aborted.", gt=0)
+    out: str | None = key(
+        None, "Run directory (results.h5, ckpt/, logs); `--out` overrides it.", default_doc="`runs/<job file name>`"
+    )
+    seed: int = key(
+        0,
+        "Global seed of initialisation, dropout and augmentation; rank `r` seeds "
+        "its per-rank generators with `seed + r`.",
+        ge=0,
+    )
+    log_every: int = key(10, "Optimizer steps between per-step records (`/steps` in results.h5) and log lines.", ge=1)
+    bucket_cap_mb: float = key(BUCKET_CAP_MB, "Gradient bucket size of the data-parallel all-reduce (MiB).", gt=0)
+    wire_dtype: str = key(
+        "none", "Dtype gradients are cast to for the all-reduce (`none`: their own).", choices=("none", "fp16", "bf16")
+    )
+    stall_timeout: float = key(
+        STALL_TIMEOUT_S, "Seconds a collective may wait before the missing ranks are named and the job aborted.", gt=0
+    )
 
     def check(self) -> None:
-        losses, metrics = ((CLASSIFICATION_LOSSES, CLASSIFICATION_METRICS) if self.task == "classification"
-                           else (REGRESSION_LOSSES, REGRESSION_METRICS))
+        losses, metrics = (
+            (CLASSIFICATION_LOSSES, CLASSIFICATION_METRICS)
+            if self.task == "classification"
+            else (REGRESSION_LOSSES, REGRESSION_METRICS)
+        )
         if self.loss is not None and self.loss not in losses:
-            raise JobFileError("train.loss", f"{self.loss!r} does not fit task {self.task!r}; use one "
-                                             f"of {', '.join(map(repr, losses))}")
+            raise JobFileError(
+                "train.loss",
+                f"{self.loss!r} does not fit task {self.task!r}; use one of {', '.join(map(repr, losses))}",
+            )
         if self.metric is not None and self.metric not in metrics:
-            raise JobFileError("train.metric", f"{self.metric!r} does not fit task {self.task!r}; use "
-                                               f"one of {', '.join(map(repr, metrics))}")
+            raise JobFileError(
+                "train.metric",
+                f"{self.metric!r} does not fit task {self.task!r}; use one of {', '.join(map(repr, metrics))}",
+            )
         watched = ("val_loss", f"val_{self.task_metric}")
         if self.early_stopping.metric not in watched:
-            raise JobFileError("train.early_stopping.metric", f"must be one of {', '.join(map(repr, watched))} "
-                                                              f"(the validation metrics recorded), got "
-                                                              f"{self.early_stopping.metric!r}")
+            raise JobFileError(
+                "train.early_stopping.metric",
+                f"must be one of {', '.join(map(repr, watched))} "
+                f"(the validation metrics recorded), got "
+                f"{self.early_stopping.metric!r}",
+            )
 
     @property
     def task_loss(self) -> str:
@@ -234,4 +285,3 @@ class TrainConfig(Table):
     def task_metric(self) -> str:
         """``metric``, or the task's default (``accuracy`` / ``rmse``)."""
         return self.metric or ("accuracy" if self.task == "classification" else "rmse")
-

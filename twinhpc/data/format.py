@@ -123,14 +123,12 @@ class Manifest:
             "label_field": self.label_field,
             "classes": list(self.classes),
             "categorical": {k: list(v) for k, v in self.categorical.items()},
-            "splits": {
-                s.name: {"count": s.count, "shards": [asdict(sh) for sh in s.shards]} for s in self.splits
-            },
+            "splits": {s.name: {"count": s.count, "shards": [asdict(sh) for sh in s.shards]} for s in self.splits},
             "provenance": self.provenance,
         }
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "manifest") -> "Manifest":
+    def from_dict(cls, d: dict, where: str = "manifest") -> Manifest:
         def need(obj: dict, key: str, typ, ctx: str):
             if not isinstance(obj, dict) or key not in obj:
                 raise DatasetError(f"{where}: missing key {ctx}{key!r}")
@@ -143,7 +141,9 @@ class Manifest:
             raise DatasetError(f"{where}: key 'format' must be {FORMAT_NAME!r}, got {d.get('format')!r}")
         version = need(d, "version", int, "")
         if version != FORMAT_VERSION:
-            raise DatasetError(f"{where}: dataset format version {version} is not supported (this twinhpc reads {FORMAT_VERSION})")
+            raise DatasetError(
+                f"{where}: dataset format version {version} is not supported (this twinhpc reads {FORMAT_VERSION})"
+            )
         fields = []
         for i, f in enumerate(need(d, "fields", list, "")):
             ctx = f"fields[{i}]."
@@ -162,10 +162,14 @@ class Manifest:
             shards = []
             for j, sh in enumerate(need(s, "shards", list, ctx)):
                 c2 = f"{ctx}shards[{j}]."
-                shards.append(ShardInfo(need(sh, "file", str, c2), need(sh, "count", int, c2), need(sh, "sha256", str, c2)))
+                shards.append(
+                    ShardInfo(need(sh, "file", str, c2), need(sh, "count", int, c2), need(sh, "sha256", str, c2))
+                )
             count = need(s, "count", int, ctx)
             if count != sum(sh.count for sh in shards):
-                raise DatasetError(f"{where}: key {ctx}'count' is {count} but its shards hold {sum(sh.count for sh in shards)}")
+                raise DatasetError(
+                    f"{where}: key {ctx}'count' is {count} but its shards hold {sum(sh.count for sh in shards)}"
+                )
             splits.append(SplitInfo(name, count, tuple(shards)))
         splits.sort(key=lambda s: (SPLIT_ORDER.index(s.name) if s.name in SPLIT_ORDER else len(SPLIT_ORDER), s.name))
         return cls(
@@ -179,7 +183,7 @@ class Manifest:
         )
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "Manifest":
+    def load(cls, directory: str | os.PathLike) -> Manifest:
         path = Path(directory) / MANIFEST
         if not Path(directory).is_dir():
             raise DatasetError(f"{directory}: not a dataset directory (does not exist or is not a directory)")

@@ -30,11 +30,21 @@ from .staging import install, staging
 log = logging.getLogger("twinhpc")
 
 
-def ingest(kind: str, src: str | os.PathLike, out: str | os.PathLike, *, shards: int = 1,
-           val_fraction: float = 0.1, test_fraction: float | None = None, seed: int = 0,
-           compression: str = "none", overwrite: bool = False,
-           options: dict[str, Any] | None = None, world: World | None = None,
-           command: str | None = None) -> Manifest:
+def ingest(
+    kind: str,
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    shards: int = 1,
+    val_fraction: float = 0.1,
+    test_fraction: float | None = None,
+    seed: int = 0,
+    compression: str = "none",
+    overwrite: bool = False,
+    options: dict[str, Any] | None = None,
+    world: World | None = None,
+    command: str | None = None,
+) -> Manifest:
     """Convert ``src`` (a source of ``kind``) into the dataset directory ``out``; collective.
 
     Parameters
@@ -77,8 +87,16 @@ def ingest(kind: str, src: str | os.PathLike, out: str | os.PathLike, *, shards:
 
     splits, plans = world.run(plan)
     mine = shards_of_rank(plans, world.rank, world.size)
-    log.info("ingest %s %s: %d samples -> %s (%s) in %d shards on %d rank(s)", kind, src, info.count,
-             ", ".join(f"{s} {len(v)}" for s, v in splits.items()), out, len(plans), world.size)
+    log.info(
+        "ingest %s %s: %d samples -> %s (%s) in %d shards on %d rank(s)",
+        kind,
+        src,
+        info.count,
+        ", ".join(f"{s} {len(v)}" for s, v in splits.items()),
+        out,
+        len(plans),
+        world.size,
+    )
     log.debug("rank %d writes %s", world.rank, [p.file for p in mine])
 
     with staging(world, out, "--out", overwrite) as tmp:
@@ -87,7 +105,9 @@ def ingest(kind: str, src: str | os.PathLike, out: str | os.PathLike, *, shards:
         def write_mine():
             written = []
             for p in mine:
-                written.append((p.split, p.index, write_shard(tmp / p.file, info.fields, p.indices, source.read, compression)))
+                written.append(
+                    (p.split, p.index, write_shard(tmp / p.file, info.fields, p.indices, source.read, compression))
+                )
                 log.debug("wrote %s (%d samples)", p.file, len(p.indices))
                 progress.update()
             return written
@@ -99,17 +119,26 @@ def ingest(kind: str, src: str | os.PathLike, out: str | os.PathLike, *, shards:
             shard_infos = tuple(sh for _, _, sh in sorted((w for w in everything if w[0] == split), key=lambda w: w[1]))
             split_infos.append(SplitInfo(split, sum(s.count for s in shard_infos), shard_infos))
         manifest = Manifest(
-            fields=info.fields, splits=tuple(split_infos), label_field=info.label_field,
-            classes=info.classes, categorical=info.categorical,
+            fields=info.fields,
+            splits=tuple(split_infos),
+            label_field=info.label_field,
+            classes=info.classes,
+            categorical=info.categorical,
             provenance={
-                "source": str(Path(src).absolute()), "kind": kind,
+                "source": str(Path(src).absolute()),
+                "kind": kind,
                 "command": command or " ".join(sys.argv),
                 "twinhpc_version": __version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                "compression": compression, "options": dict(options or {}), "ranks": world.size,
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "seed": seed,
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "compression": compression,
+                "options": dict(options or {}),
+                "ranks": world.size,
                 **({"details": info.details} if info.details else {}),
-            })
+            },
+        )
 
         def finish():
             if world.is_root:

@@ -17,17 +17,21 @@ def _field_stats(values: np.ndarray, is_text: bool) -> dict:
     if is_text:
         lengths = np.array([len(v) for v in values]) if len(values) else np.zeros(0)
         words = np.array([len(v.split()) for v in values]) if len(values) else np.zeros(0)
-        return {"chars_mean": float(lengths.mean()) if lengths.size else 0.0,
-                "chars_max": int(lengths.max()) if lengths.size else 0,
-                "words_mean": float(words.mean()) if words.size else 0.0}
+        return {
+            "chars_mean": float(lengths.mean()) if lengths.size else 0.0,
+            "chars_max": int(lengths.max()) if lengths.size else 0,
+            "words_mean": float(words.mean()) if words.size else 0.0,
+        }
     if values.size == 0:
         return {}
     v = values.astype(np.float64, copy=False)
     finite = np.isfinite(v)
-    out = {"min": float(np.nanmin(v)) if finite.any() else float("nan"),
-           "max": float(np.nanmax(v)) if finite.any() else float("nan"),
-           "mean": float(np.nanmean(v)) if finite.any() else float("nan"),
-           "std": float(np.nanstd(v)) if finite.any() else float("nan")}
+    out = {
+        "min": float(np.nanmin(v)) if finite.any() else float("nan"),
+        "max": float(np.nanmax(v)) if finite.any() else float("nan"),
+        "mean": float(np.nanmean(v)) if finite.any() else float("nan"),
+        "std": float(np.nanstd(v)) if finite.any() else float("nan"),
+    }
     if not finite.all():
         out["non_finite"] = int((~finite).sum())
     return out
@@ -54,17 +58,21 @@ def inspect_dataset(directory: str | os.PathLike, max_samples: int = 10000) -> d
                     if spec.name not in f:
                         raise DatasetError(f"{path}: field {spec.name!r} is missing")
                     ds = f[spec.name].asstr() if spec.is_text else f[spec.name]
-                    samples[spec.name].append(ds[:min(per_shard, sh.count)])
+                    samples[spec.name].append(ds[: min(per_shard, sh.count)])
                 if m.label_field and m.label_field in f:
                     labels.append(f[m.label_field][:])
         report["stats"][split.name] = {
-            spec.name: _field_stats(np.concatenate(samples[spec.name]) if samples[spec.name] else np.zeros(0), spec.is_text)
-            for spec in m.fields}
+            spec.name: _field_stats(
+                np.concatenate(samples[spec.name]) if samples[spec.name] else np.zeros(0), spec.is_text
+            )
+            for spec in m.fields
+        }
         if labels and m.classes:
             y = np.concatenate(labels).astype(np.int64)
             counts = np.bincount(y[y >= 0], minlength=len(m.classes))
-            report["class_counts"][split.name] = {m.classes[i] if i < len(m.classes) else str(i): int(c)
-                                                  for i, c in enumerate(counts)}
+            report["class_counts"][split.name] = {
+                m.classes[i] if i < len(m.classes) else str(i): int(c) for i, c in enumerate(counts)
+            }
     return report
 
 
@@ -73,8 +81,11 @@ def format_report(r: dict) -> str:
     lines = [f"dataset {r['path']}  (format {r['format']} v{r['version']})"]
     prov = r.get("provenance", {})
     if prov:
-        lines.append(f"  source   {prov.get('kind', '?')} {prov.get('source', '?')}  "
-                     f"(created {prov.get('created', '?')} by twinhpc {prov.get('twinhpc_version', '?')}, seed {prov.get('seed', '?')})")
+        lines.append(
+            f"  source   {prov.get('kind', '?')} {prov.get('source', '?')}  "
+            f"(created {prov.get('created', '?')} by twinhpc {prov.get('twinhpc_version', '?')}, "
+            f"seed {prov.get('seed', '?')})"
+        )
     lines.append("  fields")
     for f in r["fields"]:
         shape = "x".join(map(str, f["shape"])) or "scalar"
@@ -84,17 +95,26 @@ def format_report(r: dict) -> str:
         shown = ", ".join(r["classes"][:12]) + (", ..." if len(r["classes"]) > 12 else "")
         lines.append(f"  classes  {len(r['classes'])}: {shown}")
     for col, levels in r.get("categorical", {}).items():
-        lines.append(f"  categorical {col}: {len(levels)} levels ({', '.join(levels[:8])}{', ...' if len(levels) > 8 else ''})")
+        lines.append(
+            f"  categorical {col}: {len(levels)} levels ({', '.join(levels[:8])}{', ...' if len(levels) > 8 else ''})"
+        )
     lines.append("  splits")
     for name, s in r["splits"].items():
         lines.append(f"    {name:<10} {s['count']:>10} samples in {len(s['shards'])} shard(s)")
     for name, stats in r["stats"].items():
         lines.append(f"  statistics ({name}, up to the first samples of each shard)")
         for field, st in stats.items():
-            lines.append(f"    {field:<16} " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in st.items()))
+            lines.append(
+                f"    {field:<16} "
+                + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in st.items())
+            )
         if name in r["class_counts"]:
             cc = r["class_counts"][name]
-            lines.append("    class counts " + ", ".join(f"{k}:{v}" for k, v in list(cc.items())[:12]) + (" ..." if len(cc) > 12 else ""))
+            lines.append(
+                "    class counts "
+                + ", ".join(f"{k}:{v}" for k, v in list(cc.items())[:12])
+                + (" ..." if len(cc) > 12 else "")
+            )
     return "\n".join(lines)
 
 
@@ -132,6 +152,9 @@ def verify_dataset(directory: str | os.PathLike, world: World) -> tuple[Manifest
     mine = verify_shards(directory, manifest, world.rank, world.size)
     problems = sorted(p for part in world.allgather(mine) for p in part)
     listed = {sh.file for s in manifest.splits for sh in s.shards} | {MANIFEST}
-    warnings = sorted(f"{directory / n}: not listed in the manifest" for n in os.listdir(directory)
-                      if n not in listed and parse_shard_name(n) is not None)
+    warnings = sorted(
+        f"{directory / n}: not listed in the manifest"
+        for n in os.listdir(directory)
+        if n not in listed and parse_shard_name(n) is not None
+    )
     return manifest, problems, warnings

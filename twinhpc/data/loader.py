@@ -31,9 +31,9 @@ import os
 import queue
 import sys
 import threading
+from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from h5py import h5d
@@ -107,10 +107,12 @@ class _Shard:
         while a < hi:
             c = a // per_chunk
             b = min(hi, (c + 1) * per_chunk, a + _IOV_MAX)
-            got = os.preadv(self.fd, rows[a - lo:b - lo], int(offsets[c]) + (a - c * per_chunk) * row_bytes)
+            got = os.preadv(self.fd, rows[a - lo : b - lo], int(offsets[c]) + (a - c * per_chunk) * row_bytes)
             if got != (b - a) * row_bytes:
-                raise DatasetError(f"{self.path}: field {spec.name!r} rows {a}:{b}: short read ({got} of "
-                                   f"{(b - a) * row_bytes} bytes); is the file truncated?")
+                raise DatasetError(
+                    f"{self.path}: field {spec.name!r} rows {a}:{b}: short read ({got} of "
+                    f"{(b - a) * row_bytes} bytes); is the file truncated?"
+                )
             a = b
 
     def close(self) -> None:
@@ -130,7 +132,7 @@ class _BatchArrays:
         for f in fields:
             if not f.is_text:
                 flat, size = memoryview(self.arrays[f.name]).cast("B"), f.sample_bytes
-                self.rows[f.name] = [flat[i * size:(i + 1) * size] for i in range(batch_size)]
+                self.rows[f.name] = [flat[i * size : (i + 1) * size] for i in range(batch_size)]
 
 
 class _BatchPool:
@@ -178,8 +180,15 @@ class _Reader:
     """Puts samples into their places in batches: opens shards on first use, keeps the resident
     fields of opened shards in memory, reads the other fields block by block."""
 
-    def __init__(self, directory: Path, split: SplitInfo, fields: tuple[FieldSpec, ...],
-                 layout: BlockLayout, resident: set[str], batch_size: int):
+    def __init__(
+        self,
+        directory: Path,
+        split: SplitInfo,
+        fields: tuple[FieldSpec, ...],
+        layout: BlockLayout,
+        resident: set[str],
+        batch_size: int,
+    ):
         self.directory, self.split, self.fields, self.layout = directory, split, fields, layout
         self.batch_size = batch_size
         self.resident = tuple(f for f in fields if f.name in resident)
@@ -196,7 +205,7 @@ class _Reader:
             shard = _Shard(self.directory / info.file, info, self.fields)
             lo = int(self.layout.shard_starts[s])
             for f in self.resident:
-                shard.read(f, 0, info.count, self.columns[f.name][lo:lo + info.count])
+                shard.read(f, 0, info.count, self.columns[f.name][lo : lo + info.count])
             self.shards[s] = shard
         return self.shards[s]
 
@@ -204,8 +213,11 @@ class _Reader:
         """Put ``window.samples[lo:hi]`` into slots ``first..``: slot ``q`` is row ``q % B`` of
         ``batches[q // B]``."""
         lay, B = self.layout, self.batch_size
-        views = {f.name: list(chain.from_iterable(entry.rows[f.name] for entry in batches))
-                 for f in self.blockwise if not f.is_text}
+        views = {
+            f.name: list(chain.from_iterable(entry.rows[f.name] for entry in batches))
+            for f in self.blockwise
+            if not f.is_text
+        }
         sizes = lay.stops[window.blocks] - lay.starts[window.blocks]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         slots = window.position + (first - lo)  # the slot of each sample of the blocks
@@ -216,16 +228,33 @@ class _Reader:
             if count:
                 s = int(lay.shard_of[b])
                 start = int(lay.starts[b] - lay.shard_starts[s])
-                self._read_block(self.shard(s), start, start + size, slots_[t:t + size],
-                                 None if count == size else wanted_[t:t + size], batches, views)
+                self._read_block(
+                    self.shard(s),
+                    start,
+                    start + size,
+                    slots_[t : t + size],
+                    None if count == size else wanted_[t : t + size],
+                    batches,
+                    views,
+                )
         samples = window.samples[lo:hi]
         for j in range(first // B, (first + len(samples) - 1) // B + 1):
             a, b = max(j * B, first), min((j + 1) * B, first + len(samples))
             for name, column in self.columns.items():
-                np.take(column, samples[a - first:b - first], axis=0, out=batches[j].arrays[name][a - j * B:b - j * B])
+                np.take(
+                    column, samples[a - first : b - first], axis=0, out=batches[j].arrays[name][a - j * B : b - j * B]
+                )
 
-    def _read_block(self, shard: _Shard, lo: int, hi: int, slots: list[int], wanted: list[bool] | None,
-                    batches: list[_BatchArrays], views: dict[str, list]) -> None:
+    def _read_block(
+        self,
+        shard: _Shard,
+        lo: int,
+        hi: int,
+        slots: list[int],
+        wanted: list[bool] | None,
+        batches: list[_BatchArrays],
+        views: dict[str, list],
+    ) -> None:
         """Rows ``lo:hi`` of ``shard``, row ``lo + i`` into slot ``slots[i]`` where ``wanted[i]``
         (``None``: every row), for every block-wise field; ``views[name][q]`` is slot ``q``'s row
         of a numeric field."""
@@ -240,7 +269,7 @@ class _Reader:
                     targets = [slot_views[q] if w else scratch for q, w in zip(slots, wanted)]
                 shard.readv(f, lo, hi, targets)
             else:
-                buf = self.block_buffers[f.name][:hi - lo]
+                buf = self.block_buffers[f.name][: hi - lo]
                 shard.read(f, lo, hi, buf)
                 for i, q in enumerate(slots):
                     if wanted is None or wanted[i]:
@@ -346,18 +375,34 @@ class ShardedLoader:
     :meth:`close` or on leaving a ``with`` block.
     """
 
-    def __init__(self, dataset, split: str = "train", batch_size: int = 32, *, seed: int = 0,
-                 fields=None, policy: str = "drop", prefetch: int = 2, window: int = 8,
-                 block_rows: int | None = None, rank: int | None = None, size: int | None = None,
-                 world=None):
+    def __init__(
+        self,
+        dataset,
+        split: str = "train",
+        batch_size: int = 32,
+        *,
+        seed: int = 0,
+        fields=None,
+        policy: str = "drop",
+        prefetch: int = 2,
+        window: int = 8,
+        block_rows: int | None = None,
+        rank: int | None = None,
+        size: int | None = None,
+        world=None,
+    ):
         self.directory = Path(dataset)
         self.manifest = Manifest.load(self.directory)
         self.split = split
         self._split = self.manifest.split(split)
-        self.fields = (self.manifest.fields if fields is None
-                       else tuple(self.manifest.field(name) for name in fields))
-        for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0), ("prefetch", prefetch, 0),
-                                 ("window", window, 1), ("block_rows", 1 if block_rows is None else block_rows, 1)):
+        self.fields = self.manifest.fields if fields is None else tuple(self.manifest.field(name) for name in fields)
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("seed", seed, 0),
+            ("prefetch", prefetch, 0),
+            ("window", window, 1),
+            ("block_rows", 1 if block_rows is None else block_rows, 1),
+        ):
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise TwinError(f"{name} must be an integer >= {low}, got {value!r}")
         if policy not in POLICIES:
@@ -375,8 +420,9 @@ class ShardedLoader:
 
         largest = max(self.fields, key=lambda f: f.sample_bytes)
         shards = self._split.shards
-        self.layout = BlockLayout([sh.count for sh in shards],
-                                  [block_rows if block_rows else chunk_rows(largest, sh.count) for sh in shards])
+        self.layout = BlockLayout(
+            [sh.count for sh in shards], [block_rows if block_rows else chunk_rows(largest, sh.count) for sh in shards]
+        )
         max_block = self.max_block_rows = int((self.layout.stops - self.layout.starts).max())
         resident = {f.name for f in self.fields if not f.is_text and f.sample_bytes * max_block <= RESIDENT_BLOCK_BYTES}
         self._reader = _Reader(self.directory, self._split, self.fields, self.layout, resident, self.batch_size)
@@ -386,8 +432,10 @@ class ShardedLoader:
         n = self.layout.n
         share = rank_share(n, self.size, policy)
         if self.batch_size > share:
-            raise TwinError(f"batch_size={self.batch_size} is larger than a rank's share of split {split!r} "
-                            f"({n} samples over {self.size} rank(s): {share} each, policy {policy!r})")
+            raise TwinError(
+                f"batch_size={self.batch_size} is larger than a rank's share of split {split!r} "
+                f"({n} samples over {self.size} rank(s): {share} each, policy {policy!r})"
+            )
         #: samples per rank per epoch
         self.samples_per_rank = samples_per_rank(n, self.size, self.batch_size, policy)
         self._epoch, self._consumed = 0, 0
@@ -446,8 +494,9 @@ class ShardedLoader:
         try:
             for batch in prefetcher or produce:
                 if self._token is not token:
-                    raise TwinError("this loader iterator was closed (the loader was closed, "
-                                    "repositioned or iterated anew)")
+                    raise TwinError(
+                        "this loader iterator was closed (the loader was closed, repositioned or iterated anew)"
+                    )
                 self._consumed += 1
                 yield batch
             self._epoch, self._consumed = epoch + 1, 0
@@ -493,10 +542,19 @@ class ShardedLoader:
 
     def state_dict(self) -> dict:
         """Where iteration stands, as plain ints and strings (the same on every rank)."""
-        return {"version": STATE_VERSION, "dataset": self.fingerprint(), "split": self.split,
-                "seed": self.seed, "policy": self.policy, "batch_size": self.batch_size,
-                "world_size": self.size, "window": self.window, "block_rows": self.max_block_rows,
-                "epoch": self._epoch, "batches_consumed": self._consumed}
+        return {
+            "version": STATE_VERSION,
+            "dataset": self.fingerprint(),
+            "split": self.split,
+            "seed": self.seed,
+            "policy": self.policy,
+            "batch_size": self.batch_size,
+            "world_size": self.size,
+            "window": self.window,
+            "block_rows": self.max_block_rows,
+            "epoch": self._epoch,
+            "batches_consumed": self._consumed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` (from :meth:`state_dict`) stood; every key but ``epoch`` and
@@ -519,7 +577,7 @@ class ShardedLoader:
         self._retire()
         self._reader.close()
 
-    def __enter__(self) -> "ShardedLoader":
+    def __enter__(self) -> ShardedLoader:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -96,7 +96,7 @@ class EpochPlan:
     def window(self, k: int) -> Window:
         """Window ``k``: its blocks (in file order) and its samples ``P[bounds[k]:bounds[k+1]]``."""
         lay = self.layout
-        blocks = np.sort(self.order[k * self.per_window:(k + 1) * self.per_window])
+        blocks = np.sort(self.order[k * self.per_window : (k + 1) * self.per_window])
         stored = np.concatenate([np.arange(lay.starts[b], lay.stops[b]) for b in blocks])
         shuffle = np.random.default_rng((self.seed, self.epoch, k)).permutation(len(stored))
         position = np.empty_like(shuffle)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -15,9 +15,14 @@ from .format import FORMAT_VERSION, FieldSpec, ShardInfo, chunk_rows, sha256_fil
 COMPRESSIONS = ("none", "gzip", "lzf")
 
 
-def write_shard(path: Path, fields: tuple[FieldSpec, ...], indices: np.ndarray,
-                read: Callable[[np.ndarray], dict[str, np.ndarray]], compression: str = "none",
-                piece: int = 8192) -> ShardInfo:
+def write_shard(
+    path: Path,
+    fields: tuple[FieldSpec, ...],
+    indices: np.ndarray,
+    read: Callable[[np.ndarray], dict[str, np.ndarray]],
+    compression: str = "none",
+    piece: int = 8192,
+) -> ShardInfo:
     """Write one shard holding the samples ``indices`` (global, in stored order).
 
     Samples are fetched with ``read`` in pieces of ``piece`` rows (each piece sorted for the
@@ -36,10 +41,15 @@ def write_shard(path: Path, fields: tuple[FieldSpec, ...], indices: np.ndarray,
         dsets = {}
         for spec in fields:
             dsets[spec.name] = f.create_dataset(
-                spec.name, shape=(count, *spec.shape), dtype=spec.h5_dtype(),
-                chunks=(chunk_rows(spec, count), *spec.shape), compression=comp, track_times=False)
+                spec.name,
+                shape=(count, *spec.shape),
+                dtype=spec.h5_dtype(),
+                chunks=(chunk_rows(spec, count), *spec.shape),
+                compression=comp,
+                track_times=False,
+            )
         for a in range(0, count, piece):
-            want = np.asarray(indices[a:a + piece], dtype=np.int64)
+            want = np.asarray(indices[a : a + piece], dtype=np.int64)
             order = np.argsort(want, kind="stable")
             got = read(want[order])
             inverse = np.empty_like(order)
@@ -47,8 +57,10 @@ def write_shard(path: Path, fields: tuple[FieldSpec, ...], indices: np.ndarray,
             for spec in fields:
                 arr = got[spec.name]
                 if arr.shape != (len(want), *spec.shape):
-                    raise IngestError(f"field {spec.name!r}: reader gave shape {arr.shape}, schema says {(len(want), *spec.shape)}")
-                dsets[spec.name][a:a + len(want)] = arr[inverse]
+                    raise IngestError(
+                        f"field {spec.name!r}: reader gave shape {arr.shape}, schema says {(len(want), *spec.shape)}"
+                    )
+                dsets[spec.name][a : a + len(want)] = arr[inverse]
     os.replace(tmp, path)
     return ShardInfo(path.name, count, sha256_file(path))
 

@@ -83,8 +83,10 @@ class Source(ABC):
         """Raise :class:`IngestError` naming each option this reader does not understand."""
         extra = sorted(set(self.options) - set(self.option_help))
         if extra:
-            raise IngestError(f"{self.path}: option(s) {', '.join('--' + o.replace('_', '-') for o in extra)} "
-                              f"do not apply to the {self.kind} reader")
+            raise IngestError(
+                f"{self.path}: option(s) {', '.join('--' + o.replace('_', '-') for o in extra)} "
+                f"do not apply to the {self.kind} reader"
+            )
 
     # helpers for readers ----------------------------------------------------------------
     def require_exists(self, directory: bool | None = None) -> None:

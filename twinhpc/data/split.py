@@ -29,8 +29,9 @@ class ShardPlan:
         return shard_name(self.split, self.index, self.of)
 
 
-def assign_splits(count: int, val_fraction: float, test_fraction: float, seed: int,
-                  given: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def assign_splits(
+    count: int, val_fraction: float, test_fraction: float, seed: int, given: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Global sample indices of each split, in stored (shuffled) order.
 
     Without ``given``, one permutation (seeded by ``seed``) of all samples is cut into test, val
@@ -62,8 +63,8 @@ def assign_splits(count: int, val_fraction: float, test_fraction: float, seed: i
     n_test = int(round(test_fraction * len(pool)))
     n_val = int(round(val_fraction * len(pool)))
     out["test"] = perm[:n_test]
-    out["val"] = perm[n_test:n_test + n_val]
-    out["train"] = perm[n_test + n_val:]
+    out["val"] = perm[n_test : n_test + n_val]
+    out["train"] = perm[n_test + n_val :]
     for s, idx in rest.items():
         given_part = idx[rng.permutation(len(idx))]
         out[s] = np.concatenate([out[s], given_part]) if s in out else given_part
@@ -81,7 +82,7 @@ def plan_shards(splits: dict[str, np.ndarray], shards: int) -> list[ShardPlan]:
     for split, idx in splits.items():
         n = min(shards, len(idx))
         bounds = [len(idx) * i // n for i in range(n + 1)]
-        plans += [ShardPlan(split, i, n, idx[bounds[i]:bounds[i + 1]]) for i in range(n)]
+        plans += [ShardPlan(split, i, n, idx[bounds[i] : bounds[i + 1]]) for i in range(n)]
     return plans
 
 

@@ -49,8 +49,13 @@ def table_array(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
     return np.array([tuple(v.encode() if isinstance(v, str) else v for v in r.values()) for r in rows], dtype=dtype)
 
 
-def write_results(path: str | os.PathLike[str], tables: Mapping[str, Sequence[Mapping[str, Any]]],
-                  attrs: Mapping[str, Any], *, created: bool = True) -> Path:
+def write_results(
+    path: str | os.PathLike[str],
+    tables: Mapping[str, Sequence[Mapping[str, Any]]],
+    attrs: Mapping[str, Any],
+    *,
+    created: bool = True,
+) -> Path:
     """Write the results file ``path`` atomically (a temporary name in the same folder, then
     renamed over it): one compound dataset per table (:func:`table_array`) and the attributes
     ``attrs``, then ``twinhpc_version`` and, with ``created``, the time of writing.

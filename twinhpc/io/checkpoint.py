@@ -48,8 +48,12 @@ FORMAT_VERSION = 1
 CKPT_DIR = "ckpt"
 _NAME_RE = re.compile(r"^step-(\d+)\.h5$")
 #: bytes per element → (torch and numpy integer dtypes viewing the bits in memory, dtype on disk)
-_BITS = {1: (torch.uint8, np.uint8, np.uint8), 2: (torch.int16, np.int16, np.uint16),
-         4: (torch.int32, np.int32, np.uint32), 8: (torch.int64, np.int64, np.uint64)}
+_BITS = {
+    1: (torch.uint8, np.uint8, np.uint8),
+    2: (torch.int16, np.int16, np.uint16),
+    4: (torch.int32, np.int32, np.uint32),
+    8: (torch.int64, np.int64, np.uint64),
+}
 
 
 class CheckpointError(TwinError):
@@ -67,8 +71,7 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     directory = Path(run_dir) / CKPT_DIR
     if not directory.is_dir():
         return []
-    found = [(int(m[1]), directory / name) for name in os.listdir(directory)
-             if (m := _NAME_RE.match(name))]
+    found = [(int(m[1]), directory / name) for name in os.listdir(directory) if (m := _NAME_RE.match(name))]
     return sorted(found)
 
 
@@ -109,8 +112,7 @@ def _read_tensor(ds: Any) -> torch.Tensor:
 
 # -- RNG states -------------------------------------------------------------------------------
 def _json(obj: Any) -> str:
-    return json.dumps(obj, default=lambda o: o.tolist() if isinstance(o, (np.ndarray, np.generic)) else
-                      _unjsonable(o))
+    return json.dumps(obj, default=lambda o: o.tolist() if isinstance(o, (np.ndarray, np.generic)) else _unjsonable(o))
 
 
 def _unjsonable(o: Any) -> NoReturn:
@@ -135,8 +137,7 @@ def rng_state(generators: Mapping[str, np.random.Generator] | None = None) -> di
     return state
 
 
-def set_rng_state(state: Mapping[str, Any],
-                  generators: Mapping[str, np.random.Generator] | None = None) -> None:
+def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, np.random.Generator] | None = None) -> None:
     """Restore a state from :func:`rng_state` (or a checkpoint).
 
     CUDA states are restored when this process has as many CUDA devices as the saved state;
@@ -152,22 +153,33 @@ def set_rng_state(state: Mapping[str, Any],
         if torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
             torch.cuda.set_rng_state_all([torch.from_numpy(np.asarray(s, np.uint8).copy()) for s in cuda])
         else:
-            log.warning("checkpoint holds %d CUDA generator state(s); this process has %s: not restored",
-                        len(cuda), torch.cuda.device_count() if torch.cuda.is_available() else "no CUDA")
+            log.warning(
+                "checkpoint holds %d CUDA generator state(s); this process has %s: not restored",
+                len(cuda),
+                torch.cuda.device_count() if torch.cuda.is_available() else "no CUDA",
+            )
     saved = json.loads(state["generators"])
     for name, g in (generators or {}).items():
         if name not in saved:
-            raise CheckpointError(f"no state of numpy generator {name!r} in the checkpoint "
-                                  f"(it has {', '.join(saved) or 'none'})")
+            raise CheckpointError(
+                f"no state of numpy generator {name!r} in the checkpoint (it has {', '.join(saved) or 'none'})"
+            )
         g.bit_generator.state = saved[name]
 
 
 # -- writing ----------------------------------------------------------------------------------
-def save_checkpoint(run_dir: str | os.PathLike[str], *, step: int, epoch: int, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None, loader: Mapping[str, Any] | None = None,
-                    rng: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-                    extra: Mapping[str, Any] | None = None,
-                    keep: int = 3) -> Path:
+def save_checkpoint(
+    run_dir: str | os.PathLike[str],
+    *,
+    step: int,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    loader: Mapping[str, Any] | None = None,
+    rng: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    keep: int = 3,
+) -> Path:
     """Write ``RUN/ckpt/step-<step>.h5`` atomically, then prune old checkpoints; rank 0 only.
 
     Parameters
@@ -212,8 +224,16 @@ def save_checkpoint(run_dir: str | os.PathLike[str], *, step: int, epoch: int, m
     states = [rng_state()] if rng is None else [rng] if isinstance(rng, Mapping) else list(rng)
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": int(step),
-                            "epoch": int(epoch), "loader": _json(loader), "extra": _json(extra or {})})
+            f.attrs.update(
+                {
+                    "format": FORMAT_NAME,
+                    "version": FORMAT_VERSION,
+                    "step": int(step),
+                    "epoch": int(epoch),
+                    "loader": _json(loader),
+                    "extra": _json(extra or {}),
+                }
+            )
             g = f.create_group("model")
             for name, tensor in model.state_dict().items():
                 _write_tensor(g, name, tensor)
@@ -228,7 +248,7 @@ def save_checkpoint(run_dir: str | os.PathLike[str], *, step: int, epoch: int, m
     found = list_checkpoints(run_dir)
     later = [p for s, p in found if s > step]
     older = [p for s, p in found if s < step]
-    for path in later + older[:max(0, len(older) - (keep - 1))]:
+    for path in later + older[: max(0, len(older) - (keep - 1))]:
         path.unlink(missing_ok=True)
     return final
 
@@ -268,32 +288,50 @@ def _read(path: Path, rank: int) -> dict[str, Any]:
         if fmt != FORMAT_NAME:
             raise CheckpointError(f"{path}: not a twinhpc checkpoint (attribute 'format' is {fmt!r})")
         if f.attrs["version"] != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: checkpoint version {f.attrs['version']} is not supported "
-                                  f"(this twinhpc reads {FORMAT_VERSION})")
-        out: dict[str, Any] = {"step": int(f.attrs["step"]), "epoch": int(f.attrs["epoch"]),
-                               "loader": json.loads(f.attrs["loader"]), "extra": json.loads(f.attrs["extra"]),
-                               "model": {name: _read_tensor(ds) for name, ds in f["model"].items()}}
+            raise CheckpointError(
+                f"{path}: checkpoint version {f.attrs['version']} is not supported "
+                f"(this twinhpc reads {FORMAT_VERSION})"
+            )
+        out: dict[str, Any] = {
+            "step": int(f.attrs["step"]),
+            "epoch": int(f.attrs["epoch"]),
+            "loader": json.loads(f.attrs["loader"]),
+            "extra": json.loads(f.attrs["extra"]),
+            "model": {name: _read_tensor(ds) for name, ds in f["model"].items()},
+        }
         if "optimizer" in f:
             g = f["optimizer"]
             state = {}
             for index, entries in g["state"].items():
-                state[int(index)] = {**json.loads(entries.attrs["values"]),
-                                     **{k: _read_tensor(ds) for k, ds in entries.items()}}
-            out["optimizer"] = {"class": g.attrs["class"], "state": state,
-                                "param_groups": json.loads(g.attrs["param_groups"])}
+                state[int(index)] = {
+                    **json.loads(entries.attrs["values"]),
+                    **{k: _read_tensor(ds) for k, ds in entries.items()},
+                }
+            out["optimizer"] = {
+                "class": g.attrs["class"],
+                "state": state,
+                "param_groups": json.loads(g.attrs["param_groups"]),
+            }
         key = f"rng/{rank}"
         if key in f:
             g = f[key]
-            out["rng"] = {"torch": g["torch"][()], "cuda": [g[f"cuda/{d}"][()] for d in
-                                                            sorted(g.get("cuda", {}), key=int)],
-                          **{k: g.attrs[k] for k in ("numpy", "python", "generators")}}
+            out["rng"] = {
+                "torch": g["torch"][()],
+                "cuda": [g[f"cuda/{d}"][()] for d in sorted(g.get("cuda", {}), key=int)],
+                **{k: g.attrs[k] for k in ("numpy", "python", "generators")},
+            }
     return out
 
 
-def load_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, *, rank: int = 0,
-                    generators: Mapping[str, np.random.Generator] | None = None,
-                    restore_rng: bool = True) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    rank: int = 0,
+    generators: Mapping[str, np.random.Generator] | None = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
     """Restore a checkpoint into ``model`` and ``optimizer`` (in place) and this rank's RNG states.
 
     Parameters
@@ -343,39 +381,48 @@ def load_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module | None 
                 raise CheckpointError(f"{path}: {e}") from None
             rng_restored = True
         else:
-            log.warning("%s: no random-number state for rank %d (written by fewer ranks); "
-                        "not restored", path, rank)
-    return {"path": path, "step": saved["step"], "epoch": saved["epoch"], "loader": saved["loader"],
-            "extra": saved["extra"], "rng_restored": rng_restored}
+            log.warning("%s: no random-number state for rank %d (written by fewer ranks); not restored", path, rank)
+    return {
+        "path": path,
+        "step": saved["step"],
+        "epoch": saved["epoch"],
+        "loader": saved["loader"],
+        "extra": saved["extra"],
+        "rng_restored": rng_restored,
+    }
 
 
 def _check_model(path: Path, saved: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
     expected = model.state_dict()
     for name, want in expected.items():
         if name not in saved:
-            raise CheckpointError(f"{path}: parameter {name!r} of the model is not in the checkpoint "
-                                  f"(is it a checkpoint of another model or structure?)")
+            raise CheckpointError(
+                f"{path}: parameter {name!r} of the model is not in the checkpoint "
+                f"(is it a checkpoint of another model or structure?)"
+            )
         got = saved[name]
         if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
-            raise CheckpointError(f"{path}: parameter {name!r} is {got.dtype} {list(got.shape)} in the "
-                                  f"checkpoint but {want.dtype} {list(want.shape)} in the model")
+            raise CheckpointError(
+                f"{path}: parameter {name!r} is {got.dtype} {list(got.shape)} in the "
+                f"checkpoint but {want.dtype} {list(want.shape)} in the model"
+            )
     for name in saved:
         if name not in expected:
-            raise CheckpointError(f"{path}: parameter {name!r} of the checkpoint is not in the model "
-                                  f"(is it a checkpoint of another model or structure?)")
+            raise CheckpointError(
+                f"{path}: parameter {name!r} of the checkpoint is not in the model "
+                f"(is it a checkpoint of another model or structure?)"
+            )
 
 
 def _load_optimizer(path: Path, saved: Mapping[str, Any] | None, optimizer: torch.optim.Optimizer) -> None:
     if saved is None:
         raise CheckpointError(f"{path}: holds no optimizer state")
     if saved["class"] != type(optimizer).__name__:
-        raise CheckpointError(f"{path}: optimizer state is {saved['class']}'s, not "
-                              f"{type(optimizer).__name__}'s")
+        raise CheckpointError(f"{path}: optimizer state is {saved['class']}'s, not {type(optimizer).__name__}'s")
     current = optimizer.param_groups
     groups = saved["param_groups"]
     if len(groups) != len(current):
-        raise CheckpointError(f"{path}: {len(groups)} optimizer parameter group(s), the optimizer "
-                              f"has {len(current)}")
+        raise CheckpointError(f"{path}: {len(groups)} optimizer parameter group(s), the optimizer has {len(current)}")
     for group, now in zip(groups, current):  # JSON made tuples (betas) lists; restore the type
         for k, v in group.items():
             if isinstance(now.get(k), tuple) and isinstance(v, list):

@@ -29,8 +29,17 @@ FORMAT_NAME = "twinhpc-predictions"
 FORMAT_VERSION = 1
 
 
-def write_predictions(out: Path, rows: Mapping[str, np.ndarray], *, task: str, classes: Sequence[str],
-                      dataset: str, split: str, checkpoint: str, config: str) -> None:
+def write_predictions(
+    out: Path,
+    rows: Mapping[str, np.ndarray],
+    *,
+    task: str,
+    classes: Sequence[str],
+    dataset: str,
+    split: str,
+    checkpoint: str,
+    config: str,
+) -> None:
     """Write ``out`` atomically (its directory created when missing).
 
     Parameters
@@ -52,9 +61,18 @@ def write_predictions(out: Path, rows: Mapping[str, np.ndarray], *, task: str, c
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs.update({"format": FORMAT_NAME, "version": FORMAT_VERSION, "task": task,
-                            "dataset": dataset, "split": split, "checkpoint": checkpoint,
-                            "config": config, "classes": json.dumps(list(classes))})
+            f.attrs.update(
+                {
+                    "format": FORMAT_NAME,
+                    "version": FORMAT_VERSION,
+                    "task": task,
+                    "dataset": dataset,
+                    "split": split,
+                    "checkpoint": checkpoint,
+                    "config": config,
+                    "classes": json.dumps(list(classes)),
+                }
+            )
             f.create_dataset("index", data=rows["index"])
             f.create_dataset("output", data=rows["output"].astype(np.float32))
             if task == "classification":

@@ -30,8 +30,9 @@ STATE_FORMAT = "twinhpc-preprocess-state"
 STATE_VERSION = 1
 
 
-def write_prepared_state(path: Path, kind: str, arrays: Mapping[str, np.ndarray], settings: Mapping[str, Any],
-                         attrs: Mapping[str, Any]) -> None:
+def write_prepared_state(
+    path: Path, kind: str, arrays: Mapping[str, np.ndarray], settings: Mapping[str, Any], attrs: Mapping[str, Any]
+) -> None:
     """Write ``state.h5`` at ``path`` atomically (``path.tmp`` first, then renamed over it).
 
     Parameters
@@ -94,13 +95,18 @@ def read_prepared_state(path: Path) -> tuple[dict[str, np.ndarray], dict[str, An
         with h5py.File(path, "r") as f:
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
             if attrs.get("format") != STATE_FORMAT:
-                raise TwinError(f"{path}: not a twinhpc preprocessing state (attribute 'format' is "
-                                f"{attrs.get('format')!r})")
+                raise TwinError(
+                    f"{path}: not a twinhpc preprocessing state (attribute 'format' is {attrs.get('format')!r})"
+                )
             if attrs.get("version") != STATE_VERSION:
-                raise TwinError(f"{path}: state version {attrs.get('version')} is not supported "
-                                f"(this twinhpc reads {STATE_VERSION})")
-            arrays = {name: (np.array(ds.asstr()[()], dtype=object) if h5py.check_string_dtype(ds.dtype)
-                             else ds[()]) for name, ds in f.items()}
+                raise TwinError(
+                    f"{path}: state version {attrs.get('version')} is not supported "
+                    f"(this twinhpc reads {STATE_VERSION})"
+                )
+            arrays = {
+                name: (np.array(ds.asstr()[()], dtype=object) if h5py.check_string_dtype(ds.dtype) else ds[()])
+                for name, ds in f.items()
+            }
     except TwinError:
         raise
     except (OSError, KeyError, ValueError) as e:

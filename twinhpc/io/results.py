@@ -96,8 +96,9 @@ class ResultsWriter:
         written chunked with an unlimited maximum shape, so tools may append to a finished file.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], config_json: str, environment: Mapping[str, Any],
-                 *, resume: bool = False) -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike[str], config_json: str, environment: Mapping[str, Any], *, resume: bool = False
+    ) -> None:
         self.path = Path(run_dir) / RESULTS
         self.config_json = config_json
         self.environment_json = json.dumps(environment, sort_keys=True)
@@ -247,11 +248,15 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
             if fmt != FORMAT_NAME:
                 raise TwinError(f"{path}: not a twinhpc results file (attribute 'format' is {fmt!r})")
             if version != FORMAT_VERSION:
-                raise TwinError(f"{path}: results format version {version} is not supported "
-                                f"(this twinhpc reads {FORMAT_VERSION})")
-            out: dict[str, Any] = {"format": fmt, "version": version,
-                                   "config": json.loads(_scalar(f.attrs["config"])),
-                                   "environment": json.loads(_scalar(f.attrs["environment"]))}
+                raise TwinError(
+                    f"{path}: results format version {version} is not supported (this twinhpc reads {FORMAT_VERSION})"
+                )
+            out: dict[str, Any] = {
+                "format": fmt,
+                "version": version,
+                "config": json.loads(_scalar(f.attrs["config"])),
+                "environment": json.loads(_scalar(f.attrs["environment"])),
+            }
             for group in ("metrics", "steps", "timing"):
                 out[group] = {name: ds[()] for name, ds in f[group].items()}
             per_epoch = [*out["metrics"].values(), *out["timing"].values()]
@@ -261,8 +266,7 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
                 g = f["report"]
                 report.update({k: _scalar(v) for k, v in g.attrs.items()})
                 for name, ds in g.items():
-                    report[name] = (list(ds.asstr()[()]) if h5py.check_string_dtype(ds.dtype)
-                                    else ds[()])
+                    report[name] = list(ds.asstr()[()]) if h5py.check_string_dtype(ds.dtype) else ds[()]
             out["report"] = report
     except TwinError:
         raise

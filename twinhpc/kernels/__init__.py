@@ -39,11 +39,14 @@ def serial_and_parallel(fn):
     other's machine code from the cache. Each variant is therefore a copy of ``fn`` under its own
     name (``<name>_serial``, ``<name>_parallel``).
     """
+
     def variant(suffix: str):
         g = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
         g.__qualname__ = fn.__qualname__ + suffix
         g.__doc__ = fn.__doc__
         return g
 
-    return (njit(cache=True, nogil=True)(variant("_serial")),
-            njit(cache=True, nogil=True, parallel=True)(variant("_parallel")))
+    return (
+        njit(cache=True, nogil=True)(variant("_serial")),
+        njit(cache=True, nogil=True, parallel=True)(variant("_parallel")),
+    )

@@ -50,8 +50,9 @@ def _augment_kernel(x, table, offsets, flips, pad, nchw, out):
             out[b, i, j, ch] = v
 
 
-def normalize_augment_cuda(x, mean, std, *, offsets=None, flips=None, pad: int = 0,
-                           layout: str = "NCHW", out=None, stream=0):
+def normalize_augment_cuda(
+    x, mean, std, *, offsets=None, flips=None, pad: int = 0, layout: str = "NCHW", out=None, stream=0
+):
     """:func:`.image.normalize_augment` on the GPU; returns the float32 device array.
 
     Parameters
@@ -76,7 +77,7 @@ def normalize_augment_cuda(x, mean, std, *, offsets=None, flips=None, pad: int =
         out = cuda.device_array(shape, np.float32, stream=stream)
     elif tuple(out.shape) != shape or np.dtype(out.dtype) != np.float32:
         raise ValueError(f"out: expected a float32 device array of shape {shape}, got {out.dtype} {tuple(out.shape)}")
-    if isinstance(x, np.ndarray):      # device arrays go to the kernel as they are
+    if isinstance(x, np.ndarray):  # device arrays go to the kernel as they are
         x = cuda.to_device(np.ascontiguousarray(x), stream=stream)
     args = [cuda.to_device(a, stream=stream) for a in (table, offsets, flips)]
     _launch(x, *args, pad, layout, out, stream)
@@ -91,8 +92,9 @@ def _launch(x, table, offsets, flips, pad, layout, out, stream) -> None:
         _augment_kernel[blocks, THREADS, stream](x, table, offsets, flips, int(pad), layout == "NCHW", out)
 
 
-def normalize_augment_torch(x, mean, std, *, offsets=None, flips=None, pad: int = 0, layout: str = "NCHW",
-                            device="cuda"):
+def normalize_augment_torch(
+    x, mean, std, *, offsets=None, flips=None, pad: int = 0, layout: str = "NCHW", device="cuda"
+):
     """:func:`normalize_augment_cuda` for torch: returns a float32 CUDA tensor on ``device``.
 
     ``x`` is a host numpy uint8 batch (n, H, W, C) or a uint8 CUDA tensor of that shape on
@@ -118,7 +120,7 @@ def normalize_augment_torch(x, mean, std, *, offsets=None, flips=None, pad: int 
 
     def to_gpu(a: np.ndarray):  # pinned staging, so that the copy is asynchronous
         a = np.ascontiguousarray(a)
-        if not a.flags.writeable:   # the cached normalisation table: torch wants writable memory
+        if not a.flags.writeable:  # the cached normalisation table: torch wants writable memory
             a = a.copy()
         return torch.from_numpy(a).pin_memory().to(device, non_blocking=True)
 
@@ -129,7 +131,7 @@ def normalize_augment_torch(x, mean, std, *, offsets=None, flips=None, pad: int 
     else:
         xt = to_gpu(np.asarray(x))
     tensors = (xt, to_gpu(table), to_gpu(offsets), to_gpu(flips))
-    with cuda.gpus[device.index]:   # numba launches on the device torch uses for this rank
+    with cuda.gpus[device.index]:  # numba launches on the device torch uses for this rank
         handle = torch.cuda.current_stream(device).cuda_stream
         stream = cuda.external_stream(handle) if handle else cuda.default_stream()
         xd, td, od, fd = (cuda.as_cuda_array(t) for t in tensors)

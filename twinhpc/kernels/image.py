@@ -53,8 +53,9 @@ def batch_rng(seed: int, rank: int, epoch: int, batch: int) -> np.random.Generat
     return np.random.default_rng((int(seed), int(rank), int(epoch), int(batch)))
 
 
-def augment_params(rng: np.random.Generator, n: int, *, pad: int, flip: bool = True,
-                   flip_probability: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def augment_params(
+    rng: np.random.Generator, n: int, *, pad: int, flip: bool = True, flip_probability: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-image crop offsets and flips for a batch of ``n`` images.
 
     Returns
@@ -125,7 +126,7 @@ def _augment(x, table, offsets, flips, pad, nchw, out):
             first, step, j0, j1 = w - 1 + ox, -1, max(0, ox), min(w, w + ox)
         else:
             first, step, j0, j1 = ox, 1, max(0, -ox), min(w, w - ox)
-        j0 = min(j0, w)                 # pad > size: the crop may miss the image (empty ranges)
+        j0 = min(j0, w)  # pad > size: the crop may miss the image (empty ranges)
         j1 = max(j1, j0)
         i0 = min(max(0, -oy), h)
         i1 = max(min(h, h - oy), i0)
@@ -160,8 +161,10 @@ _augment_serial, _augment_parallel = serial_and_parallel(_augment)
 def _check_images(x) -> None:
     """numpy, numba device arrays and torch tensors (whose dtype numpy does not take) alike."""
     if not hasattr(x, "dtype") or str(x.dtype).removeprefix("torch.") != "uint8" or len(x.shape) != 4:
-        raise ValueError(f"x: expected a uint8 array (n, height, width, channels), got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} of shape {getattr(x, 'shape', ())}")
+        raise ValueError(
+            f"x: expected a uint8 array (n, height, width, channels), got "
+            f"{getattr(x, 'dtype', type(x).__name__)} of shape {getattr(x, 'shape', ())}"
+        )
 
 
 def _check_params(shape, mean, std, offsets, flips, pad, layout):
@@ -200,9 +203,18 @@ def _out_shape(x, layout):
     return (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
 
 
-def normalize_augment(x: np.ndarray, mean, std, *, offsets=None, flips=None, pad: int = 0,
-                      layout: str = "NCHW", out: np.ndarray | None = None,
-                      parallel: bool = False) -> np.ndarray:
+def normalize_augment(
+    x: np.ndarray,
+    mean,
+    std,
+    *,
+    offsets=None,
+    flips=None,
+    pad: int = 0,
+    layout: str = "NCHW",
+    out: np.ndarray | None = None,
+    parallel: bool = False,
+) -> np.ndarray:
     """Normalise, crop, flip and transpose a uint8 batch in one pass (see the module docstring).
 
     Parameters
@@ -241,16 +253,18 @@ def normalize_augment(x: np.ndarray, mean, std, *, offsets=None, flips=None, pad
     shape = _out_shape(x, layout)
     if out is None:
         out = np.empty(shape, np.float32)
-    elif (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape
-          or not out.flags.c_contiguous):
-        raise ValueError(f"out: expected a C-contiguous float32 array of shape {shape}, got "
-                         f"{getattr(out, 'dtype', type(out).__name__)} {np.shape(out)}")
+    elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out: expected a C-contiguous float32 array of shape {shape}, got "
+            f"{getattr(out, 'dtype', type(out).__name__)} {np.shape(out)}"
+        )
     kernel = _augment_parallel if parallel else _augment_serial
     return kernel(np.ascontiguousarray(x), table, offsets, flips, int(pad), layout == "NCHW", out)
 
 
-def normalize_augment_reference(x: np.ndarray, mean, std, *, offsets=None, flips=None, pad: int = 0,
-                                layout: str = "NCHW") -> np.ndarray:
+def normalize_augment_reference(
+    x: np.ndarray, mean, std, *, offsets=None, flips=None, pad: int = 0, layout: str = "NCHW"
+) -> np.ndarray:
     """The numpy reference of :func:`normalize_augment`, one vectorised step at a time: pad,
     crop and flip by fancy indexing, normalise in float32, transpose."""
     _, offsets, flips = _check(x, mean, std, offsets, flips, pad, layout)
@@ -258,15 +272,14 @@ def normalize_augment_reference(x: np.ndarray, mean, std, *, offsets=None, flips
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
     padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    rows = offsets[:, 0, None] + np.arange(h)                                   # (n, H)
+    rows = offsets[:, 0, None] + np.arange(h)  # (n, H)
     cols = offsets[:, 1, None] + np.where(flips[:, None], np.arange(w)[::-1], np.arange(w))  # (n, W)
     crop = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (n, H, W, C)
     y = _normalize(crop.astype(np.float32), mean, std)
     return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if layout == "NCHW" else y
 
 
-def synthetic_batch(n: int = 256, height: int = 32, width: int = 32, channels: int = 3, *,
-                    seed: int = 0) -> np.ndarray:
+def synthetic_batch(n: int = 256, height: int = 32, width: int = 32, channels: int = 3, *, seed: int = 0) -> np.ndarray:
     """Test and benchmark input: uint8 NHWC images (a CIFAR-10 batch by default), uniform
     noise plus a per-channel offset so that channels differ in mean."""
     rng = np.random.default_rng(seed)

@@ -126,7 +126,7 @@ def _image_chunks(pixels, chunk):
         for j in range(c):
             count[k, j] = m
             mean[k, j] = s[j] / m
-            m2[k, j] = (m * ss[j] - s[j] * s[j]) / m   # exact integer numerator
+            m2[k, j] = (m * ss[j] - s[j] * s[j]) / m  # exact integer numerator
     total_n = np.zeros((1, c), np.int64)
     total_mean = np.zeros((1, c))
     total_m2 = np.zeros((1, c))
@@ -145,7 +145,7 @@ def _table_chunks(x, chunk):
         for i in range(k * chunk, min(n, (k + 1) * chunk)):
             for j in range(d):
                 v = np.float64(x[i, j])
-                if v != v:          # NaN: skipped
+                if v != v:  # NaN: skipped
                     continue
                 count[k, j] += 1
                 delta = v - mean[k, j]
@@ -165,16 +165,19 @@ _table_serial, _table_parallel = serial_and_parallel(_table_chunks)
 
 def _check_images(x) -> np.ndarray:
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"x: expected a uint8 array (n, height, width, channels), got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} of shape {np.shape(x)}")
+        raise ValueError(
+            f"x: expected a uint8 array (n, height, width, channels), got "
+            f"{getattr(x, 'dtype', type(x).__name__)} of shape {np.shape(x)}"
+        )
     return np.ascontiguousarray(x).reshape(-1, x.shape[3])
 
 
 def _check_table(x) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 2 or x.dtype.kind not in "iuf":
-        raise ValueError(f"x: expected a 2-D array (samples, features) of integers or floats, "
-                         f"got {x.dtype} of shape {x.shape}")
+        raise ValueError(
+            f"x: expected a 2-D array (samples, features) of integers or floats, got {x.dtype} of shape {x.shape}"
+        )
     return x if x.dtype.kind == "f" else x.astype(np.float64)
 
 
@@ -223,8 +226,9 @@ def image_moments_reference(x: np.ndarray) -> Moments:
     n = pixels.shape[0]
     if n == 0:
         return empty_moments(pixels.shape[1])
-    return Moments(np.full(pixels.shape[1], n, np.int64), pixels.mean(0, dtype=np.float64),
-                   pixels.var(0, dtype=np.float64) * n)
+    return Moments(
+        np.full(pixels.shape[1], n, np.int64), pixels.mean(0, dtype=np.float64), pixels.var(0, dtype=np.float64) * n
+    )
 
 
 def tabular_moments_reference(x: np.ndarray) -> Moments:

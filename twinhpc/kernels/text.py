@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 from numba import njit, prange
@@ -53,7 +53,8 @@ RESERVED = 2
 #: more characters are listed (shorter ones are never tokens), and the clitic remnants that the
 #: token pattern leaves (``don`` of "don't", ``ll`` of "we'll", ...). It is not scikit-learn's
 #: ``ENGLISH_STOP_WORDS``; to compare with scikit-learn, give both the same list.
-ENGLISH_STOP_WORDS = frozenset("""
+ENGLISH_STOP_WORDS = frozenset(
+    """
 about above after again against all almost also although am among an and another any anyone
 anything are around as at be because been before being below between both but by can cannot could
 did do does doing done down during each either else enough even ever every few for from further
@@ -66,7 +67,8 @@ toward towards under until up upon us very via was we well were what whatever wh
 whereas wherever whether which while who whoever whom whose why will with within without would
 yet you your yours yourself yourselves
 ll ve re don doesn didn isn aren wasn weren hasn haven hadn won wouldn shouldn couldn
-""".split())
+""".split()
+)
 
 
 def tokenize(doc: str, stop_words: Iterable[str] | None = None) -> list[str]:
@@ -122,7 +124,7 @@ def _check_docs(docs) -> list[str]:
 def _is_word(c, extra):
     if c < 128:
         return _ASCII_WORD[c] != 0
-    lo, hi = 0, extra.shape[0]          # binary search of the sorted non-ASCII word characters
+    lo, hi = 0, extra.shape[0]  # binary search of the sorted non-ASCII word characters
     while lo < hi:
         mid = (lo + hi) >> 1
         if extra[mid] < c:
@@ -136,7 +138,7 @@ def _is_word(c, extra):
 def _doc_spans(cp, start, end, extra):
     """(tokens, 2) int64: [start, stop) of each token of cp[start:end] (a one-pass state machine:
     a token is a run of >= 2 word characters)."""
-    spans = np.empty(((end - start + 1) // 3 + 1, 2), np.int64)   # a token and a separator: >= 3
+    spans = np.empty(((end - start + 1) // 3 + 1, 2), np.int64)  # a token and a separator: >= 3
     n, run = 0, 0
     for i in range(start, end):
         if _is_word(cp[i], extra):
@@ -167,7 +169,8 @@ def token_offsets(corpus: Corpus, *, parallel: bool = True) -> np.ndarray:
     """int64 (n_docs + 1): document ``d``'s tokens are ``offsets[d]:offsets[d+1]`` of the flat
     token arrays of the other functions."""
     counts = (_count_tokens_parallel if parallel else _count_tokens_serial)(
-        corpus.codepoints, corpus.starts, corpus.extra)
+        corpus.codepoints, corpus.starts, corpus.extra
+    )
     return np.cumsum(counts)
 
 
@@ -207,13 +210,13 @@ def _build_slots(store, term_starts, size):
     slots = np.full(size, -1, np.int64)
     for t in range(term_starts.shape[0] - 1):
         r = _find(slots, store, term_starts, store, term_starts[t], term_starts[t + 1])
-        if r < 0:                       # a repeated term keeps its first index
+        if r < 0:  # a repeated term keeps its first index
             slots[-r - 1] = t
     return slots
 
 
 def _table_size(n_terms: int) -> int:
-    return 1 << max(4, int(2 * max(n_terms, 1) - 1).bit_length())   # load factor <= 1/2
+    return 1 << max(4, int(2 * max(n_terms, 1) - 1).bit_length())  # load factor <= 1/2
 
 
 class TermTable:
@@ -248,8 +251,9 @@ def _lookup(cp, starts, extra, offsets, slots, store, term_starts, values, defau
 _lookup_serial, _lookup_parallel = serial_and_parallel(_lookup)
 
 
-def lookup_tokens(corpus: Corpus, table: TermTable, default: int, *,
-                  parallel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def lookup_tokens(
+    corpus: Corpus, table: TermTable, default: int, *, parallel: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Every token's value in ``table`` (``default`` if absent), flat, in document order.
 
     Returns
@@ -261,8 +265,18 @@ def lookup_tokens(corpus: Corpus, table: TermTable, default: int, *,
     offsets = token_offsets(corpus, parallel=parallel)
     ids = np.empty(offsets[-1], np.int64)
     kernel = _lookup_parallel if parallel else _lookup_serial
-    kernel(corpus.codepoints, corpus.starts, corpus.extra, offsets, table.slots, table.store,
-           table.term_starts, table.values, np.int64(default), ids)
+    kernel(
+        corpus.codepoints,
+        corpus.starts,
+        corpus.extra,
+        offsets,
+        table.slots,
+        table.store,
+        table.term_starts,
+        table.values,
+        np.int64(default),
+        ids,
+    )
     return ids, offsets
 
 
@@ -270,7 +284,7 @@ def lookup_tokens(corpus: Corpus, table: TermTable, default: int, *,
 def _insert_terms(cp, starts, extra, n_tokens):
     """Term index (first-occurrence order) of every token; the table grows as terms appear."""
     ids = np.empty(n_tokens, np.int64)
-    store = np.empty(cp.shape[0], np.uint32)            # the terms' code points, concatenated
+    store = np.empty(cp.shape[0], np.uint32)  # the terms' code points, concatenated
     term_starts = np.zeros(n_tokens + 1, np.int64)
     slots = np.full(1 << 16, -1, np.int64)
     n_terms, k = 0, 0
@@ -281,16 +295,16 @@ def _insert_terms(cp, starts, extra, n_tokens):
             t = _find(slots, store, term_starts, cp, s, e)
             if t < 0:
                 a = term_starts[n_terms]
-                store[a:a + e - s] = cp[s:e]
+                store[a : a + e - s] = cp[s:e]
                 term_starts[n_terms + 1] = a + e - s
                 slots[-t - 1] = n_terms
                 t = n_terms
                 n_terms += 1
                 if 2 * n_terms > slots.shape[0]:
-                    slots = _build_slots(store, term_starts[:n_terms + 1], 2 * slots.shape[0])
+                    slots = _build_slots(store, term_starts[: n_terms + 1], 2 * slots.shape[0])
             ids[k] = t
             k += 1
-    return ids, store[:term_starts[n_terms]].copy(), term_starts[:n_terms + 1].copy()
+    return ids, store[: term_starts[n_terms]].copy(), term_starts[: n_terms + 1].copy()
 
 
 @njit(cache=True, nogil=True)
@@ -339,10 +353,14 @@ class TermCounts:
     n_docs: int
 
     @classmethod
-    def from_unsorted(cls, terms: Sequence[str], tf, df, n_docs: int) -> "TermCounts":
+    def from_unsorted(cls, terms: Sequence[str], tf, df, n_docs: int) -> TermCounts:
         order = sorted(range(len(terms)), key=terms.__getitem__)
-        return cls(tuple(terms[i] for i in order), np.asarray(tf, np.int64)[order],
-                   np.asarray(df, np.int64)[order], int(n_docs))
+        return cls(
+            tuple(terms[i] for i in order),
+            np.asarray(tf, np.int64)[order],
+            np.asarray(df, np.int64)[order],
+            int(n_docs),
+        )
 
 
 def merge_term_counts(a: TermCounts, b: TermCounts) -> TermCounts:
@@ -387,8 +405,9 @@ def count_terms_reference(docs: Sequence[str], *, stop_words: Iterable[str] | No
         tf.update(tokens)
         df.update(set(tokens))
     terms = sorted(tf)
-    return TermCounts(tuple(terms), np.array([tf[t] for t in terms], np.int64),
-                      np.array([df[t] for t in terms], np.int64), len(docs))
+    return TermCounts(
+        tuple(terms), np.array([tf[t] for t in terms], np.int64), np.array([df[t] for t in terms], np.int64), len(docs)
+    )
 
 
 # -- vocabulary and sequences ------------------------------------------------------------------
@@ -419,8 +438,9 @@ class Vocabulary:
         return self._tables[key]
 
 
-def build_vocabulary(counts: TermCounts, *, min_freq: int = 1, max_size: int | None = None,
-                     by: str = "tf") -> Vocabulary:
+def build_vocabulary(
+    counts: TermCounts, *, min_freq: int = 1, max_size: int | None = None, by: str = "tf"
+) -> Vocabulary:
     """The terms with frequency >= ``min_freq``, most frequent first (ties: term ascending), at
     most ``max_size`` of them.
 
@@ -441,7 +461,7 @@ def build_vocabulary(counts: TermCounts, *, min_freq: int = 1, max_size: int | N
     if max_size is not None and max_size < 0:
         raise ValueError(f"max_size: must be >= 0 or None, got {max_size}")
     freq = counts.tf if by == "tf" else counts.df
-    order = np.argsort(-freq, kind="stable")          # terms are sorted: ties stay term-ascending
+    order = np.argsort(-freq, kind="stable")  # terms are sorted: ties stay term-ascending
     order = order[freq[order] >= min_freq][:max_size]
     return Vocabulary([counts.terms[i] for i in order.tolist()])
 
@@ -462,8 +482,14 @@ def _pad_truncate(ids, offsets, max_len, out):
 _pad_serial, _pad_parallel = serial_and_parallel(_pad_truncate)
 
 
-def encode(docs: Sequence[str], vocab: Vocabulary, max_len: int, *,
-           stop_words: Iterable[str] | None = None, parallel: bool = True) -> np.ndarray:
+def encode(
+    docs: Sequence[str],
+    vocab: Vocabulary,
+    max_len: int,
+    *,
+    stop_words: Iterable[str] | None = None,
+    parallel: bool = True,
+) -> np.ndarray:
     """Token-id sequences, int64 (n_docs, max_len): the first ``max_len`` tokens that are not stop
     words, as ids (column + RESERVED, UNK for a term outside ``vocab``), then PAD.
 
@@ -480,18 +506,20 @@ def encode(docs: Sequence[str], vocab: Vocabulary, max_len: int, *,
     return (_pad_parallel if parallel else _pad_serial)(ids, offsets, int(max_len), out)
 
 
-def encode_reference(docs: Sequence[str], vocab: Vocabulary, max_len: int, *,
-                     stop_words: Iterable[str] | None = None) -> np.ndarray:
+def encode_reference(
+    docs: Sequence[str], vocab: Vocabulary, max_len: int, *, stop_words: Iterable[str] | None = None
+) -> np.ndarray:
     """The Python reference of :func:`encode`."""
     out = np.full((len(docs), max_len), PAD, np.int64)
     for d, doc in enumerate(docs):
         tokens = tokenize(doc, stop_words)[:max_len]
-        out[d, :len(tokens)] = [vocab.index.get(t, UNK - RESERVED) + RESERVED for t in tokens]
+        out[d, : len(tokens)] = [vocab.index.get(t, UNK - RESERVED) + RESERVED for t in tokens]
     return out
 
 
-def synthetic_corpus(n_docs: int = 25_000, words_per_doc: int = 230, vocab_size: int = 50_000, *,
-                     zipf: float = 1.07, seed: int = 0) -> list[str]:
+def synthetic_corpus(
+    n_docs: int = 25_000, words_per_doc: int = 230, vocab_size: int = 50_000, *, zipf: float = 1.07, seed: int = 0
+) -> list[str]:
     """Test and benchmark input: IMDB-like documents (about ``words_per_doc`` words, from 0.5× to
     1.5×) drawn from a Zipf distribution over ``vocab_size`` random words, with capitals,
     punctuation, ``<br />`` breaks, one-letter words, digits, ``don't``-style clitics and a few
@@ -513,4 +541,4 @@ def synthetic_corpus(n_docs: int = 25_000, words_per_doc: int = 230, vocab_size:
     tokens[(style >= 0.1) & (style < 0.12)] += ","
     tokens[(style >= 0.12) & (style < 0.125)] += " <br /><br />"
     ends = np.cumsum(lengths)
-    return [" ".join(tokens[e - n:e]) for e, n in zip(ends.tolist(), lengths.tolist())]
+    return [" ".join(tokens[e - n : e]) for e, n in zip(ends.tolist(), lengths.tolist())]

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from numba import prange
@@ -72,12 +73,12 @@ def _row_terms(ids, offsets):
     """Each document's distinct columns (ascending) and their counts, at the document's token
     offsets; ``nnz[d + 1]`` of them (ids < 0, terms outside the vocabulary, are skipped)."""
     n = offsets.shape[0] - 1
-    cols = np.full(ids.shape[0], -1, np.int32)          # -1: a slot no distinct term filled
+    cols = np.full(ids.shape[0], -1, np.int32)  # -1: a slot no distinct term filled
     counts = np.empty(ids.shape[0], np.float64)
     nnz = np.zeros(n + 1, np.int64)
     for d in prange(n):
         lo = offsets[d]
-        row = np.sort(ids[lo:offsets[d + 1]])
+        row = np.sort(ids[lo : offsets[d + 1]])
         k, prev = lo, -1
         for t in row:
             if t < 0:
@@ -136,8 +137,9 @@ def _csr(rows, vocab, idf, sublinear_tf, dtype, parallel) -> Csr:
         raise ValueError(f"idf: expected {len(vocab)} values (one per vocabulary term), got shape {idf.shape}")
     indices = np.empty(indptr[-1], np.int32)
     data = np.empty(indptr[-1], np.float64)
-    (_weights_parallel if parallel else _weights_serial)(cols, counts, offsets, indptr, idf,
-                                                          bool(sublinear_tf), indices, data)
+    (_weights_parallel if parallel else _weights_serial)(
+        cols, counts, offsets, indptr, idf, bool(sublinear_tf), indices, data
+    )
     return Csr(data.astype(dtype, copy=False), indices, indptr, (len(offsets) - 1, len(vocab)))
 
 
@@ -158,8 +160,15 @@ def _df_of(rows, n_terms: int) -> DocumentFrequencies:
     return DocumentFrequencies(df, len(offsets) - 1)
 
 
-def tfidf_transform(docs: Sequence[str], vocab: Vocabulary, idf: np.ndarray, *, sublinear_tf: bool = False,
-                    dtype=np.float64, parallel: bool = True) -> Csr:
+def tfidf_transform(
+    docs: Sequence[str],
+    vocab: Vocabulary,
+    idf: np.ndarray,
+    *,
+    sublinear_tf: bool = False,
+    dtype=np.float64,
+    parallel: bool = True,
+) -> Csr:
     """TF-IDF rows of ``docs`` with a fitted ``idf`` (see the module docstring).
 
     Parameters
@@ -180,8 +189,9 @@ def tfidf_transform(docs: Sequence[str], vocab: Vocabulary, idf: np.ndarray, *, 
     return _csr(_rows(docs, vocab, parallel), vocab, idf, sublinear_tf, dtype, parallel)
 
 
-def tfidf_fit_transform(docs: Sequence[str], vocab: Vocabulary, *, sublinear_tf: bool = False,
-                        dtype=np.float64, parallel: bool = True) -> tuple[Csr, np.ndarray]:
+def tfidf_fit_transform(
+    docs: Sequence[str], vocab: Vocabulary, *, sublinear_tf: bool = False, dtype=np.float64, parallel: bool = True
+) -> tuple[Csr, np.ndarray]:
     """Document frequencies, idf and TF-IDF rows of one corpus, tokenised once: ``(x, idf)``,
     what ``TfidfVectorizer(vocabulary=vocab.index).fit_transform(docs)`` and its ``idf_`` give.
 
@@ -196,8 +206,9 @@ def tfidf_fit_transform(docs: Sequence[str], vocab: Vocabulary, *, sublinear_tf:
     return _csr(rows, vocab, idf, sublinear_tf, dtype, parallel), idf
 
 
-def tfidf_reference(docs: Sequence[str], vocab: Vocabulary, idf: np.ndarray | None = None, *,
-                    sublinear_tf: bool = False) -> tuple[Csr, np.ndarray]:
+def tfidf_reference(
+    docs: Sequence[str], vocab: Vocabulary, idf: np.ndarray | None = None, *, sublinear_tf: bool = False
+) -> tuple[Csr, np.ndarray]:
     """The Python reference: ``re`` tokens, ``Counter`` per document, idf fitted on ``docs``
     unless given; float64."""
     rows = [Counter(vocab.index[t] for t in tokenize(doc) if t in vocab.index) for doc in docs]
@@ -214,8 +225,9 @@ def tfidf_reference(docs: Sequence[str], vocab: Vocabulary, idf: np.ndarray | No
         data.extend((v / norm if norm > 0 else v).tolist())
         indices.extend(cols)
         indptr.append(len(indices))
-    return Csr(np.array(data, np.float64), np.array(indices, np.int32), np.array(indptr, np.int64),
-               (len(docs), len(vocab))), idf
+    return Csr(
+        np.array(data, np.float64), np.array(indices, np.int32), np.array(indptr, np.int64), (len(docs), len(vocab))
+    ), idf
 
 
 def to_scipy(x: Csr):

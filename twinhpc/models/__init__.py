@@ -39,7 +39,7 @@ INPUT_KINDS = {
     "vector": "float32 feature vectors (batch, features): TF-IDF rows or tabular columns",
 }
 
-_BUILDERS: dict[str, Builder | str] = {}   # a function, or "module:function" not imported yet
+_BUILDERS: dict[str, Builder | str] = {}  # a function, or "module:function" not imported yet
 _INPUTS: dict[str, str] = {}
 
 
@@ -64,6 +64,7 @@ def register(name: str, inputs: str, builder: Builder | str | None = None) -> An
         input kind.
     """
     if builder is None:
+
         def decorate(make: Builder) -> Builder:
             register(name, inputs, make)
             return make
@@ -130,8 +131,9 @@ def build(name: str, **structure: Any) -> nn.Module:
     known = list(inspect.signature(make).parameters)
     unknown = [key for key in structure if key not in known]
     if unknown:
-        raise TwinError(f"model {name!r}: unknown structure key(s) {', '.join(map(repr, unknown))}; "
-                        f"valid keys: {', '.join(known)}")
+        raise TwinError(
+            f"model {name!r}: unknown structure key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(known)}"
+        )
     return make(**structure)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from torch import nn
 
 
-def seed_cnn(in_channels: int = 3, channels: int = 32, hidden: int = 64, classes: int = 10,
-             input_size: int = 32) -> nn.Sequential:
+def seed_cnn(
+    in_channels: int = 3, channels: int = 32, hidden: int = 64, classes: int = 10, input_size: int = 32
+) -> nn.Sequential:
     """The seed CNN.
 
     Parameters

@@ -41,8 +41,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.proj_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -54,8 +53,14 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         self.attn = CausalSelfAttention(width, heads, dropout)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict(fc=nn.Linear(width, 4 * width), gelu=nn.GELU(),
-                                             proj=nn.Linear(4 * width, width), dropout=nn.Dropout(dropout)))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                fc=nn.Linear(width, 4 * width),
+                gelu=nn.GELU(),
+                proj=nn.Linear(4 * width, width),
+                dropout=nn.Dropout(dropout),
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -65,8 +70,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Token + position embeddings → blocks → final LayerNorm → tied language-model head."""
 
-    def __init__(self, vocab_size: int, block_size: int, width: int, layers: int, heads: int,
-                 dropout: float) -> None:
+    def __init__(self, vocab_size: int, block_size: int, width: int, layers: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.block_size = block_size
         self.tokens = nn.Embedding(vocab_size, width)
@@ -92,9 +96,11 @@ class GPT(nn.Module):
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """``(batch, length, width)`` final hidden states of ``(batch, length)`` token ids."""
         if ids.shape[1] > self.block_size:
-            raise TwinError(f"model 'gpt': sequences of {ids.shape[1]} tokens exceed block_size = "
-                            f"{self.block_size}; raise model.structure.block_size or shorten "
-                            f"preprocess.text.max_len")
+            raise TwinError(
+                f"model 'gpt': sequences of {ids.shape[1]} tokens exceed block_size = "
+                f"{self.block_size}; raise model.structure.block_size or shorten "
+                f"preprocess.text.max_len"
+            )
         x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
         x = self.dropout(x)
         for block in self.blocks:
@@ -126,8 +132,15 @@ def _check(name: str, width: int, heads: int) -> None:
         raise TwinError(f"model {name!r}: width {width} is not a multiple of heads {heads}")
 
 
-def gpt(vocab_size: int = 20000, block_size: int = 256, width: int = 256, layers: int = 4,
-        heads: int = 4, dropout: float = 0.1, classes: int = 2) -> GPTClassifier:
+def gpt(
+    vocab_size: int = 20000,
+    block_size: int = 256,
+    width: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    dropout: float = 0.1,
+    classes: int = 2,
+) -> GPTClassifier:
     """A GPT-like decoder that classifies a sequence from its last non-pad token.
 
     Parameters
@@ -152,8 +165,14 @@ def gpt(vocab_size: int = 20000, block_size: int = 256, width: int = 256, layers
     return GPTClassifier(GPT(vocab_size, block_size, width, layers, heads, dropout), classes, dropout)
 
 
-def gpt_lm(vocab_size: int = 20000, block_size: int = 256, width: int = 256, layers: int = 4,
-           heads: int = 4, dropout: float = 0.1) -> GPT:
+def gpt_lm(
+    vocab_size: int = 20000,
+    block_size: int = 256,
+    width: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    dropout: float = 0.1,
+) -> GPT:
     """A GPT-like decoder for next-token prediction.
 
     Parameters

@@ -69,8 +69,9 @@ class BertLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = (lin(x).view(B, T, self.heads, C // self.heads).transpose(1, 2)
-                   for lin in (self.query, self.key, self.value))
+        q, k, v = (
+            lin(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for lin in (self.query, self.key, self.value)
+        )
         p = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], dropout_p=p)
         x = self.attn_norm(x + F.dropout(self.attn_out(a.transpose(1, 2).reshape(B, T, C)), p))
@@ -90,7 +91,8 @@ class MiniLMEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             BertLayer(width, config["num_attention_heads"], config["intermediate_size"], dropout, eps)
-            for _ in range(config["num_hidden_layers"]))
+            for _ in range(config["num_hidden_layers"])
+        )
 
     def forward(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """``(batch, length, width)`` token states; ``valid`` marks the positions attended to."""
@@ -161,9 +163,10 @@ def minilm(classes: int = 2, dropout: float = 0.1, trainable_layers: int | None 
     if trainable_layers is not None:
         depth = len(encoder.layers)
         if not (type(trainable_layers) is int and 0 <= trainable_layers <= depth):
-            raise TwinError(f"model 'minilm': trainable_layers must be an integer from 0 to {depth}, "
-                            f"got {trainable_layers!r}")
+            raise TwinError(
+                f"model 'minilm': trainable_layers must be an integer from 0 to {depth}, got {trainable_layers!r}"
+            )
         encoder.requires_grad_(False)
-        for layer in encoder.layers[depth - trainable_layers:]:
+        for layer in encoder.layers[depth - trainable_layers :]:
             layer.requires_grad_(True)
     return MiniLMClassifier(encoder, classes, dropout)

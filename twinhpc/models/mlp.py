@@ -12,15 +12,15 @@ from torch import nn
 
 from ..errors import TwinError
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
-                                           "silu": nn.SiLU}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
 class MLP(nn.Module):
     """Linear layers with an activation and dropout between them (not after the last)."""
 
-    def __init__(self, in_features: int, hidden: tuple[int, ...], classes: int, dropout: float,
-                 activation: str) -> None:
+    def __init__(
+        self, in_features: int, hidden: tuple[int, ...], classes: int, dropout: float, activation: str
+    ) -> None:
         super().__init__()
         widths = [in_features, *hidden, classes]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
@@ -38,8 +38,13 @@ class MLP(nn.Module):
         return x
 
 
-def mlp(in_features: int = 10000, hidden: tuple[int, ...] = (256,), classes: int = 2,
-        dropout: float = 0.2, activation: str = "relu") -> MLP:
+def mlp(
+    in_features: int = 10000,
+    hidden: tuple[int, ...] = (256,),
+    classes: int = 2,
+    dropout: float = 0.2,
+    activation: str = "relu",
+) -> MLP:
     """A multi-layer perceptron classifier (or regressor).
 
     Parameters
@@ -63,6 +68,5 @@ def mlp(in_features: int = 10000, hidden: tuple[int, ...] = (256,), classes: int
         For an unknown activation.
     """
     if activation not in ACTIVATIONS:
-        raise TwinError(f"model 'mlp': unknown activation {activation!r}; "
-                        f"choose one of {', '.join(ACTIVATIONS)}")
+        raise TwinError(f"model 'mlp': unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     return MLP(in_features, tuple(hidden), classes, dropout, activation)

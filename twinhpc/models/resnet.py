@@ -23,8 +23,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != channels:  # a 1×1 projection where the shape changes
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm2d(channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -38,17 +39,16 @@ class ResNet(nn.Module):
     Stage ``i`` has ``width * 2**i`` channels; every stage but the first starts with stride 2.
     """
 
-    def __init__(self, in_channels: int, width: int, blocks: tuple[int, ...], classes: int,
-                 dropout: float) -> None:
+    def __init__(self, in_channels: int, width: int, blocks: tuple[int, ...], classes: int, dropout: float) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         stages, channels = [], width
         for i, n in enumerate(blocks):
-            out = width * 2 ** i
+            out = width * 2**i
             stride = 1 if i == 0 else 2
-            stages += [BasicBlock(channels if j == 0 else out, out, stride if j == 0 else 1)
-                       for j in range(n)]
+            stages += [BasicBlock(channels if j == 0 else out, out, stride if j == 0 else 1) for j in range(n)]
             channels = out
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -37,13 +37,29 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 class RNNClassifier(nn.Module):
     """Embedding → LSTM or GRU (packed) → mean or max over valid positions → dropout → linear."""
 
-    def __init__(self, cell: type[nn.LSTM] | type[nn.GRU], vocab_size: int, embed_dim: int, hidden: int,
-                 layers: int, bidirectional: bool, pooling: str, dropout: float, classes: int) -> None:
+    def __init__(
+        self,
+        cell: type[nn.LSTM] | type[nn.GRU],
+        vocab_size: int,
+        embed_dim: int,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        pooling: str,
+        dropout: float,
+        classes: int,
+    ) -> None:
         super().__init__()
         self.pooling = pooling
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
-        self.rnn = cell(embed_dim, hidden, num_layers=layers, bidirectional=bidirectional,
-                        dropout=dropout if layers > 1 else 0.0, batch_first=True)
+        self.rnn = cell(
+            embed_dim,
+            hidden,
+            num_layers=layers,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+            batch_first=True,
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden * (2 if bidirectional else 1), classes)
 
@@ -61,12 +77,21 @@ class RNNClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def _build(name: str, cell: type[nn.LSTM] | type[nn.GRU], vocab_size: int, embed_dim: int, hidden: int,
-           layers: int, bidirectional: bool, pooling: str, dropout: float, classes: int) -> RNNClassifier:
+def _build(
+    name: str,
+    cell: type[nn.LSTM] | type[nn.GRU],
+    vocab_size: int,
+    embed_dim: int,
+    hidden: int,
+    layers: int,
+    bidirectional: bool,
+    pooling: str,
+    dropout: float,
+    classes: int,
+) -> RNNClassifier:
     if pooling not in POOLINGS:
         raise TwinError(f"model {name!r}: unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
-    return RNNClassifier(cell, vocab_size, embed_dim, hidden, layers, bidirectional, pooling, dropout,
-                         classes)
+    return RNNClassifier(cell, vocab_size, embed_dim, hidden, layers, bidirectional, pooling, dropout, classes)
 
 
 _PARAMETERS = """
@@ -90,18 +115,30 @@ _PARAMETERS = """
 """
 
 
-def lstm(vocab_size: int = 20000, embed_dim: int = 128, hidden: int = 128, layers: int = 1,
-         bidirectional: bool = True, pooling: str = "max", dropout: float = 0.2,
-         classes: int = 2) -> RNNClassifier:
-    return _build("lstm", nn.LSTM, vocab_size, embed_dim, hidden, layers, bidirectional, pooling,
-                  dropout, classes)
+def lstm(
+    vocab_size: int = 20000,
+    embed_dim: int = 128,
+    hidden: int = 128,
+    layers: int = 1,
+    bidirectional: bool = True,
+    pooling: str = "max",
+    dropout: float = 0.2,
+    classes: int = 2,
+) -> RNNClassifier:
+    return _build("lstm", nn.LSTM, vocab_size, embed_dim, hidden, layers, bidirectional, pooling, dropout, classes)
 
 
-def gru(vocab_size: int = 20000, embed_dim: int = 128, hidden: int = 128, layers: int = 1,
-        bidirectional: bool = True, pooling: str = "max", dropout: float = 0.2,
-        classes: int = 2) -> RNNClassifier:
-    return _build("gru", nn.GRU, vocab_size, embed_dim, hidden, layers, bidirectional, pooling,
-                  dropout, classes)
+def gru(
+    vocab_size: int = 20000,
+    embed_dim: int = 128,
+    hidden: int = 128,
+    layers: int = 1,
+    bidirectional: bool = True,
+    pooling: str = "max",
+    dropout: float = 0.2,
+    classes: int = 2,
+) -> RNNClassifier:
+    return _build("gru", nn.GRU, vocab_size, embed_dim, hidden, layers, bidirectional, pooling, dropout, classes)
 
 
 lstm.__doc__ = "An LSTM text classifier.\n" + _PARAMETERS

@@ -21,8 +21,19 @@ POOLINGS = ("cls", "mean")
 class EncoderClassifier(nn.Module):
     """Embeddings → Transformer encoder (padding-masked) → ``[CLS]`` or masked mean → linear."""
 
-    def __init__(self, vocab_size: int, max_len: int, width: int, layers: int, heads: int, ffn: int,
-                 dropout: float, pooling: str, norm_first: bool, classes: int) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int,
+        width: int,
+        layers: int,
+        heads: int,
+        ffn: int,
+        dropout: float,
+        pooling: str,
+        norm_first: bool,
+        classes: int,
+    ) -> None:
         super().__init__()
         self.pooling = pooling
         self.max_len = max_len
@@ -31,18 +42,22 @@ class EncoderClassifier(nn.Module):
         if pooling == "cls":
             self.cls = nn.Parameter(torch.zeros(1, 1, width))
         self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(width, heads, ffn, dropout, activation="gelu",
-                                           batch_first=True, norm_first=norm_first)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, ffn, dropout, activation="gelu", batch_first=True, norm_first=norm_first
+        )
         # pre-norm layers leave the residual stream unnormalised: normalise it once at the end
-        self.encoder = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(width) if norm_first else None,
-                                             enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(
+            layer, layers, norm=nn.LayerNorm(width) if norm_first else None, enable_nested_tensor=False
+        )
         self.head = nn.Linear(width, classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.shape[1] > self.max_len:
-            raise TwinError(f"model 'transformer': sequences of {ids.shape[1]} tokens exceed "
-                            f"max_len = {self.max_len}; raise model.structure.max_len or shorten "
-                            f"preprocess.text.max_len")
+            raise TwinError(
+                f"model 'transformer': sequences of {ids.shape[1]} tokens exceed "
+                f"max_len = {self.max_len}; raise model.structure.max_len or shorten "
+                f"preprocess.text.max_len"
+            )
         valid = valid_positions(ids)
         x = self.tokens(ids)
         if self.pooling == "cls":
@@ -54,9 +69,18 @@ class EncoderClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def transformer(vocab_size: int = 20000, max_len: int = 256, width: int = 256, layers: int = 4,
-                heads: int = 4, ffn: int = 1024, dropout: float = 0.1, pooling: str = "cls",
-                norm_first: bool = True, classes: int = 2) -> EncoderClassifier:
+def transformer(
+    vocab_size: int = 20000,
+    max_len: int = 256,
+    width: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    ffn: int = 1024,
+    dropout: float = 0.1,
+    pooling: str = "cls",
+    norm_first: bool = True,
+    classes: int = 2,
+) -> EncoderClassifier:
     """A BERT-like Transformer encoder text classifier.
 
     Parameters
@@ -87,9 +111,7 @@ def transformer(vocab_size: int = 20000, max_len: int = 256, width: int = 256, l
         For an unknown pooling or a width that ``heads`` does not divide.
     """
     if pooling not in POOLINGS:
-        raise TwinError(f"model 'transformer': unknown pooling {pooling!r}; "
-                        f"choose one of {', '.join(POOLINGS)}")
+        raise TwinError(f"model 'transformer': unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if width % heads:
         raise TwinError(f"model 'transformer': width {width} is not a multiple of heads {heads}")
-    return EncoderClassifier(vocab_size, max_len, width, layers, heads, ffn, dropout, pooling,
-                             norm_first, classes)
+    return EncoderClassifier(vocab_size, max_len, width, layers, heads, ffn, dropout, pooling, norm_first, classes)

@@ -92,8 +92,7 @@ def read_rows(directory: Path, file: str, fields: tuple[FieldSpec, ...], lo: int
             if spec.name not in f:
                 raise DatasetError(f"{path}: field {spec.name!r} is missing")
             ds = f[spec.name]
-            out[spec.name] = (np.array(ds.asstr()[lo:hi], dtype=object) if spec.is_text
-                              else ds[lo:hi])
+            out[spec.name] = np.array(ds.asstr()[lo:hi], dtype=object) if spec.is_text else ds[lo:hi]
     return out
 
 
@@ -124,20 +123,27 @@ def fit_image(world: World, directory: Path, split: SplitInfo, spec: FieldSpec, 
         return Image(spec.name, spec.shape, None, None, config.crop_padding, config.flip)
 
     def local():
-        return [(b.index, stats.image_moments(read_rows(directory, b.file, (spec,), b.lo, b.hi)[spec.name]))
-                for b in _my_blocks(world, split)]
+        return [
+            (b.index, stats.image_moments(read_rows(directory, b.file, (spec,), b.lo, b.hi)[spec.name]))
+            for b in _my_blocks(world, split)
+        ]
 
     mine = world.run(local, DatasetError)
     total = _merge_block_moments(world, mine, spec.shape[-1])
     if split.count == 0 or total.count.min() == 0:
         raise TwinError(f"split {split.name!r} has no samples to fit the image statistics on")
     std = total.std / 255
-    return Image(spec.name, spec.shape, total.mean / 255, np.where(std > 0, std, 1.0),
-                 config.crop_padding, config.flip)
+    return Image(spec.name, spec.shape, total.mean / 255, np.where(std > 0, std, 1.0), config.crop_padding, config.flip)
 
 
-def fit_tabular(world: World, directory: Path, split: SplitInfo, numeric: tuple[FieldSpec, ...],
-                categorical: list[tuple[str, tuple[str, ...]]], config) -> Tabular:
+def fit_tabular(
+    world: World,
+    directory: Path,
+    split: SplitInfo,
+    numeric: tuple[FieldSpec, ...],
+    categorical: list[tuple[str, tuple[str, ...]]],
+    config,
+) -> Tabular:
     """Per-column NaN-aware mean and std of the numeric fields over ``split`` (collective).
 
     A column without values gets mean 0; a column with std 0 (constant) or without values gets
@@ -148,8 +154,17 @@ def fit_tabular(world: World, directory: Path, split: SplitInfo, numeric: tuple[
     probe = Tabular(shapes, categorical, np.zeros(columns), np.ones(columns))
 
     def local():
-        return [(b.index, stats.tabular_moments(probe.numeric_columns(read_rows(directory, b.file, numeric, b.lo, b.hi))))
-                for b in _my_blocks(world, split)] if numeric else []
+        return (
+            [
+                (
+                    b.index,
+                    stats.tabular_moments(probe.numeric_columns(read_rows(directory, b.file, numeric, b.lo, b.hi))),
+                )
+                for b in _my_blocks(world, split)
+            ]
+            if numeric
+            else []
+        )
 
     mine = world.run(local, DatasetError)
     total = _merge_block_moments(world, mine, columns)
@@ -158,8 +173,9 @@ def fit_tabular(world: World, directory: Path, split: SplitInfo, numeric: tuple[
     return Tabular(shapes, categorical, mean, np.where(std > 0, std, 1.0), config.standardize)
 
 
-def fit_vocabulary(world: World, directory: Path, split: SplitInfo, spec: FieldSpec, config
-                   ) -> tuple[text.Vocabulary, np.ndarray, text.TermCounts]:
+def fit_vocabulary(
+    world: World, directory: Path, split: SplitInfo, spec: FieldSpec, config
+) -> tuple[text.Vocabulary, np.ndarray, text.TermCounts]:
     """The vocabulary of the text field ``spec`` over ``split`` and its smooth idf (collective).
 
     Parameters
@@ -176,8 +192,9 @@ def fit_vocabulary(world: World, directory: Path, split: SplitInfo, spec: FieldS
     stop = stop_word_list(config.stop_words)
 
     def local():
-        docs = [d for b in _my_blocks(world, split)
-                for d in read_rows(directory, b.file, (spec,), b.lo, b.hi)[spec.name]]
+        docs = [
+            d for b in _my_blocks(world, split) for d in read_rows(directory, b.file, (spec,), b.lo, b.hi)[spec.name]
+        ]
         return text.count_terms(docs, stop_words=stop or None)
 
     mine = world.run(local, DatasetError)

@@ -94,30 +94,38 @@ class Plan:
         label = job.data.label or manifest.label_field
         names = [f.name for f in manifest.fields]
         if label is not None and label not in names:
-            raise JobFileError("data.label", f"names field {label!r}, but the dataset "
-                                             f"{job.data.dataset} has {names}")
+            raise JobFileError("data.label", f"names field {label!r}, but the dataset {job.data.dataset} has {names}")
         inputs = job.data.inputs or tuple(n for n in names if n != label)
         for n in inputs:
             if n not in names:
-                raise JobFileError("data.inputs", f"names field {n!r}, but the dataset "
-                                                  f"{job.data.dataset} has {names}")
+                raise JobFileError("data.inputs", f"names field {n!r}, but the dataset {job.data.dataset} has {names}")
         self.inputs = tuple(manifest.field(n) for n in inputs)
         self.label = manifest.field(label) if label is not None else None
         texts = [f for f in self.inputs if f.is_text]
         images = [f for f in self.inputs if f.dtype == "uint8" and len(f.shape) == 3]
         if (texts or images) and len(self.inputs) != 1:
-            raise JobFileError("data.inputs", f"a text or image field must be the only input, got "
-                                              f"{[f.name for f in self.inputs]}")
+            raise JobFileError(
+                "data.inputs", f"a text or image field must be the only input, got {[f.name for f in self.inputs]}"
+            )
         self.kind = "text" if texts else "image" if images else "tabular"
-        self.categorical = [(f.name, manifest.categorical[f.name[4:]]) for f in self.inputs
-                            if f.name.startswith("cat_") and f.name[4:] in manifest.categorical]
+        self.categorical = [
+            (f.name, manifest.categorical[f.name[4:]])
+            for f in self.inputs
+            if f.name.startswith("cat_") and f.name[4:] in manifest.categorical
+        ]
         cat = {n for n, _ in self.categorical}
         self.numeric = tuple(f for f in self.inputs if f.name not in cat)
-        if job.train.task == "classification" and self.label is not None and (
-                self.label.is_text or np.dtype(self.label.dtype).kind not in "iu"):
-            raise JobFileError("train.task", f"is 'classification', but the label field "
-                                             f"{self.label.name!r} holds {self.label.dtype} values "
-                                             f"(set train.task = \"regression\")")
+        if (
+            job.train.task == "classification"
+            and self.label is not None
+            and (self.label.is_text or np.dtype(self.label.dtype).kind not in "iu")
+        ):
+            raise JobFileError(
+                "train.task",
+                f"is 'classification', but the label field "
+                f"{self.label.name!r} holds {self.label.dtype} values "
+                f'(set train.task = "regression")',
+            )
         self.text_mode = None
         if self.kind == "text":
             rep = job.preprocess.text.representation
@@ -125,21 +133,29 @@ class Plan:
             reads = models.input_kind(job.model.name) if job.model.name in models.names() else None
             wants = TEXT_REPRESENTATION.get(reads, rep)
             if rep != wants:
-                raise JobFileError("preprocess.text.representation",
-                                   f"is {rep!r}, but model {job.model.name!r} reads {wants!r} input")
+                raise JobFileError(
+                    "preprocess.text.representation", f"is {rep!r}, but model {job.model.name!r} reads {wants!r} input"
+                )
             if not job.preprocess.text.lowercase:
-                raise JobFileError("preprocess.text.lowercase", "false is not supported: the "
-                                                                "tokenizer always lower-cases")
+                raise JobFileError(
+                    "preprocess.text.lowercase", "false is not supported: the tokenizer always lower-cases"
+                )
 
     def settings(self, job: Job) -> dict[str, Any]:
         """The job keys that shape the preprocessed data (the fingerprint's configuration)."""
-        table = {"image": job.preprocess.image, "text": job.preprocess.text,
-                 "tabular": job.preprocess.tabular}[self.kind].to_dict()
+        table = {"image": job.preprocess.image, "text": job.preprocess.text, "tabular": job.preprocess.tabular}[
+            self.kind
+        ].to_dict()
         # the tokenizer counts as resolved (text_mode): "auto" and its choice make the same data
         table.pop("tokenizer", None)
-        return {"train_split": job.data.train_split, "inputs": [f.name for f in self.inputs],
-                "label": self.label.name if self.label else None, "kind": self.kind,
-                "text_mode": self.text_mode, f"preprocess.{self.kind}": table}
+        return {
+            "train_split": job.data.train_split,
+            "inputs": [f.name for f in self.inputs],
+            "label": self.label.name if self.label else None,
+            "kind": self.kind,
+            "text_mode": self.text_mode,
+            f"preprocess.{self.kind}": table,
+        }
 
 
 def fingerprint(settings: dict[str, Any], manifest: Manifest) -> str:
@@ -209,8 +225,13 @@ class Prepared:
         self.kind = transform.kind
         self.label = plan.label.name if plan.label else None
         self.classes = tuple(manifest.classes) if task == "classification" else ()
-        outputs = (len(self.classes) if task == "classification"
-                   else int(np.prod(plan.label.shape, dtype=np.int64)) if plan.label else 1)
+        outputs = (
+            len(self.classes)
+            if task == "classification"
+            else int(np.prod(plan.label.shape, dtype=np.int64))
+            if plan.label
+            else 1
+        )
         self.model_defaults = {**transform.model_defaults(), "classes": outputs}
         label = (self.label,) if self.label else ()
         self.fields = tuple(f.name for f in transform.stored) + label
@@ -246,21 +267,26 @@ class Prepared:
         """
         maps: dict[str, np.ndarray] = {}
         for name, levels in getattr(self._transform, "categorical", ()):
-            theirs = manifest.categorical.get(name[len("cat_"):])
+            theirs = manifest.categorical.get(name[len("cat_") :])
             if theirs is not None and tuple(theirs) != tuple(levels):
                 position = {v: i for i, v in enumerate(levels)}
                 maps[name] = np.array([position.get(v, -1) for v in theirs], np.int64)
-        if self.task == "classification" and self.label and manifest.classes \
-                and tuple(manifest.classes) != self.classes:
+        if (
+            self.task == "classification"
+            and self.label
+            and manifest.classes
+            and tuple(manifest.classes) != self.classes
+        ):
             position = {c: i for i, c in enumerate(self.classes)}
             maps[self.label] = np.array([position.get(c, -1) for c in manifest.classes], np.int64)
         order = None
         theirs = _x_columns(manifest)
         if self._x_columns and theirs and theirs != self._x_columns and "x" in self.raw_fields:
             if sorted(theirs) != sorted(self._x_columns):
-                raise TwinError(f"{where}: numeric columns {theirs}, but the job's "
-                                f"model was trained on {self._x_columns}")
-            order = np.array([theirs.index(c) for c in self._x_columns])   # CSV columns by name
+                raise TwinError(
+                    f"{where}: numeric columns {theirs}, but the job's model was trained on {self._x_columns}"
+                )
+            order = np.array([theirs.index(c) for c in self._x_columns])  # CSV columns by name
         if not maps and order is None:
             return self.encode
 
@@ -298,8 +324,11 @@ class Prepared:
         import torch
 
         on_gpu = device is not None and torch.device(device).type == "cuda" and self._transform.kind == "image"
-        x = (self._transform(batch, train=train, rng=rng, device=device) if on_gpu
-             else self._transform(batch, train=train, rng=rng))
+        x = (
+            self._transform(batch, train=train, rng=rng, device=device)
+            if on_gpu
+            else self._transform(batch, train=train, rng=rng)
+        )
         y = None
         if self.label and self.label in batch:
             dtype = np.int64 if self.task == "classification" else np.float32
@@ -331,8 +360,10 @@ def open_prepared(job: Job) -> Prepared:
     plan = Plan(job, manifest)
     transform, state = read_state(out / STATE)
     if state.get("fingerprint") != fingerprint(plan.settings(job), manifest):
-        raise TwinError(f"{out}: preprocessed with another configuration or source dataset than "
-                        f"this job (state.h5 fingerprint differs); {hint}")
+        raise TwinError(
+            f"{out}: preprocessed with another configuration or source dataset than "
+            f"this job (state.h5 fingerprint differs); {hint}"
+        )
     return Prepared(out, transform, job.train.task, manifest, plan, state)
 
 
@@ -373,8 +404,9 @@ def _tfidf_width(world: World, directory: Path, manifest: Manifest, transform: T
     return max(world.allgather(world.run(local, DatasetError)))
 
 
-def preprocess(job: Job, *, world: World | None = None, force: bool = False,
-               command: str | None = None) -> dict[str, Any]:
+def preprocess(
+    job: Job, *, world: World | None = None, force: bool = False, command: str | None = None
+) -> dict[str, Any]:
     """Fit on the training split and write ``job.preprocessed_dir`` (collective).
 
     Parameters
@@ -407,19 +439,29 @@ def preprocess(job: Job, *, world: World | None = None, force: bool = False,
     current = world.bcast(_stored_fingerprint(out) if world.is_root else None)
     if current == fp and not force:
         transform, _ = world.run(lambda: read_state(out / STATE))
-        return {**result, "status": "up to date", "kind": transform.kind, "summary": _summary(transform),
-                "seconds": time.perf_counter() - t0}
+        return {
+            **result,
+            "status": "up to date",
+            "kind": transform.kind,
+            "summary": _summary(transform),
+            "seconds": time.perf_counter() - t0,
+        }
 
     transform = _fit(world, job, manifest, plan)
     shards = _all_shards(manifest)
     mine = [shards[i] for i in fit.share([s.shards[i].count for s, i in shards], world.rank, world.size)]
     if isinstance(transform, Tfidf):
-        transform = Tfidf(transform.field, transform.vocab.terms, transform.idf,
-                          _tfidf_width(world, source, manifest, transform, mine))
+        transform = Tfidf(
+            transform.field,
+            transform.vocab.terms,
+            transform.idf,
+            _tfidf_width(world, source, manifest, transform, mine),
+        )
     fields = transform.stored + ((plan.label,) if plan.label else ())
     raw = plan.inputs + ((plan.label,) if plan.label else ())
 
     with staging(world, out, "preprocess.out", overwrite=True) as tmp:
+
         def write_mine():
             written = []
             for split, i in mine:
@@ -440,22 +482,52 @@ def preprocess(job: Job, *, world: World | None = None, force: bool = False,
         def finish():
             if not world.is_root:
                 return
-            splits = tuple(SplitInfo(s.name, s.count, tuple(info for name, _, info in sorted(
-                (w for w in everything if w[0] == s.name), key=lambda w: w[1]))) for s in manifest.splits)
-            Manifest(fields=fields, splits=splits, label_field=plan.label.name if plan.label else None,
-                     classes=manifest.classes, provenance={
-                         "source": str(source), "kind": "preprocess",
-                         "command": command or " ".join(sys.argv), "twinhpc_version": __version__,
-                         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         "ranks": world.size, "state": STATE}).save(tmp)
-            write_state(tmp / STATE, transform, {
-                "fingerprint": fp, "config": json.dumps(plan.settings(job)), "source": str(source),
-                "label": plan.label.name if plan.label else "", "twinhpc_version": __version__})
+            splits = tuple(
+                SplitInfo(
+                    s.name,
+                    s.count,
+                    tuple(
+                        info for name, _, info in sorted((w for w in everything if w[0] == s.name), key=lambda w: w[1])
+                    ),
+                )
+                for s in manifest.splits
+            )
+            Manifest(
+                fields=fields,
+                splits=splits,
+                label_field=plan.label.name if plan.label else None,
+                classes=manifest.classes,
+                provenance={
+                    "source": str(source),
+                    "kind": "preprocess",
+                    "command": command or " ".join(sys.argv),
+                    "twinhpc_version": __version__,
+                    "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                    "ranks": world.size,
+                    "state": STATE,
+                },
+            ).save(tmp)
+            write_state(
+                tmp / STATE,
+                transform,
+                {
+                    "fingerprint": fp,
+                    "config": json.dumps(plan.settings(job)),
+                    "source": str(source),
+                    "label": plan.label.name if plan.label else "",
+                    "twinhpc_version": __version__,
+                },
+            )
             install(tmp, out, "preprocess.out", overwrite=True)
 
         world.run(finish, DatasetError)
-    return {**result, "status": "written", "kind": transform.kind, "summary": _summary(transform),
-            "seconds": time.perf_counter() - t0}
+    return {
+        **result,
+        "status": "written",
+        "kind": transform.kind,
+        "summary": _summary(transform),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _summary(transform) -> str:
@@ -471,6 +543,8 @@ def _summary(transform) -> str:
         return f"token ids: vocabulary {len(transform.vocab)} terms + PAD, UNK; max_len {transform.max_len}"
     if isinstance(transform, MiniLM):
         return f"token ids of MiniLM's tokenizer; max_len {transform.max_len}"
-    return (f"tabular: {transform.width} features ({len(transform.mean)} numeric"
-            f"{', standardised' if transform.standardize else ''}, "
-            f"{transform.width - len(transform.mean)} one-hot)")
+    return (
+        f"tabular: {transform.width} features ({len(transform.mean)} numeric"
+        f"{', standardised' if transform.standardize else ''}, "
+        f"{transform.width - len(transform.mean)} one-hot)"
+    )

@@ -36,7 +36,8 @@ Note:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +71,9 @@ def _image_kernel_on_device(x, mean, std, offsets, flips, pad, device):
     try:
         from ..kernels.cuda_image import normalize_augment_torch
 
-        y = normalize_augment_torch(np.ascontiguousarray(x), mean, std, offsets=offsets, flips=flips, pad=pad,
-                                    device=device)
+        y = normalize_augment_torch(
+            np.ascontiguousarray(x), mean, std, offsets=offsets, flips=flips, pad=pad, device=device
+        )
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001 -- numba.cuda's driver, NVVM and linker errors alike
@@ -82,7 +84,11 @@ def _image_kernel_on_device(x, mean, std, offsets, flips, pad, device):
 
         logging.getLogger("twinhpc").warning(
             "image normalisation and augmentation cannot run on %s here (%s: %s); the host kernel "
-            "runs instead and each batch is copied to the device", device, type(e).__name__, e)
+            "runs instead and each batch is copied to the device",
+            device,
+            type(e).__name__,
+            e,
+        )
         return None
     _cuda_kernel_usable = True
     return y
@@ -117,8 +123,7 @@ class Image:
     def encode(self, batch: Batch) -> dict[str, np.ndarray]:
         return {self.field: np.asarray(batch[self.field], np.uint8)}
 
-    def __call__(self, batch: Batch, train: bool = False, rng: np.random.Generator | None = None,
-                 device=None):
+    def __call__(self, batch: Batch, train: bool = False, rng: np.random.Generator | None = None, device=None):
         """float32 (N, C, H, W) images; on a CUDA ``device`` normalised and augmented there (the
         numba.cuda kernel of :mod:`twinhpc.kernels.cuda_image`, the same bits as on the host),
         unless numba.cuda cannot run in this process: then on the host, with one warning (the
@@ -128,8 +133,10 @@ class Image:
         pad = self.crop_padding if train else 0
         if train and (self.crop_padding or self.flip):
             if rng is None:
-                raise ValueError("rng: a numpy Generator is needed for train=True augmentation "
-                                 "(e.g. twinhpc.kernels.image.batch_rng(seed, rank, epoch, step))")
+                raise ValueError(
+                    "rng: a numpy Generator is needed for train=True augmentation "
+                    "(e.g. twinhpc.kernels.image.batch_rng(seed, rank, epoch, step))"
+                )
             offsets, flips = augment_params(rng, len(x), pad=pad, flip=self.flip)
         if device is not None and _torch().device(device).type == "cuda":
             y = _image_kernel_on_device(x, self.mean, self.std, offsets, flips, pad, device)
@@ -143,11 +150,16 @@ class Image:
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {"mean": self.mean, "std": self.std} if self.normalize else {}
-        return arrays, {"field": self.field, "shape": list(self.shape), "normalize": self.normalize,
-                        "crop_padding": self.crop_padding, "flip": self.flip}
+        return arrays, {
+            "field": self.field,
+            "shape": list(self.shape),
+            "normalize": self.normalize,
+            "crop_padding": self.crop_padding,
+            "flip": self.flip,
+        }
 
     @classmethod
-    def from_state(cls, arrays, s) -> "Image":
+    def from_state(cls, arrays, s) -> Image:
         return cls(s["field"], s["shape"], arrays.get("mean"), arrays.get("std"), s["crop_padding"], s["flip"])
 
 
@@ -174,8 +186,9 @@ class Sequence:
         return (FieldSpec("ids", "int32", (self.max_len,)),)
 
     def encode(self, batch: Batch) -> dict[str, np.ndarray]:
-        ids = ktext.encode(list(batch[self.field]), self.vocab, self.max_len,
-                           stop_words=self.stop_words or None, parallel=False)
+        ids = ktext.encode(
+            list(batch[self.field]), self.vocab, self.max_len, stop_words=self.stop_words or None, parallel=False
+        )
         return {"ids": ids.astype(np.int32)}
 
     def __call__(self, batch: Batch, train: bool = False, rng=None):
@@ -187,10 +200,13 @@ class Sequence:
 
     def state(self):
         return {"terms": np.array(self.vocab.terms, dtype=object)}, {
-            "field": self.field, "max_len": self.max_len, "stop_words": list(self.stop_words)}
+            "field": self.field,
+            "max_len": self.max_len,
+            "stop_words": list(self.stop_words),
+        }
 
     @classmethod
-    def from_state(cls, arrays, s) -> "Sequence":
+    def from_state(cls, arrays, s) -> Sequence:
         return cls(s["field"], arrays["terms"], s["max_len"], s["stop_words"])
 
 
@@ -223,7 +239,7 @@ class MiniLM:
         return {}, {"field": self.field, "max_len": self.max_len}
 
     @classmethod
-    def from_state(cls, arrays, s) -> "MiniLM":
+    def from_state(cls, arrays, s) -> MiniLM:
         return cls(s["field"], s["max_len"])
 
 
@@ -274,8 +290,10 @@ class Tfidf:
         width = self.width
         if nnz.max(initial=0) > width:
             if not grow:
-                raise ValueError(f"{self.field}: a document has {nnz.max()} distinct vocabulary terms, "
-                                 f"more than the stored width {self.width}")
+                raise ValueError(
+                    f"{self.field}: a document has {nnz.max()} distinct vocabulary terms, "
+                    f"more than the stored width {self.width}"
+                )
             width = int(nnz.max())
         terms = np.full((n, width), -1, np.int32)
         tf = np.zeros((n, width), np.int32)
@@ -301,19 +319,25 @@ class Tfidf:
         indptr, cols, data = self.csr(batch)
         with warnings.catch_warnings():  # torch's one-time "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(cols.astype(np.int64)),
-                                           torch.from_numpy(data.astype(np.float32)),
-                                           (len(indptr) - 1, len(self.vocab)), check_invariants=False)
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(indptr),
+                torch.from_numpy(cols.astype(np.int64)),
+                torch.from_numpy(data.astype(np.float32)),
+                (len(indptr) - 1, len(self.vocab)),
+                check_invariants=False,
+            )
 
     def model_defaults(self) -> dict[str, Any]:
         return {"in_features": len(self.vocab)}
 
     def state(self):
         return {"terms": np.array(self.vocab.terms, dtype=object), "idf": self.idf}, {
-            "field": self.field, "width": self.width}
+            "field": self.field,
+            "width": self.width,
+        }
 
     @classmethod
-    def from_state(cls, arrays, s) -> "Tfidf":
+    def from_state(cls, arrays, s) -> Tfidf:
         return cls(s["field"], arrays["terms"], arrays["idf"], s["width"])
 
 
@@ -357,8 +381,7 @@ class Tabular:
         x = np.where(np.isnan(x), self.mean, x)
         if self.standardize:
             x = (x - self.mean) / self.std
-        onehot = [np.arange(len(levels)) == np.asarray(batch[f]).reshape(-1, 1)
-                  for f, levels in self.categorical]
+        onehot = [np.arange(len(levels)) == np.asarray(batch[f]).reshape(-1, 1) for f, levels in self.categorical]
         return {"x": np.concatenate([x, *onehot], axis=1).astype(np.float32)}
 
     def __call__(self, batch: Batch, train: bool = False, rng=None):
@@ -371,10 +394,11 @@ class Tabular:
         return {"mean": self.mean, "std": self.std}, {
             "numeric": [[f, list(s)] for f, s in self.numeric],
             "categorical": [[f, list(levels)] for f, levels in self.categorical],
-            "standardize": self.standardize}
+            "standardize": self.standardize,
+        }
 
     @classmethod
-    def from_state(cls, arrays, s) -> "Tabular":
+    def from_state(cls, arrays, s) -> Tabular:
         return cls(s["numeric"], s["categorical"], arrays["mean"], arrays["std"], s["standardize"])
 
 

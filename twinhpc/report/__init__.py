@@ -53,11 +53,17 @@ def summary(results: dict[str, Any], run: str | os.PathLike = "RUN") -> str:
     """The text ``twinhpc report`` prints for a ``read_results`` dict."""
     config, metrics, rep = results["config"], results["metrics"], results["report"]
     metric = metric_of(results)
-    lines = [f"run {run}: {results['epochs']} epoch(s), model {config.get('model', {}).get('name', '?')}, "
-             f"dataset {config.get('data', {}).get('dataset', '?')}"]
-    names = [n for n in ("loss", "val_loss", metric, f"val_{metric}", "lr", "epoch_time_s", "samples_per_s")
-             if n in metrics] + sorted(n for n in metrics if n not in
-                                       ("loss", "val_loss", metric, f"val_{metric}", "lr", "epoch_time_s", "samples_per_s"))
+    lines = [
+        f"run {run}: {results['epochs']} epoch(s), model {config.get('model', {}).get('name', '?')}, "
+        f"dataset {config.get('data', {}).get('dataset', '?')}"
+    ]
+    names = [
+        n for n in ("loss", "val_loss", metric, f"val_{metric}", "lr", "epoch_time_s", "samples_per_s") if n in metrics
+    ] + sorted(
+        n
+        for n in metrics
+        if n not in ("loss", "val_loss", metric, f"val_{metric}", "lr", "epoch_time_s", "samples_per_s")
+    )
     key = [m for m in ("loss", "val_loss", metric, f"val_{metric}") if m in metrics]
     n = results["epochs"]
     if n:
@@ -75,8 +81,11 @@ def summary(results: dict[str, Any], run: str | os.PathLike = "RUN") -> str:
     timing = {k: float(np.nansum(v)) for k, v in results["timing"].items()}
     if timing:
         total = sum(timing.values()) or 1.0
-        lines += ["", "timing over all epochs (rank 0): " + ", ".join(
-            f"{k} {v:.2f} s ({v / total:.1%})" for k, v in sorted(timing.items(), key=lambda kv: -kv[1]))]
+        lines += [
+            "",
+            "timing over all epochs (rank 0): "
+            + ", ".join(f"{k} {v:.2f} s ({v / total:.1%})" for k, v in sorted(timing.items(), key=lambda kv: -kv[1])),
+        ]
     return "\n".join(lines)
 
 
@@ -87,9 +96,13 @@ def _report_text(rep: dict[str, Any]) -> str:
     lines = [head + ", ".join(f"{k} {_fmt(rep[k])}" for k in ("accuracy", "loss", "macro_f1") if k in rep)]
     if "precision" in rep:
         classes = rep.get("classes", [str(i) for i in range(len(rep["precision"]))])
-        lines += _table(["class", "precision", "recall", "f1", "support"],
-                        [[c, p, r, f, int(s)] for c, p, r, f, s in
-                         zip(classes, rep["precision"], rep["recall"], rep["f1"], rep["support"])])
+        lines += _table(
+            ["class", "precision", "recall", "f1", "support"],
+            [
+                [c, p, r, f, int(s)]
+                for c, p, r, f, s in zip(classes, rep["precision"], rep["recall"], rep["f1"], rep["support"])
+            ],
+        )
     return "\n".join(lines)
 
 

@@ -18,8 +18,12 @@ from typing import Any
 import numpy as np
 
 #: timing phases in stacking order, and their colours
-PHASES = (("data_wait", "#d62728"), ("forward_backward", "#1f77b4"), ("communication", "#ff7f0e"),
-          ("optimizer", "#2ca02c"))
+PHASES = (
+    ("data_wait", "#d62728"),
+    ("forward_backward", "#1f77b4"),
+    ("communication", "#ff7f0e"),
+    ("optimizer", "#2ca02c"),
+)
 
 
 def _pyplot():
@@ -81,8 +85,14 @@ def metric_plot(results: dict[str, Any], metric: str, path: Path) -> Path:
     if val is not None and np.isfinite(val).any():
         best = best_epoch(val, metric)
         ax.plot([best + 1], [val[best]], "*", color="black", markersize=10, label=f"best val_{metric}")
-        ax.annotate(f"{val[best]:.4g}", (best + 1, val[best]), textcoords="offset points",
-                    xytext=(0, -14), ha="center", fontsize=8)
+        ax.annotate(
+            f"{val[best]:.4g}",
+            (best + 1, val[best]),
+            textcoords="offset points",
+            xytext=(0, -14),
+            ha="center",
+            fontsize=8,
+        )
     ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
     ax.grid(alpha=0.3)
@@ -112,14 +122,24 @@ def confusion_plot(report: dict[str, Any], path: Path) -> Path:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_xticks(range(k), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
     ax.set_yticks(range(k), names)
-    ax.set(xlabel="predicted", ylabel="true",
-           title=f"confusion ({report.get('split', 'val')}, accuracy {report.get('accuracy', float('nan')):.4f})")
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        title=f"confusion ({report.get('split', 'val')}, accuracy {report.get('accuracy', float('nan')):.4f})",
+    )
     if k <= 20:
         for i in range(k):
             for j in range(k):
                 if confusion[i, j]:
-                    ax.text(j, i, f"{share[i, j]:.2f}\n{int(confusion[i, j])}", ha="center", va="center",
-                            fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{share[i, j]:.2f}\n{int(confusion[i, j])}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     return _save(fig, path)
 
 

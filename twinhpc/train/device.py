@@ -39,8 +39,11 @@ def resolve_device(name: str, where: str = "train.device") -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         info = process_info()
-        raise JobFileError(where, f"is 'cuda', but torch {torch.__version__} sees no CUDA device on "
-                                  f"host {info.host} (rank {info.rank}); use 'cpu' or 'auto'")
+        raise JobFileError(
+            where,
+            f"is 'cuda', but torch {torch.__version__} sees no CUDA device on "
+            f"host {info.host} (rank {info.rank}); use 'cpu' or 'auto'",
+        )
     index = process_info().local_rank % torch.cuda.device_count()
     torch.cuda.set_device(index)
     return torch.device("cuda", index)

@@ -20,8 +20,9 @@ Note:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,8 +44,16 @@ def split_loader(directory, split: str, job: Job, world, fields=None) -> Sharded
 
     n = Manifest.load(directory).split(split).count
     batch = max(1, min(job.data.per_rank_batch(world.size), -(-n // world.size)))
-    loader = ShardedLoader(directory, split, batch, seed=job.data.seed, fields=fields, policy="pad",
-                           prefetch=job.data.prefetch, world=world)
+    loader = ShardedLoader(
+        directory,
+        split,
+        batch,
+        seed=job.data.seed,
+        fields=fields,
+        policy="pad",
+        prefetch=job.data.prefetch,
+        world=world,
+    )
     loader.set_epoch(EVAL_EPOCH)
     return loader
 
@@ -57,8 +66,9 @@ def autocast(bf16: bool, device: torch.device):
 
 
 @torch.no_grad()
-def infer(model: torch.nn.Module, loader: ShardedLoader, transform: Callable, *, loss_fn=None,
-          bf16: bool = False) -> dict[str, np.ndarray]:
+def infer(
+    model: torch.nn.Module, loader: ShardedLoader, transform: Callable, *, loss_fn=None, bf16: bool = False
+) -> dict[str, np.ndarray]:
     """This rank's outputs over its share of the split (the loader's epoch :data:`EVAL_EPOCH`).
 
     Returns ``index`` (int64 global sample indices), ``output`` (float32 model outputs), and,
@@ -81,7 +91,7 @@ def infer(model: torch.nn.Module, loader: ShardedLoader, transform: Callable, *,
             if loss_fn is not None:
                 parts["loss"].append(loss_fn(out, y).float().cpu().numpy())
     model.train(was_training)
-    result = {"index": order[:sum(len(o) for o in parts["output"])].astype(np.int64)}
+    result = {"index": order[: sum(len(o) for o in parts["output"])].astype(np.int64)}
     result.update({k: np.concatenate(v) for k, v in parts.items() if v})
     return result
 
@@ -126,7 +136,7 @@ class Evaluation:
     loss: float
     metric_name: str
     metric: float
-    rows: dict[str, np.ndarray]   # index, output, target, loss: one row per sample, by index
+    rows: dict[str, np.ndarray]  # index, output, target, loss: one row per sample, by index
     classes: tuple[str, ...] = ()
 
     def metrics(self, prefix: str = "val_") -> dict[str, float]:
@@ -145,8 +155,9 @@ class Evaluation:
         return {**report, "loss": self.loss, "split": self.split}
 
 
-def evaluate(model: torch.nn.Module, loader: ShardedLoader, transform: Callable, job: Job, world,
-             classes: tuple[str, ...] = ()) -> Evaluation:
+def evaluate(
+    model: torch.nn.Module, loader: ShardedLoader, transform: Callable, job: Job, world, classes: tuple[str, ...] = ()
+) -> Evaluation:
     """Loss and ``train.metric`` of ``model`` over the loader's split; collective.
 
     Raises
@@ -157,12 +168,18 @@ def evaluate(model: torch.nn.Module, loader: ShardedLoader, transform: Callable,
     from ..errors import TwinError
 
     task = job.train.task
-    rows = merge(world, infer(model, loader, transform, loss_fn=make_loss(job.train.task_loss),
-                              bf16=job.train.bf16))
+    rows = merge(world, infer(model, loader, transform, loss_fn=make_loss(job.train.task_loss), bf16=job.train.bf16))
     if "target" not in rows:
         raise TwinError(f"split {loader.split!r} of {loader.directory} has no label field to evaluate against")
     pred = predictions(task, torch.from_numpy(rows["output"])).numpy()
     n_classes = (len(classes) or rows["output"].shape[1]) if task == "classification" else None
     metric = metric_value(job.train.task_metric, pred, rows["target"], n_classes)
-    return Evaluation(task, loader.split, float(rows["loss"].astype(np.float64).mean()), job.train.task_metric,
-                      float(metric), rows, tuple(classes))
+    return Evaluation(
+        task,
+        loader.split,
+        float(rows["loss"].astype(np.float64).mean()),
+        job.train.task_metric,
+        float(metric),
+        rows,
+        tuple(classes),
+    )

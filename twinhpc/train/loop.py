@@ -77,8 +77,9 @@ def run_directory(job: Job, out=None) -> Path:
     return Path(where)
 
 
-def train(job: Job, out=None, *, resume: bool = False, world: World | None = None, prepared=None,
-          progress: bool | None = None) -> TrainResult:
+def train(
+    job: Job, out=None, *, resume: bool = False, world: World | None = None, prepared=None, progress: bool | None = None
+) -> TrainResult:
     """Train ``job``'s model; collective over ``world``.
 
     Parameters
@@ -110,9 +111,16 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
     run = TrainingRun(job, run_directory(job, out), world, prepared, resume=resume, progress=progress)
     cfg, state, loader, model, optimizer = job.train, run.state, run.loader, run.model, run.optimizer
     accumulate, status = run.accumulate, "finished"
-    run.stop = StopSignal.install()   # before the line below: a test waits for it to send a signal
-    log.info("training %s on %d rank(s): %d steps per epoch of %d samples, %d epoch(s), run %s",
-             job.model.name, world.size, run.steps_per_epoch, run.samples_per_step, cfg.epochs, run.run_dir)
+    run.stop = StopSignal.install()  # before the line below: a test waits for it to send a signal
+    log.info(
+        "training %s on %d rank(s): %d steps per epoch of %d samples, %d epoch(s), run %s",
+        job.model.name,
+        world.size,
+        run.steps_per_epoch,
+        run.samples_per_step,
+        cfg.epochs,
+        run.run_dir,
+    )
     try:
         model.train()
         while state.epoch < cfg.epochs and state.step < run.total_steps:
@@ -136,13 +144,19 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
                             loss = run.loss_fn(outputs, y).mean()
                         (loss / accumulate).backward()
                     # the loss and the metric statistics, copied to the host without waiting
-                    scalars.append(torch.cat([loss.detach().double().reshape(1),
-                                              batch_stats(cfg.task, outputs.detach().float(), y, run.n_out)]))
+                    scalars.append(
+                        torch.cat(
+                            [
+                                loss.detach().double().reshape(1),
+                                batch_stats(cfg.task, outputs.detach().float(), y, run.n_out),
+                            ]
+                        )
+                    )
                     batch_indices.append(loader.batches_consumed - 1)
                     timing["data_wait"] += t1 - t0
                     timing["forward_backward"] += time.perf_counter() - t1
                 t0 = time.perf_counter()
-                model.synchronize()                   # gradients: the average over the ranks
+                model.synchronize()  # gradients: the average over the ranks
                 # the previous step's scalars: on a GPU read while the device runs this step
                 stopping = run.drain()
                 timing["communication"] = time.perf_counter() - t0
@@ -152,30 +166,35 @@ def train(job: Job, out=None, *, resume: bool = False, world: World | None = Non
                 optimizer.zero_grad(set_to_none=True)
                 timing["optimizer"] = time.perf_counter() - t0
                 state.step += 1
-                run.pending = PendingStep(state.step, epoch, lr, batch_indices, HostCopy(scalars), timing,
-                                          time.perf_counter() - t_step)
+                run.pending = PendingStep(
+                    state.step, epoch, lr, batch_indices, HostCopy(scalars), timing, time.perf_counter() - t_step
+                )
                 # -- checkpoint, and stop on a signal ----------------------------------------
                 every = cfg.checkpoint_every
                 if stopping or (every != "epoch" and state.step % every == 0):
-                    stopping = run.drain() or stopping     # a checkpoint holds only checked steps
+                    stopping = run.drain() or stopping  # a checkpoint holds only checked steps
                     state.elapsed = time.perf_counter() - t_epoch
                     checkpoint = run.save(epoch)
                     if stopping:
                         return run.preempted(checkpoint, epoch)
-            if run.drain():                               # the epoch's last step
+            if run.drain():  # the epoch's last step
                 state.elapsed = time.perf_counter() - t_epoch
                 return run.preempted(run.save(epoch), epoch)
 
             # -- end of the epoch: validate, record, decide ----------------------------------
-            run.end_epoch(epoch, lr, t_epoch)   # the /metrics row, schedule, early-stopping counters; next epoch
+            run.end_epoch(epoch, lr, t_epoch)  # the /metrics row, schedule, early-stopping counters; next epoch
             if cfg.checkpoint_every == "epoch" or state.step >= run.total_steps:
                 run.save(state.epoch)
             elif run.results is not None:
                 run.results.flush()
             es = cfg.early_stopping
             if es.patience and state.bad_epochs >= es.patience:
-                log.info("early stopping: %s has not improved for %d epoch(s) (best %.6g)",
-                         es.metric, state.bad_epochs, state.best)
+                log.info(
+                    "early stopping: %s has not improved for %d epoch(s) (best %.6g)",
+                    es.metric,
+                    state.bad_epochs,
+                    state.best,
+                )
                 status = "early_stopped"
                 break
 

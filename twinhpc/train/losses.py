@@ -12,7 +12,7 @@ exactly once, whatever the number of ranks or batches (see :mod:`twinhpc.train.e
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ def _regression(f) -> LossFn:
     def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = targets.to(torch.float32).reshape(outputs.shape)
         return _per_sample(f(outputs.float(), targets, reduction="none"))
+
     return loss
 
 
@@ -128,6 +129,6 @@ def metric_from_stats(name: str, stats: np.ndarray, classes: int) -> float:
         return float(abs_err.sum() / n.sum())
     if name == "rmse":
         return float(np.sqrt(sq_err.sum() / n.sum()))
-    ss_tot = sum_y2 - sum_y ** 2 / np.maximum(n, 1)
+    ss_tot = sum_y2 - sum_y**2 / np.maximum(n, 1)
     r2 = np.where(ss_tot > 0, 1 - sq_err / np.where(ss_tot > 0, ss_tot, 1), (sq_err == 0).astype(float))
     return float(r2.mean())

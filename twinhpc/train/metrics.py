@@ -44,16 +44,18 @@ def confusion_report(y_true, y_pred, n_classes: int, class_names=None) -> dict[s
     y_true = np.asarray(y_true).reshape(-1)
     y_pred = np.asarray(y_pred).reshape(-1)
     if y_true.shape != y_pred.shape or y_true.size == 0:
-        raise ValueError(f"y_true and y_pred must be non-empty and of equal length, got "
-                         f"{y_true.size} and {y_pred.size}")
+        raise ValueError(
+            f"y_true and y_pred must be non-empty and of equal length, got {y_true.size} and {y_pred.size}"
+        )
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n_classes:
-            raise ValueError(f"{name} must hold class indices in [0, {n_classes}), got "
-                             f"{y.dtype} values in [{y.min()}, {y.max()}]")
+            raise ValueError(
+                f"{name} must hold class indices in [0, {n_classes}), got {y.dtype} values in [{y.min()}, {y.max()}]"
+            )
     names = [str(c) for c in (class_names if class_names is not None else range(n_classes))]
     if len(names) != n_classes:
         raise ValueError(f"{len(names)} class names for {n_classes} classes")
-    confusion = np.bincount(y_true.astype(np.int64) * n_classes + y_pred, minlength=n_classes ** 2)
+    confusion = np.bincount(y_true.astype(np.int64) * n_classes + y_pred, minlength=n_classes**2)
     confusion = confusion.reshape(n_classes, n_classes).astype(np.int64)
     hits = np.diag(confusion).astype(np.float64)
     support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
@@ -62,9 +64,18 @@ def confusion_report(y_true, y_pred, n_classes: int, class_names=None) -> dict[s
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n_classes), where=denom > 0)
     seen = (support + predicted) > 0
-    return {"task": "classification", "n": int(y_true.size), "accuracy": float(hits.sum() / y_true.size),
-            "macro_f1": float(f1[seen].mean()), "confusion": confusion, "precision": precision,
-            "recall": recall, "f1": f1, "support": support.astype(np.int64), "classes": names}
+    return {
+        "task": "classification",
+        "n": int(y_true.size),
+        "accuracy": float(hits.sum() / y_true.size),
+        "macro_f1": float(f1[seen].mean()),
+        "confusion": confusion,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": support.astype(np.int64),
+        "classes": names,
+    }
 
 
 def regression_report(y, yhat) -> dict[str, Any]:
@@ -89,12 +100,18 @@ def regression_report(y, yhat) -> dict[str, Any]:
     y = np.asarray(y, dtype=np.float64)
     yhat = np.asarray(yhat, dtype=np.float64)
     if y.shape != yhat.shape or y.size == 0 or y.ndim not in (1, 2):
-        raise ValueError(f"y and yhat must be non-empty [n] or [n, outputs] arrays of equal shape, "
-                         f"got {y.shape} and {yhat.shape}")
+        raise ValueError(
+            f"y and yhat must be non-empty [n] or [n, outputs] arrays of equal shape, got {y.shape} and {yhat.shape}"
+        )
     err = yhat - y
     y2, e2 = y.reshape(len(y), -1), err.reshape(len(y), -1)
-    ss_res = (e2 ** 2).sum(axis=0)
+    ss_res = (e2**2).sum(axis=0)
     ss_tot = ((y2 - y2.mean(axis=0)) ** 2).sum(axis=0)
     r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), (ss_res == 0).astype(float))
-    return {"task": "regression", "n": len(y), "mae": float(np.abs(err).mean()),
-            "rmse": float(np.sqrt((err ** 2).mean())), "r2": float(r2.mean())}
+    return {
+        "task": "regression",
+        "n": len(y),
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "r2": float(r2.mean()),
+    }

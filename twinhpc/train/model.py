@@ -21,11 +21,18 @@ from ..config import Job, JobFileError, check_structure
 from ..models import build, builder
 
 #: ``[model.structure]`` keys that must equal what the preprocessed data says, and what it is
-DATA_EQUAL = {"in_features": "features per sample", "in_channels": "image channels",
-              "input_size": "pixels of image height", "classes": "outputs (classes, or regression targets)"}
+DATA_EQUAL = {
+    "in_features": "features per sample",
+    "in_channels": "image channels",
+    "input_size": "pixels of image height",
+    "classes": "outputs (classes, or regression targets)",
+}
 #: keys that must be at least what the data says (embedding rows and positions may be spare)
-DATA_AT_LEAST = {"vocab_size": "token ids (vocabulary and special tokens)", "max_len": "tokens per sample",
-                 "block_size": "tokens per sample"}
+DATA_AT_LEAST = {
+    "vocab_size": "token ids (vocabulary and special tokens)",
+    "max_len": "tokens per sample",
+    "block_size": "tokens per sample",
+}
 
 
 def check_structure_against_data(name: str, structure: dict, defaults: dict, data_dir) -> None:
@@ -50,9 +57,12 @@ def check_structure_against_data(name: str, structure: dict, defaults: dict, dat
             wanted, what = "at least", DATA_AT_LEAST[k]
         else:
             continue
-        raise JobFileError(f"model.structure.{k}", f"is {v}, but the preprocessed data {data_dir} has "
-                                                   f"{data} {what} (model {name!r} needs {wanted} that "
-                                                   f"many); leave the key out to take it from the data")
+        raise JobFileError(
+            f"model.structure.{k}",
+            f"is {v}, but the preprocessed data {data_dir} has "
+            f"{data} {what} (model {name!r} needs {wanted} that "
+            f"many); leave the key out to take it from the data",
+        )
 
 
 def build_model(job: Job, prep) -> torch.nn.Module:
@@ -73,8 +83,9 @@ def build_model(job: Job, prep) -> torch.nn.Module:
     params = inspect.signature(make).parameters
     defaults = {k: v for k, v in prep.model_defaults.items() if k in params}
     structure = check_structure(make, {**defaults, **job.model.structure}, where=f"model {name!r}")
-    check_structure_against_data(name, {k: structure[k] for k in job.model.structure if k in structure},
-                                 defaults, prep.dataset_dir)
+    check_structure_against_data(
+        name, {k: structure[k] for k in job.model.structure if k in structure}, defaults, prep.dataset_dir
+    )
     model = build(name, **structure)
     if job.train.dropout is not None:
         set_dropout(model, job.train.dropout)

@@ -22,7 +22,7 @@ Note:
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -39,8 +39,13 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> to
     """
     params = list(params)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
     return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
@@ -72,7 +77,7 @@ class Schedule:
         self.cfg = cfg
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.total_steps = max(1, total_steps)
-        self.plateau_factor = 1.0   # product of the plateau decays so far
+        self.plateau_factor = 1.0  # product of the plateau decays so far
         self.best: float | None = None
         self.bad_epochs = 0
 

@@ -39,8 +39,7 @@ def find_checkpoint(run=None, checkpoint=None) -> Path:
         raise TwinError("give a run directory (--run RUN) or a checkpoint (--checkpoint PATH)")
     path = latest(run)
     if path is None:
-        raise TwinError(f"{run}: no checkpoint in {Path(run) / 'ckpt'} (is it the run directory of "
-                        f"`twinhpc train`?)")
+        raise TwinError(f"{run}: no checkpoint in {Path(run) / 'ckpt'} (is it the run directory of `twinhpc train`?)")
     return path
 
 
@@ -62,8 +61,9 @@ def _prepared(job: Job, world: World, prepared):
     return world.run(lambda: open_prepared(job))
 
 
-def validate(job: Job, run=None, *, checkpoint=None, split: str | None = None, world: World | None = None,
-             prepared=None) -> dict:
+def validate(
+    job: Job, run=None, *, checkpoint=None, split: str | None = None, world: World | None = None, prepared=None
+) -> dict:
     """Evaluate a checkpoint on a split of the preprocessed data; collective.
 
     Parameters
@@ -87,8 +87,17 @@ def validate(job: Job, run=None, *, checkpoint=None, split: str | None = None, w
     return {**ev.report(), "checkpoint": str(path)}
 
 
-def predict(job: Job, run=None, dataset=None, out=None, *, checkpoint=None, split: str | None = None,
-            world: World | None = None, prepared=None) -> Path | None:
+def predict(
+    job: Job,
+    run=None,
+    dataset=None,
+    out=None,
+    *,
+    checkpoint=None,
+    split: str | None = None,
+    world: World | None = None,
+    prepared=None,
+) -> Path | None:
     """Predict every sample of ``dataset``'s split with a checkpoint into ``out``; collective.
 
     Parameters
@@ -120,14 +129,23 @@ def predict(job: Job, run=None, dataset=None, out=None, *, checkpoint=None, spli
     model = world.run(lambda: load_model(job, prep, path))
     loader = split_loader(dataset, split, job, world, fields)
     with loader:
-        rows = merge(world, infer(model, loader, lambda batch: prep.transform(encode(batch)),
-                                  bf16=job.train.bf16), root=0)
+        rows = merge(
+            world, infer(model, loader, lambda batch: prep.transform(encode(batch)), bf16=job.train.bf16), root=0
+        )
     if world.rank != 0:
         world.barrier()
         return None
     try:
-        write_predictions(Path(out), rows, task=job.train.task, classes=prep.classes, dataset=str(dataset),
-                          split=split, checkpoint=str(path), config=job.to_json())
+        write_predictions(
+            Path(out),
+            rows,
+            task=job.train.task,
+            classes=prep.classes,
+            dataset=str(dataset),
+            split=split,
+            checkpoint=str(path),
+            config=job.to_json(),
+        )
     finally:
         world.barrier()
     log.info("predicted %d samples of %s split %r into %s", len(rows["index"]), dataset, split, out)
@@ -140,6 +158,6 @@ def _default_split(manifest: Manifest, job: Job, dataset) -> str:
         return job.data.test_split
     if len(splits) == 1:
         return splits[0]
-    raise TwinError(f"{dataset}: has splits {', '.join(splits)} but no {job.data.test_split!r}; "
-                    f"choose one with --split")
-
+    raise TwinError(
+        f"{dataset}: has splits {', '.join(splits)} but no {job.data.test_split!r}; choose one with --split"
+    )

@@ -55,28 +55,28 @@ class TrainResult:
     """What :func:`~twinhpc.train.loop.train` returns (on every rank)."""
 
     run_dir: Path
-    status: str                 # "finished", "early_stopped" or "preempted"
-    step: int                   # optimizer steps done
-    epoch: int                  # epochs completed
-    metrics: dict = field(default_factory=dict)   # the last epoch's row of /metrics
-    checkpoint: Path | None = None                # the newest checkpoint
+    status: str  # "finished", "early_stopped" or "preempted"
+    step: int  # optimizer steps done
+    epoch: int  # epochs completed
+    metrics: dict = field(default_factory=dict)  # the last epoch's row of /metrics
+    checkpoint: Path | None = None  # the newest checkpoint
 
 
 @dataclass
 class LoopState:
     """Where the loop stands; saved in every checkpoint's ``extra`` (JSON values only)."""
 
-    step: int = 0                  # optimizer steps done
-    epoch: int = 0                 # the epoch in progress (= epochs completed at its start)
-    best: float | None = None      # early stopping: best watched value so far
-    bad_epochs: int = 0            # early stopping: epochs since it improved
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch in progress (= epochs completed at its start)
+    best: float | None = None  # early stopping: best watched value so far
+    bad_epochs: int = 0  # early stopping: epochs since it improved
     # the epoch in progress, so that a run resumed mid-epoch records the same epoch row
-    loss_sum: float = 0.0          # Σ of the steps' global mean losses
+    loss_sum: float = 0.0  # Σ of the steps' global mean losses
     steps_in_epoch: int = 0
-    metric_stats: list = field(default_factory=list)    # Σ of batch_stats over the epoch
+    metric_stats: list = field(default_factory=list)  # Σ of batch_stats over the epoch
     timing: dict = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    elapsed: float = 0.0           # seconds of training in this epoch before the checkpoint
-    pending_steps: dict = field(default_factory=dict)   # per-step records not yet in results
+    elapsed: float = 0.0  # seconds of training in this epoch before the checkpoint
+    pending_steps: dict = field(default_factory=dict)  # per-step records not yet in results
 
     def start_epoch(self, stats_len: int) -> None:
         self.loss_sum, self.steps_in_epoch, self.elapsed = 0.0, 0, 0.0
@@ -113,13 +113,13 @@ class PendingStep:
     statistics have not been read yet: the loop reads them during the next step, so that the
     host never waits for the device in between (see :mod:`twinhpc.train.loop`)."""
 
-    step: int                  # its number (1 = the first step of the run)
+    step: int  # its number (1 = the first step of the run)
     epoch: int
     lr: float
-    batches: list[int]         # the loader's index of each micro-batch in the epoch
-    scalars: HostCopy          # a row per micro-batch: loss, then batch_stats
-    timing: dict               # seconds per phase
-    time_s: float              # the step's wall time on the host
+    batches: list[int]  # the loader's index of each micro-batch in the epoch
+    scalars: HostCopy  # a row per micro-batch: loss, then batch_stats
+    timing: dict  # seconds per phase
+    time_s: float  # the step's wall time on the host
 
 
 def step_allreduce(world: World, values: np.ndarray) -> np.ndarray:
@@ -206,8 +206,16 @@ class TrainingRun:
         The last validation of this process, ``None`` before the first.
     """
 
-    def __init__(self, job: Job, run_dir: Path, world: World, prepared=None, *, resume: bool = False,
-                 progress: bool | None = None):
+    def __init__(
+        self,
+        job: Job,
+        run_dir: Path,
+        world: World,
+        prepared=None,
+        *,
+        resume: bool = False,
+        progress: bool | None = None,
+    ):
         self.job, self.world, self.run_dir = job, world, run_dir
         self.master_process = world.rank == 0
         self.cfg = cfg = job.train
@@ -223,32 +231,45 @@ class TrainingRun:
         self.per_rank = job.data.per_rank_batch(world.size)
         self.loader = self.val_loader = self.engine = None
         try:
-            self.loader = ShardedLoader(prep.dataset_dir, job.data.train_split, self.per_rank, seed=job.data.seed,
-                                        fields=prep.fields, policy=job.data.policy, prefetch=job.data.prefetch,
-                                        world=world)
+            self.loader = ShardedLoader(
+                prep.dataset_dir,
+                job.data.train_split,
+                self.per_rank,
+                seed=job.data.seed,
+                fields=prep.fields,
+                policy=job.data.policy,
+                prefetch=job.data.prefetch,
+                world=world,
+            )
             self.val_loader = split_loader(prep.dataset_dir, job.data.val_split, job, world, prep.fields)
             self.accumulate = ocfg.accumulate
             self.steps_per_epoch = len(self.loader) // self.accumulate
             if self.steps_per_epoch == 0:
-                raise TwinError(f"optim.accumulate: {self.accumulate} micro-batches per step, but an epoch has "
-                                f"only {len(self.loader)} batches of data.batch_size {job.data.batch_size}")
+                raise TwinError(
+                    f"optim.accumulate: {self.accumulate} micro-batches per step, but an epoch has "
+                    f"only {len(self.loader)} batches of data.batch_size {job.data.batch_size}"
+                )
             self.total_steps = min(cfg.max_steps or math.inf, self.steps_per_epoch * cfg.epochs)
             self.samples_per_step = job.data.batch_size * self.accumulate
 
             # -- model, optimizer, schedule, loss ---------------------------------------------------
-            torch.manual_seed(cfg.seed)                       # the same initial weights on every rank
+            torch.manual_seed(cfg.seed)  # the same initial weights on every rank
             self.engine = Engine(world.comm, stall_timeout=cfg.stall_timeout)
             self.device = resolve_device(cfg.device)
             self.on_device = {"device": self.device} if self.device.type == "cuda" else {}
-            self.model = DataParallel(build_model(job, prep).to(self.device), engine=self.engine,
-                                      bucket_cap_mb=cfg.bucket_cap_mb, wire_dtype=WIRE_DTYPES[cfg.wire_dtype])
+            self.model = DataParallel(
+                build_model(job, prep).to(self.device),
+                engine=self.engine,
+                bucket_cap_mb=cfg.bucket_cap_mb,
+                wire_dtype=WIRE_DTYPES[cfg.wire_dtype],
+            )
             self.optimizer = make_optimizer(self.model.parameters(), ocfg)
             self.schedule = Schedule(ocfg, self.steps_per_epoch, int(self.total_steps))
             self.loss_fn = make_loss(cfg.task_loss)
             self.n_out = len(prep.classes) or int(prep.model_defaults.get("classes", 1))
             self.stats_len = stats_size(cfg.task, self.n_out)
-            torch.manual_seed(cfg.seed + world.rank)          # dropout: per rank
-            self.aug_rng = np.random.default_rng(cfg.seed + world.rank)   # augmentation: per rank
+            torch.manual_seed(cfg.seed + world.rank)  # dropout: per rank
+            self.aug_rng = np.random.default_rng(cfg.seed + world.rank)  # augmentation: per rank
 
             # -- the record, and where to start -----------------------------------------------------
             from ..env import startup_report
@@ -257,11 +278,15 @@ class TrainingRun:
             self.state = LoopState()
             self.state.start_epoch(self.stats_len)
             checkpoint = latest(run_dir) if resume else None
-            self.results = (ResultsWriter(run_dir, job.to_json(), environment, resume=checkpoint is not None)
-                            if self.master_process else None)
+            self.results = (
+                ResultsWriter(run_dir, job.to_json(), environment, resume=checkpoint is not None)
+                if self.master_process
+                else None
+            )
             if checkpoint is not None:
-                info = load_checkpoint(checkpoint, self.model.module, self.optimizer, rank=world.rank,
-                                       generators={"augment": self.aug_rng})
+                info = load_checkpoint(
+                    checkpoint, self.model.module, self.optimizer, rank=world.rank, generators={"augment": self.aug_rng}
+                )
                 self.loader.load_state_dict(info["loader"])
                 self.state = LoopState(**info["extra"]["loop"])
                 self.schedule.load_state_dict(info["extra"]["schedule"])
@@ -269,10 +294,10 @@ class TrainingRun:
                     self.results.truncate(epochs=self.state.epoch, step=self.state.step)
                 log.info("resuming from %s: step %d, epoch %d", checkpoint, self.state.step, self.state.epoch + 1)
 
-            self.stop = StopSignal()   # a flag that nothing sets, until train() installs the handlers
+            self.stop = StopSignal()  # a flag that nothing sets, until train() installs the handlers
             self.pending: PendingStep | None = None
             self.saved_step: int | None = None
-            self.bar = Progress(self.steps_per_epoch, "", enabled=False)   # replaced by each epoch's
+            self.bar = Progress(self.steps_per_epoch, "", enabled=False)  # replaced by each epoch's
             self.row: dict = {}
             self.last_eval: Evaluation | None = None
         except BaseException:
@@ -303,11 +328,18 @@ class TrainingRun:
         self.saved_step = state.step
         states = self.world.gather(rng_state({"augment": self.aug_rng}))
         path = None
-        if self.results is not None:   # rank 0
-            path = save_checkpoint(self.run_dir, step=state.step, epoch=epoch, model=self.model.module,
-                                   optimizer=self.optimizer, loader=self.loader.state_dict(), rng=states,
-                                   extra={"loop": asdict(state), "schedule": self.schedule.state_dict()},
-                                   keep=self.cfg.keep_checkpoints)
+        if self.results is not None:  # rank 0
+            path = save_checkpoint(
+                self.run_dir,
+                step=state.step,
+                epoch=epoch,
+                model=self.model.module,
+                optimizer=self.optimizer,
+                loader=self.loader.state_dict(),
+                rng=states,
+                extra={"loop": asdict(state), "schedule": self.schedule.state_dict()},
+                keep=self.cfg.keep_checkpoints,
+            )
             self.results.flush()
         return self.world.bcast(path)
 
@@ -316,7 +348,7 @@ class TrainingRun:
         and stop flags), raise :class:`NonFiniteLoss` on a non-finite loss, record the step;
         True when a rank got a stop signal."""
         state, accumulate = self.state, self.accumulate
-        local = np.zeros(3 + self.stats_len)       # loss, non-finite, stop flag, metric stats
+        local = np.zeros(3 + self.stats_len)  # loss, non-finite, stop flag, metric stats
         bad_batch = None
         for batch_index, values in zip(step.batches, step.scalars.read()):
             value = float(values[0])
@@ -339,8 +371,9 @@ class TrainingRun:
         if step.step % self.cfg.log_every == 0:
             log.debug("step %d: loss %.6g lr %.6g %.3fs", step.step, step_loss, step.lr, step.time_s)
             if self.results is not None:
-                self.results.append_steps({"step": [step.step], "loss": [step_loss], "lr": [step.lr],
-                                           "step_time_s": [step.time_s]})
+                self.results.append_steps(
+                    {"step": [step.step], "loss": [step_loss], "lr": [step.lr], "step_time_s": [step.time_s]}
+                )
         return total[2] > 0
 
     def drain(self) -> bool:
@@ -351,8 +384,12 @@ class TrainingRun:
 
     def preempted(self, checkpoint: Path | None, epoch: int) -> TrainResult:
         """The result of a run stopped by a signal after writing ``checkpoint`` in ``epoch``."""
-        log.warning("stop signal: checkpoint %s written at step %d (epoch %d); exiting for a requeue",
-                    checkpoint, self.state.step, epoch + 1)
+        log.warning(
+            "stop signal: checkpoint %s written at step %d (epoch %d); exiting for a requeue",
+            checkpoint,
+            self.state.step,
+            epoch + 1,
+        )
         return TrainResult(self.run_dir, "preempted", self.state.step, self.state.epoch, self.row, checkpoint)
 
     def end_epoch(self, epoch: int, lr: float, t_epoch: float) -> None:
@@ -368,13 +405,25 @@ class TrainingRun:
         row = self.row = {
             "loss": state.loss_sum / max(1, state.steps_in_epoch),
             metric: metric_from_stats(metric, np.asarray(state.metric_stats), self.n_out),
-            **self.last_eval.metrics(), "lr": lr,
+            **self.last_eval.metrics(),
+            "lr": lr,
             "epoch_time_s": time.perf_counter() - t_epoch,
-            "samples_per_s": state.steps_in_epoch * self.samples_per_step / max(train_time, 1e-9)}
-        log.info("epoch %d/%d - %d steps - loss: %.4f - %s: %.4f - val_loss: %.4f - val_%s: %.4f "
-                 "- %.1fs - %.0f samples/s", epoch + 1, cfg.epochs, state.steps_in_epoch, row["loss"],
-                 metric, row[metric], row["val_loss"], metric, row[f"val_{metric}"],
-                 row["epoch_time_s"], row["samples_per_s"])
+            "samples_per_s": state.steps_in_epoch * self.samples_per_step / max(train_time, 1e-9),
+        }
+        log.info(
+            "epoch %d/%d - %d steps - loss: %.4f - %s: %.4f - val_loss: %.4f - val_%s: %.4f - %.1fs - %.0f samples/s",
+            epoch + 1,
+            cfg.epochs,
+            state.steps_in_epoch,
+            row["loss"],
+            metric,
+            row[metric],
+            row["val_loss"],
+            metric,
+            row[f"val_{metric}"],
+            row["epoch_time_s"],
+            row["samples_per_s"],
+        )
         if self.results is not None:
             self.results.append_epoch(row, timing=dict(state.timing))
         es = cfg.early_stopping
@@ -390,9 +439,10 @@ class TrainingRun:
     def validate(self) -> Evaluation:
         """Collective. Re-align the BatchNorm statistics to rank 0's, then evaluate the model on
         the validation split."""
-        self.model.broadcast_state()                  # BatchNorm statistics: rank 0's everywhere
-        return evaluate(self.model.module, self.val_loader, self.prep.transform, self.job, self.world,
-                        tuple(self.prep.classes))
+        self.model.broadcast_state()  # BatchNorm statistics: rank 0's everywhere
+        return evaluate(
+            self.model.module, self.val_loader, self.prep.transform, self.job, self.world, tuple(self.prep.classes)
+        )
 
     def final_report(self, status: str) -> TrainResult:
         """Collective. Validate the final model when this process has not (a run resumed after
@@ -413,9 +463,11 @@ class TrainingRun:
         message = None
         if bad_batch is not None:
             index, value = bad_batch
-            samples = self.loader.indices(step.epoch)[index * self.per_rank:(index + 1) * self.per_rank]
-            message = (f"loss is {value} at optimizer step {step.step} (epoch {step.epoch + 1}, batch {index + 1}); "
-                       f"samples {samples.tolist()} of split {self.job.data.train_split!r}")
+            samples = self.loader.indices(step.epoch)[index * self.per_rank : (index + 1) * self.per_rank]
+            message = (
+                f"loss is {value} at optimizer step {step.step} (epoch {step.epoch + 1}, batch {index + 1}); "
+                f"samples {samples.tolist()} of split {self.job.data.train_split!r}"
+            )
         good = world.bcast(str(latest(run_dir)) if world.rank == 0 and latest(run_dir) else None)
         errors = world.allgather(message)
         where = "; ".join(f"rank {r}: {m}" for r, m in enumerate(errors) if m)

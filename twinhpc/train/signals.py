@@ -59,11 +59,11 @@ class StopSignal:
     """Records SIGUSR2 / SIGTERM; the loop asks :attr:`received` at step boundaries."""
 
     def __init__(self):
-        self.received: int | None = None   # the signal number, once one arrived
+        self.received: int | None = None  # the signal number, once one arrived
         self._previous: dict[int, object] = {}
 
     @classmethod
-    def install(cls) -> "StopSignal":
+    def install(cls) -> StopSignal:
         """Install the handler for :data:`SIGNALS` (from the main thread; elsewhere, a
         :class:`StopSignal` that never fires is returned, with a debug message)."""
         stop = cls()

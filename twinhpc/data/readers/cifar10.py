@@ -52,8 +52,10 @@ class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         target = self._ALLOWED.get((module, name))
         if target is None:
-            raise IngestError(f"{self._path}: refusing to unpickle global {module}.{name} "
-                              "(a CIFAR-10 batch holds only NumPy arrays, lists and strings)")
+            raise IngestError(
+                f"{self._path}: refusing to unpickle global {module}.{name} "
+                "(a CIFAR-10 batch holds only NumPy arrays, lists and strings)"
+            )
         return super().find_class(*target)
 
 
@@ -82,7 +84,12 @@ def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise IngestError(f"{path}: not a CIFAR-10 python batch (expected a dict with keys b'data' and b'labels')")
     data, labels = d[b"data"], np.asarray(d[b"labels"])
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * _SIDE * _SIDE:
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3 * _SIDE * _SIDE
+    ):
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise IngestError(f"{path}: b'data' must be uint8 of shape (n, {3 * _SIDE * _SIDE}), got {got}")
     if labels.ndim != 1 or len(labels) != len(data) or labels.dtype.kind not in "iu":
@@ -118,9 +125,14 @@ class Cifar10Source(Source):
         if bad.any():
             raise IngestError(f"{self.path}: label {self._labels[bad][0]} is outside the {len(classes)} classes")
         fields = (FieldSpec("image", "uint8", (_SIDE, _SIDE, 3)), FieldSpec("label", "int64"))
-        return SourceInfo(fields, len(self._labels), label_field="label", classes=classes,
-                          given_split=np.concatenate(splits),
-                          details={"files": [*TRAIN_BATCHES, TEST_BATCH]})
+        return SourceInfo(
+            fields,
+            len(self._labels),
+            label_field="label",
+            classes=classes,
+            given_split=np.concatenate(splits),
+            details={"files": [*TRAIN_BATCHES, TEST_BATCH]},
+        )
 
     def _classes(self) -> tuple[str, ...]:
         meta = self.path / META

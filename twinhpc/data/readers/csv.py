@@ -24,9 +24,9 @@ and kept as arrays; :meth:`CsvSource.read` only gathers rows.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -60,7 +60,11 @@ class ColumnPlan:
         return (*x, *(FieldSpec(f"cat_{c}", "int64") for c in self.categorical), FieldSpec("label", label_dtype))
 
     def details(self) -> dict:
-        return {"label_column": self.label, "x_columns": list(self.numeric), "categorical_columns": list(self.categorical)}
+        return {
+            "label_column": self.label,
+            "x_columns": list(self.numeric),
+            "categorical_columns": list(self.categorical),
+        }
 
 
 def plan_columns(names: list[str], is_numeric: Callable[[str], bool], options: dict, where: Path) -> ColumnPlan:
@@ -140,7 +144,9 @@ def encode_label(column, classes_option, where: Path, column_name: str) -> tuple
         codes = pc.index_in(text, value_set=pa.array(classes, pa.string()))
         if codes.null_count:
             row = int(np.flatnonzero(codes.is_null().to_numpy(zero_copy_only=False))[0])
-            raise IngestError(f"{where}: label {text[row].as_py()!r} in data row {row + 1} is not among --classes {list(classes)}")
+            raise IngestError(
+                f"{where}: label {text[row].as_py()!r} in data row {row + 1} is not among --classes {list(classes)}"
+            )
         return np.asarray(codes.to_numpy(), dtype=np.int64), classes, "int64"
     if pa.types.is_integer(typ) or pa.types.is_boolean(typ):
         values = pc.cast(column, pa.int64()).to_numpy()
@@ -167,12 +173,18 @@ class CsvSource(Source):
             raise IngestError(f"{self.path}: the source is empty (an empty file)")
         try:
             names = pacsv.open_csv(self.path).schema.names
-            table = pacsv.read_csv(self.path, convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]))
+            table = pacsv.read_csv(
+                self.path,
+                convert_options=pacsv.ConvertOptions(
+                    column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
+                ),
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as e:
             raise IngestError(f"{self.path}: not a readable CSV file with a header row ({e})") from None
         if len(set(names)) != len(names):
-            raise IngestError(f"{self.path}: the header repeats column names {sorted({n for n in names if names.count(n) > 1})}")
+            raise IngestError(
+                f"{self.path}: the header repeats column names {sorted({n for n in names if names.count(n) > 1})}"
+            )
         if table.num_rows == 0:
             raise IngestError(f"{self.path}: the source is empty (a header but no rows)")
         number = functools.cache(lambda n: _as_number(table[n]))
@@ -187,9 +199,17 @@ class CsvSource(Source):
         label_column = table[plan.label]
         if not self.option("classes") and number(plan.label) is not None:
             label_column = number(plan.label)
-        self._arrays["label"], classes, label_dtype = encode_label(label_column, self.option("classes"), self.path, plan.label)
-        return SourceInfo(plan.fields(label_dtype), table.num_rows, label_field="label", classes=classes,
-                          categorical=categorical, details=plan.details())
+        self._arrays["label"], classes, label_dtype = encode_label(
+            label_column, self.option("classes"), self.path, plan.label
+        )
+        return SourceInfo(
+            plan.fields(label_dtype),
+            table.num_rows,
+            label_field="label",
+            classes=classes,
+            categorical=categorical,
+            details=plan.details(),
+        )
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Gather the rows at ``indices`` from memory (no I/O, no failure modes)."""

@@ -54,8 +54,11 @@ class ImageFolderSource(Source):
         files: list[Path] = []
         labels: list[int] = []
         for label, folder in enumerate(class_dirs):
-            images = sorted(p for p in folder.iterdir()
-                            if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.is_file())
+            images = sorted(
+                p
+                for p in folder.iterdir()
+                if p.suffix.lower() in EXTENSIONS and not p.name.startswith(".") and p.is_file()
+            )
             if not images:
                 raise IngestError(f"{folder}: class folder holds no .jpg/.jpeg/.png images")
             files += images
@@ -63,9 +66,13 @@ class ImageFolderSource(Source):
         self._files = files
         self._labels = np.asarray(labels, dtype=np.int64)
         h, w = self._size
-        return SourceInfo((FieldSpec("image", "uint8", (h, w, 3)), FieldSpec("label", "int64")), len(files),
-                          label_field="label", classes=tuple(p.name for p in class_dirs),
-                          details={"image_size": [h, w]})
+        return SourceInfo(
+            (FieldSpec("image", "uint8", (h, w, 3)), FieldSpec("label", "int64")),
+            len(files),
+            label_field="label",
+            classes=tuple(p.name for p in class_dirs),
+            details={"image_size": [h, w]},
+        )
 
     def _decode(self, path: Path) -> np.ndarray:
         from PIL import Image

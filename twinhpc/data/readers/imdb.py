@@ -44,8 +44,10 @@ class ImdbSource(Source):
             folder = self.path / ("test" if split == "test" else "train") / cls
             if not folder.is_dir():
                 what = "--keep-unsup needs" if cls == "unsup" else "an aclImdb directory has"
-                raise IngestError(f"{folder}: missing folder ({what} train/neg, train/pos, test/neg, test/pos"
-                                  f"{', train/unsup' if cls == 'unsup' else ''})")
+                raise IngestError(
+                    f"{folder}: missing folder ({what} train/neg, train/pos, test/neg, test/pos"
+                    f"{', train/unsup' if cls == 'unsup' else ''})"
+                )
             for p in sorted(folder.iterdir()):
                 if p.name.startswith(".") or p.suffix != ".txt" or not p.is_file():
                     continue
@@ -62,9 +64,14 @@ class ImdbSource(Source):
         self._labels = np.asarray(labels, dtype=np.int64)
         self._ratings = np.asarray(ratings, dtype=np.int64)
         fields = (FieldSpec("text", "str"), FieldSpec("label", "int64"), FieldSpec("rating", "int64"))
-        return SourceInfo(fields, len(files), label_field="label", classes=CLASSES,
-                          given_split=np.asarray(splits),
-                          details={"keep_unsup": bool(self.option("keep_unsup"))})
+        return SourceInfo(
+            fields,
+            len(files),
+            label_field="label",
+            classes=CLASSES,
+            given_split=np.asarray(splits),
+            details={"keep_unsup": bool(self.option("keep_unsup"))},
+        )
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Read the review files at ``indices``; an unreadable file raises IngestError naming it."""

@@ -70,8 +70,10 @@ class JsonlSource(Source):
                 if label_key is None:
                     label_key = next((k for k in DEFAULT_LABELS if k in record), None)
                     if label_key is None:
-                        raise IngestError(f"{self.path}: line {lineno}: no 'label' or 'stars' key; name the label key "
-                                          f"with --label (keys are {sorted(record)})")
+                        raise IngestError(
+                            f"{self.path}: line {lineno}: no 'label' or 'stars' key; name the label key "
+                            f"with --label (keys are {sorted(record)})"
+                        )
                 self._check(record, label_key, lineno)
                 offsets.append(start)
                 linenos.append(lineno)
@@ -81,20 +83,27 @@ class JsonlSource(Source):
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._linenos = np.asarray(linenos, dtype=np.int64)
         self._labels, classes = self._encode(values, label_key)
-        return SourceInfo((FieldSpec("text", "str"), FieldSpec("label", "int64")), len(offsets),
-                          label_field="label", classes=classes,
-                          details={"text_field": self._text_key, "label_key": label_key})
+        return SourceInfo(
+            (FieldSpec("text", "str"), FieldSpec("label", "int64")),
+            len(offsets),
+            label_field="label",
+            classes=classes,
+            details={"text_field": self._text_key, "label_key": label_key},
+        )
 
     def _check(self, record: dict, label_key: str, lineno: int) -> None:
         if not isinstance(record.get(self._text_key), str):
             what = "has no" if self._text_key not in record else "has a non-string"
-            raise IngestError(f"{self.path}: line {lineno}: {what} text key {self._text_key!r} "
-                              f"(--text-field; keys are {sorted(record)})")
+            raise IngestError(
+                f"{self.path}: line {lineno}: {what} text key {self._text_key!r} "
+                f"(--text-field; keys are {sorted(record)})"
+            )
         value = record.get(label_key)
         if value is None or not isinstance(value, (str, int, float)):
             what = "has no" if label_key not in record else f"has a {type(value).__name__} value of"
-            raise IngestError(f"{self.path}: line {lineno}: {what} label key {label_key!r} "
-                              f"(--label; keys are {sorted(record)})")
+            raise IngestError(
+                f"{self.path}: line {lineno}: {what} label key {label_key!r} (--label; keys are {sorted(record)})"
+            )
 
     def _encode(self, values: list, label_key: str) -> tuple[np.ndarray, tuple[str, ...]]:
         texts = [_label_text(v) for v in values]
@@ -108,8 +117,10 @@ class JsonlSource(Source):
         codes = np.empty(len(texts), dtype=np.int64)
         for k, t in enumerate(texts):
             if t not in index:
-                raise IngestError(f"{self.path}: line {self._linenos[k]}: label {t!r} (key {label_key!r}) "
-                                  f"is not among --classes {list(classes)}")
+                raise IngestError(
+                    f"{self.path}: line {self._linenos[k]}: label {t!r} (key {label_key!r}) "
+                    f"is not among --classes {list(classes)}"
+                )
             codes[k] = index[t]
         return codes, classes
 

@@ -49,12 +49,15 @@ class NpzSource(Source):
         classes: tuple[str, ...] = ()
         if label is not None:
             if label not in self._arrays:
-                raise IngestError(f"{self.path}: --label names array {label!r}, which is not among {sorted(self._arrays)}")
+                raise IngestError(
+                    f"{self.path}: --label names array {label!r}, which is not among {sorted(self._arrays)}"
+                )
             y = np.asarray(self._arrays[label])
             if y.dtype.kind in "iu" and y.ndim == 1:
                 classes = tuple(str(i) for i in range(int(y.max()) + 1)) if y.size else ()
-        return SourceInfo(tuple(fields), int(count), label_field=label, classes=classes,
-                          details={"arrays": list(self._arrays)})
+        return SourceInfo(
+            tuple(fields), int(count), label_field=label, classes=classes, details={"arrays": list(self._arrays)}
+        )
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         return {n: np.ascontiguousarray(a[indices]) for n, a in self._arrays.items()}

@@ -109,31 +109,43 @@ class ParquetSource(Source):
 
         def is_numeric(n: str) -> bool:
             t = types.get(n)  # None: the partition key, which is text
-            return t is not None and (pa.types.is_integer(t) or pa.types.is_floating(t)
-                                      or pa.types.is_boolean(t) or pa.types.is_decimal(t))
+            return t is not None and (
+                pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
+            )
 
         plan = plan_columns(names + ([key] if key else []), is_numeric, self.options, self.path)
         for n in plan.categorical:
             t = types.get(n)
-            if t is not None and not (is_numeric(n) or pa.types.is_string(t) or pa.types.is_large_string(t)
-                                      or pa.types.is_dictionary(t)):
-                raise IngestError(f"{self.path}: column {n!r} has type {t}, which is neither numeric nor text; "
-                                  "leave it out with --fields")
+            if t is not None and not (
+                is_numeric(n) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
+            ):
+                raise IngestError(
+                    f"{self.path}: column {n!r} has type {t}, which is neither numeric nor text; "
+                    "leave it out with --fields"
+                )
         whole = self._whole_columns([n for n in (*plan.categorical, plan.label) if n != key], key, values)
         self._arrays: dict[str, np.ndarray] = {}
         categorical = {}
         for n in plan.categorical:
             categorical[n], self._arrays[f"cat_{n}"] = categorical_codes(whole[n])
-        self._arrays["label"], classes, label_dtype = encode_label(whole[plan.label], self.option("classes"),
-                                                                   self.path, plan.label)
+        self._arrays["label"], classes, label_dtype = encode_label(
+            whole[plan.label], self.option("classes"), self.path, plan.label
+        )
         self._numeric = plan.numeric
         self._starts = np.asarray(starts, dtype=np.int64)
         self._groups = groups
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        return SourceInfo(plan.fields(label_dtype), int(count), label_field="label", classes=classes,
-                          categorical=categorical,
-                          details={**plan.details(), "files": [str(f.relative_to(self.path)) if f != self.path else f.name
-                                                               for f in files]})
+        return SourceInfo(
+            plan.fields(label_dtype),
+            int(count),
+            label_field="label",
+            classes=classes,
+            categorical=categorical,
+            details={
+                **plan.details(),
+                "files": [str(f.relative_to(self.path)) if f != self.path else f.name for f in files],
+            },
+        )
 
     def _file(self, fi: int):
         """The open ``pyarrow.parquet.ParquetFile`` of file ``fi``; IngestError naming it if it is no parquet file."""
