@@ -7,7 +7,9 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,3 +50,12 @@ def cli(capsys):
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture
+def npz_source(tmp_path) -> Path:
+    """``tmp_path/src.npz``: 101 samples of ``x`` (float32, 8 features) and ``y`` (3 classes)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "src.npz"
+    np.savez(path, x=rng.random((101, 8), dtype=np.float32), y=rng.integers(0, 3, 101))
+    return path

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 MPIRUN = shutil.which("mpirun")
@@ -42,14 +41,6 @@ def twinhpc(*args, ranks: int | None = None, timeout: int = 180) -> subprocess.C
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=clean_env())
 
 
-@pytest.fixture
-def source(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    path = tmp_path / "src.npz"
-    np.savez(path, x=rng.random((101, 8), dtype=np.float32), y=rng.integers(0, 3, 101))
-    return path
-
-
 def shard_digests(directory: Path) -> dict:
     m = json.loads((directory / "manifest.json").read_text())
     return {s: [(sh["file"], sh["count"], sh["sha256"]) for sh in v["shards"]] for s, v in m["splits"].items()}
@@ -61,18 +52,18 @@ def test_the_module_entry_point_prints_help():
 
 
 @needs_mpirun
-def test_ingest_is_the_same_at_1_2_and_3_ranks(source, tmp_path):
+def test_ingest_is_the_same_at_1_2_and_3_ranks(npz_source, tmp_path):
     digests = {}
     for n in (1, 2, 3):
-        r = twinhpc("ingest", "npz", source, "--out", tmp_path / f"ds{n}", "--shards", 3, ranks=n)
+        r = twinhpc("ingest", "npz", npz_source, "--out", tmp_path / f"ds{n}", "--shards", 3, ranks=n)
         assert r.returncode == 0, r.stderr
         digests[n] = shard_digests(tmp_path / f"ds{n}")
     assert digests[1] == digests[2] == digests[3]
 
 
 @needs_mpirun
-def test_bad_input_exits_non_zero_on_every_rank(source, tmp_path):
-    r = twinhpc("ingest", "npz", source, "--out", tmp_path / "ds", "--shards", 500, ranks=2)
+def test_bad_input_exits_non_zero_on_every_rank(npz_source, tmp_path):
+    r = twinhpc("ingest", "npz", npz_source, "--out", tmp_path / "ds", "--shards", 500, ranks=2)
     assert r.returncode != 0
     for rank in (0, 1):
         assert f"[rank {rank}] twinhpc ingest: error: --shards 500 is larger than the sample count (101)" in r.stderr

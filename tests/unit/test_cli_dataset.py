@@ -4,28 +4,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 
-@pytest.fixture
-def source(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    path = tmp_path / "src.npz"
-    np.savez(path, x=rng.random((101, 8), dtype=np.float32), y=rng.integers(0, 3, 101))
-    return path
-
-
-def test_inspect_and_verify(cli, source, tmp_path):
+def test_inspect_and_verify(cli, npz_source, tmp_path):
     out = tmp_path / "ds"
-    assert cli("ingest", "npz", source, "--out", out, "--shards", 2).returncode == 0
+    assert cli("ingest", "npz", npz_source, "--out", out, "--shards", 2).returncode == 0
     r = cli("inspect", out, "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert sum(s["count"] for s in report["splits"].values()) == 101
-    x = np.load(source)["x"]
+    x = np.load(npz_source)["x"]
     stats = report["stats"]["train"]["x"]
     assert x.min() <= stats["min"] <= stats["max"] <= x.max()
     assert sum(report["class_counts"]["train"].values()) == report["splits"]["train"]["count"]

@@ -67,6 +67,19 @@ def add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("-v", "--verbose", action="store_true", help="debug messages on the console")
 
 
+def add_overrides(p: argparse.ArgumentParser, example: str | None = None) -> None:
+    """``--set KEY=VALUE`` (repeatable): overrides of the job file, for the verbs that read one;
+    ``example`` (``"optim.lr=0.01"``) is shown in the help."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a job-file key{f', e.g. --set {example}' if example else ''} (repeatable)",
+    )
+
+
 def setup_logging_for(args, world) -> None:
     from ..log import setup_logging
 

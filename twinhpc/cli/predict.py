@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .main import add_common, setup_logging_for
+from .main import add_common, add_overrides, setup_logging_for
 
 DESCRIPTION = """\
 Predict every sample of a dataset's split (default: data.test_split, else its only split) with
@@ -29,14 +29,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="DATASET", help="dataset directory to predict")
     p.add_argument("--split", help="split of DATASET (default: data.test_split, else its only split)")
     p.add_argument("--out", required=True, metavar="PRED.h5", help="predictions file to write")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job-file key (repeatable)",
-    )
+    add_overrides(p)
     add_common(p)
     return p
 

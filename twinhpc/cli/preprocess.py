@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from .main import add_common, setup_logging_for
+from .main import add_common, add_overrides, setup_logging_for
 
 DESCRIPTION = """\
 Fit preprocessing on the training split of the job's dataset and write the preprocessed dataset
@@ -26,14 +26,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job", metavar="JOB.toml", help="job file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job-file key, e.g. --set preprocess.text.max_vocab=20000 (repeatable)",
-    )
+    add_overrides(p, "preprocess.text.max_vocab=20000")
     p.add_argument("--force", action="store_true", help="rewrite even when the existing one is up to date")
     add_common(p)
     return p

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .main import add_common
+from .main import add_common, add_overrides
 
 DESCRIPTION = """\
 Train the job's model on its preprocessed data (run `twinhpc preprocess JOB.toml` first).
@@ -31,14 +31,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB.toml", help="job file")
     p.add_argument("--out", metavar="RUN", help="run directory (default: train.out, else runs/<job name>)")
     p.add_argument("--resume", action="store_true", help="continue from RUN's newest checkpoint")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job-file key, e.g. --set optim.lr=0.01 (repeatable)",
-    )
+    add_overrides(p, "optim.lr=0.01")
     add_common(p)
     return p
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .main import add_common, setup_logging_for
+from .main import add_common, add_overrides, setup_logging_for
 
 DESCRIPTION = """\
 Evaluate a trained checkpoint (RUN's newest, or --checkpoint) on a split of the job's
@@ -28,14 +28,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", metavar="PATH", help="a checkpoint file RUN/ckpt/step-<N>.h5")
     p.add_argument("--split", help="split to evaluate (default: data.val_split)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job-file key (repeatable)",
-    )
+    add_overrides(p)
     add_common(p)
     return p
 
