@@ -233,6 +233,10 @@ def test_a_stop_checkpoints_after_the_next_step_and_the_resumed_run_equals_the_w
         assert np.array_equal(a["metrics"][name], b["metrics"][name]), name
     for name in ("step", "loss", "lr"):
         assert np.array_equal(a["steps"][name], b["steps"][name]), name
+    # one row per process: the stopped one, then the resumed one
+    rows = [(r["reason"], r["first_step"], r["last_step"], r["ranks"]) for r in a["attempts"]]
+    assert rows == [("preempted", 0, saved_step, 1), ("finished", saved_step, whole.step, 1)]
+    assert a["attempts"][0]["end"] <= a["attempts"][1]["start"] <= a["attempts"][1]["end"]
 
 
 def test_a_set_up_that_fails_after_the_engine_exists_releases_it_without_a_collective(job, tmp_path, monkeypatch):
