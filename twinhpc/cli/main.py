@@ -33,7 +33,19 @@ from .. import __version__, signals
 from ..errors import TwinError
 
 #: verb -> module in twinhpc.cli
-VERBS = ("info", "ingest", "inspect", "verify", "preprocess", "train", "validate", "predict", "report", "bench")
+VERBS = (
+    "info",
+    "ingest",
+    "inspect",
+    "verify",
+    "preprocess",
+    "train",
+    "validate",
+    "predict",
+    "report",
+    "sbatch",
+    "bench",
+)
 
 #: what a verb does when SIGUSR2 or SIGTERM arrives (any verb not named: "finish")
 ON_SIGNAL = {"train": "checkpoint", "preprocess": "finish, then requeue"}
