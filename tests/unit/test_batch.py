@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -158,8 +159,6 @@ def test_the_command_prints_writes_and_refuses(tmp_path, cli, monkeypatch):
     assert r.returncode == 2 and "cannot write it" in r.stderr, r.stderr
 
 
-def test_jobs_train_sbatch_is_a_wrapper_of_twinhpc_sbatch():
-    text = (ROOT / "jobs" / "train.sbatch").read_text()
-    commands = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert commands[-1] == 'exec twinhpc sbatch "$@" --submit'
-    assert not any(line.startswith("srun") for line in commands)
+@pytest.mark.parametrize("name", ["sbatch-default.sh", "sbatch-full.sh"])
+def test_the_golden_scripts_are_valid_bash(name):
+    assert subprocess.run(["bash", "-n", str(GOLDEN / name)], timeout=30).returncode == 0
