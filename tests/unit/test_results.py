@@ -24,8 +24,10 @@ ENV = {"twinhpc": "0.1", "ranks": 2}
 
 
 def small_run(run_dir: Path) -> ResultsWriter:
-    """Three epochs of a 3-class run: metrics, timing, five step records and the final report."""
+    """Three epochs of a 3-class run: metrics, timing, five step records, the final report and
+    the one attempt that trained it."""
     w = ResultsWriter(run_dir, CONFIG, ENV)
+    w.begin_attempt(job_id="4242", restart=0, host="node7", ranks=2, step=0, start=1000.0)
     for epoch in range(3):
         w.append_epoch(
             {
@@ -43,6 +45,7 @@ def small_run(run_dir: Path) -> ResultsWriter:
     )
     report = confusion_report(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3, ["cat", "dog", "emu"])
     w.write_report({**report, "loss": 0.4, "split": "val"})
+    w.end_attempt("finished", 50, end=1060.0)
     w.flush()
     return w
 
@@ -151,6 +154,41 @@ def test_resume_keeps_the_records_up_to_the_checkpoint(tmp_path):
     np.testing.assert_array_equal(r["steps"]["step"], [10, 20, 30, 40])
     np.testing.assert_array_equal(r["steps"]["loss"], [1.0, 0.9, 0.8, 0.65])
     assert r["report"]["classes"] == ["cat", "dog", "emu"]
+
+
+def test_attempts_are_rows_of_processes_kept_on_resume(tmp_path):
+    """/attempts: one row per process; a resume keeps every row (truncate cuts records of
+    training, not of attempts); a row left "running" by a process that died becomes "killed"."""
+    small_run(tmp_path)
+    assert read_results(tmp_path)["attempts"] == [
+        {
+            "job_id": "4242",
+            "restart": 0,
+            "host": "node7",
+            "ranks": 2,
+            "start": 1000.0,
+            "end": 1060.0,
+            "first_step": 0,
+            "last_step": 50,
+            "reason": "finished",
+        }
+    ]
+    for restart, reason in ((1, None), (2, "preempted")):  # the first resumed process dies without a word
+        w = ResultsWriter(tmp_path, CONFIG, ENV, resume=True)
+        w.truncate(epochs=2, step=30)
+        w.begin_attempt(job_id="4242", restart=restart, host="node8", ranks=2, step=30, start=2000.0 + restart)
+        if reason:
+            w.end_attempt(reason, 40)
+        w.flush()
+    rows = read_results(tmp_path)["attempts"]
+    assert [(r["restart"], r["reason"], r["first_step"], r["last_step"]) for r in rows] == [
+        (0, "finished", 0, 50),
+        (1, "killed", 30, 30),
+        (2, "preempted", 30, 40),
+    ]
+    assert np.isnan(rows[1]["end"]) and rows[2]["end"] >= rows[2]["start"] == 2002.0
+    with pytest.raises(ValueError, match="end_attempt without begin_attempt"):
+        ResultsWriter(tmp_path / "new", CONFIG, ENV).end_attempt("finished", 1)
 
 
 def test_bad_files_are_named(tmp_path):

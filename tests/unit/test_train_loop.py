@@ -233,6 +233,10 @@ def test_a_stop_checkpoints_after_the_next_step_and_the_resumed_run_equals_the_w
         assert np.array_equal(a["metrics"][name], b["metrics"][name]), name
     for name in ("step", "loss", "lr"):
         assert np.array_equal(a["steps"][name], b["steps"][name]), name
+    # one row per process: the stopped one, then the resumed one
+    rows = [(r["reason"], r["first_step"], r["last_step"], r["ranks"]) for r in a["attempts"]]
+    assert rows == [("preempted", 0, saved_step, 1), ("finished", saved_step, whole.step, 1)]
+    assert a["attempts"][0]["end"] <= a["attempts"][1]["start"] <= a["attempts"][1]["end"]
 
 
 def test_a_set_up_that_fails_after_the_engine_exists_releases_it_without_a_collective(job, tmp_path, monkeypatch):
@@ -260,3 +264,25 @@ def test_a_set_up_that_fails_after_the_engine_exists_releases_it_without_a_colle
         gc.collect()
     assert len(made) == 1 and abandoned == made
     assert not [w for w in caught if issubclass(w.category, ResourceWarning) and "Engine" in str(w.message)]
+
+
+def test_a_signal_after_the_last_step_leaves_a_complete_run_and_exit_0(job, tmp_path, monkeypatch, cli):
+    """SIGUSR2 arrives while the final report is written (training done): `twinhpc train`
+    finishes the report and exits 0, noting the signal; the attempt is recorded as finished."""
+    import os
+
+    from twinhpc.train.run import TrainingRun
+
+    final_report = TrainingRun.final_report
+
+    def signalled(self, status):
+        os.kill(os.getpid(), signal.SIGUSR2)  # the CLI's handler records it
+        return final_report(self, status)
+
+    monkeypatch.setattr(TrainingRun, "final_report", signalled)
+    job_file = str(job.data.dataset).rsplit("/", 1)[0] + "/job.toml"
+    r = cli("train", job_file, "--out", tmp_path / "run", "--set", "train.epochs=1")
+    assert r.returncode == 0, r.stderr
+    assert "twinhpc train: SIGUSR2 received after the last training step: the run is complete" in r.stderr
+    results = read_results(tmp_path / "run")
+    assert results["report"] and [a["reason"] for a in results["attempts"]] == ["finished"]

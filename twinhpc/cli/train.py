@@ -10,13 +10,15 @@ DESCRIPTION = """\
 Train the job's model on its preprocessed data (run `twinhpc preprocess JOB.toml` first).
 Data parallel over the ranks of `mpirun -n N` / `srun` (one process works too): data.batch_size
 is the global batch, split over the ranks. Rank 0 prints one line per epoch (loss, metric,
-val_loss, val_metric, time, samples/s) and a progress bar on a terminal; every rank logs to
+val_loss, val_metric, time, samples/s) and, within an epoch, a progress bar on a terminal or
+else a line every train.progress_seconds (step, samples/s, ETA); every rank logs to
 RUN/logs/twinhpc-train.rank<r>.log. Writes RUN/results.h5 (metrics, timing, final report) and
 RUN/ckpt/step-<N>.h5.
 
-SIGUSR2 or SIGTERM: the ranks checkpoint after the current step and exit with status 255 (the
-requeue status); run the same command with --resume to continue bit-identically. --resume
-without a checkpoint starts from scratch, so a requeued batch script can always pass it.
+SIGUSR2 or SIGTERM (from the command's start on): the ranks checkpoint after the next step and
+exit with status 255 (the requeue status); run the same command with --resume to continue
+bit-identically. A signal after the last step changes nothing (exit 0). --resume without a
+checkpoint starts from scratch. `twinhpc sbatch JOB.toml` writes a batch script that does this.
 Exit status: 0 done (or stopped early), 2 an error (a bad job, data, NaN/inf loss), 255 preempted.
 """
 

@@ -1,5 +1,6 @@
 """The table ``[slurm]``: resources of the Slurm job (sbatch options), a frozen dataclass (see
-:mod:`.fields`), and Slurm's time limits in minutes.
+:mod:`.fields`), and Slurm's time limits in minutes. ``twinhpc sbatch`` (:mod:`twinhpc.batch`)
+writes a job's batch script from it.
 
 ``[slurm.additional]`` is a free table: any other sbatch option, passed through as written.
 """
@@ -57,6 +58,13 @@ class SlurmConfig(Table):
     qos: str | None = key(None, "Quality of service (`--qos`).", default_doc="your default")
     job_name: str | None = key(None, "Job name (`--job-name`).", default_doc="the job file's name")
     constraint: str | None = key(None, "Node features required (`--constraint`).", default_doc="none")
+    signal_seconds: int = key(
+        120,
+        "Seconds before the time limit at which Slurm sends SIGUSR2 (`--signal=USR2@<seconds>`; Slurm may send it "
+        "up to a minute earlier): training checkpoints after its next step and `twinhpc sbatch`'s script requeues "
+        "the job. Allow for a step, a checkpoint and the start of the job.",
+        ge=1,
+    )
     additional: dict[str, Any] = key(
         {},
         '`[slurm.additional]`: any other sbatch option, written as `--<key>=<value>` (e.g. `mail-type = "END"`).',
@@ -88,6 +96,7 @@ class SlurmConfig(Table):
             "account": self.account,
             "qos": self.qos,
             "constraint": self.constraint,
+            "signal_delay_s": self.signal_seconds,
             "additional_parameters": dict(self.additional) or None,
         }
         return {k: v for k, v in params.items() if v is not None}

@@ -243,6 +243,12 @@ class TrainConfig(Table):
         ge=0,
     )
     log_every: int = key(10, "Optimizer steps between per-step records (`/steps` in results.h5) and log lines.", ge=1)
+    progress_seconds: float = key(
+        30.0,
+        "Seconds between the progress lines rank 0 logs during an epoch when stderr is not a terminal (a batch "
+        "job's output): epoch, step, samples/s and ETA. On a terminal a progress bar is drawn instead.",
+        gt=0,
+    )
     bucket_cap_mb: float = key(BUCKET_CAP_MB, "Gradient bucket size of the data-parallel all-reduce (MiB).", gt=0)
     wire_dtype: str = key(
         "none", "Dtype gradients are cast to for the all-reduce (`none`: their own).", choices=("none", "fp16", "bf16")

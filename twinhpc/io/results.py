@@ -9,6 +9,8 @@ description, ``tests/golden/results-layout.txt`` the checked one)::
     /steps/<name>      float64 [records]  loss, lr, step_time_s, ... at those steps
     /timing/<phase>    float64 [epochs]   seconds per epoch: data_wait, forward_backward, ...
     /report            attrs: scalars (task, accuracy, loss ...); datasets: arrays, class names
+    /attempts/<name>   [attempts]         one row per process that trained the run: job_id, restart,
+                                          host, ranks, start, end, first_step, last_step, reason
 
 Every 1-D array is chunked with an unlimited maximum shape. A name missing from some rows
 holds NaN there, so every array of a group has the group's length.
@@ -19,7 +21,9 @@ Only rank 0 writes (:class:`ResultsWriter`); anyone reads (:func:`read_results`)
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,20 @@ import numpy as np
 from ..errors import TwinError
 from .atomic import replace_durably
 
+#: the columns of ``/attempts`` and their kinds ("str", "int" or "float")
+ATTEMPT_COLUMNS = {
+    "job_id": "str",
+    "restart": "int",
+    "host": "str",
+    "ranks": "int",
+    "start": "float",
+    "end": "float",
+    "first_step": "int",
+    "last_step": "int",
+    "reason": "str",
+}
+#: ``/attempts`` reason of an attempt still running, and of one found running by a later attempt
+RUNNING, KILLED = "running", "killed"
 FORMAT_NAME = "twinhpc-results"
 FORMAT_VERSION = 1
 RESULTS = "results.h5"
@@ -105,6 +123,7 @@ class ResultsWriter:
         self.metrics, self.timing, self.steps = _Rows(), _Rows(), _Rows()
         self.step_index: list[np.ndarray] = []
         self.report: dict[str, Any] = {}
+        self.attempts: list[dict[str, Any]] = []
         if resume and self.path.exists():
             old = read_results(self.path)
             self.metrics.append(old["metrics"], rows=old["epochs"])
@@ -114,6 +133,7 @@ class ResultsWriter:
             self.step_index.append(step)
             self.steps.append(steps, rows=len(step))
             self.report = old["report"]
+            self.attempts = old["attempts"]
 
     @property
     def epochs(self) -> int:
@@ -148,8 +168,48 @@ class ResultsWriter:
         datasets."""
         self.report = dict(report)
 
+    def begin_attempt(
+        self, *, job_id: str, restart: int, host: str, ranks: int, step: int, start: float | None = None
+    ) -> None:
+        """Record that a process starts training the run at optimizer ``step`` (``/attempts``,
+        reason ``"running"`` until :meth:`end_attempt`). An earlier row still ``"running"`` belongs
+        to a process that ended without a word (killed, out of time, its node lost): it becomes
+        ``"killed"``, its end unknown (NaN). ``start`` defaults to now (Unix seconds)."""
+        for row in self.attempts:
+            if row["reason"] == RUNNING:
+                row["reason"] = KILLED
+        self.attempts.append(
+            {
+                "job_id": job_id,
+                "restart": int(restart),
+                "host": host,
+                "ranks": int(ranks),
+                "start": time.time() if start is None else float(start),
+                "end": math.nan,
+                "first_step": int(step),
+                "last_step": int(step),
+                "reason": RUNNING,
+            }
+        )
+
+    def end_attempt(self, reason: str, step: int, end: float | None = None) -> None:
+        """Close the attempt of :meth:`begin_attempt`: ``reason`` (``"finished"``,
+        ``"early_stopped"``, ``"preempted"``, ``"failed"``), the step it reached, ``end``
+        (default now). Not on disk until :meth:`flush`.
+
+        Raises
+        ------
+        ValueError
+            When no attempt was begun.
+        """
+        if not self.attempts:
+            raise ValueError("end_attempt without begin_attempt")
+        row = self.attempts[-1]
+        row.update(reason=reason, last_step=int(step), end=time.time() if end is None else float(end))
+
     def truncate(self, epochs: int, step: int) -> None:
-        """Keep the first ``epochs`` epoch rows and the step records up to ``step`` (on resume)."""
+        """Keep the first ``epochs`` epoch rows and the step records up to ``step`` (on resume).
+        ``/attempts`` keeps every row: it records processes, not training progress."""
         self.metrics.keep(min(epochs, self.metrics.n))
         self.timing.keep(min(epochs, self.timing.n))
         index = np.concatenate(self.step_index) if self.step_index else np.zeros(0, np.int64)
@@ -186,6 +246,8 @@ class ResultsWriter:
                     _growable(g, name, self.steps.array(name))
                 if self.report:
                     _write_report(f.create_group("report"), self.report)
+                if self.attempts:
+                    _write_attempts(f.create_group("attempts"), self.attempts)
             replace_durably(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -194,6 +256,33 @@ class ResultsWriter:
 
 def _growable(group: Any, name: str, data: np.ndarray) -> None:
     group.create_dataset(name, data=data, maxshape=(None,), chunks=(CHUNK_ROWS,))
+
+
+def _write_attempts(group: Any, rows: list[dict[str, Any]]) -> None:
+    import h5py
+
+    for name, kind in ATTEMPT_COLUMNS.items():
+        values = [row[name] for row in rows]
+        if kind == "str":
+            group.create_dataset(
+                name,
+                data=np.array(values, dtype=object),
+                dtype=h5py.string_dtype("utf-8"),
+                maxshape=(None,),
+                chunks=(CHUNK_ROWS,),
+            )
+        else:
+            _growable(group, name, np.asarray(values, dtype=np.int64 if kind == "int" else np.float64))
+
+
+def _read_attempts(group: Any) -> list[dict[str, Any]]:
+    import h5py
+
+    columns: dict[str, list[Any]] = {}
+    for name, ds in group.items():
+        columns[name] = list(ds.asstr()[()]) if h5py.check_string_dtype(ds.dtype) else [_scalar(v) for v in ds[()]]
+    n = min((len(v) for v in columns.values()), default=0)
+    return [{name: values[i] for name, values in columns.items()} for i in range(n)]
 
 
 def _write_report(group: Any, report: Mapping[str, Any]) -> None:
@@ -227,7 +316,8 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
         ``format``, ``version``, ``config`` (the job as a dict), ``environment`` (dict),
         ``epochs`` (rows recorded), ``metrics``, ``steps``, ``timing`` (name → numpy array; steps
         include ``step``), ``report`` (name → scalar, array, or list of class names; empty if
-        none was written).
+        none was written), ``attempts`` (one dict per row of ``/attempts``, oldest first; empty
+        for a file without it).
 
     Raises
     ------
@@ -268,6 +358,7 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
                 for name, ds in g.items():
                     report[name] = list(ds.asstr()[()]) if h5py.check_string_dtype(ds.dtype) else ds[()]
             out["report"] = report
+            out["attempts"] = _read_attempts(f["attempts"]) if "attempts" in f else []
     except TwinError:
         raise
     except (OSError, KeyError, ValueError) as e:  # h5py: not HDF5 / truncated; JSON: damaged

@@ -60,6 +60,7 @@ import torch
 from ..comm.world import World, get_world
 from ..config import Job
 from ..errors import TwinError
+from ..log import ensure_logging
 from .evaluate import autocast
 from .losses import batch_stats
 from .optim import clip_gradients
@@ -92,7 +93,8 @@ def train(
     prepared : the preprocessed data (default ``twinhpc.preprocess.open_prepared(job)``): an
         object with ``dataset_dir``, ``fields``, ``classes``, ``model_defaults`` and
         ``transform(batch, train, rng) -> (x, y)``.
-    progress : rank 0 draws a progress bar (default: when stderr is a terminal).
+    progress : rank 0 shows progress within epochs: a bar when stderr is a terminal, else a line
+        every ``train.progress_seconds`` (default); ``False``: nothing.
 
     Returns
     -------
@@ -108,6 +110,7 @@ def train(
     """
     # -- set up: data, model, optimizer, the record, where to start (TrainingRun) --------------
     world = world or get_world()
+    ensure_logging(world.rank)  # a program that set up no logging sees the CLI's lines
     run = TrainingRun(job, run_directory(job, out), world, prepared, resume=resume, progress=progress)
     cfg, state, loader, model, optimizer = job.train, run.state, run.loader, run.model, run.optimizer
     accumulate, status = run.accumulate, "finished"
@@ -202,5 +205,8 @@ def train(
         if run.saved_step != state.step:
             run.save(state.epoch)
         return run.final_report(status)
+    except BaseException:
+        run.end_attempt("failed")
+        raise
     finally:
         run.close()

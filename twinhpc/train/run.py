@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,16 @@ log = logging.getLogger("twinhpc")
 PHASES = ("data_wait", "forward_backward", "communication", "optimizer")
 #: ``train.wire_dtype`` → the dtype gradients travel in between the ranks (None: their own)
 WIRE_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def attempt_identity(environ=os.environ) -> dict:
+    """Who trains: the Slurm job id (``""`` outside Slurm), its restart count
+    (``SLURM_RESTART_COUNT``, 0 on the first run of a job) and this host's name."""
+    try:
+        restart = int(environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        restart = 0
+    return {"job_id": environ.get("SLURM_JOB_ID", ""), "restart": restart, "host": socket.gethostname()}
 
 
 class NonFiniteLoss(TwinError):
@@ -140,7 +151,8 @@ class TrainingRun:
     world : the ranks.
     prepared : the preprocessed data, or ``None`` to open the job's.
     resume : start from the newest checkpoint in ``run_dir/ckpt`` when there is one.
-    progress : rank 0 draws a progress bar (``None``: when stderr is a terminal).
+    progress : rank 0 shows progress within epochs (``None``: a bar when stderr is a terminal, else a
+        line every ``train.progress_seconds``; ``False``: nothing).
 
     Attributes
     ----------
@@ -197,9 +209,10 @@ class TrainingRun:
     saved_step : int or None
         The step of the last checkpoint this process wrote, ``None`` before the first.
     show_bar : bool
-        Whether this rank draws the epochs' progress bars (rank 0, when ``progress`` says so).
+        Whether this rank shows the epochs' progress (rank 0, unless ``progress`` is False).
     bar : Progress
-        The epoch's progress bar (a silent one before the first epoch).
+        The epoch's progress: a bar on a terminal, else a line every ``train.progress_seconds``
+        (a silent one before the first epoch).
     row : dict
         The last completed epoch's row of ``/metrics`` (empty before the first).
     last_eval : Evaluation or None
@@ -220,7 +233,7 @@ class TrainingRun:
         self.master_process = world.rank == 0
         self.cfg = cfg = job.train
         ocfg = job.optim
-        self.show_bar = self.master_process and (sys.stderr.isatty() if progress is None else progress)
+        self.show_bar = self.master_process and progress is not False
 
         # -- data: this rank's share of every global batch ------------------------------------
         if prepared is None:
@@ -293,6 +306,8 @@ class TrainingRun:
                 if self.results is not None:
                     self.results.truncate(epochs=self.state.epoch, step=self.state.step)
                 log.info("resuming from %s: step %d, epoch %d", checkpoint, self.state.step, self.state.epoch + 1)
+            if self.results is not None:  # this process's row of /attempts
+                self.results.begin_attempt(**attempt_identity(), ranks=world.size, step=self.state.step)
 
             self.stop = StopSignal()  # a flag that nothing sets, until train() installs the handlers
             self.pending: PendingStep | None = None
@@ -309,8 +324,17 @@ class TrainingRun:
         start the epoch's progress bar; returns the iterator of its micro-batches."""
         self.loader.set_epoch(epoch)
         batches = iter(self.loader)
-        self.bar = Progress(self.steps_per_epoch, f"epoch {epoch + 1}/{self.cfg.epochs}", enabled=self.show_bar)
-        self.bar.done = self.loader.batches_consumed // self.accumulate
+        done = self.loader.batches_consumed // self.accumulate
+        self.bar = Progress(
+            self.steps_per_epoch,
+            f"epoch {epoch + 1}/{self.cfg.epochs}",
+            enabled=self.show_bar,
+            interval=self.cfg.progress_seconds,
+            done=done,
+            per_unit=self.samples_per_step,
+            after=max(0, int(self.total_steps) - self.state.step - (self.steps_per_epoch - done)),
+            log=log,
+        )
         return batches
 
     def next_batch(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
@@ -390,6 +414,7 @@ class TrainingRun:
             self.state.step,
             epoch + 1,
         )
+        self.end_attempt("preempted")
         return TrainResult(self.run_dir, "preempted", self.state.step, self.state.epoch, self.row, checkpoint)
 
     def end_epoch(self, epoch: int, lr: float, t_epoch: float) -> None:
@@ -451,9 +476,21 @@ class TrainingRun:
             self.last_eval = self.validate()
         if self.results is not None:
             self.results.write_report(self.last_eval.report())
+            self.results.end_attempt(status, self.state.step)
             self.results.flush()
         newest = self.world.bcast(latest(self.run_dir) if self.master_process else None)
         return TrainResult(self.run_dir, status, self.state.step, self.state.epoch, self.row, newest)
+
+    def end_attempt(self, reason: str) -> None:
+        """Rank 0: close this process's row of ``/attempts`` with ``reason`` at the current step
+        and flush results.h5 (a failure to write is logged: the run is ending anyway)."""
+        if self.results is None:
+            return
+        self.results.end_attempt(reason, self.state.step)
+        try:
+            self.results.flush()
+        except Exception as e:  # the error that ends the run matters more than this record
+            log.warning("could not record the attempt's end (%s) in %s: %s", reason, self.results.path, e)
 
     def raise_non_finite(self, step: PendingStep, bad_batch: tuple[int, float] | None) -> None:
         """Collective: raise :class:`NonFiniteLoss` on every rank, naming the ranks whose loss in

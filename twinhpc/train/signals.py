@@ -27,58 +27,66 @@ Note:
     :func:`~twinhpc.train.run.step_allreduce` together with the step's loss), and all ranks stop
     after the same step.
 
+    *Since the command started.* :mod:`twinhpc.signals` records the signals for the whole
+    process; the command line installs its handlers before a verb starts, so a signal that
+    arrives while the data, the model or MPI are being set up stops the run after its first
+    steps, with a checkpoint, instead of killing it. A signal that arrives after the last step
+    changes nothing: the run is complete, its report is written and ``train`` exits 0.
+
     *The exit status.* :data:`REQUEUE_EXIT_STATUS` is 255, what a submitit job exits with after
-    it has asked Slurm to requeue it (``sys.exit(-1)`` in submitit's signal handler). A batch
-    script requeues the job on it::
+    it has asked Slurm to requeue it (``sys.exit(-1)`` in submitit's signal handler). The batch
+    script of ``twinhpc sbatch`` (:mod:`twinhpc.batch`) requeues the job on it::
 
         #SBATCH --signal=USR2@120 --requeue --open-mode=append
-        srun twinhpc train job.toml --resume
+        srun twinhpc train job.toml --out RUN [--resume on a restart]
         if [ $? -eq 255 ]; then scontrol requeue "$SLURM_JOB_ID"; fi
 
-    or the cluster lists 255 in slurm.conf's ``RequeueExit``. ``--resume`` on the first run,
-    when there is no checkpoint yet, starts from scratch, so the same line serves every run.
-    Under ``mpirun`` send the signal to ``mpirun`` (it forwards SIGUSR1/SIGUSR2 to the ranks);
-    SIGTERM to ``mpirun`` kills the ranks after a short grace period, so use SIGUSR2 there.
+    or the cluster lists 255 in slurm.conf's ``RequeueExit``. Under ``mpirun`` send the signal
+    to ``mpirun`` (it forwards SIGUSR1/SIGUSR2 to the ranks); SIGTERM to ``mpirun`` kills the
+    ranks after a short grace period, so use SIGUSR2 there.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
+
+from .. import signals
+from ..signals import REQUEUE_EXIT_STATUS, SIGNALS
 
 log = logging.getLogger("twinhpc")
 
-#: exit status of a run that checkpointed on a signal and wants to be requeued (submitit's)
-REQUEUE_EXIT_STATUS = 255
-#: the signals that ask for a checkpoint and a requeue
-SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+__all__ = ["REQUEUE_EXIT_STATUS", "SIGNALS", "StopSignal"]
 
 
 class StopSignal:
-    """Records SIGUSR2 / SIGTERM; the loop asks :attr:`received` at step boundaries."""
+    """The training loop's view of SIGUSR2 / SIGTERM (:mod:`twinhpc.signals` records them for
+    the process); the loop asks :attr:`received` at step boundaries."""
 
     def __init__(self):
-        self.received: int | None = None  # the signal number, once one arrived
-        self._previous: dict[int, object] = {}
+        self._owner = False  # whether install() put the handlers in (and restore() takes them out)
+        self._active = False
 
     @classmethod
     def install(cls) -> StopSignal:
-        """Install the handler for :data:`SIGNALS` (from the main thread; elsewhere, a
-        :class:`StopSignal` that never fires is returned, with a debug message)."""
+        """The process's record of :data:`SIGNALS`. Under the command line the handlers are in
+        place since the command started, so a signal that arrived during set-up counts; a
+        program calling :func:`~twinhpc.train.train` gets them installed here (a fresh record)
+        and taken out by :meth:`restore`. Outside the main thread, where Python delivers no
+        signals, nothing is installed (a debug message says so)."""
         stop = cls()
-        if threading.current_thread() is not threading.main_thread():
+        stop._owner = signals.install()
+        stop._active = signals.installed()
+        if not stop._active:
             log.debug("not in the main thread: SIGUSR2/SIGTERM are not handled by the training loop")
-            return stop
-        for sig in SIGNALS:
-            stop._previous[sig] = signal.signal(sig, stop._handle)
         return stop
 
-    def _handle(self, signum, frame) -> None:  # only sets the flag: see the module note
-        self.received = signum
+    @property
+    def received(self) -> int | None:
+        """The signal number, once one arrived (None for a StopSignal never installed)."""
+        return signals.received() if self._active else None
 
     def restore(self) -> None:
-        """Put back the handlers that were installed before :meth:`install`."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
+        """Take out the handlers :meth:`install` put in (those of the command line stay)."""
+        if self._owner:
+            signals.restore()
+        self._owner = self._active = False
