@@ -19,63 +19,23 @@ import h5py
 import numpy as np
 import pytest
 
-from twinhpc.comm.world import get_world
-from twinhpc.config import load_job, override
-from twinhpc.data.ingest import ingest
+from twinhpc.config import override
 from twinhpc.errors import TwinError
 from twinhpc.io import atomic
 from twinhpc.io.checkpoint import list_checkpoints, select_checkpoint
 from twinhpc.io.results import read_results
 from twinhpc.io.rundir import LOCK, read_lock, stale_reason
-from twinhpc.preprocess import preprocess
 from twinhpc.train import train
 
-JOB = """
-[data]
-dataset = "{dir}/data"
-batch_size = 8
-[model]
-name = "cnn"
-[model.structure]
-channels = 4
-hidden = 8
-[optim]
-name = "sgd"
-lr = 0.05
-[train]
-epochs = 2
-checkpoint_every = 4
-keep_checkpoints = 1
-keep_best = true
-log_every = 1
-"""
 #: records that are wall-clock times, different in every run
 TIMES = ("epoch_time_s", "samples_per_s", "step_time_s")
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    """48 training and 16 validation 8×8 grey images of 3 classes, preprocessed: 6 steps per
-    epoch, checkpoints at steps 4, 8 and 12, and at the end of an epoch that improves val_loss."""
-    work = tmp_path_factory.mktemp("commit")
-    rng = np.random.default_rng(1)
-    np.savez(
-        work / "images.npz", image=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), label=rng.integers(0, 3, 64)
-    )
-    world = get_world()
-    ingest(
-        "npz",
-        work / "images.npz",
-        work / "data",
-        options={"label": "label"},
-        val_fraction=0.25,
-        test_fraction=0.0,
-        world=world,
-    )
-    (work / "job.toml").write_text(JOB.format(dir=work))
-    job = load_job(work / "job.toml")
-    preprocess(job, world=world)
-    return job
+def job(small_image_job):
+    """tests/conftest.py: 6 steps per epoch of 2; checkpoints at steps 4, 8 and 12, and at the end
+    of an epoch that improves val_loss."""
+    return small_image_job
 
 
 def assert_same_records(run: Path, reference: Path, stale_lock_allowed: bool = False) -> None:
