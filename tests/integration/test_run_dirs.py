@@ -134,7 +134,7 @@ def test_sigkill_of_a_rank_at_a_random_instant_then_resume_equals_the_uninterrup
         wait_for(lambda: log0.is_file() and "training cnn" in log0.read_text(), proc, what="training to start")
         pids = ranks_of(proc.pid)
         assert set(pids) == {0, 1}, pids
-        time.sleep(rng.uniform(0.1, 4.0))  # training takes about 5 s
+        time.sleep(rng.uniform(0.1, 2.0))  # training takes 2-5 s
         ended = proc.poll() is not None
         if not ended:
             subprocess.run(["kill", "-KILL", str(pids[victim])], check=False)
@@ -145,3 +145,42 @@ def test_sigkill_of_a_rank_at_a_random_instant_then_resume_equals_the_uninterrup
     assert ended or proc.returncode != 0, output
     run(MPIRUN2 + TWINHPC + ["train", JOB, "--out", out, "--resume"] + SHORT, digits)
     assert_same_records(digits / out, whole)
+
+
+def test_an_unwritable_out_ends_at_once_with_one_line(digits):
+    (digits / "in-the-way").write_text("a file")
+    r = run(MPIRUN2 + TWINHPC + ["train", JOB, "--out", "in-the-way/run"] + SHORT, digits, check=False, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "error: rank 0: in-the-way/run: cannot create the run directory (Not a directory)" in r.stderr, r.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (skipped where this process may not mount one)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mount], capture_output=True, timeout=30)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
+
+
+def test_a_disk_that_fills_up_mid_run_ends_with_one_line_and_resume_completes(digits, whole, small_disk):
+    out = small_disk / "run"
+    proc = start(MPIRUN2 + TWINHPC + ["train", JOB, "--out", out] + SHORT, digits)
+    log0 = out / "logs" / "twinhpc-train.rank0.log"
+    try:
+        wait_for(lambda: log0.is_file() and "training cnn" in log0.read_text(), proc, what="training to start")
+        time.sleep(0.3)
+        subprocess.run(["dd", "if=/dev/zero", f"of={small_disk}/filler", "bs=64k", "count=100"], capture_output=True)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, output
+    assert "error: rank 0: cannot write " in output and "(No space left on device)" in output, output
+    assert not [p.name for p in out.rglob("*.tmp")]
+    (small_disk / "filler").unlink()
+    run(MPIRUN2 + TWINHPC + ["train", JOB, "--out", out, "--resume"] + SHORT, digits)
+    assert_same_records(out, whole)

@@ -221,3 +221,13 @@ def test_changed_keys_skips_what_may_change_and_names_the_rest(job):
     )
     assert [k for k, _, _ in changed_keys(recorded, now)] == ["model.structure.channels"]
     assert "train.epochs" in MAY_CHANGE and "optim.lr" not in MAY_CHANGE
+
+
+def test_os_errors_are_told_in_the_os_words():
+    from twinhpc.train.rundir import os_error_text
+
+    hdf5 = OSError(28, "Can't synchronously write data (file write failed: ..., errno = 28, error message = 'No ...')")
+    assert os_error_text(hdf5) == "No space left on device"
+    assert (
+        os_error_text(OSError("file write failed: error message = 'Disk quota exceeded', buf")) == "Disk quota exceeded"
+    )

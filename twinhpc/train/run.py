@@ -37,7 +37,7 @@ from .evaluate import Evaluation, evaluate, split_loader
 from .losses import make_loss, metric_from_stats, stats_size
 from .model import build_model
 from .optim import Schedule, improved, make_optimizer
-from .rundir import check_checkpoint_space
+from .rundir import check_checkpoint_space, os_error_text
 from .signals import StopSignal
 
 log = logging.getLogger("twinhpc")
@@ -355,13 +355,13 @@ class TrainingRun:
                 )
             except OSError as e:
                 error = (
-                    f"cannot write checkpoint {self.run_dir}/ckpt/step-{state.step}.h5 ({e.strerror or e}); "
+                    f"cannot write checkpoint {self.run_dir}/ckpt/step-{state.step}.h5 ({os_error_text(e)}); "
                     f"nothing of it was kept, the run's last complete checkpoint is "
                     f"{latest(self.run_dir) or 'none'} (free space or fix the directory, then --resume)"
                 )
             if error is None:
                 error = self._flush_error()
-        self.world.check(error and f"rank 0: {error}", RunDirError)
+        self.world.check(error, RunDirError)  # names rank 0
         return self.world.bcast(path)
 
     def _flush_error(self) -> str | None:
@@ -370,7 +370,7 @@ class TrainingRun:
             self.results.flush()
         except OSError as e:
             return (
-                f"cannot write {self.results.path} ({e.strerror or e}); it holds the previous flush, "
+                f"cannot write {self.results.path} ({os_error_text(e)}); it holds the previous flush, "
                 f"and --resume rebuilds it from the newest checkpoint ({latest(self.run_dir) or 'none'})"
             )
         return None
@@ -378,7 +378,7 @@ class TrainingRun:
     def flush_results(self) -> None:
         """Collective. Rank 0 writes results.h5; an error there ends every rank with one message."""
         error = self._flush_error() if self.results is not None else None
-        self.world.check(error and f"rank 0: {error}", RunDirError)
+        self.world.check(error, RunDirError)  # names rank 0
 
     def finish_step(self, step: PendingStep) -> bool:
         """Collective. Read ``step``'s loss and statistics, sum them over the ranks (with the NaN

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -244,6 +246,16 @@ def open_run(job: Job, run_dir: Path, world: World, *, resume: bool, force_unloc
             complete["epoch"],
         )
     return RunStart(run_dir, lock, complete)
+
+
+def os_error_text(e: OSError) -> str:
+    """The OS's words for ``e`` (``No space left on device``): from its errno (HDF5's errors
+    carry the errno, and a page of text as ``strerror``), else from the text it quotes, else the
+    whole text."""
+    if e.errno:
+        return os.strerror(e.errno)
+    quoted = re.search(r"error message = '([^']*)'", str(e))
+    return quoted[1] if quoted else str(e)
 
 
 def checkpoint_bytes(model: Any, optimizer_name: str) -> int:
