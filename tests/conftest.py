@@ -59,3 +59,55 @@ def npz_source(tmp_path) -> Path:
     path = tmp_path / "src.npz"
     np.savez(path, x=rng.random((101, 8), dtype=np.float32), y=rng.integers(0, 3, 101))
     return path
+
+
+SMALL_IMAGE_JOB = """
+[data]
+dataset = "{dir}/data"
+batch_size = 8
+[model]
+name = "cnn"
+[model.structure]
+channels = 4
+hidden = 8
+[optim]
+name = "sgd"
+lr = 0.05
+[train]
+epochs = 2
+checkpoint_every = 4
+keep_checkpoints = 1
+keep_best = true
+log_every = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def small_image_job(tmp_path_factory):
+    """A preprocessed job of 48 training and 16 validation 8×8 grey images of 3 classes: 6 steps
+    per epoch of 2, checkpoints every 4 steps (the newest kept) and at the end of an epoch that
+    improves val_loss (keep_best)."""
+    from twinhpc.comm.world import get_world
+    from twinhpc.config import load_job
+    from twinhpc.data.ingest import ingest
+    from twinhpc.preprocess import preprocess
+
+    work = tmp_path_factory.mktemp("small-image-job")
+    rng = np.random.default_rng(1)
+    np.savez(
+        work / "images.npz", image=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), label=rng.integers(0, 3, 64)
+    )
+    world = get_world()
+    ingest(
+        "npz",
+        work / "images.npz",
+        work / "data",
+        options={"label": "label"},
+        val_fraction=0.25,
+        test_fraction=0.0,
+        world=world,
+    )
+    (work / "job.toml").write_text(SMALL_IMAGE_JOB.format(dir=work))
+    job = load_job(work / "job.toml")
+    preprocess(job, world=world)
+    return job

@@ -1,4 +1,4 @@
-"""``twinhpc predict JOB.toml --run RUN --input DATASET --out PRED.h5``."""
+"""``twinhpc predict JOB.toml [--run RUN] [--checkpoint best|last|PATH] --input DATASET --out PRED.h5``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import argparse
 from .main import add_common, add_overrides, setup_logging_for
 
 DESCRIPTION = """\
-Predict every sample of a dataset's split (default: data.test_split, else its only split) with
-a trained checkpoint. DATASET is a dataset written by `twinhpc ingest` with the fields of the
-job's data.dataset (the label may be missing); it is preprocessed per batch with the job's fitted
-state. The ranks predict disjoint parts; rank 0 writes PRED.h5 atomically, rows in the split's
-stored order: /index, /output (logits or values), /prediction (class), /target (if labelled).
+Predict every sample of a dataset's split (default: data.test_split, else its only split) with a
+trained checkpoint: RUN's newest (--checkpoint last, the default), its best epoch's
+(--checkpoint best) or a file (--checkpoint PATH); RUN defaults to the job's train.out. DATASET
+is a dataset written by `twinhpc ingest` with the fields of the job's data.dataset (the label
+may be missing); it is preprocessed per batch with the job's fitted state. The ranks predict
+disjoint parts; rank 0 writes PRED.h5 atomically, rows in the split's stored order: /index,
+/output (logits or values), /prediction (class), /target (if labelled).
 """
 
 
@@ -23,9 +25,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job", metavar="JOB.toml", help="job file")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--run", metavar="RUN", help="run directory of `twinhpc train` (its newest checkpoint)")
-    g.add_argument("--checkpoint", metavar="PATH", help="a checkpoint file RUN/ckpt/step-<N>.h5")
+    p.add_argument("--run", metavar="RUN", help="run directory of `twinhpc train` (default: the job's train.out)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="best|last|PATH",
+        help="RUN's newest checkpoint (last, the default), its best epoch's (best: train.keep_best), "
+        "or a checkpoint file",
+    )
     p.add_argument("--input", required=True, metavar="DATASET", help="dataset directory to predict")
     p.add_argument("--split", help="split of DATASET (default: data.test_split, else its only split)")
     p.add_argument("--out", required=True, metavar="PRED.h5", help="predictions file to write")
@@ -37,12 +43,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..comm.world import get_world
     from ..config import load_job
-    from ..train.predict import predict
+    from ..train.loop import run_directory
+    from ..train.predict import CHOICES, predict
 
     world = get_world()
     setup_logging_for(args, world)
     job = world.run(lambda: load_job(args.job, args.overrides))
-    out = predict(job, args.run, args.input, args.out, checkpoint=args.checkpoint, split=args.split, world=world)
+    run_dir = args.run or (None if args.checkpoint not in (None, *CHOICES) else run_directory(job))
+    out = predict(job, run_dir, args.input, args.out, checkpoint=args.checkpoint, split=args.split, world=world)
     if world.is_root:
         print(f"wrote {out}", flush=True)
     return 0

@@ -1,4 +1,4 @@
-"""``twinhpc validate JOB.toml --run RUN | --checkpoint PATH [--split S] [--json]``."""
+"""``twinhpc validate JOB.toml [--run RUN] [--checkpoint best|last|PATH] [--split S] [--json]``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import json
 from .main import add_common, add_overrides, setup_logging_for
 
 DESCRIPTION = """\
-Evaluate a trained checkpoint (RUN's newest, or --checkpoint) on a split of the job's
-preprocessed data (default data.val_split), distributed over the ranks, and print the report:
+Evaluate a trained checkpoint on a split of the job's preprocessed data (default
+data.val_split), distributed over the ranks: RUN's newest (--checkpoint last, the default), its
+best epoch's (--checkpoint best, kept by train.keep_best) or a file (--checkpoint PATH); RUN
+defaults to the job's train.out. Prints the report, its first line naming the checkpoint:
 loss, accuracy, macro F1 and the confusion matrix with per-class precision/recall/F1
 (classification), or MAE, RMSE and R2 (regression). --json prints it as one JSON object.
 """
@@ -23,9 +25,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job", metavar="JOB.toml", help="job file")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--run", metavar="RUN", help="run directory of `twinhpc train` (its newest checkpoint)")
-    g.add_argument("--checkpoint", metavar="PATH", help="a checkpoint file RUN/ckpt/step-<N>.h5")
+    p.add_argument("--run", metavar="RUN", help="run directory of `twinhpc train` (default: the job's train.out)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="best|last|PATH",
+        help="RUN's newest checkpoint (last, the default), its best epoch's (best: train.keep_best), "
+        "or a checkpoint file",
+    )
     p.add_argument("--split", help="split to evaluate (default: data.val_split)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_overrides(p)
@@ -36,7 +42,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def format_report(report: dict) -> str:
     """The report as text: the headline figures, then a per-class table (classification)."""
     lines = [
-        f"{report['split']} split, {report['n']} samples, checkpoint {report['checkpoint']}",
+        f"{report['split']} split, {report['n']} samples, checkpoint {report['checkpoint']} ({report['which']})",
         f"loss {report['loss']:.4f}",
     ]
     if report["task"] == "classification":
@@ -57,12 +63,14 @@ def format_report(report: dict) -> str:
 def run(args) -> int:
     from ..comm.world import get_world
     from ..config import load_job
-    from ..train.predict import validate
+    from ..train.loop import run_directory
+    from ..train.predict import CHOICES, validate
 
     world = get_world()
     setup_logging_for(args, world)
     job = world.run(lambda: load_job(args.job, args.overrides))
-    report = validate(job, args.run, checkpoint=args.checkpoint, split=args.split, world=world)
+    run_dir = args.run or (None if args.checkpoint not in (None, *CHOICES) else run_directory(job))
+    report = validate(job, run_dir, checkpoint=args.checkpoint, split=args.split, world=world)
     if world.is_root:
         plain = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in report.items()}
         print(json.dumps(plain) if args.json else format_report(report), flush=True)

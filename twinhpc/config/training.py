@@ -233,6 +233,12 @@ class TrainConfig(Table):
         check=_checkpoint_every_problem,
     )
     keep_checkpoints: int = key(3, "Checkpoints kept (the newest); older ones are deleted.", ge=1)
+    keep_best: bool | None = key(
+        None,
+        "Also keep the checkpoint of the best epoch by `train.early_stopping.metric` (a checkpoint is "
+        "written at the end of every epoch that improves it); `validate`/`predict --checkpoint best` use it.",
+        default_doc="on when early stopping (`train.early_stopping.patience` > 0) or `train.metric` is set",
+    )
     out: str | None = key(
         None, "Run directory (results.h5, ckpt/, logs); `--out` overrides it.", default_doc="`runs/<job file name>`"
     )
@@ -281,6 +287,13 @@ class TrainConfig(Table):
                 f"(the validation metrics recorded), got "
                 f"{self.early_stopping.metric!r}",
             )
+
+    @property
+    def keeps_best(self) -> bool:
+        """``keep_best``, or its default: on when early stopping or ``metric`` is set."""
+        if self.keep_best is not None:
+            return self.keep_best
+        return self.early_stopping.patience > 0 or self.metric is not None
 
     @property
     def task_loss(self) -> str:

@@ -15,7 +15,11 @@ benchmarks' ``FOLDER/NAME.h5``.
 - :mod:`twinhpc.io.bench_results`: :func:`~twinhpc.io.bench_results.write_results`, a
   benchmark's tables and settings (no torch).
 - :mod:`twinhpc.io.atomic`: :func:`~twinhpc.io.atomic.replace_durably`, the crash-safe rename
-  of a finished temporary file over its target that every writer here ends with.
+  of a finished temporary file over its target that every writer here ends with, and
+  :func:`~twinhpc.io.atomic.remove_durably`.
+- :mod:`twinhpc.io.rundir`: a run directory's lock ``RUN/twinhpc.lock``
+  (:func:`~twinhpc.io.rundir.acquire_lock`), leftover temporaries, write probes and free space
+  (no torch).
 
 The submodules are not imported here, so reading results (``twinhpc report``) or a preprocessing
 state does not import torch. This layer imports h5py, numpy and torch (:mod:`.checkpoint`

@@ -12,6 +12,14 @@ Layout (format ``twinhpc-checkpoint`` version 1)::
     /rng/<rank>                  attrs: numpy (JSON: numpy's global bit_generator state),
                                  python (JSON: random.getstate()), generators (JSON: the
                                  bit_generator.state of named numpy Generators)
+    /results/<group>/<name>      optional: the run's records up to this step (results.h5's
+                                 /metrics, /timing, /steps), so that the checkpoint alone is
+                                 the run's commit point; root attr config (job JSON), optional
+
+A run commits by renaming a finished checkpoint into place: ``results.h5`` is written after it
+from the same records and is rebuilt from the newest checkpoint on resume, so a crash between
+the two loses nothing. Checkpoints written without ``/results`` (older ones) resume from
+``results.h5`` cut back to their step.
 
 Tensors keep their shapes and dtypes exactly. A dtype numpy lacks (bfloat16, the float8 types)
 is stored as unsigned integers of the same width holding its bits (bfloat16 → uint16), and the
@@ -31,7 +39,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,7 +47,7 @@ import numpy as np
 import torch
 
 from ..errors import TwinError
-from .atomic import replace_durably
+from . import atomic
 
 log = logging.getLogger("twinhpc")
 
@@ -79,6 +87,44 @@ def latest(run_dir: str | os.PathLike[str]) -> Path | None:
     """The checkpoint of the highest step in ``RUN/ckpt``, or ``None``."""
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
+
+
+def best_step(path: str | os.PathLike[str]) -> int | None:
+    """The step of the run's best checkpoint as the checkpoint ``path`` records it
+    (``extra.loop.best_step``), or ``None``."""
+    loop = read_info(path)["extra"].get("loop") or {}
+    step = loop.get("best_step")
+    return None if step is None else int(step)
+
+
+def select_checkpoint(run_dir: str | os.PathLike[str], which: str = "last") -> tuple[Path, str]:
+    """The checkpoint ``which`` (``"last"``: the newest; ``"best"``: the best one the newest
+    records) of a run, and a description: ``"last, step 40"`` / ``"best, step 24"``.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the run: no checkpoint, or no best one kept (``train.keep_best`` off).
+    """
+    if which not in ("last", "best"):
+        raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+    newest = latest(run_dir)
+    if newest is None:
+        raise CheckpointError(
+            f"{run_dir}: no checkpoint in {Path(run_dir) / CKPT_DIR} (is it the run directory of `twinhpc train`?)"
+        )
+    step = int(_NAME_RE.match(newest.name)[1])  # type: ignore[index]
+    if which == "last":
+        return newest, f"last, step {step}"
+    best = best_step(newest)
+    path = checkpoint_path(run_dir, best) if best is not None else None
+    if path is None or not path.is_file():
+        raise CheckpointError(
+            f"{run_dir}: no best checkpoint kept (train.keep_best was off"
+            + (f", or ckpt/step-{best}.h5 was deleted)" if best is not None else ")")
+            + "; use --checkpoint last"
+        )
+    return path, f"best, step {best}"
 
 
 # -- tensors ----------------------------------------------------------------------------------
@@ -179,6 +225,9 @@ def save_checkpoint(
     rng: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     extra: Mapping[str, Any] | None = None,
     keep: int = 3,
+    protect: Iterable[int] = (),
+    config: str | None = None,
+    results: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``RUN/ckpt/step-<step>.h5`` atomically, then prune old checkpoints; rank 0 only.
 
@@ -194,6 +243,10 @@ def save_checkpoint(
         this process's state as rank 0.
     extra : any other JSON values (best metric, early-stopping counters, scheduler state ...).
     keep : checkpoints kept, this one included (the newest steps).
+    protect : steps whose checkpoints are kept besides (the best one).
+    config : the job as JSON, stored as the root attribute ``config``.
+    results : the run's records up to this step: ``{"metrics": {name: array}, "timing": ...,
+        "steps": {"step": ..., name: array}}`` (float64 arrays; ``steps/step`` int64).
 
     Returns
     -------
@@ -210,9 +263,9 @@ def save_checkpoint(
 
     Note:
         The file is written as ``.step-<N>.h5.tmp``, fsynced and renamed, so ``step-<N>.h5``
-        is always complete. Checkpoints of *later* steps than this one are deleted too: they
-        belong to a run that was continued from an earlier checkpoint, and :func:`latest` must
-        not resume from them.
+        is always complete: the rename is the commit. Checkpoints of *later* steps than this one
+        are deleted too: they belong to a run that was continued from an earlier checkpoint, and
+        :func:`latest` must not resume from them.
     """
     import h5py
 
@@ -234,6 +287,12 @@ def save_checkpoint(
                     "extra": _json(extra or {}),
                 }
             )
+            if config is not None:
+                f.attrs["config"] = config
+            for group, columns in (results or {}).items():
+                g = f.create_group(f"results/{group}")
+                for name, values in columns.items():
+                    g.create_dataset(name, data=np.asarray(values))
             g = f.create_group("model")
             for name, tensor in model.state_dict().items():
                 _write_tensor(g, name, tensor)
@@ -241,15 +300,16 @@ def save_checkpoint(
                 _write_optimizer(f.create_group("optimizer"), optimizer)
             for rank, state in enumerate(states):
                 _write_rng(f.create_group(f"rng/{rank}"), state)
-        replace_durably(tmp, final)
+        atomic.replace_durably(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     found = list_checkpoints(run_dir)
     later = [p for s, p in found if s > step]
-    older = [p for s, p in found if s < step]
+    kept = set(protect)
+    older = [p for s, p in found if s < step and s not in kept]
     for path in later + older[: max(0, len(older) - (keep - 1))]:
-        path.unlink(missing_ok=True)
+        atomic.remove_durably(path)
     return final
 
 
@@ -278,27 +338,57 @@ def _write_rng(group: Any, state: Mapping[str, Any]) -> None:
 
 
 # -- reading ----------------------------------------------------------------------------------
+def _info(f: Any) -> dict[str, Any]:
+    """The root attributes of an open checkpoint, checked and decoded."""
+    path = f.filename
+    fmt = f.attrs.get("format")
+    if fmt != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a twinhpc checkpoint (attribute 'format' is {fmt!r})")
+    if f.attrs["version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {f.attrs['version']} is not supported (this twinhpc reads {FORMAT_VERSION})"
+        )
+    config = f.attrs.get("config")
+    return {
+        "step": int(f.attrs["step"]),
+        "epoch": int(f.attrs["epoch"]),
+        "loader": json.loads(f.attrs["loader"]),
+        "extra": json.loads(f.attrs["extra"]),
+        "config": None if config is None else str(config),
+    }
+
+
+def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint's step, epoch, loader state, extra and config (``None`` when it has none),
+    without its tensors.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file: missing, not a checkpoint, damaged.
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            return _info(f)
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({e})") from None
+
+
 def _read(path: Path, rank: int) -> dict[str, Any]:
     """Everything a checkpoint holds, as plain values; ``OSError``/``KeyError``/``ValueError`` if
     the file is damaged."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        fmt = f.attrs.get("format")
-        if fmt != FORMAT_NAME:
-            raise CheckpointError(f"{path}: not a twinhpc checkpoint (attribute 'format' is {fmt!r})")
-        if f.attrs["version"] != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path}: checkpoint version {f.attrs['version']} is not supported "
-                f"(this twinhpc reads {FORMAT_VERSION})"
-            )
-        out: dict[str, Any] = {
-            "step": int(f.attrs["step"]),
-            "epoch": int(f.attrs["epoch"]),
-            "loader": json.loads(f.attrs["loader"]),
-            "extra": json.loads(f.attrs["extra"]),
-            "model": {name: _read_tensor(ds) for name, ds in f["model"].items()},
-        }
+        out = _info(f)
+        out["model"] = {name: _read_tensor(ds) for name, ds in f["model"].items()}
+        if "results" in f:
+            out["results"] = {group: {name: ds[()] for name, ds in g.items()} for group, g in f["results"].items()}
         if "optimizer" in f:
             g = f["optimizer"]
             state = {}
@@ -347,7 +437,8 @@ def load_checkpoint(
     Returns
     -------
     dict
-        ``path``, ``step``, ``epoch``, ``loader`` (the loader state, or ``None``), ``extra``, and
+        ``path``, ``step``, ``epoch``, ``loader`` (the loader state, or ``None``), ``extra``,
+        ``config`` (the job JSON, or ``None``), ``results`` (the records, or ``None``), and
         ``rng_restored``: ``False`` when the checkpoint holds no state for ``rank`` (it was
         written by fewer ranks; a warning is logged and the RNGs are left as they are).
 
@@ -388,6 +479,8 @@ def load_checkpoint(
         "epoch": saved["epoch"],
         "loader": saved["loader"],
         "extra": saved["extra"],
+        "config": saved["config"],
+        "results": saved.get("results"),
         "rng_restored": rng_restored,
     }
 

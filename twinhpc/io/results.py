@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TwinError
-from .atomic import replace_durably
+from . import atomic
 
 #: the columns of ``/attempts`` and their kinds ("str", "int" or "float")
 ATTEMPT_COLUMNS = {
@@ -96,6 +96,8 @@ class ResultsWriter:
     resume : continue the records of an existing ``results.h5`` (call :meth:`truncate` with the
         checkpoint's epoch and step, so records made after it are dropped); without it, an
         existing file is replaced at the first :meth:`flush`.
+    rows : start from these records (:meth:`rows` of an earlier writer, as a checkpoint holds
+        them) instead of an empty record or the file; the file is replaced at the first flush.
 
     Raises
     ------
@@ -115,7 +117,13 @@ class ResultsWriter:
     """
 
     def __init__(
-        self, run_dir: str | os.PathLike[str], config_json: str, environment: Mapping[str, Any], *, resume: bool = False
+        self,
+        run_dir: str | os.PathLike[str],
+        config_json: str,
+        environment: Mapping[str, Any],
+        *,
+        resume: bool = False,
+        rows: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.path = Path(run_dir) / RESULTS
         self.config_json = config_json
@@ -124,16 +132,36 @@ class ResultsWriter:
         self.step_index: list[np.ndarray] = []
         self.report: dict[str, Any] = {}
         self.attempts: list[dict[str, Any]] = []
-        if resume and self.path.exists():
+        if rows is not None:
+            self._restore(rows)
+            self.attempts = _earlier_attempts(self.path)
+        elif resume and self.path.exists():
             old = read_results(self.path)
-            self.metrics.append(old["metrics"], rows=old["epochs"])
-            self.timing.append(old["timing"], rows=old["epochs"])
-            steps = dict(old["steps"])
-            step = steps.pop("step", np.zeros(0, np.int64))
-            self.step_index.append(step)
-            self.steps.append(steps, rows=len(step))
+            self._restore(old)
             self.report = old["report"]
             self.attempts = old["attempts"]
+
+    def _restore(self, rows: Mapping[str, Mapping[str, Any]]) -> None:
+        metrics, timing = rows.get("metrics", {}), rows.get("timing", {})
+        epochs = max((len(v) for v in [*metrics.values(), *timing.values()]), default=0)
+        self.metrics.append(metrics, rows=epochs)
+        self.timing.append(timing, rows=epochs)
+        steps = dict(rows.get("steps", {}))
+        step = np.asarray(steps.pop("step", np.zeros(0, np.int64)), dtype=np.int64)
+        self.step_index.append(step)
+        self.steps.append(steps, rows=len(step))
+
+    def rows(self) -> dict[str, dict[str, np.ndarray]]:
+        """The records so far: ``{"metrics": {name: float64 array}, "timing": ..., "steps":
+        {"step": int64 array, name: float64 array}}`` (what a checkpoint stores)."""
+        return {
+            "metrics": {name: self.metrics.array(name) for name in self.metrics.columns},
+            "timing": {name: self.timing.array(name) for name in self.timing.columns},
+            "steps": {
+                "step": np.concatenate(self.step_index) if self.step_index else np.zeros(0, np.int64),
+                **{name: self.steps.array(name) for name in self.steps.columns},
+            },
+        }
 
     @property
     def epochs(self) -> int:
@@ -248,7 +276,7 @@ class ResultsWriter:
                     _write_report(f.create_group("report"), self.report)
                 if self.attempts:
                     _write_attempts(f.create_group("attempts"), self.attempts)
-            replace_durably(tmp, self.path)
+            atomic.replace_durably(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -283,6 +311,18 @@ def _read_attempts(group: Any) -> list[dict[str, Any]]:
         columns[name] = list(ds.asstr()[()]) if h5py.check_string_dtype(ds.dtype) else [_scalar(v) for v in ds[()]]
     n = min((len(v) for v in columns.values()), default=0)
     return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+
+
+def _earlier_attempts(path: Path) -> list[dict[str, Any]]:
+    """The ``/attempts`` rows of an existing ``results.h5`` (a checkpoint does not carry them),
+    or none when there is no file or it cannot be read: the records themselves come from the
+    checkpoint, and the attempt rows only describe the run's history."""
+    if not path.exists():
+        return []
+    try:
+        return list(read_results(path)["attempts"])
+    except (TwinError, OSError, KeyError):
+        return []
 
 
 def _write_report(group: Any, report: Mapping[str, Any]) -> None:

@@ -90,7 +90,10 @@ def summary(results: dict[str, Any], run: str | os.PathLike = "RUN") -> str:
 
 
 def _report_text(rep: dict[str, Any]) -> str:
-    head = f"final report ({rep.get('split', '?')} split, {rep.get('n', '?')} samples): "
+    used = f", checkpoint {rep['checkpoint']}" if rep.get("checkpoint") else ""
+    if rep.get("best_checkpoint"):
+        used += f"; best kept: {rep['best_checkpoint']}"
+    head = f"final report ({rep.get('split', '?')} split, {rep.get('n', '?')} samples{used}): "
     if rep.get("task") == "regression":
         return head + ", ".join(f"{k} {_fmt(rep[k])}" for k in ("loss", "mae", "rmse", "r2") if k in rep)
     lines = [head + ", ".join(f"{k} {_fmt(rep[k])}" for k in ("accuracy", "loss", "macro_f1") if k in rep)]

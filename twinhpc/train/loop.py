@@ -65,6 +65,7 @@ from .evaluate import autocast
 from .losses import batch_stats
 from .optim import clip_gradients
 from .run import PHASES, HostCopy, PendingStep, TrainingRun, TrainResult
+from .rundir import open_run
 from .signals import StopSignal
 
 log = logging.getLogger("twinhpc")
@@ -79,7 +80,14 @@ def run_directory(job: Job, out=None) -> Path:
 
 
 def train(
-    job: Job, out=None, *, resume: bool = False, world: World | None = None, prepared=None, progress: bool | None = None
+    job: Job,
+    out=None,
+    *,
+    resume: bool = False,
+    world: World | None = None,
+    prepared=None,
+    progress: bool | None = None,
+    force_unlock: bool = False,
 ) -> TrainResult:
     """Train ``job``'s model; collective over ``world``.
 
@@ -88,30 +96,48 @@ def train(
     job : the job (:func:`twinhpc.config.load_job`).
     out : the run directory (default ``train.out``).
     resume : continue from the newest checkpoint in ``RUN/ckpt`` (from scratch when there is
-        none, so a requeued job can always pass it).
+        none, so a requeued job can always pass it). Without it, a directory that holds a run is
+        refused; with it, settings that differ from the run's (but those of
+        :data:`~twinhpc.train.rundir.MAY_CHANGE`) and another rank count are refused, and a
+        complete run is left as it is (status ``"complete"``).
     world : the ranks (default: ``COMM_WORLD``).
     prepared : the preprocessed data (default ``twinhpc.preprocess.open_prepared(job)``): an
         object with ``dataset_dir``, ``fields``, ``classes``, ``model_defaults`` and
         ``transform(batch, train, rng) -> (x, y)``.
     progress : rank 0 shows progress within epochs: a bar when stderr is a terminal, else a line
         every ``train.progress_seconds`` (default); ``False``: nothing.
+    force_unlock : take ``RUN/twinhpc.lock`` even when another process holds it (for a holder
+        that is gone but cannot be proven so: another host).
 
     Returns
     -------
     TrainResult
-        ``status`` is ``"preempted"`` when a signal stopped the run after a checkpoint.
+        ``status`` is ``"preempted"`` when a signal stopped the run after a checkpoint,
+        ``"complete"`` when a resumed run had nothing left to do (nothing was written).
 
     Raises
     ------
     NonFiniteLoss
         On every rank, naming the step, the ranks and their samples, and the last good checkpoint.
     TwinError
-        For a bad job, data or checkpoint (naming the key, file or rank).
+        For a bad job, data or checkpoint (naming the key, file or rank), a run directory that
+        another process holds or that cannot be written.
     """
-    # -- set up: data, model, optimizer, the record, where to start (TrainingRun) --------------
+    # -- claim the run directory (rundir.py), then set up (TrainingRun) ------------------------
     world = world or get_world()
     ensure_logging(world.rank)  # a program that set up no logging sees the CLI's lines
-    run = TrainingRun(job, run_directory(job, out), world, prepared, resume=resume, progress=progress)
+    start = open_run(job, run_directory(job, out), world, resume=resume, force_unlock=force_unlock)
+    try:
+        if start.complete is not None:
+            return TrainResult(start.run_dir, "complete", start.complete["step"], start.complete["epoch"])
+        run = TrainingRun(job, start.run_dir, world, prepared, resume=resume, progress=progress)
+        return _train(job, world, run)
+    finally:
+        start.release()
+
+
+def _train(job: Job, world: World, run: TrainingRun) -> TrainResult:
+    """The loop of :func:`train` over a set-up :class:`TrainingRun` (closed on return)."""
     cfg, state, loader, model, optimizer = job.train, run.state, run.loader, run.model, run.optimizer
     accumulate, status = run.accumulate, "finished"
     run.stop = StopSignal.install()  # before the line below: a test waits for it to send a signal
@@ -126,7 +152,13 @@ def train(
     )
     try:
         model.train()
-        while state.epoch < cfg.epochs and state.step < run.total_steps:
+        # an epoch whose steps are all done is still closed (validated, recorded) when the run
+        # resumes from a checkpoint of its last step
+        while (
+            state.epoch < cfg.epochs
+            and (state.step < run.total_steps or state.steps_in_epoch > 0)
+            and not run.stopped_early()
+        ):
             epoch = state.epoch
             batches = run.start_epoch(epoch)
             t_epoch = time.perf_counter() - state.elapsed
@@ -186,22 +218,21 @@ def train(
 
             # -- end of the epoch: validate, record, decide ----------------------------------
             run.end_epoch(epoch, lr, t_epoch)  # the /metrics row, schedule, early-stopping counters; next epoch
-            if cfg.checkpoint_every == "epoch" or state.step >= run.total_steps:
+            best_now = state.best_step == state.step  # train.keep_best: this epoch is the best
+            if cfg.checkpoint_every == "epoch" or state.step >= run.total_steps or best_now:
                 run.save(state.epoch)
-            elif run.results is not None:
-                run.results.flush()
-            es = cfg.early_stopping
-            if es.patience and state.bad_epochs >= es.patience:
+            else:
+                run.flush_results()
+            if run.stopped_early():
                 log.info(
                     "early stopping: %s has not improved for %d epoch(s) (best %.6g)",
-                    es.metric,
+                    cfg.early_stopping.metric,
                     state.bad_epochs,
                     state.best,
                 )
-                status = "early_stopped"
-                break
 
         # -- the end: checkpoint and final report ---------------------------------------------
+        status = "early_stopped" if run.stopped_early() else status
         if run.saved_step != state.step:
             run.save(state.epoch)
         return run.final_report(status)

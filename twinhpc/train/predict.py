@@ -24,23 +24,30 @@ from ..comm.world import World, get_world
 from ..config import Job
 from ..data.format import Manifest
 from ..errors import TwinError
-from ..io.checkpoint import latest, load_checkpoint
+from ..io.checkpoint import load_checkpoint, select_checkpoint
 from ..io.predictions import write_predictions
 from .evaluate import evaluate, infer, merge, split_loader
 
 log = logging.getLogger("twinhpc")
 
 
-def find_checkpoint(run=None, checkpoint=None) -> Path:
-    """``checkpoint``, or the newest checkpoint of the run directory ``run``."""
-    if checkpoint is not None:
-        return Path(checkpoint)
+#: ``--checkpoint`` values that name a checkpoint of the run rather than a file
+CHOICES = ("last", "best")
+
+
+def find_checkpoint(run=None, checkpoint=None) -> tuple[Path, str]:
+    """The checkpoint to use and how it was chosen: ``checkpoint`` is ``"last"`` (the default:
+    the run's newest), ``"best"`` (the best epoch's, kept by ``train.keep_best``) of the run
+    directory ``run``, or a checkpoint file. Returns ``(path, which)``, ``which`` e.g.
+    ``"best, step 24"`` or ``"file"``."""
+    if checkpoint is not None and str(checkpoint) not in CHOICES:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise TwinError(f"{path}: no such checkpoint file (--checkpoint takes best, last or a PATH)")
+        return path, "file"
     if run is None:
-        raise TwinError("give a run directory (--run RUN) or a checkpoint (--checkpoint PATH)")
-    path = latest(run)
-    if path is None:
-        raise TwinError(f"{run}: no checkpoint in {Path(run) / 'ckpt'} (is it the run directory of `twinhpc train`?)")
-    return path
+        raise TwinError("give a run directory (--run RUN) or a checkpoint file (--checkpoint PATH)")
+    return select_checkpoint(run, str(checkpoint or "last"))
 
 
 def load_model(job: Job, prep, path: Path):
@@ -68,23 +75,25 @@ def validate(
 
     Parameters
     ----------
-    run, checkpoint : the run directory (its newest checkpoint) or a checkpoint file.
+    run : the run directory.
+    checkpoint : ``"last"`` (default) or ``"best"`` checkpoint of ``run``, or a checkpoint file.
     split : default ``data.val_split``.
 
     Returns
     -------
     dict
         The report (as results.h5's ``/report``: accuracy, confusion, per-class precision,
-        recall, F1, or MAE, RMSE, R²; ``loss``, ``split``) plus ``checkpoint``; on every rank.
+        recall, F1, or MAE, RMSE, R²; ``loss``, ``split``) plus ``checkpoint`` (its path) and
+        ``which`` (``"last, step N"``, ``"best, step N"`` or ``"file"``); on every rank.
     """
     world = world or get_world()
     prep = _prepared(job, world, prepared)
-    path = find_checkpoint(run, checkpoint)
+    path, which = world.run(lambda: find_checkpoint(run, checkpoint))
     model = world.run(lambda: load_model(job, prep, path))
     loader = split_loader(prep.dataset_dir, split or job.data.val_split, job, world, prep.fields)
     with loader:
         ev = evaluate(model, loader, prep.transform, job, world, tuple(prep.classes))
-    return {**ev.report(), "checkpoint": str(path)}
+    return {**ev.report(), "checkpoint": str(path), "which": which}
 
 
 def predict(
@@ -102,6 +111,7 @@ def predict(
 
     Parameters
     ----------
+    run, checkpoint : as for :func:`validate`.
     dataset : a dataset directory as ``twinhpc ingest`` writes it, with the fields of the job's
         ``data.dataset`` (the label may be missing); it is preprocessed per batch with the
         job's fitted state.
@@ -116,7 +126,7 @@ def predict(
     if dataset is None or out is None:
         raise TwinError("predict needs --input DATASET and --out PRED.h5")
     prep = _prepared(job, world, prepared)
-    path = find_checkpoint(run, checkpoint)
+    path, _ = world.run(lambda: find_checkpoint(run, checkpoint))
     manifest = Manifest.load(dataset)
     split = split or _default_split(manifest, job, dataset)
     names = {f.name for f in manifest.fields}

@@ -31,12 +31,14 @@ from ..data.loader import ShardedLoader
 from ..errors import TwinError
 from ..io.checkpoint import latest, load_checkpoint, rng_state, save_checkpoint
 from ..io.results import ResultsWriter
+from ..io.rundir import RunDirError
 from ..log import Progress
 from .device import resolve_device, to_device
 from .evaluate import Evaluation, evaluate, split_loader
 from .losses import make_loss, metric_from_stats, stats_size
 from .model import build_model
 from .optim import Schedule, improved, make_optimizer
+from .rundir import check_checkpoint_space, os_error_text
 from .signals import StopSignal
 
 log = logging.getLogger("twinhpc")
@@ -87,6 +89,7 @@ class LoopState:
     metric_stats: list = field(default_factory=list)  # Σ of batch_stats over the epoch
     timing: dict = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     elapsed: float = 0.0  # seconds of training in this epoch before the checkpoint
+    best_step: int | None = None  # train.keep_best: the step of the best epoch's checkpoint
     pending_steps: dict = field(default_factory=dict)  # per-step records not yet in results
 
     def start_epoch(self, stats_len: int) -> None:
@@ -290,12 +293,9 @@ class TrainingRun:
             environment = startup_report(world)
             self.state = LoopState()
             self.state.start_epoch(self.stats_len)
+            world.run(lambda: check_checkpoint_space(job, run_dir, self.model.module) if self.master_process else None)
             checkpoint = latest(run_dir) if resume else None
-            self.results = (
-                ResultsWriter(run_dir, job.to_json(), environment, resume=checkpoint is not None)
-                if self.master_process
-                else None
-            )
+            info = None
             if checkpoint is not None:
                 info = load_checkpoint(
                     checkpoint, self.model.module, self.optimizer, rank=world.rank, generators={"augment": self.aug_rng}
@@ -303,9 +303,17 @@ class TrainingRun:
                 self.loader.load_state_dict(info["loader"])
                 self.state = LoopState(**info["extra"]["loop"])
                 self.schedule.load_state_dict(info["extra"]["schedule"])
-                if self.results is not None:
-                    self.results.truncate(epochs=self.state.epoch, step=self.state.step)
                 log.info("resuming from %s: step %d, epoch %d", checkpoint, self.state.step, self.state.epoch + 1)
+            self.results = None
+            if self.master_process:
+                # the checkpoint is the commit point: its records replace results.h5's (which may
+                # be behind it, or ahead of it); a checkpoint without records cuts results.h5 back
+                rows = info["results"] if info is not None else None
+                self.results = ResultsWriter(
+                    run_dir, job.to_json(), environment, resume=info is not None and rows is None, rows=rows
+                )
+                if info is not None and rows is None:
+                    self.results.truncate(epochs=self.state.epoch, step=self.state.step)
             if self.results is not None:  # this process's row of /attempts
                 self.results.begin_attempt(**attempt_identity(), ranks=world.size, step=self.state.step)
 
@@ -351,21 +359,50 @@ class TrainingRun:
         state = self.state
         self.saved_step = state.step
         states = self.world.gather(rng_state({"augment": self.aug_rng}))
-        path = None
+        path, error = None, None
         if self.results is not None:  # rank 0
-            path = save_checkpoint(
-                self.run_dir,
-                step=state.step,
-                epoch=epoch,
-                model=self.model.module,
-                optimizer=self.optimizer,
-                loader=self.loader.state_dict(),
-                rng=states,
-                extra={"loop": asdict(state), "schedule": self.schedule.state_dict()},
-                keep=self.cfg.keep_checkpoints,
-            )
-            self.results.flush()
+            # the commit: the checkpoint holds the records; results.h5 follows from the same ones
+            try:
+                path = save_checkpoint(
+                    self.run_dir,
+                    step=state.step,
+                    epoch=epoch,
+                    model=self.model.module,
+                    optimizer=self.optimizer,
+                    loader=self.loader.state_dict(),
+                    rng=states,
+                    extra={"loop": asdict(state), "schedule": self.schedule.state_dict()},
+                    keep=self.cfg.keep_checkpoints,
+                    protect=() if state.best_step is None else (state.best_step,),
+                    config=self.job.to_json(),
+                    results=self.results.rows(),
+                )
+            except OSError as e:
+                error = (
+                    f"cannot write checkpoint {self.run_dir}/ckpt/step-{state.step}.h5 ({os_error_text(e)}); "
+                    f"nothing of it was kept, the run's last complete checkpoint is "
+                    f"{latest(self.run_dir) or 'none'} (free space or fix the directory, then --resume)"
+                )
+            if error is None:
+                error = self._flush_error()
+        self.world.check(error, RunDirError)  # names rank 0
         return self.world.bcast(path)
+
+    def _flush_error(self) -> str | None:
+        """Rank 0: flush results.h5; the error message when it cannot be written."""
+        try:
+            self.results.flush()
+        except OSError as e:
+            return (
+                f"cannot write {self.results.path} ({os_error_text(e)}); it holds the previous flush, "
+                f"and --resume rebuilds it from the newest checkpoint ({latest(self.run_dir) or 'none'})"
+            )
+        return None
+
+    def flush_results(self) -> None:
+        """Collective. Rank 0 writes results.h5; an error there ends every rank with one message."""
+        error = self._flush_error() if self.results is not None else None
+        self.world.check(error, RunDirError)  # names rank 0
 
     def finish_step(self, step: PendingStep) -> bool:
         """Collective. Read ``step``'s loss and statistics, sum them over the ranks (with the NaN
@@ -456,10 +493,17 @@ class TrainingRun:
         self.schedule.end_epoch(watched, es.direction, es.min_delta)
         if state.best is None or improved(watched, state.best, es.direction, es.min_delta):
             state.best, state.bad_epochs = watched, 0
+            if cfg.keeps_best:
+                state.best_step = state.step  # its checkpoint is written at this epoch's end
         else:
             state.bad_epochs += 1
         state.epoch += 1
         state.start_epoch(self.stats_len)
+
+    def stopped_early(self) -> bool:
+        """Early stopping's patience is used up (``train.early_stopping``)."""
+        es = self.cfg.early_stopping
+        return bool(es.patience) and self.state.bad_epochs >= es.patience
 
     def validate(self) -> Evaluation:
         """Collective. Re-align the BatchNorm statistics to rank 0's, then evaluate the model on
@@ -474,11 +518,17 @@ class TrainingRun:
         its last epoch), write ``/report`` and flush results.h5; the run's result."""
         if self.last_eval is None:
             self.last_eval = self.validate()
-        if self.results is not None:
-            self.results.write_report(self.last_eval.report())
-            self.results.end_attempt(status, self.state.step)
-            self.results.flush()
         newest = self.world.bcast(latest(self.run_dir) if self.master_process else None)
+        if self.results is not None:
+            which = {
+                "checkpoint": str(Path(newest).relative_to(self.run_dir)) if newest else "",
+                "checkpoint_step": self.state.step,
+            }
+            if self.state.best_step is not None:
+                which["best_checkpoint"] = f"ckpt/step-{self.state.best_step}.h5"
+            self.results.write_report({**self.last_eval.report(), **which})
+            self.results.end_attempt(status, self.state.step)
+        self.flush_results()
         return TrainResult(self.run_dir, status, self.state.step, self.state.epoch, self.row, newest)
 
     def end_attempt(self, reason: str) -> None:
