@@ -104,7 +104,8 @@ def test_a_crash_at_every_instant_of_the_commits_resumes_to_the_uninterrupted_ru
 def test_a_write_that_fails_ends_the_run_with_one_error_and_resume_completes_it(job, tmp_path, monkeypatch, failing):
     """The k-th rename of a checkpoint (or of results.h5) fails with ENOSPC for every k: train
     raises one error naming the file and the last complete checkpoint, leaves no temporary and
-    no lock, and --resume then records what an uninterrupted run records."""
+    no lock, and --resume then records what an uninterrupted run records (or finds the run
+    complete, when only the last write failed and the failed attempt's record completed it)."""
     reference = tmp_path / "whole"
     train(job, reference, progress=False)
     real_replace = atomic.replace_durably
@@ -137,8 +138,11 @@ def test_a_write_that_fails_ends_the_run_with_one_error_and_resume_completes_it(
             monkeypatch.undo()
         left = [p.name for p in run.rglob("*") if p.name.endswith(".tmp") or p.name == LOCK]
         assert not left, left
-        assert train(job, run, resume=True, progress=False).status == "finished"
-        assert_same_records(run, reference)
+        # "complete": the write that failed was the last one, and the failed attempt's own record
+        # (rank 0 writes results.h5 once more to close its /attempts row) completed results.h5
+        resumed = train(job, run, resume=True, progress=False)
+        assert resumed.status in ("finished", "complete"), resumed.status
+        assert_same_records(run, reference, stale_lock_allowed=resumed.status == "complete")
     assert k > 4  # every commit was failed once
 
 
