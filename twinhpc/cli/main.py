@@ -91,6 +91,9 @@ def setup_logging_for(args, world) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..comm.watchdog import enable_exit_barrier
+
+    enable_exit_barrier()  # under MPI the ranks leave together, or the job aborts within stall_timeout
     try:
         return int(args._run(args) or 0)
     except TwinError as e:

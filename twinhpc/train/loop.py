@@ -57,6 +57,7 @@ from pathlib import Path
 
 import torch
 
+from ..comm.watchdog import fault_point
 from ..comm.world import World, get_world
 from ..config import Job
 from ..errors import TwinError
@@ -155,6 +156,7 @@ def train(
                     batch_indices.append(loader.batches_consumed - 1)
                     timing["data_wait"] += t1 - t0
                     timing["forward_backward"] += time.perf_counter() - t1
+                fault_point("step")  # a test hook (TWINHPC_FAULT); nothing otherwise
                 t0 = time.perf_counter()
                 model.synchronize()  # gradients: the average over the ranks
                 # the previous step's scalars: on a GPU read while the device runs this step
@@ -185,8 +187,8 @@ def train(
             run.end_epoch(epoch, lr, t_epoch)  # the /metrics row, schedule, early-stopping counters; next epoch
             if cfg.checkpoint_every == "epoch" or state.step >= run.total_steps:
                 run.save(state.epoch)
-            elif run.results is not None:
-                run.results.flush()
+            else:
+                run.flush_results()
             es = cfg.early_stopping
             if es.patience and state.bad_epochs >= es.patience:
                 log.info(

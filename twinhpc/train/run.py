@@ -24,6 +24,7 @@ import torch
 
 from ..comm.ddp import DataParallel
 from ..comm.engine import Engine
+from ..comm.watchdog import fault_point
 from ..comm.world import World
 from ..config import Job
 from ..data.loader import ShardedLoader
@@ -124,9 +125,7 @@ class PendingStep:
 
 def step_allreduce(world: World, values: np.ndarray) -> np.ndarray:
     """Sum ``values`` (float64) over the ranks: one ``MPI_Allreduce`` per optimizer step."""
-    out = np.empty_like(values)
-    world.comm.Allreduce(values, out, op=world.MPI.SUM)
-    return out
+    return world.allreduce_array(values, name="step loss")
 
 
 class TrainingRun:
@@ -219,6 +218,7 @@ class TrainingRun:
         self.job, self.world, self.run_dir = job, world, run_dir
         self.master_process = world.rank == 0
         self.cfg = cfg = job.train
+        world.stall_timeout = cfg.stall_timeout  # every collective of the run, not only the engine's
         ocfg = job.optim
         self.show_bar = self.master_process and (sys.stderr.isatty() if progress is None else progress)
 
@@ -323,11 +323,19 @@ class TrainingRun:
     def save(self, epoch: int) -> Path | None:
         """Collective. Every rank gathers its RNG states to rank 0, which writes the checkpoint
         of the current step (``epoch``: the epoch the loader resumes in) and flushes results.h5;
-        returns the checkpoint's path on every rank."""
+        returns the checkpoint's path on every rank. A failed write (a full disk, an unwritable
+        run directory) raises the same error on every rank, naming rank 0."""
         state = self.state
         self.saved_step = state.step
-        states = self.world.gather(rng_state({"augment": self.aug_rng}))
-        path = None
+        states = self.world.gather(rng_state({"augment": self.aug_rng}), name="checkpoint: RNG states")
+        fault_point("checkpoint")
+        path = self.world.run(lambda: self._write_checkpoint(epoch, states), name="checkpoint: write")
+        return self.world.bcast(path, name="checkpoint: path")
+
+    def _write_checkpoint(self, epoch: int, states) -> Path | None:
+        """Rank 0: write the checkpoint and flush results.h5 (:meth:`save`'s rank-local part);
+        its path on rank 0, ``None`` elsewhere."""
+        state, path = self.state, None
         if self.results is not None:  # rank 0
             path = save_checkpoint(
                 self.run_dir,
@@ -341,7 +349,7 @@ class TrainingRun:
                 keep=self.cfg.keep_checkpoints,
             )
             self.results.flush()
-        return self.world.bcast(path)
+        return path
 
     def finish_step(self, step: PendingStep) -> bool:
         """Collective. Read ``step``'s loss and statistics, sum them over the ranks (with the NaN
@@ -358,6 +366,7 @@ class TrainingRun:
             local[3:] += values[1:]
         local[1] = bad_batch is not None
         local[2] = self.stop.received is not None
+        fault_point("step_loss")
         total = step_allreduce(self.world, local)  # loss, flags, metric statistics: summed
         if total[1] > 0:
             self.raise_non_finite(step, bad_batch)
@@ -449,11 +458,19 @@ class TrainingRun:
         its last epoch), write ``/report`` and flush results.h5; the run's result."""
         if self.last_eval is None:
             self.last_eval = self.validate()
-        if self.results is not None:
+        self.world.run(self._write_report, name="report: write")
+        newest = self.world.bcast(latest(self.run_dir) if self.master_process else None, name="report: checkpoint")
+        return TrainResult(self.run_dir, status, self.state.step, self.state.epoch, self.row, newest)
+
+    def _write_report(self) -> None:
+        """Rank 0: write ``/report`` and flush results.h5 (:meth:`final_report`'s rank-local part)."""
+        if self.results is not None and self.last_eval is not None:
             self.results.write_report(self.last_eval.report())
             self.results.flush()
-        newest = self.world.bcast(latest(self.run_dir) if self.master_process else None)
-        return TrainResult(self.run_dir, status, self.state.step, self.state.epoch, self.row, newest)
+
+    def flush_results(self) -> None:
+        """Collective: rank 0 flushes results.h5; a failure raises on every rank, naming rank 0."""
+        self.world.run(lambda: self.results.flush() if self.results is not None else None, name="results: flush")
 
     def raise_non_finite(self, step: PendingStep, bad_batch: tuple[int, float] | None) -> None:
         """Collective: raise :class:`NonFiniteLoss` on every rank, naming the ranks whose loss in
@@ -468,8 +485,10 @@ class TrainingRun:
                 f"loss is {value} at optimizer step {step.step} (epoch {step.epoch + 1}, batch {index + 1}); "
                 f"samples {samples.tolist()} of split {self.job.data.train_split!r}"
             )
-        good = world.bcast(str(latest(run_dir)) if world.rank == 0 and latest(run_dir) else None)
-        errors = world.allgather(message)
+        good = world.bcast(
+            str(latest(run_dir)) if world.rank == 0 and latest(run_dir) else None, name="nan: checkpoint"
+        )
+        errors = world.allgather(message, name="nan: ranks")
         where = "; ".join(f"rank {r}: {m}" for r, m in enumerate(errors) if m)
         raise NonFiniteLoss(f"{where}; last good checkpoint: {good or 'none (nothing saved yet)'}")
 
@@ -483,9 +502,17 @@ class TrainingRun:
             self.engine.abandon()
 
     def close(self) -> None:
-        """Restore the signal handlers, stop the engine's and the loaders' threads."""
+        """Restore the signal handlers, stop the engine's and the loaders' threads.
+
+        Collective (the engine's close), except on an error that this rank raised alone
+        (:meth:`World.agreed <twinhpc.comm.world.World.agreed>` says no): the other ranks are not
+        coming, so only this process's part is released."""
         self.stop.restore()
         self.model.close()
-        self.engine.close()
+        error = sys.exception()
+        if error is not None and not self.world.agreed(error):
+            self.engine.abandon()
+        else:
+            self.engine.close()
         self.loader.close()
         self.val_loader.close()
