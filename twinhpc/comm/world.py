@@ -246,7 +246,7 @@ class World:
         """Collective: call ``fn`` on every rank, then agree whether any rank failed.
 
         A :class:`TwinError` contributes its message; an ``OSError`` (a file that cannot be
-        written, a full disk) its type and message; any other exception its type, message and
+        written, a full disk) its type and message, on one line; any other exception its type, message and
         (in the rank's log) its traceback, so a bug on one rank still ends every rank with an
         error instead of a hang. ``name`` labels the agreement's collective.
         """
@@ -257,12 +257,18 @@ class World:
             error = str(e)
         except OSError as e:
             log.debug("rank %d: %s\n%s", self.rank, e, traceback.format_exc())
-            error = f"{type(e).__name__}: {e}"
+            error = _one_line(f"{type(e).__name__}: {e}")
         except Exception as e:  # a bug: keep the traceback in this rank's log
             log.error("rank %d: unexpected error\n%s", self.rank, traceback.format_exc())
-            error = f"{type(e).__name__}: {e}"
+            error = _one_line(f"{type(e).__name__}: {e}")
         self.check(error, exc, name)
         return result  # type: ignore[return-value]
+
+
+def _one_line(message: str) -> str:
+    """``message`` with its line breaks and runs of blanks made single spaces (HDF5's messages
+    hold a line break)."""
+    return " ".join(message.split())
 
 
 def _in_flight() -> str | None:
