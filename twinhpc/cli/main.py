@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        if argv is None:  # the command: under MPI its ranks leave together, or the job aborts
+            from ..comm.watchdog import enable_exit_barrier
+
+            enable_exit_barrier()
         return after_signal(args.verb, int(args._run(args) or 0))
     except TwinError as e:
         rank = env_rank()

@@ -29,8 +29,10 @@ Errors:
     small ``MPI_Allgather`` per operation, and raise the same ``TypeError`` or ``ValueError``
     from ``wait()`` (or the blocking call) on every rank, naming the ranks and the problem. MPI
     failures raise ``RuntimeError``. A rank that does not arrive at an operation within
-    ``stall_timeout`` seconds makes rank 0 print the missing ranks and abort the job
-    (``MPI_Abort``, non-zero exit).
+    ``stall_timeout`` seconds makes rank 0's stall inspector print the missing ranks and abort
+    the job (``MPI_Abort``, non-zero exit); every blocking call and ``wait()`` is also a watched
+    region of the engine's :class:`~twinhpc.comm.world.World` (:mod:`twinhpc.comm.watchdog`), so a
+    rank waiting for a stopped rank 0 aborts the job too.
 
 Closing:
     :meth:`Engine.close` (or leaving a ``with Engine() as eng:`` block) is collective: every rank
@@ -64,8 +66,9 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import torch
 from mpi4py import MPI  # before the exit handler below: MPI must outlive the engines
 
-from ..config.defaults import STALL_TIMEOUT_S
+from ..config.defaults import stall_timeout as default_stall_timeout
 from .tuning import ALL_SIZES, algorithm_table
+from .world import Region, World, get_world
 
 if TYPE_CHECKING:
     from .. import _C
@@ -112,13 +115,15 @@ R = TypeVar("R", torch.Tensor, list[torch.Tensor])
 class Handle(Generic[R]):
     """An operation enqueued on an :class:`Engine`; ``wait()`` returns its tensor(s)."""
 
-    __slots__ = ("_work", "_result")
+    __slots__ = ("_work", "_result", "_engine")
     _work: _C.Work
     _result: R
+    _engine: Engine
 
-    def __init__(self, work: _C.Work, result: R):
+    def __init__(self, work: _C.Work, result: R, engine: Engine):
         self._work = work
         self._result = result
+        self._engine = engine
 
     def wait(self) -> R:
         """Block until the operation is complete (the GIL is released meanwhile).
@@ -135,7 +140,8 @@ class Handle(Generic[R]):
         RuntimeError
             An MPI error.
         """
-        self._work.wait()
+        with self._engine.region(self._work.name):
+            self._work.wait()
         return self._result
 
     def done(self) -> bool:
@@ -169,10 +175,11 @@ class Engine:
     comm : mpi4py.MPI.Intracomm, optional
         The ranks taking part (default ``MPI.COMM_WORLD``); the engine duplicates it.
         Constructing an engine is collective over ``comm``.
-    stall_timeout : float
-        Seconds an operation may wait for ranks that have not arrived before rank 0 prints
-        them and aborts the job (default :data:`twinhpc.config.defaults.STALL_TIMEOUT_S`, as the
-        job file's ``train.stall_timeout``); ``0`` disables the stall inspector.
+    stall_timeout : float, optional
+        Seconds an operation may wait for ranks that have not arrived before they are named and
+        the job aborted: by rank 0's stall inspector, and by every rank's watchdog for its own
+        waits (default :func:`twinhpc.config.defaults.stall_timeout`: ``$TWINHPC_STALL_TIMEOUT``,
+        else 300 s, as the job file's ``train.stall_timeout``); ``0`` disables both.
     algorithm : str
         ``"auto"``: per message size, measured once per machine and communicator shape and
         cached (:mod:`twinhpc.comm.tuning`); ``$TWINHPC_ALLREDUCE_ALGO`` overrides it. Or one of
@@ -199,7 +206,7 @@ class Engine:
     def __init__(
         self,
         comm: MPI.Intracomm | None = None,
-        stall_timeout: float = STALL_TIMEOUT_S,
+        stall_timeout: float | None = None,
         algorithm: str = "auto",
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
     ):
@@ -220,14 +227,20 @@ class Engine:
         if use_cuda_aware not in ("0", "1"):
             raise ValueError(f"twinhpc.Engine: ${CUDA_AWARE_ENV} must be 0 or 1, not {use_cuda_aware!r}")
         self.comm = comm
-        self._core = core = _core().Engine(comm.py2f(), float(stall_timeout), int(segment_bytes), use_cuda_aware == "1")
+        self.stall_timeout = default_stall_timeout() if stall_timeout is None else float(stall_timeout)
+        #: the engine's waits are regions of this World (the process's own over COMM_WORLD)
+        self.world = get_world() if comm == MPI.COMM_WORLD else World(comm, self.stall_timeout)
+        self._own_world = comm != MPI.COMM_WORLD
+        with self.region("engine start"):
+            self._core = core = _core().Engine(
+                comm.py2f(), self.stall_timeout, int(segment_bytes), use_cuda_aware == "1"
+            )
         self.rank: int = core.rank
         #: whether CUDA tensors go to MPI as device pointers (a CUDA-aware MPI, unless
         #: ``$TWINHPC_MPI_CUDA_AWARE=0``); otherwise they are staged through pinned host memory
         self.cuda_aware: bool = core.cuda_aware
         self.size: int = core.size
         self._available = [a for a, code in _codes().items() if core.has_algorithm(code)]
-        self.stall_timeout = float(stall_timeout)
         self.segment_bytes = int(segment_bytes)
         self.algorithm = os.environ.get(ALGO_ENV, "auto") if algorithm == "auto" else algorithm
         try:
@@ -265,12 +278,13 @@ class Engine:
         """The CPU cores this node's ranks may run on (the union of their affinity masks),
         divided by the number of those ranks: what each rank has for its compute threads and
         the engine's thread. Collective over the communicator; may differ between nodes."""
-        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
-        try:
-            cores: set[int] = set().union(*node.allgather(sorted(os.sched_getaffinity(0))))
-            return len(cores) / node.Get_size()
-        finally:
-            node.Free()
+        with self.region("cores per rank"):
+            node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+            try:
+                cores: set[int] = set().union(*node.allgather(sorted(os.sched_getaffinity(0))))
+                return len(cores) / node.Get_size()
+            finally:
+                node.Free()
 
     # -- shared memory ------------------------------------------------------------------------
     def shared_buffer(self, nbytes: int) -> torch.Tensor:
@@ -289,7 +303,8 @@ class Engine:
         """
         if int(nbytes) < 0:
             raise ValueError(f"twinhpc.Engine.shared_buffer: negative size {nbytes}")
-        return self._engine().shared_buffer(int(nbytes))
+        with self.region("shared buffer"):
+            return self._engine().shared_buffer(int(nbytes))
 
     # -- operations -----------------------------------------------------------------------------
     def allreduce_async_(
@@ -322,7 +337,7 @@ class Engine:
             ``wait()`` returns ``t``.
         """
         self._check_tensor(t)
-        return Handle(self._submit([t], op, wire_dtype, name, algorithm, blocking=False), t)
+        return Handle(self._submit([t], op, wire_dtype, name, algorithm, blocking=False), t, self)
 
     def allreduce_(
         self,
@@ -351,7 +366,8 @@ class Engine:
         ``timings()``) instead of ``t``: with nothing queued the calling thread runs it (without
         the GIL); otherwise it returns when the engine's thread has run it, after the queue."""
         self._check_tensor(t)
-        return Handle(self._submit([t], op, wire_dtype, name, algorithm, blocking=True), t)
+        with self.region(name):
+            return Handle(self._submit([t], op, wire_dtype, name, algorithm, blocking=True), t, self)
 
     def allreduce_many_async_(
         self,
@@ -371,22 +387,25 @@ class Engine:
         for t in tensors:
             self._check_tensor(t)
         return Handle(
-            self._submit(tensors, op, wire_dtype, name or "allreduce_many", algorithm, blocking=False), tensors
+            self._submit(tensors, op, wire_dtype, name or "allreduce_many", algorithm, blocking=False), tensors, self
         )
 
     def broadcast_async_(self, t: torch.Tensor, root: int = 0, name: str = "broadcast") -> Handle[torch.Tensor]:
         """Enqueue an in-place broadcast of ``t`` from rank ``root``; ``wait()`` returns ``t``."""
         self._check_tensor(t)
-        return Handle(self._engine().broadcast(t, int(root), name, False), t)
+        return Handle(self._engine().broadcast(t, int(root), name, False), t, self)
 
     def broadcast_(self, t: torch.Tensor, root: int = 0, name: str = "broadcast") -> torch.Tensor:
         """Blocking :meth:`broadcast_async_`: every rank's ``t`` becomes rank ``root``'s."""
         self._check_tensor(t)
-        return Handle(self._engine().broadcast(t, int(root), name, True), t).wait()
+        with self.region(name):
+            self._engine().broadcast(t, int(root), name, True).wait()
+        return t
 
     def barrier(self, name: str = "barrier") -> None:
         """Block until every rank has reached this point of the queue."""
-        self._engine().barrier(name, True).wait()
+        with self.region(name):
+            self._engine().barrier(name, True).wait()
 
     def close(self) -> None:
         """Finish the queued operations, stop the thread and free the communicators.
@@ -397,7 +416,14 @@ class Engine:
         """
         if self._core is not None and not self._closed:
             self._closed = True
-            self._core.close()
+            with self.region("engine close"):
+                self._core.close()
+            if self._own_world:
+                self.world.free()
+
+    def region(self, name: str) -> Region:
+        """A watched wait of :attr:`stall_timeout` in the engine's World (see :meth:`World.region`)."""
+        return self.world.region(name, self.stall_timeout)
 
     def __del__(self) -> None:
         # The garbage collector runs at a different moment on every rank: no collective here.

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from mpi4py import MPI
+    from .world import World
 
 log = logging.getLogger("twinhpc")
 
@@ -51,7 +51,7 @@ class TunedEngine(Protocol):
     """What tuning needs of an engine (:class:`~twinhpc.comm.engine.Engine` has it)."""
 
     @property
-    def comm(self) -> MPI.Intracomm: ...
+    def world(self) -> World: ...
     @property
     def rank(self) -> int: ...
     @property
@@ -146,8 +146,6 @@ def autotune(engine: TunedEngine, sizes: Sequence[int] = SIZE_CLASSES, reps: int
     the ranks' arrival at the barrier does not decide; each figure is the median of its turns'
     per-call times, and the maximum over ranks, so every rank gets the same numbers.
     """
-    from mpi4py import MPI
-
     algorithms = engine.available_algorithms()
     times: dict[int, dict[str, float]] = {}
     for size in sizes:
@@ -163,7 +161,9 @@ def autotune(engine: TunedEngine, sizes: Sequence[int] = SIZE_CLASSES, reps: int
                 for _ in range(calls):
                     engine.allreduce_(t, algorithm=a, name="tuning")
                 seconds[a].append((time.perf_counter() - t0) / calls)
-        times[size] = {a: engine.comm.allreduce(sorted(s)[len(s) // 2], op=MPI.MAX) for a, s in seconds.items()}
+        times[size] = {
+            a: engine.world.allreduce(sorted(s)[len(s) // 2], "max", name="tuning") for a, s in seconds.items()
+        }
     return times
 
 
@@ -176,14 +176,12 @@ def algorithm_table(engine: TunedEngine, environ: Mapping[str, str] = os.environ
 
     if engine.size == 1:
         return [(ALL_SIZES, "mpi")]
-    comm = engine.comm
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    nodes = comm.allreduce(1 if node.Get_rank() == 0 else 0)
-    node.Free()
+    world = engine.world
+    nodes = world.node_count(name="tuning: nodes")
     library = MPI.Get_library_version().replace("\0", "").splitlines()[0].strip()
     key = tuning_key(library, _cpu_model(), engine.size, nodes, engine.segment_bytes)
     path = cache_path(environ)
-    entry = comm.bcast(load(path).get(key) if engine.rank == 0 else None, root=0)
+    entry = world.bcast(load(path).get(key) if engine.rank == 0 else None, name="tuning: cache")
     if entry is not None:
         return [(int(b), a) for b, a in entry["table"]]
     times = autotune(engine)

@@ -58,6 +58,7 @@ def key(
     lt: float | None = None,
     check: Callable[[Any], str | None] | None = None,
     default_doc: str | None = None,
+    factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A documented, constrained dataclass field.
 
@@ -70,6 +71,8 @@ def key(
     ge, gt, le, lt : bounds of a number, or of each number of an array.
     check : ``check(value) -> problem or None`` for rules the above cannot say.
     default_doc : how the reference shows the default when ``None`` means "derived".
+    factory : computes the default when the key is absent (instead of ``default``; e.g. from an
+        environment variable); give ``default_doc`` with it.
     """
     meta = {
         "doc": doc,
@@ -81,6 +84,8 @@ def key(
         "check": check,
         "default_doc": default_doc,
     }
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)

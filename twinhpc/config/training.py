@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .defaults import BUCKET_CAP_MB, STALL_TIMEOUT_S
+from .defaults import BUCKET_CAP_MB, STALL_TIMEOUT_ENV, STALL_TIMEOUT_S, stall_timeout
 from .fields import JobFileError, Table, TypeMismatch, coerce, did_you_mean, key, toml_type_name
 
 CLASSIFICATION_LOSSES = ("cross_entropy",)
@@ -260,7 +260,12 @@ class TrainConfig(Table):
         "none", "Dtype gradients are cast to for the all-reduce (`none`: their own).", choices=("none", "fp16", "bf16")
     )
     stall_timeout: float = key(
-        STALL_TIMEOUT_S, "Seconds a collective may wait before the missing ranks are named and the job aborted.", gt=0
+        doc="Seconds a rank may wait in a collective (a gradient all-reduce, validation, a checkpoint's "
+        "coordination) for the others before it names the ranks that have not arrived and aborts the job; "
+        "0: wait without bound.",
+        factory=stall_timeout,
+        default_doc=f"`${STALL_TIMEOUT_ENV}`, else `{STALL_TIMEOUT_S}`",
+        ge=0,
     )
 
     def check(self) -> None:

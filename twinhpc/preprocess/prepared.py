@@ -428,6 +428,7 @@ def preprocess(
         left under ``job.preprocessed_dir`` but what was there before.
     """
     world = world or get_world()
+    world.stall_timeout = job.train.stall_timeout
     t0 = time.perf_counter()
     source = Path(job.data.dataset).absolute()
     out = Path(job.preprocessed_dir).absolute()

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..comm.watchdog import fault_point
 from ..config import Job
 from ..data.loader import ShardedLoader
 from .device import to_device
@@ -104,27 +105,16 @@ def merge(world, local: dict[str, np.ndarray], root: int | None = None) -> dict[
     local : equal-length arrays per name, ``index`` among them (what :func:`infer` returns).
     root : gather on this rank only (others get ``None``); ``None``: on every rank.
     """
-    merged = {name: gather_rows(world, arr, root) for name, arr in sorted(local.items())}
+    merged = {name: gather_rows(world, arr, root, name=f"rows: {name}") for name, arr in sorted(local.items())}
     if root is not None and world.rank != root:
         return None
     index, first = np.unique(merged["index"], return_index=True)
     return {name: arr[first] for name, arr in merged.items()} | {"index": index}
 
 
-def gather_rows(world, arr: np.ndarray, root: int | None = None) -> np.ndarray | None:
+def gather_rows(world, arr: np.ndarray, root: int | None = None, name: str = "rows") -> np.ndarray | None:
     """Concatenate every rank's ``arr`` along axis 0 in rank order (``Allgatherv``/``Gatherv``)."""
-    arr = np.ascontiguousarray(arr)
-    if world.size == 1:
-        return arr
-    row = int(np.prod(arr.shape[1:], dtype=np.int64))
-    counts = np.asarray(world.comm.allgather(arr.shape[0]), dtype=np.int64) * row
-    out = np.empty((int(counts.sum() // max(row, 1)),) + arr.shape[1:], arr.dtype)
-    recv = [out.reshape(-1), (counts, None)]
-    if root is None:
-        world.comm.Allgatherv(arr.reshape(-1), recv)
-        return out
-    world.comm.Gatherv(arr.reshape(-1), recv if world.rank == root else None, root=root)
-    return out if world.rank == root else None
+    return world.gather_rows(arr, root, name=name)
 
 
 @dataclass
@@ -168,7 +158,9 @@ def evaluate(
     from ..errors import TwinError
 
     task = job.train.task
-    rows = merge(world, infer(model, loader, transform, loss_fn=make_loss(job.train.task_loss), bf16=job.train.bf16))
+    local = infer(model, loader, transform, loss_fn=make_loss(job.train.task_loss), bf16=job.train.bf16)
+    fault_point("validation")
+    rows = merge(world, local)
     if "target" not in rows:
         raise TwinError(f"split {loader.split!r} of {loader.directory} has no label field to evaluate against")
     pred = predictions(task, torch.from_numpy(rows["output"])).numpy()

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import torch
 
+from ..comm.watchdog import fault_point
 from ..comm.world import World, get_world
 from ..config import Job
 from ..errors import TwinError
@@ -190,6 +191,7 @@ def _train(job: Job, world: World, run: TrainingRun) -> TrainResult:
                     batch_indices.append(loader.batches_consumed - 1)
                     timing["data_wait"] += t1 - t0
                     timing["forward_backward"] += time.perf_counter() - t1
+                fault_point("step")  # a test hook (TWINHPC_FAULT); nothing otherwise
                 t0 = time.perf_counter()
                 model.synchronize()  # gradients: the average over the ranks
                 # the previous step's scalars: on a GPU read while the device runs this step

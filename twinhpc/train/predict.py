@@ -87,9 +87,10 @@ def validate(
         ``which`` (``"last, step N"``, ``"best, step N"`` or ``"file"``); on every rank.
     """
     world = world or get_world()
+    world.stall_timeout = job.train.stall_timeout
     prep = _prepared(job, world, prepared)
-    path, which = world.run(lambda: find_checkpoint(run, checkpoint))
-    model = world.run(lambda: load_model(job, prep, path))
+    path, which = world.run(lambda: find_checkpoint(run, checkpoint), name="find checkpoint")
+    model = world.run(lambda: load_model(job, prep, path), name="load model")
     loader = split_loader(prep.dataset_dir, split or job.data.val_split, job, world, prep.fields)
     with loader:
         ev = evaluate(model, loader, prep.transform, job, world, tuple(prep.classes))
@@ -123,6 +124,7 @@ def predict(
         ``out`` on rank 0, ``None`` elsewhere.
     """
     world = world or get_world()
+    world.stall_timeout = job.train.stall_timeout
     if dataset is None or out is None:
         raise TwinError("predict needs --input DATASET and --out PRED.h5")
     prep = _prepared(job, world, prepared)
@@ -135,29 +137,30 @@ def predict(
         raise TwinError(f"{dataset}: no field(s) {', '.join(missing)}, which the job's model reads")
     fields = [f for f in prep.raw_fields if f in names]
     # the input's categorical codes, class ids and CSV columns, mapped by name to the training data's
-    encode = world.run(lambda: prep.encoder(manifest, str(dataset)))
-    model = world.run(lambda: load_model(job, prep, path))
+    encode = world.run(lambda: prep.encoder(manifest, str(dataset)), name="encoder")
+    model = world.run(lambda: load_model(job, prep, path), name="load model")
     loader = split_loader(dataset, split, job, world, fields)
     with loader:
         rows = merge(
             world, infer(model, loader, lambda batch: prep.transform(encode(batch)), bf16=job.train.bf16), root=0
         )
-    if world.rank != 0:
-        world.barrier()
+
+    def write() -> None:  # rank 0; a failure raises on every rank
+        if rows is not None:
+            write_predictions(
+                Path(out),
+                rows,
+                task=job.train.task,
+                classes=prep.classes,
+                dataset=str(dataset),
+                split=split,
+                checkpoint=str(path),
+                config=job.to_json(),
+            )
+
+    world.run(write, name="predictions: write")
+    if rows is None:
         return None
-    try:
-        write_predictions(
-            Path(out),
-            rows,
-            task=job.train.task,
-            classes=prep.classes,
-            dataset=str(dataset),
-            split=split,
-            checkpoint=str(path),
-            config=job.to_json(),
-        )
-    finally:
-        world.barrier()
     log.info("predicted %d samples of %s split %r into %s", len(rows["index"]), dataset, split, out)
     return Path(out)
 

@@ -25,6 +25,7 @@ import torch
 
 from ..comm.ddp import DataParallel
 from ..comm.engine import Engine
+from ..comm.watchdog import fault_point
 from ..comm.world import World
 from ..config import Job
 from ..data.loader import ShardedLoader
@@ -138,9 +139,7 @@ class PendingStep:
 
 def step_allreduce(world: World, values: np.ndarray) -> np.ndarray:
     """Sum ``values`` (float64) over the ranks: one ``MPI_Allreduce`` per optimizer step."""
-    out = np.empty_like(values)
-    world.comm.Allreduce(values, out, op=world.MPI.SUM)
-    return out
+    return world.allreduce_array(values, name="step loss")
 
 
 class TrainingRun:
@@ -235,6 +234,7 @@ class TrainingRun:
         self.job, self.world, self.run_dir = job, world, run_dir
         self.master_process = world.rank == 0
         self.cfg = cfg = job.train
+        world.stall_timeout = cfg.stall_timeout  # every collective of the run, not only the engine's
         ocfg = job.optim
         self.show_bar = self.master_process and progress is not False
 
@@ -355,10 +355,12 @@ class TrainingRun:
     def save(self, epoch: int) -> Path | None:
         """Collective. Every rank gathers its RNG states to rank 0, which writes the checkpoint
         of the current step (``epoch``: the epoch the loader resumes in) and flushes results.h5;
-        returns the checkpoint's path on every rank."""
+        returns the checkpoint's path on every rank. A failed write (a full disk, an unwritable
+        run directory) raises the same error on every rank, naming rank 0."""
         state = self.state
         self.saved_step = state.step
-        states = self.world.gather(rng_state({"augment": self.aug_rng}))
+        states = self.world.gather(rng_state({"augment": self.aug_rng}), name="checkpoint: RNG states")
+        fault_point("checkpoint")  # a test hook (TWINHPC_FAULT); nothing otherwise
         path, error = None, None
         if self.results is not None:  # rank 0
             # the commit: the checkpoint holds the records; results.h5 follows from the same ones
@@ -385,8 +387,8 @@ class TrainingRun:
                 )
             if error is None:
                 error = self._flush_error()
-        self.world.check(error, RunDirError)  # names rank 0
-        return self.world.bcast(path)
+        self.world.check(error, RunDirError, name="checkpoint: write")  # names rank 0
+        return self.world.bcast(path, name="checkpoint: path")
 
     def _flush_error(self) -> str | None:
         """Rank 0: flush results.h5; the error message when it cannot be written."""
@@ -402,7 +404,7 @@ class TrainingRun:
     def flush_results(self) -> None:
         """Collective. Rank 0 writes results.h5; an error there ends every rank with one message."""
         error = self._flush_error() if self.results is not None else None
-        self.world.check(error, RunDirError)  # names rank 0
+        self.world.check(error, RunDirError, name="results: flush")  # names rank 0
 
     def finish_step(self, step: PendingStep) -> bool:
         """Collective. Read ``step``'s loss and statistics, sum them over the ranks (with the NaN
@@ -419,6 +421,7 @@ class TrainingRun:
             local[3:] += values[1:]
         local[1] = bad_batch is not None
         local[2] = self.stop.received is not None
+        fault_point("step_loss")
         total = step_allreduce(self.world, local)  # loss, flags, metric statistics: summed
         if total[1] > 0:
             self.raise_non_finite(step, bad_batch)
@@ -518,7 +521,7 @@ class TrainingRun:
         its last epoch), write ``/report`` and flush results.h5; the run's result."""
         if self.last_eval is None:
             self.last_eval = self.validate()
-        newest = self.world.bcast(latest(self.run_dir) if self.master_process else None)
+        newest = self.world.bcast(latest(self.run_dir) if self.master_process else None, name="report: checkpoint")
         if self.results is not None:
             which = {
                 "checkpoint": str(Path(newest).relative_to(self.run_dir)) if newest else "",
@@ -555,8 +558,10 @@ class TrainingRun:
                 f"loss is {value} at optimizer step {step.step} (epoch {step.epoch + 1}, batch {index + 1}); "
                 f"samples {samples.tolist()} of split {self.job.data.train_split!r}"
             )
-        good = world.bcast(str(latest(run_dir)) if world.rank == 0 and latest(run_dir) else None)
-        errors = world.allgather(message)
+        good = world.bcast(
+            str(latest(run_dir)) if world.rank == 0 and latest(run_dir) else None, name="nan: checkpoint"
+        )
+        errors = world.allgather(message, name="nan: ranks")
         where = "; ".join(f"rank {r}: {m}" for r, m in enumerate(errors) if m)
         raise NonFiniteLoss(f"{where}; last good checkpoint: {good or 'none (nothing saved yet)'}")
 
@@ -570,9 +575,17 @@ class TrainingRun:
             self.engine.abandon()
 
     def close(self) -> None:
-        """Restore the signal handlers, stop the engine's and the loaders' threads."""
+        """Restore the signal handlers, stop the engine's and the loaders' threads.
+
+        Collective (the engine's close), except on an error that this rank raised alone
+        (:meth:`World.agreed <twinhpc.comm.world.World.agreed>` says no): the other ranks are not
+        coming, so only this process's part is released."""
         self.stop.restore()
         self.model.close()
-        self.engine.close()
+        error = sys.exception()
+        if error is not None and not self.world.agreed(error):
+            self.engine.abandon()
+        else:
+            self.engine.close()
         self.loader.close()
         self.val_loader.close()
