@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
