@@ -360,3 +360,10 @@ def test_create_rejects_a_job_without_a_sweep_or_with_a_bad_value():
     bad = sweep_job("trials = 2", '[sweep.space."optim.schedule"]\nchoice = ["cosine", "linear"]\n')
     with pytest.raises(JobFileError, match="sweep.space.\"optim.schedule\": value 'linear' is not valid"):
         Sweep.create(bad)
+
+
+def test_create_never_overwrites_a_sweep(tmp_path):
+    Sweep.create(sweep_job("trials = 2"), tmp_path, now=0.0)
+    with pytest.raises(TwinError, match="holds a sweep already"):
+        Sweep.create(sweep_job("trials = 3"), tmp_path, now=1.0)
+    assert Sweep.load(tmp_path).settings.trials == 2

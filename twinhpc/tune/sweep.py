@@ -107,9 +107,16 @@ class Sweep:
         JobFileError
             The job has no ``[sweep]``, or a parameter or value does not fit the job
             (:func:`~twinhpc.tune.space.check_space`), naming the key.
+        TwinError
+            ``directory`` holds a sweep.h5 already (a sweep is never overwritten).
         """
         if job.sweep is None:
             raise JobFileError("sweep", "missing: the job has no [sweep] table")
+        if directory is not None and (Path(directory) / SWEEP_FILE).exists():
+            raise TwinError(
+                f"{Path(directory) / SWEEP_FILE}: the folder holds a sweep already; continue it "
+                "(Sweep.load) or choose another folder"
+            )
         check_space(job)
         s = job.sweep
         top = s.max_epochs_of(job.train.epochs)
