@@ -367,3 +367,24 @@ def test_create_never_overwrites_a_sweep(tmp_path):
     with pytest.raises(TwinError, match="holds a sweep already"):
         Sweep.create(sweep_job("trials = 3"), tmp_path, now=1.0)
     assert Sweep.load(tmp_path).settings.trials == 2
+
+
+def test_every_kind_of_choice_reads_back_as_it_was(tmp_path):
+    space = (
+        '[sweep.space."optim.weight_decay"]\nchoice = [0, 0.01]\n'  # an integer and a number
+        '[sweep.space."optim.nesterov"]\nchoice = [true, false]\n'
+        '[sweep.space."train.early_stopping"]\nchoice = [{ patience = 2, metric = "val_loss" }, { patience = 0 }]\n'
+        '[sweep.space."data.batch_size"]\nchoice = [16, 32]\n'
+    )
+    sweep = Sweep.create(sweep_job('strategy = "grid"\nconcurrent = 16', space), tmp_path, now=0.0)
+    work = sweep.next_trials(now=0.0)
+    assert len(work) == 16 and {type(w.params["optim.weight_decay"]) for w in work} == {int, float}
+    assert read_sweep(tmp_path / SWEEP_FILE).params == {
+        "optim.weight_decay": "json",
+        "optim.nesterov": "bool",
+        "train.early_stopping": "json",
+        "data.batch_size": "int",
+    }
+    loaded = Sweep.load(tmp_path)
+    assert [repr(loaded.params(w.trial)) for w in work] == [repr(w.params) for w in work]
+    assert loaded.trial_job(5) == work[5].job

@@ -96,7 +96,8 @@ class Param:
     @property
     def column_type(self) -> str:
         """The type of the parameter's column in sweep.h5: ``float``, ``int``, ``bool``, ``str``,
-        or ``json`` (a choice of mixed types or of arrays and tables, stored as JSON text)."""
+        or ``json`` (a choice of mixed types, integers and numbers included, or of arrays and
+        tables, stored as JSON text so that each value reads back as it was written)."""
         if self.kind in ("uniform", "loguniform"):
             return "float"
         if self.kind == "int":
@@ -104,9 +105,7 @@ class Param:
         kinds = {_scalar_kind(v) for v in self.choices}
         if len(kinds) == 1 and (only := next(iter(kinds))) is not None:
             return only
-        if kinds <= {"int", "float"}:
-            return "float"
-        return "json"
+        return "json"  # mixed (even 0 and 0.5: JSON keeps each value's type), arrays, tables
 
     def to_dict(self) -> dict[str, Any]:
         """The parameter's sub-table as a job file writes it."""
