@@ -15,6 +15,7 @@ from .fields import JobFileError
 from .load import load_job, override, parse_override
 from .schema import Job
 from .slurm import SlurmConfig
+from .sweep import Param, SweepConfig
 from .training import EarlyStopping, ModelConfig, OptimConfig, TrainConfig, check_structure
 
 __all__ = [
@@ -25,8 +26,10 @@ __all__ = [
     "JobFileError",
     "ModelConfig",
     "OptimConfig",
+    "Param",
     "PreprocessConfig",
     "SlurmConfig",
+    "SweepConfig",
     "TabularPreprocess",
     "TextPreprocess",
     "TrainConfig",

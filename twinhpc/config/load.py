@@ -14,13 +14,12 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import tomllib
-import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import TwinError
-from .fields import JobFileError, Table, did_you_mean
+from .fields import JobFileError
 from .schema import Job
 
 #: where a job file that names no ``train.out`` writes its run: ``runs/<job file stem>``
@@ -50,35 +49,6 @@ def parse_override(item: str) -> tuple[str, Any]:
     if isinstance(value, (_dt.date, _dt.time, _dt.datetime)):
         return dotted, text.strip()
     return dotted, value
-
-
-def _check_path(dotted: str) -> None:
-    """Raise :class:`JobFileError` unless ``dotted`` names a key of the schema (or lies inside a
-    free table such as ``model.structure``)."""
-    parts = dotted.split(".")
-    if parts[0] not in Job.TABLES:
-        raise JobFileError(
-            dotted,
-            f"unknown table {parts[0]!r}{did_you_mean(parts[0], Job.TABLES)}; a job file has: {', '.join(Job.TABLES)}",
-        )
-    cls: type[Table] = Job.table_class(parts[0])
-    for i, part in enumerate(parts[1:], start=1):
-        hints = typing.get_type_hints(cls)
-        names = [n for n in hints if n != "TABLE"]
-        if part not in names:
-            raise JobFileError(
-                ".".join(parts[: i + 1]),
-                f"unknown key{did_you_mean(part, names)}; [{cls.TABLE}] has: {', '.join(names)}",
-            )
-        tp = hints[part]
-        if isinstance(tp, type) and issubclass(tp, Table):
-            if i == len(parts) - 1:
-                return  # a whole sub-table given as an inline table
-            cls = tp
-        elif tp is dict or typing.get_origin(tp) is dict:
-            return  # a free table: its keys are checked by their owner
-        elif i != len(parts) - 1:
-            raise JobFileError(dotted, f"{'.'.join(parts[: i + 1])} is not a table")
 
 
 def _apply(tables: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,7 +113,7 @@ def load_job(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Job
     for item in overrides:
         dotted, value = parse_override(item)
         try:
-            _check_path(dotted)
+            Job.check_key(dotted)
         except JobFileError as e:
             raise e.at(f"--set {item}") from None
         values[dotted], sources[dotted] = value, f"--set {item}"
@@ -164,7 +134,7 @@ def override(job: Job, values: Mapping[str, Any], where: str = "override") -> Jo
     """
     for dotted in values:
         try:
-            _check_path(dotted)
+            Job.check_key(dotted)
         except JobFileError as e:
             raise e.at(where) from None
     return _build(_apply(job.to_dict(), values), where, {})

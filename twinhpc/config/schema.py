@@ -1,10 +1,11 @@
 """The job file's schema: :class:`Job`, one frozen dataclass per TOML table.
 
-A job file (TOML) has the tables ``[data] [preprocess] [model] [optim] [train] [slurm]``; each
-becomes a dataclass of :mod:`.data` (``DataConfig``, ``PreprocessConfig``), :mod:`.training`
-(``ModelConfig``, ``OptimConfig``, ``TrainConfig``) or :mod:`.slurm` (``SlurmConfig``), and
-:class:`Job` holds them. :mod:`.fields` declares and checks their keys; :class:`Job` adds the
-rules across tables.
+A job file (TOML) has the tables ``[data] [preprocess] [model] [optim] [train] [slurm]`` and,
+for a sweep, ``[sweep]``; each becomes a dataclass of :mod:`.data` (``DataConfig``,
+``PreprocessConfig``), :mod:`.training` (``ModelConfig``, ``OptimConfig``, ``TrainConfig``),
+:mod:`.slurm` (``SlurmConfig``) or :mod:`.sweep` (``SweepConfig``), and :class:`Job` holds
+them. :mod:`.fields` declares and checks their keys; :class:`Job` adds the rules across tables.
+``Job.sweep`` is ``None`` for a job without ``[sweep]`` (every trial's job is one).
 
 Note:
     Free sub-tables (``[model.structure]``, ``[slurm.additional]``) are plain ``dict`` fields:
@@ -27,6 +28,7 @@ from typing import Any, ClassVar
 from .data import DataConfig, PreprocessConfig, check_minilm_text
 from .fields import JobFileError, Table, did_you_mean
 from .slurm import SlurmConfig
+from .sweep import RESERVED, SweepConfig
 from .toml_writer import toml_table
 from .training import ModelConfig, OptimConfig, TrainConfig
 
@@ -41,9 +43,12 @@ class Job:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    sweep: SweepConfig | None = None
 
     #: tables in the order a job file (and the reference) lists them
-    TABLES: ClassVar[tuple[str, ...]] = ("data", "preprocess", "model", "optim", "train", "slurm")
+    TABLES: ClassVar[tuple[str, ...]] = ("data", "preprocess", "model", "optim", "train", "slurm", "sweep")
+    #: tables a job may leave out altogether (``None`` then)
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("sweep",)
 
     def __post_init__(self) -> None:
         tokenizer = self.preprocess.text.tokenizer
@@ -56,6 +61,59 @@ class Job:
             )
         if tokenizer == "auto" and self.text_tokenizer == "minilm":
             check_minilm_text(self.preprocess.text, "'auto' and model \"minilm\"")
+        if self.sweep is not None:
+            self._check_sweep(self.sweep)
+
+    def _check_sweep(self, sweep: SweepConfig) -> None:
+        """The rules of ``[sweep]`` across tables: every searched key is a key of the job, the
+        metric is a validation metric the run records, ``min_epochs`` ≤ ``max_epochs``."""
+        for p in sweep.params:
+            if p.key.split(".")[0] != "sweep" and p.key not in RESERVED:
+                try:
+                    self.check_key(p.key)
+                except JobFileError as e:
+                    raise JobFileError(p.label, f"not a key of the job ({e.key}: {e.problem})") from None
+        metric, _ = sweep.objective(self.train.early_stopping)
+        watched = ("val_loss", f"val_{self.train.task_metric}")
+        if metric not in watched:
+            raise JobFileError(
+                "sweep.metric",
+                f"must be one of {', '.join(map(repr, watched))} (the validation metrics recorded), got {metric!r}",
+            )
+        top = sweep.max_epochs_of(self.train.epochs)
+        if sweep.min_epochs > top:
+            source = "sweep.max_epochs" if sweep.max_epochs is not None else "train.epochs"
+            raise JobFileError("sweep.min_epochs", f"{sweep.min_epochs} is above {source} {top}")
+
+    @classmethod
+    def check_key(cls, dotted: str) -> None:
+        """Raise :class:`JobFileError` unless ``dotted`` names a key of the schema (or lies
+        inside a free table such as ``model.structure``), naming the first part that is wrong."""
+        parts = dotted.split(".")
+        if parts[0] not in cls.TABLES:
+            raise JobFileError(
+                dotted,
+                f"unknown table {parts[0]!r}{did_you_mean(parts[0], cls.TABLES)}; "
+                f"a job file has: {', '.join(cls.TABLES)}",
+            )
+        table: type[Table] = cls.table_class(parts[0])
+        for i, part in enumerate(parts[1:], start=1):
+            hints = typing.get_type_hints(table)
+            names = [n for n in hints if n.upper() != n]
+            if part not in names:
+                raise JobFileError(
+                    ".".join(parts[: i + 1]),
+                    f"unknown key{did_you_mean(part, names)}; [{table.TABLE}] has: {', '.join(names)}",
+                )
+            tp = hints[part]
+            if isinstance(tp, type) and issubclass(tp, Table):
+                if i == len(parts) - 1:
+                    return  # a whole sub-table given as an inline table
+                table = tp
+            elif tp is dict or typing.get_origin(tp) is dict:
+                return  # a free table: its keys are checked by their owner
+            elif i != len(parts) - 1:
+                raise JobFileError(dotted, f"{'.'.join(parts[: i + 1])} is not a table")
 
     @property
     def text_tokenizer(self) -> str:
@@ -68,7 +126,8 @@ class Job:
     @classmethod
     def table_class(cls, name: str) -> type[Table]:
         """The dataclass of table ``name`` (one of :attr:`TABLES`)."""
-        table: type[Table] = typing.get_type_hints(cls)[name]
+        hint = typing.get_type_hints(cls)[name]
+        table: type[Table] = next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))
         return table
 
     @classmethod
@@ -87,15 +146,18 @@ class Job:
                         name, f"unknown table{did_you_mean(name, cls.TABLES)}; a job file has: {', '.join(cls.TABLES)}"
                     )
             parsed: dict[str, Any] = {
-                name: cls.table_class(name).from_dict(tables.get(name, {})) for name in cls.TABLES
+                name: cls.table_class(name).from_dict(tables.get(name, {}))
+                for name in cls.TABLES
+                if name not in cls.OPTIONAL or tables.get(name) is not None
             }
             return cls(**parsed)
         except JobFileError as e:
             raise (e.at(where) if where else e) from None
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Every table as :meth:`Table.to_dict` gives it, in the order of :attr:`TABLES`."""
-        return {name: getattr(self, name).to_dict() for name in self.TABLES}
+        """Every table as :meth:`Table.to_dict` gives it, in the order of :attr:`TABLES` (an
+        optional table that is ``None`` left out)."""
+        return {name: table.to_dict() for name in self.TABLES if (table := getattr(self, name)) is not None}
 
     def to_json(self) -> str:
         """The job as JSON (results.h5's ``config`` attribute); :meth:`from_json` reads it back."""
@@ -112,8 +174,8 @@ class Job:
         keys whose value is "derived" (``None``) are left out.
         """
         lines: list[str] = []
-        for name in self.TABLES:
-            toml_table(name, getattr(self, name).to_dict(), lines)
+        for name, table in self.to_dict().items():
+            toml_table(name, table, lines)
         return "\n".join(lines).strip() + "\n"
 
     @property

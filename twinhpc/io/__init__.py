@@ -14,6 +14,9 @@ benchmarks' ``FOLDER/NAME.h5``.
   ``state.h5`` (no torch). Layout: ``docs/preprocess.md``.
 - :mod:`twinhpc.io.bench_results`: :func:`~twinhpc.io.bench_results.write_results`, a
   benchmark's tables and settings (no torch).
+- :mod:`twinhpc.io.sweep`: :func:`~twinhpc.io.sweep.write_sweep`,
+  :func:`~twinhpc.io.sweep.read_sweep`: a sweep's ``SWEEP/sweep.h5`` (no torch). Layout:
+  ``docs/tune.md``.
 - :mod:`twinhpc.io.atomic`: :func:`~twinhpc.io.atomic.replace_durably`, the crash-safe rename
   of a finished temporary file over its target that every writer here ends with, and
   :func:`~twinhpc.io.atomic.remove_durably`.

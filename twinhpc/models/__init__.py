@@ -20,7 +20,9 @@ first time it is asked for it.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -116,6 +118,60 @@ def builder(name: str) -> Builder:
         module, _, function = make.partition(":")
         make = _BUILDERS[name] = getattr(importlib.import_module(module, __name__), function)
     return make
+
+
+def signature(name: str) -> inspect.Signature:
+    """The signature of the builder registered as ``name`` (the model's structure schema).
+
+    A builder registered by ``"module:function"`` that is not imported yet is read from its
+    module's source (parameter names and literal defaults) without importing the module, so
+    without importing torch; where a default is not a literal, the module is imported.
+
+    Raises :class:`TwinError` naming the known models for an unknown name.
+    """
+    _known(name)
+    make = _BUILDERS[name]
+    if isinstance(make, str):
+        parsed = _source_signature(make)
+        if parsed is not None:
+            return parsed
+    return inspect.signature(builder(name))
+
+
+def _source_signature(path: str) -> inspect.Signature | None:
+    """The signature of ``"module:function"`` parsed from the module's source, or ``None`` when
+    the source cannot be read or a default is not a literal."""
+    module, _, function = path.partition(":")
+    try:
+        spec = importlib.util.find_spec(importlib.util.resolve_name(module, __name__))
+        if spec is None or spec.origin is None:
+            return None
+        with open(spec.origin, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return None
+    fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function), None)
+    if fn is None:
+        return None
+    a = fn.args
+    kind = inspect.Parameter
+    positional = [(arg, kind.POSITIONAL_ONLY) for arg in a.posonlyargs]
+    positional += [(arg, kind.POSITIONAL_OR_KEYWORD) for arg in a.args]
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    listed = list(zip(positional, defaults))
+    if a.vararg is not None:
+        listed.append(((a.vararg, kind.VAR_POSITIONAL), None))
+    listed += list(zip([(arg, kind.KEYWORD_ONLY) for arg in a.kwonlyargs], a.kw_defaults))
+    if a.kwarg is not None:
+        listed.append(((a.kwarg, kind.VAR_KEYWORD), None))
+    try:
+        params = [
+            inspect.Parameter(arg.arg, k, default=kind.empty if default is None else ast.literal_eval(default))
+            for (arg, k), default in listed
+        ]
+    except ValueError:
+        return None
+    return inspect.Signature(params)
 
 
 def build(name: str, **structure: Any) -> nn.Module:
