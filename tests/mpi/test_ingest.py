@@ -281,3 +281,55 @@ def test_every_kind_is_rank_count_invariant(world, shared_tmp, kind):
             f"{kind}: shards differ between 1 and {world.size} ranks",
         ),
     )
+
+
+# Labels equal in value but written differently: every spelling must land in one class, and
+# every rank must store them under the class list the manifest records.
+SPELLINGS = {1: ["1", "1.0", "1e0"], 2: ["2", "2.00", "20e-1"], 3: ["3", "3.0"], 4: ["4", "4.0", "4.000"], 5: ["5.0"]}
+
+
+def _spelled_sources(tmp):
+    """jsonl, csv and parquet sources whose label column spells 1..5 in several ways; returns the
+    true label of each row id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [(v, s) for v, spellings in SPELLINGS.items() for s in spellings] * 3  # 45 rows
+    truth = {i: v for i, (v, _) in enumerate(rows)}
+    (tmp / "spelled.jsonl").write_text(
+        "".join(f'{{"text": "row {i}", "stars": {s}}}\n' for i, (_, s) in enumerate(rows))
+    )
+    (tmp / "spelled.csv").write_text("id,label\n" + "".join(f"{i},{s}\n" for i, (_, s) in enumerate(rows)))
+    pq.write_table(
+        pa.table({"id": list(range(len(rows))), "label": [float(s) for _, s in rows]}), tmp / "spelled.parquet"
+    )
+    return truth
+
+
+@pytest.mark.parametrize(
+    "kind,src,options",
+    [
+        ("jsonl", "spelled.jsonl", {}),
+        ("jsonl", "spelled.jsonl", {"classes": "1.0,2,3,4,5"}),
+        ("csv", "spelled.csv", {"classes": "1,2,3,4,5"}),
+        ("parquet", "spelled.parquet", {"classes": "1,2,3,4,5.0"}),
+    ],
+)
+def test_equal_labels_written_differently_are_one_class_on_every_rank(world, shared_tmp, kind, src, options):
+    truth = on_root(world, lambda: _spelled_sources(shared_tmp))
+    out = shared_tmp / "ds"
+    m = collective(world, lambda: ingest(kind, shared_tmp / src, out, shards=3, options=options, world=world))
+
+    def check():
+        values = [float(c) for c in m.classes]
+        assert values == [1, 2, 3, 4, 5], m.classes
+        seen = 0
+        for split in m.splits:
+            got = read_split(out, m, split.name)
+            ids = [int(t.decode().split()[1]) for t in got["text"]] if kind == "jsonl" else got["x"][:, 0].astype(int)
+            wrong = [(int(i), m.classes[y]) for i, y in zip(ids, got["label"]) if values[y] != truth[int(i)]]
+            assert not wrong, f"{split.name}: rows stored under the wrong class: {wrong}"
+            seen += len(ids)
+        assert seen == len(truth)
+
+    collective(world, check)

@@ -78,6 +78,13 @@ def ingest(
     counts = world.allgather(info.count)
     if len(set(counts)) != 1:  # ranks must agree, or the plan differs between them
         raise IngestError(f"{src}: ranks see different sample counts {counts}; is the source changing?")
+    schemas = world.allgather((info.fields, info.label_field, info.classes, sorted(info.categorical.items())))
+    differ = [r for r, s in enumerate(schemas) if s != schemas[0]]
+    if differ:  # every rank must store labels and codes under the mapping the manifest records
+        raise IngestError(
+            f"{src}: rank(s) {differ} derived another schema, class list or categorical levels than rank 0; "
+            "is the source changing?"
+        )
     if test_fraction is None:
         test_fraction = 0.0 if info.given_split is not None else 0.1
 

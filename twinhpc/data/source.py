@@ -9,6 +9,8 @@ resulting dataset independent of the number of ranks.
 
 from __future__ import annotations
 
+import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,3 +101,26 @@ class Source(ABC):
 
     def option(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
+
+
+def label_text(value: object) -> str:
+    """The canonical text of a label value: equal numbers give equal text (``4``, ``4.0``, ``4e0``
+    -> ``"4"``; ``4.50`` -> ``"4.5"``), booleans ``true``/``false``, strings themselves."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def number_key(text: str) -> str:
+    """``text`` as the canonical text of its number when it is a finite number (``" 4.0"`` ->
+    ``"4"``), else ``text`` stripped; class lists and label values are matched through it."""
+    t = text.strip()
+    try:
+        v = float(t)
+    except ValueError:
+        return t
+    return label_text(v) if math.isfinite(v) else t

@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import IngestError
 from ..format import FieldSpec
-from ..source import Source, SourceInfo
+from ..source import Source, SourceInfo, number_key
 
 DEFAULT_LABELS = ("label", "y")
 TABLE_OPTIONS = {
@@ -141,7 +141,17 @@ def encode_label(column, classes_option, where: Path, column_name: str) -> tuple
     if classes_option:
         classes = tuple(_names(classes_option))
         text = pc.cast(column, pa.string())
-        codes = pc.index_in(text, value_set=pa.array(classes, pa.string()))
+        if all(_is_number(c) for c in classes):
+            # numeric classes match by value: --classes 1,2,4 takes a label written 4.0
+            keys = [number_key(c) for c in classes]
+            if len(set(keys)) != len(keys):
+                raise IngestError(f"{where}: --classes {list(classes)} names a class twice")
+            distinct = pc.unique(text)
+            position = {k: i for i, k in enumerate(keys)}
+            code_of = pa.array([position.get(number_key(v)) for v in distinct.to_pylist()], pa.int64())
+            codes = pc.take(code_of, pc.index_in(text, value_set=distinct))
+        else:
+            codes = pc.index_in(text, value_set=pa.array(classes, pa.string()))
         if codes.null_count:
             row = int(np.flatnonzero(codes.is_null().to_numpy(zero_copy_only=False))[0])
             raise IngestError(
@@ -214,6 +224,14 @@ class CsvSource(Source):
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Gather the rows at ``indices`` from memory (no I/O, no failure modes)."""
         return {n: a[indices] for n, a in self._arrays.items()}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_number(column):
