@@ -220,3 +220,64 @@ def test_image_folder_empty_class_is_named(tmp_path):
     (tmp_path / "i" / "empty_class").mkdir()
     with pytest.raises(IngestError, match="empty_class: class folder holds no"):
         opened("image-folder", tmp_path / "i")
+
+
+def test_image_folder_scales_16bit_greyscale(tmp_path):
+    """A 16-bit greyscale PNG (and TIFF) as scientific cameras write it: scaled to 8 bits, not clipped."""
+    (tmp_path / "i" / "depth").mkdir(parents=True)
+    values = np.array([[0, 257, 1000, 30000], [40000, 50000, 65280, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "i" / "depth" / "a.png")
+    Image.fromarray(values).save(tmp_path / "i" / "depth" / "b.tif")
+    source, info = opened("image-folder", tmp_path / "i", image_size="2x4")
+    got = source.read(np.arange(2))["image"]
+    expected = np.round(values.astype(float) * 255 / 65535).astype(np.uint8)
+    for image in got:
+        np.testing.assert_array_equal(image, np.repeat(expected[..., None], 3, axis=2))
+
+
+def test_image_folder_reads_what_pillow_reads_and_counts_the_rest(tmp_path):
+    rgb = np.random.default_rng(3).integers(0, 256, size=(5, 6, 3), dtype=np.uint8)
+    folder = tmp_path / "i" / "cls"
+    folder.mkdir(parents=True)
+    Image.fromarray(rgb).save(folder / "a.webp", lossless=True)
+    Image.fromarray(rgb).save(folder / "b.BMP", format="BMP")
+    Image.fromarray(rgb).save(folder / "c.tif")
+    Image.fromarray(rgb).save(folder / "d.tiff")
+    flat = np.zeros((5, 6, 3), np.uint8) + np.array([10, 200, 30], np.uint8)  # a GIF holds a palette
+    Image.fromarray(flat).save(folder / "e.gif")
+    for name in ("notes.txt", "readme.txt", "raw.cr2"):
+        (folder / name).write_text("x")
+    source, info = opened("image-folder", tmp_path / "i", image_size="5x6")
+    assert info.count == 5
+    assert info.details["skipped_by_extension"] == {".cr2": 1, ".txt": 2}
+    got = source.read(np.arange(5))["image"]
+    for k in range(4):
+        np.testing.assert_array_equal(got[k], rgb)
+    np.testing.assert_array_equal(got[4], flat)
+
+
+def test_image_folder_applies_exif_orientation(tmp_path):
+    """A phone photo stored landscape with orientation 6 (rotate 90 degrees clockwise to view)."""
+    stored = np.random.default_rng(4).integers(0, 256, size=(2, 4, 3), dtype=np.uint8)  # H 2, W 4
+    (tmp_path / "i" / "cls").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "i" / "cls" / "phone.png", exif=exif)
+    source, info = opened("image-folder", tmp_path / "i", image_size="4x2")
+    np.testing.assert_array_equal(source.read(np.arange(1))["image"][0], np.rot90(stored, k=-1))
+
+
+def test_image_folder_bad_images_are_all_named_or_skipped(tmp_path):
+    from twinhpc.data.ingest import ingest
+
+    written = fx.write_image_folder(tmp_path / "i", n_per_class=3)
+    garbage, truncated = written["files"][1], written["files"][-1]
+    garbage.write_bytes(b"this is no PNG")
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    with pytest.raises(IngestError) as e:
+        opened("image-folder", tmp_path / "i")
+    assert str(garbage) in str(e.value) and str(truncated) in str(e.value) and "--skip-bad" in str(e.value)
+    m = ingest("image-folder", tmp_path / "i", tmp_path / "out", options={"skip_bad": True, "image_size": "8x12"})
+    assert sum(s.count for s in m.splits) == len(written["files"]) - 2
+    skipped = m.provenance["details"]["skipped_bad"]
+    assert [s["file"] for s in skipped] == [str(p.relative_to(tmp_path / "i")) for p in (garbage, truncated)]
