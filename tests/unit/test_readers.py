@@ -92,6 +92,43 @@ def test_float_labels_are_a_regression_target(kind, tmp_path):
     np.testing.assert_array_equal(source.read(np.arange(info.count))["label"], np.float32(cols["label"]))
 
 
+def test_csv_from_r_reads_na_as_missing_numbers(tmp_path):
+    """R's write.csv: quoted header and text, NA for missing values, in numeric and text columns."""
+    (tmp_path / "r.csv").write_text(
+        '"","height","colour","label"\n"1",1.5,"red","a"\n"2",NA,NA,"b"\n"3",2.25,"blue","a"\n"4",NaN,"red","b"\n'
+    )
+    source, info = opened("csv", tmp_path / "r.csv", fields="height,colour")
+    assert info.details["x_columns"] == ["height"] and info.categorical["colour"] == ("", "blue", "red")
+    assert info.details["missing"] == {"height": 2, "colour": 1}
+    got = source.read(np.arange(4))
+    np.testing.assert_array_equal(got["x"][:, 0], np.float32([1.5, np.nan, 2.25, np.nan]))
+    np.testing.assert_array_equal(got["cat_colour"], [2, 0, 1, 2])
+
+
+def test_csv_spaces_after_delimiters_and_own_na_values(tmp_path):
+    (tmp_path / "s.csv").write_text("f1, f2, label\n1, 2.5, x\n3, -999, y\n 5 ,7, x\n")
+    source, info = opened("csv", tmp_path / "s.csv", na_values="-999")
+    assert info.details["x_columns"] == ["f1", "f2"] and info.classes == ("x", "y") and not info.categorical
+    got = source.read(np.arange(3))
+    np.testing.assert_array_equal(got["x"], np.float32([[1, 2.5], [3, np.nan], [5, 7]]))
+    _, info = opened("csv", tmp_path / "s.csv", na_values="")  # -999 is a number again, NA would be text
+    assert info.details["x_columns"] == ["f1", "f2"] and "missing" not in info.details
+
+
+@pytest.mark.parametrize("delimiter,option", [(";", ";"), ("\t", "tab"), ("|", "|")])
+def test_csv_delimiter(tmp_path, delimiter, option):
+    """European Excel writes ';', others tabs or pipes: without --delimiter the error names the one to set."""
+    rows = [["a", "b", "label"], ["1", "2", "x"], ["3", "4", "y"]]
+    (tmp_path / "d.csv").write_text("".join(delimiter.join(r) + "\r\n" for r in rows))
+    with pytest.raises(
+        IngestError, match=f"d.csv: .*delimiter ','.*--delimiter {option if option == 'tab' else repr(option)}"
+    ):
+        opened("csv", tmp_path / "d.csv")
+    source, info = opened("csv", tmp_path / "d.csv", delimiter=option)
+    assert info.details["x_columns"] == ["a", "b"] and info.classes == ("x", "y")
+    np.testing.assert_array_equal(source.read(np.arange(2))["x"], np.float32([[1, 2], [3, 4]]))
+
+
 def test_csv_option_naming_a_missing_column_is_an_error(tmp_path):
     fx.write_csv(tmp_path / "t.csv")
     for option in ("fields", "categorical"):
