@@ -318,3 +318,18 @@ def test_image_folder_bad_images_are_all_named_or_skipped(tmp_path):
     assert sum(s.count for s in m.splits) == len(written["files"]) - 2
     skipped = m.provenance["details"]["skipped_bad"]
     assert [s["file"] for s in skipped] == [str(p.relative_to(tmp_path / "i")) for p in (garbage, truncated)]
+
+
+# -- npz ----------------------------------------------------------------------------------------
+def test_npz_object_array_is_left_out_by_fields_or_named(tmp_path):
+    """An npz as analysis code often saves it: numeric arrays beside an object array of names."""
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    y = np.array([0, 1, 1, 0])
+    names = np.array(["a", None, "c", 4], dtype=object)
+    np.savez(tmp_path / "a.npz", x=x, y=y, names=names)
+    source, info = opened("npz", tmp_path / "a.npz", fields="x,y")
+    assert [f.name for f in info.fields] == ["x", "y"] and info.classes == ("0", "1")
+    np.testing.assert_array_equal(source.read(np.arange(4))["x"], x)
+    for options in ({}, {"fields": "y,names"}):
+        with pytest.raises(IngestError, match=r"a\.npz: array 'names' cannot be loaded.*--fields"):
+            opened("npz", tmp_path / "a.npz", **options)
