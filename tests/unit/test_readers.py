@@ -207,6 +207,42 @@ def test_cifar10_reads_batches_pickled_by_python3(tmp_path):
     np.testing.assert_array_equal(got["label"], [1, 2, 3])
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 5])
+def test_cifar10_reads_every_batch_pickled_by_python3(tmp_path, protocol):
+    """Batches re-saved by Python 3 (``pickle.dump(d, f, protocol)``): protocol 2 spells bytes as
+    ``_codecs.encode(text, 'latin1')`` (and ``b''`` as ``bytes()``), protocol 5 arrays as ``_frombuffer``."""
+    written = fx.write_cifar10(tmp_path / "c", n_train_per_batch=2, n_test=3)
+    for name in (*fx.CIFAR_TRAIN_BATCHES, fx.CIFAR_TEST_BATCH, "batches.meta"):
+        with open(tmp_path / "c" / name, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        if b"filenames" in d:
+            d[b"filenames"][0] = b""
+        (tmp_path / "c" / name).write_bytes(pickle.dumps(d, protocol=protocol))
+    if protocol == 2:
+        assert b"_codecs" in (tmp_path / "c" / "test_batch").read_bytes()
+    source, info = opened("cifar10", tmp_path / "c")
+    assert info.classes == fx.CIFAR_CLASSES
+    got = source.read(np.arange(info.count))
+    np.testing.assert_array_equal(got["image"], written["image"])
+    np.testing.assert_array_equal(got["label"], written["label"])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x80\x02c_codecs\nencode\nX\x04\x00\x00\x00abcdX\x05\x00\x00\x00rot13\x86R.",  # another codec
+        b"\x80\x02c_codecs\nencode\nK\x05X\x06\x00\x00\x00latin1\x86R.",  # not a str
+        b"\x80\x02c__builtin__\nbytes\nJ\x00\x00\x00\x7f\x85R.",  # bytes(2**31): a memory bomb
+        b"\x80\x02c_codecs\ndecode\nX\x01\x00\x00\x00aX\x06\x00\x00\x00latin1\x86R.",
+    ],
+)
+def test_cifar10_protocol2_helpers_refuse_other_calls(tmp_path, payload):
+    fx.write_cifar10(tmp_path / "c", n_train_per_batch=2, n_test=2)
+    (tmp_path / "c" / "data_batch_3").write_bytes(payload)
+    with pytest.raises(IngestError, match="data_batch_3"):
+        opened("cifar10", tmp_path / "c")
+
+
 # -- imdb, jsonl --------------------------------------------------------------------------------
 def test_imdb_ignores_unsup_unless_asked(tmp_path):
     written = fx.write_imdb(tmp_path / "a")
