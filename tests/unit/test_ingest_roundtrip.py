@@ -144,6 +144,33 @@ def test_jsonl(tmp_path):
     assert m.classes == tuple(str(s) for s in np.unique(stars))
 
 
+def test_text_that_hdf5_cannot_hold_is_replaced_and_counted(tmp_path):
+    """Yelp-style JSONL with a NUL and a truncated emoji (a lone surrogate escape), and an IMDB
+    review with a NUL byte: stored with U+FFFD, counted, and the places recorded."""
+    lines = [
+        '{"text": "fine", "stars": 1}',
+        '{"text": "nul\\u0000here", "stars": 2}',
+        '{"text": "ok", "stars": 1}',
+        '{"text": "cut \\ud83d emoji \\ud83d\\ude00 whole", "stars": 2}',
+    ]
+    (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
+    m = ingest("jsonl", tmp_path / "r.jsonl", tmp_path / "out", shards=2, test_fraction=0)
+    _, data = read_dataset(tmp_path / "out")
+    texts = sorted(t for split in data.values() for t in split["text"])
+    assert texts == sorted(["fine", "nul\ufffdhere", "ok", "cut \ufffd emoji \U0001f600 whole"])
+    where = str(tmp_path / "r.jsonl")
+    assert m.provenance["details"]["replaced_characters"] == {"count": 2, "first": [f"{where}:2", f"{where}:4"]}
+
+    written = fx.write_imdb(tmp_path / "aclImdb", n_per_class=2, n_unsup=0)
+    victim = sorted((tmp_path / "aclImdb" / "test" / "pos").glob("*.txt"))[0]
+    victim.write_bytes(b"first line\nsecond \x00 line")
+    m = ingest("imdb", tmp_path / "aclImdb", tmp_path / "imdb-out")
+    _, data = read_dataset(tmp_path / "imdb-out")
+    assert "first line\nsecond \ufffd line" in list(data["test"]["text"])
+    assert m.provenance["details"]["replaced_characters"] == {"count": 1, "first": [f"{victim}:2"]}
+    assert len(written["text"]) == sum(s.count for s in m.splits)
+
+
 def test_image_folder(tmp_path):
     written = fx.write_image_folder(tmp_path / "imgs", size=(8, 12))
     m = ingest("image-folder", tmp_path / "imgs", tmp_path / "out", shards=2, options={"image_size": "8x12"})

@@ -24,10 +24,17 @@ from ..log import Progress
 from .format import Manifest, SplitInfo
 from .readers import reader_class
 from .shards import COMPRESSIONS, write_shard
+from .source import MAX_PLACES
 from .split import assign_splits, plan_shards, shards_of_rank
 from .staging import install, staging
 
 log = logging.getLogger("twinhpc")
+
+
+def _place(where: str) -> tuple[str, int]:
+    """``"file:line"`` -> ``(file, line)``, so places sort by line number."""
+    path, _, line = where.rpartition(":")
+    return path, int(line) if line.isdigit() else 0
 
 
 def ingest(
@@ -121,6 +128,19 @@ def ingest(
 
         written = world.run(write_mine, IngestError)
         everything = [w for part in world.allgather(written) for w in part]
+        details = dict(info.details)
+        replaced = world.allgather((source.replaced, source.replaced_at))
+        if sum(n for n, _ in replaced):
+            places = sorted((p for _, at in replaced for p in at), key=_place)[:MAX_PLACES]
+            details["replaced_characters"] = {"count": sum(n for n, _ in replaced), "first": places}
+            if world.is_root:
+                log.warning(
+                    "%s: replaced %d NUL or lone-surrogate character(s), which HDF5 text cannot hold, by U+FFFD "
+                    "(first at %s)",
+                    src,
+                    details["replaced_characters"]["count"],
+                    ", ".join(places),
+                )
         split_infos = []
         for split in splits:
             shard_infos = tuple(sh for _, _, sh in sorted((w for w in everything if w[0] == split), key=lambda w: w[1]))
@@ -143,7 +163,7 @@ def ingest(
                 "compression": compression,
                 "options": dict(options or {}),
                 "ranks": world.size,
-                **({"details": info.details} if info.details else {}),
+                **({"details": details} if details else {}),
             },
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,11 @@ import numpy as np
 
 from ..errors import IngestError
 from .format import FieldSpec
+
+#: characters a text field cannot store in HDF5 (NUL, lone surrogates) and their replacement
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+MAX_PLACES = 10
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,9 @@ class Source(ABC):
     def __init__(self, path: str | Path, options: dict[str, Any] | None = None):
         self.path = Path(path)
         self.options = dict(options or {})
+        #: characters :meth:`storable` replaced in this process's reads, and the first places
+        self.replaced = 0
+        self.replaced_at: list[str] = []
 
     @abstractmethod
     def open(self) -> SourceInfo:
@@ -101,6 +110,17 @@ class Source(ABC):
 
     def option(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
+
+    def storable(self, text: str, where: str) -> str:
+        """``text`` with each character HDF5 text cannot hold (NUL, a lone UTF-16 surrogate as a
+        JSON ``\\ud83d`` escape gives) replaced by U+FFFD; counted, with ``where`` (file and line)
+        remembered for the first few, for ingest to report and record in the manifest."""
+        text, n = _UNSTORABLE.subn(REPLACEMENT, text)
+        if n:
+            self.replaced += n
+            if len(self.replaced_at) < MAX_PLACES:
+                self.replaced_at.append(where)
+        return text
 
 
 def label_text(value: object) -> str:

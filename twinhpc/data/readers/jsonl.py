@@ -12,7 +12,10 @@ same one. Other keys are ignored. Global order: file order.
 
 Blank lines are skipped. A line that is not a JSON object, lacks the text or label key, or has a
 text that is not a string is an :class:`~twinhpc.errors.IngestError` naming the file, the line
-number and the option to set. The file must be UTF-8.
+number and the option to set. The file must be UTF-8. A NUL (``\\u0000``) or a lone surrogate
+(``\\ud83d`` without its pair, as truncated emoji leave) in a text cannot be stored in HDF5: each
+is replaced by U+FFFD, and ingest warns with the count and records it, with the first lines, in
+the manifest's provenance (``replaced_characters``).
 
 :meth:`JsonlSource.open` parses every line once (for the classes) and keeps only the byte offset
 and label of each record; :meth:`JsonlSource.read` seeks to the requested lines and parses them
@@ -134,5 +137,8 @@ class JsonlSource(Source):
         with open(self.path, "rb") as f:
             for k, i in enumerate(indices):
                 f.seek(self._offsets[i])
-                text[k] = _parse(f.readline(), self.path, int(self._linenos[i]))[self._text_key]
+                lineno = int(self._linenos[i])
+                text[k] = self.storable(
+                    _parse(f.readline(), self.path, lineno)[self._text_key], f"{self.path}:{lineno}"
+                )
         return {"text": text, "label": self._labels[indices]}
