@@ -160,6 +160,21 @@ def test_existing_output_needs_overwrite(world, shared_tmp):
     )
 
 
+def test_overwrite_refuses_a_directory_that_is_no_dataset(world, shared_tmp):
+    """--overwrite pointed at a home or project folder by mistake: refused, named, left intact."""
+    src = make_source(world, shared_tmp, n=20)
+    precious = shared_tmp / "thesis"
+    on_root(world, lambda: (precious.mkdir(), (precious / "chapter1.tex").write_text("years of work")))
+
+    def body():
+        with pytest.raises(TwinError, match=f"--out {precious}: is a directory without manifest.json"):
+            ingest("npz", src, precious, world=world, overwrite=True)
+        _check((precious / "chapter1.tex").read_text() == "years of work", "the directory was touched")
+        _check(leftovers(shared_tmp) == [], f"debris {leftovers(shared_tmp)}")
+
+    collective(world, body)
+
+
 def test_failure_on_one_rank_fails_all_and_leaves_nothing(world, shared_tmp, monkeypatch):
     """A read error on the last rank only: every rank raises, naming that rank; no dataset left."""
     from twinhpc.data.readers.npz import NpzSource

@@ -60,7 +60,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default="none",
         help="HDF5 compression of every field (default none)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists (after the new one is complete)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR if it is a dataset (holds manifest.json), after the new one is complete",
+    )
     r = p.add_argument_group("reader options (each applies to the kinds named)")
     r.add_argument("--label", help="label array/column/key (npz, csv, parquet, jsonl)")
     r.add_argument("--fields", help="comma-separated fields/columns to keep (npz, csv, parquet)")

@@ -21,7 +21,7 @@ from .. import __version__
 from ..comm.world import World, get_world
 from ..errors import IngestError, TwinError
 from ..log import Progress
-from .format import Manifest, SplitInfo
+from .format import MANIFEST, Manifest, SplitInfo
 from .readers import reader_class
 from .shards import COMPRESSIONS, write_shard
 from .source import MAX_PLACES
@@ -64,7 +64,8 @@ def ingest(
         ``test_fraction=None`` means 0.1, or 0 for sources with their own test split.
     seed : seed of the split permutation; the dataset depends on it, not on the rank count.
     compression : ``none``, ``gzip`` or ``lzf`` for every field.
-    overwrite : replace an existing ``out`` (only after the new dataset is complete).
+    overwrite : replace an existing ``out`` (only after the new dataset is complete); an ``out``
+        that is not a dataset (no ``manifest.json``) is never replaced, an error naming it.
     options : reader options (``label``, ``fields``, ...).
 
     Returns the manifest (on every rank). Raises :class:`TwinError` on every rank if any rank
@@ -113,7 +114,7 @@ def ingest(
     )
     log.debug("rank %d writes %s", world.rank, [p.file for p in mine])
 
-    with staging(world, out, "--out", overwrite) as tmp:
+    with staging(world, out, "--out", overwrite, MANIFEST) as tmp:
         progress = Progress(len(mine), "ingest (rank 0 shards)", enabled=world.is_root)
 
         def write_mine():
@@ -170,7 +171,7 @@ def ingest(
         def finish():
             if world.is_root:
                 manifest.save(tmp)
-                install(tmp, out, "--out", overwrite)
+                install(tmp, out, "--out", overwrite, MANIFEST)
 
         world.run(finish, IngestError)
     log.info("ingest done: %s (%d samples, %.1f s)", out, info.count, time.perf_counter() - t0)
