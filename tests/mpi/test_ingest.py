@@ -292,8 +292,8 @@ def test_every_kind_is_rank_count_invariant(world, shared_tmp, kind):
     collective(
         world,
         lambda: _check(
-            [s.shards for s in m.splits] == [s.shards for s in ref.splits],
-            f"{kind}: shards differ between 1 and {world.size} ranks",
+            [s.shards for s in m.splits] == [s.shards for s in ref.splits] and m.statistics == ref.statistics,
+            f"{kind}: shards or statistics differ between 1 and {world.size} ranks",
         ),
     )
 

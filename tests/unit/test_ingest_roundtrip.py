@@ -171,6 +171,28 @@ def test_text_that_hdf5_cannot_hold_is_replaced_and_counted(tmp_path):
     assert len(written["text"]) == sum(s.count for s in m.splits)
 
 
+def test_nan_inf_and_labels_outside_the_classes_are_counted_and_shown(tmp_path):
+    """NaN/inf features (R's NA, Inf in a CSV) and an npz label of -1 in a labelled split: counted
+    over every sample at ingest, kept in the manifest, shown by inspect."""
+    from twinhpc.data.inspect import format_report, inspect_dataset
+
+    rows = ["a,b,label"] + [f"{i},{'NA' if i % 5 == 0 else i / 2},{'x' if i % 2 else 'y'}" for i in range(20)]
+    rows[4] = "3,Inf,x"
+    rows[8] = "-inf,1,y"
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    m = ingest("csv", tmp_path / "t.csv", tmp_path / "csv-out", shards=3, val_fraction=0, test_fraction=0)
+    assert m.statistics == {"train": {"x": {"nan": 4, "inf": 2}, "label": {"outside_classes": {}}}}
+    assert Manifest.load(tmp_path / "csv-out").statistics == m.statistics
+
+    y = np.array([0, 1, 2, -1, 1, -1, 0, 2, 1, 0])
+    np.savez(tmp_path / "a.npz", x=np.arange(10, dtype=np.float32), y=y)
+    m = ingest("npz", tmp_path / "a.npz", tmp_path / "npz-out", val_fraction=0, test_fraction=0)
+    assert m.statistics["train"] == {"x": {"nan": 0, "inf": 0}, "y": {"outside_classes": {"-1": 2}}}
+    text = format_report(inspect_dataset(tmp_path / "npz-out"))
+    assert "y                every sample (counted at ingest): labels outside the classes: -1 (2 samples)" in text
+    assert "nan=0  inf=0" in text
+
+
 def test_image_folder(tmp_path):
     written = fx.write_image_folder(tmp_path / "imgs", size=(8, 12))
     m = ingest("image-folder", tmp_path / "imgs", tmp_path / "out", shards=2, options={"image_size": "8x12"})

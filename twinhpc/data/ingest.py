@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import __version__
 from ..comm.world import World, get_world
 from ..errors import IngestError, TwinError
@@ -24,7 +26,7 @@ from ..log import Progress
 from .format import MANIFEST, Manifest, SplitInfo
 from .readers import reader_class
 from .shards import COMPRESSIONS, write_shard
-from .source import MAX_PLACES
+from .source import MAX_PLACES, SourceInfo
 from .split import assign_splits, plan_shards, shards_of_rank
 from .staging import install, staging
 
@@ -35,6 +37,66 @@ def _place(where: str) -> tuple[str, int]:
     """``"file:line"`` -> ``(file, line)``, so places sort by line number."""
     path, _, line = where.rpartition(":")
     return path, int(line) if line.isdigit() else 0
+
+
+def _tally(counts: dict[str, dict[str, Any]], got: dict[str, np.ndarray], info: SourceInfo) -> None:
+    """Add one piece's NaN/inf counts (float fields) and labels outside the classes to ``counts``."""
+    for spec in info.fields:
+        a = got[spec.name]
+        if spec.is_text:
+            continue
+        c = counts.setdefault(spec.name, {})
+        if a.dtype.kind == "f":
+            c["nan"] = c.get("nan", 0) + int(np.isnan(a).sum())
+            c["inf"] = c.get("inf", 0) + int(np.isinf(a).sum())
+        if spec.name == info.label_field and info.classes and a.dtype.kind in "iu":
+            outside = c.setdefault("outside_classes", {})
+            values, n = np.unique(a[(a < 0) | (a >= len(info.classes))], return_counts=True)
+            for v, k in zip(values.tolist(), n.tolist()):
+                outside[str(v)] = outside.get(str(v), 0) + k
+
+
+def _merge_tallies(parts: list[dict], info: SourceInfo) -> dict[str, dict[str, dict[str, Any]]]:
+    """The ranks' tallies summed: split -> field -> counts (float fields and the label field only)."""
+    merged: dict[str, dict[str, dict[str, Any]]] = {}
+    for part in parts:
+        for split, fields in part.items():
+            for name, counts in fields.items():
+                m = merged.setdefault(split, {}).setdefault(name, {})
+                for key, value in counts.items():
+                    if isinstance(value, dict):
+                        d = m.setdefault(key, {})
+                        for v, k in value.items():
+                            d[v] = d.get(v, 0) + k
+                    else:
+                        m[key] = m.get(key, 0) + value
+    for fields in merged.values():
+        for counts in fields.values():
+            if "outside_classes" in counts:
+                counts["outside_classes"] = dict(sorted(counts["outside_classes"].items(), key=lambda vk: int(vk[0])))
+    order = [f.name for f in info.fields]
+    return {
+        split: {n: fields[n] for n in sorted(fields, key=order.index) if fields[n]}
+        for split, fields in sorted(merged.items())
+    }
+
+
+def _warn_bad_values(statistics: dict, src) -> None:
+    """Log a warning per field with NaN/inf values, and per labelled split with labels outside the classes."""
+    for split, fields in statistics.items():
+        for name, c in fields.items():
+            if c.get("nan") or c.get("inf"):
+                log.warning(
+                    "%s: split %s, field %r holds %d NaN and %d inf value(s)", src, split, name, c["nan"], c["inf"]
+                )
+            if c.get("outside_classes") and split != "unlabeled":
+                log.warning(
+                    "%s: split %s, label field %r holds values outside the classes: %s",
+                    src,
+                    split,
+                    name,
+                    ", ".join(f"{v} ({k} samples)" for v, k in c["outside_classes"].items()),
+                )
 
 
 def ingest(
@@ -117,12 +179,18 @@ def ingest(
     with staging(world, out, "--out", overwrite, MANIFEST) as tmp:
         progress = Progress(len(mine), "ingest (rank 0 shards)", enabled=world.is_root)
 
+        tallies: dict[str, dict[str, dict[str, Any]]] = {}
+
         def write_mine():
             written = []
             for p in mine:
-                written.append(
-                    (p.split, p.index, write_shard(tmp / p.file, info.fields, p.indices, source.read, compression))
-                )
+
+                def read(indices, split=p.split):
+                    got = source.read(indices)
+                    _tally(tallies.setdefault(split, {}), got, info)
+                    return got
+
+                written.append((p.split, p.index, write_shard(tmp / p.file, info.fields, p.indices, read, compression)))
                 log.debug("wrote %s (%d samples)", p.file, len(p.indices))
                 progress.update()
             return written
@@ -142,6 +210,9 @@ def ingest(
                     details["replaced_characters"]["count"],
                     ", ".join(places),
                 )
+        statistics = _merge_tallies(world.allgather(tallies), info)
+        if world.is_root:
+            _warn_bad_values(statistics, src)
         split_infos = []
         for split in splits:
             shard_infos = tuple(sh for _, _, sh in sorted((w for w in everything if w[0] == split), key=lambda w: w[1]))
@@ -166,6 +237,7 @@ def ingest(
                 "ranks": world.size,
                 **({"details": details} if details else {}),
             },
+            statistics=statistics,
         )
 
         def finish():
