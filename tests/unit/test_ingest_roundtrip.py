@@ -212,6 +212,23 @@ def test_cli_ingest_cifar10(cli, tmp_path):
     )
 
 
+def test_cli_reader_options_reach_the_readers(cli, tmp_path):
+    """--delimiter, --na-values and --skip-bad on the command line; --overwrite of a non-dataset."""
+    (tmp_path / "eu.csv").write_text("a;b;label\r\n1;-;x\r\n2;3;y\r\n")
+    r = cli("ingest", "csv", tmp_path / "eu.csv", "--out", tmp_path / "csv", "--delimiter", ";", "--na-values", "-")
+    assert r.returncode == 0, r.stderr
+    m = Manifest.load(tmp_path / "csv")
+    assert m.provenance["details"]["missing"] == {"b": 1} and m.provenance["details"]["x_columns"] == ["a", "b"]
+    written = fx.write_image_folder(tmp_path / "imgs", n_per_class=2)
+    written["files"][0].write_bytes(b"no image")
+    r = cli("ingest", "image-folder", tmp_path / "imgs", "--out", tmp_path / "img", "--skip-bad")
+    assert r.returncode == 0, r.stderr
+    assert str(written["files"][0].name) in r.stderr  # the warning names it
+    r = cli("ingest", "csv", tmp_path / "eu.csv", "--out", tmp_path / "imgs", "--delimiter", ";", "--overwrite")
+    assert r.returncode == 2 and f"--out {tmp_path / 'imgs'}: is a directory without manifest.json" in r.stderr
+    assert written["files"][1].exists()
+
+
 # -- bad sources --------------------------------------------------------------------------------
 def _cifar_with(tmp: Path, name: str, content: bytes | None) -> Path:
     fx.write_cifar10(tmp / "cifar", n_train_per_batch=2, n_test=2)
