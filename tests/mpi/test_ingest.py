@@ -160,6 +160,21 @@ def test_existing_output_needs_overwrite(world, shared_tmp):
     )
 
 
+def test_overwrite_refuses_a_directory_that_is_no_dataset(world, shared_tmp):
+    """--overwrite pointed at a home or project folder by mistake: refused, named, left intact."""
+    src = make_source(world, shared_tmp, n=20)
+    precious = shared_tmp / "thesis"
+    on_root(world, lambda: (precious.mkdir(), (precious / "chapter1.tex").write_text("years of work")))
+
+    def body():
+        with pytest.raises(TwinError, match=f"--out {precious}: is a directory without manifest.json"):
+            ingest("npz", src, precious, world=world, overwrite=True)
+        _check((precious / "chapter1.tex").read_text() == "years of work", "the directory was touched")
+        _check(leftovers(shared_tmp) == [], f"debris {leftovers(shared_tmp)}")
+
+    collective(world, body)
+
+
 def test_failure_on_one_rank_fails_all_and_leaves_nothing(world, shared_tmp, monkeypatch):
     """A read error on the last rank only: every rank raises, naming that rank; no dataset left."""
     from twinhpc.data.readers.npz import NpzSource
@@ -277,7 +292,59 @@ def test_every_kind_is_rank_count_invariant(world, shared_tmp, kind):
     collective(
         world,
         lambda: _check(
-            [s.shards for s in m.splits] == [s.shards for s in ref.splits],
-            f"{kind}: shards differ between 1 and {world.size} ranks",
+            [s.shards for s in m.splits] == [s.shards for s in ref.splits] and m.statistics == ref.statistics,
+            f"{kind}: shards or statistics differ between 1 and {world.size} ranks",
         ),
     )
+
+
+# Labels equal in value but written differently: every spelling must land in one class, and
+# every rank must store them under the class list the manifest records.
+SPELLINGS = {1: ["1", "1.0", "1e0"], 2: ["2", "2.00", "20e-1"], 3: ["3", "3.0"], 4: ["4", "4.0", "4.000"], 5: ["5.0"]}
+
+
+def _spelled_sources(tmp):
+    """jsonl, csv and parquet sources whose label column spells 1..5 in several ways; returns the
+    true label of each row id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [(v, s) for v, spellings in SPELLINGS.items() for s in spellings] * 3  # 45 rows
+    truth = {i: v for i, (v, _) in enumerate(rows)}
+    (tmp / "spelled.jsonl").write_text(
+        "".join(f'{{"text": "row {i}", "stars": {s}}}\n' for i, (_, s) in enumerate(rows))
+    )
+    (tmp / "spelled.csv").write_text("id,label\n" + "".join(f"{i},{s}\n" for i, (_, s) in enumerate(rows)))
+    pq.write_table(
+        pa.table({"id": list(range(len(rows))), "label": [float(s) for _, s in rows]}), tmp / "spelled.parquet"
+    )
+    return truth
+
+
+@pytest.mark.parametrize(
+    "kind,src,options",
+    [
+        ("jsonl", "spelled.jsonl", {}),
+        ("jsonl", "spelled.jsonl", {"classes": "1.0,2,3,4,5"}),
+        ("csv", "spelled.csv", {"classes": "1,2,3,4,5"}),
+        ("parquet", "spelled.parquet", {"classes": "1,2,3,4,5.0"}),
+    ],
+)
+def test_equal_labels_written_differently_are_one_class_on_every_rank(world, shared_tmp, kind, src, options):
+    truth = on_root(world, lambda: _spelled_sources(shared_tmp))
+    out = shared_tmp / "ds"
+    m = collective(world, lambda: ingest(kind, shared_tmp / src, out, shards=3, options=options, world=world))
+
+    def check():
+        values = [float(c) for c in m.classes]
+        assert values == [1, 2, 3, 4, 5], m.classes
+        seen = 0
+        for split in m.splits:
+            got = read_split(out, m, split.name)
+            ids = [int(t.decode().split()[1]) for t in got["text"]] if kind == "jsonl" else got["x"][:, 0].astype(int)
+            wrong = [(int(i), m.classes[y]) for i, y in zip(ids, got["label"]) if values[y] != truth[int(i)]]
+            assert not wrong, f"{split.name}: rows stored under the wrong class: {wrong}"
+            seen += len(ids)
+        assert seen == len(truth)
+
+    collective(world, check)

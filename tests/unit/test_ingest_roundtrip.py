@@ -144,6 +144,55 @@ def test_jsonl(tmp_path):
     assert m.classes == tuple(str(s) for s in np.unique(stars))
 
 
+def test_text_that_hdf5_cannot_hold_is_replaced_and_counted(tmp_path):
+    """Yelp-style JSONL with a NUL and a truncated emoji (a lone surrogate escape), and an IMDB
+    review with a NUL byte: stored with U+FFFD, counted, and the places recorded."""
+    lines = [
+        '{"text": "fine", "stars": 1}',
+        '{"text": "nul\\u0000here", "stars": 2}',
+        '{"text": "ok", "stars": 1}',
+        '{"text": "cut \\ud83d emoji \\ud83d\\ude00 whole", "stars": 2}',
+    ]
+    (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
+    m = ingest("jsonl", tmp_path / "r.jsonl", tmp_path / "out", shards=2, test_fraction=0)
+    _, data = read_dataset(tmp_path / "out")
+    texts = sorted(t for split in data.values() for t in split["text"])
+    assert texts == sorted(["fine", "nul\ufffdhere", "ok", "cut \ufffd emoji \U0001f600 whole"])
+    where = str(tmp_path / "r.jsonl")
+    assert m.provenance["details"]["replaced_characters"] == {"count": 2, "first": [f"{where}:2", f"{where}:4"]}
+
+    written = fx.write_imdb(tmp_path / "aclImdb", n_per_class=2, n_unsup=0)
+    victim = sorted((tmp_path / "aclImdb" / "test" / "pos").glob("*.txt"))[0]
+    victim.write_bytes(b"first line\nsecond \x00 line")
+    m = ingest("imdb", tmp_path / "aclImdb", tmp_path / "imdb-out")
+    _, data = read_dataset(tmp_path / "imdb-out")
+    assert "first line\nsecond \ufffd line" in list(data["test"]["text"])
+    assert m.provenance["details"]["replaced_characters"] == {"count": 1, "first": [f"{victim}:2"]}
+    assert len(written["text"]) == sum(s.count for s in m.splits)
+
+
+def test_nan_inf_and_labels_outside_the_classes_are_counted_and_shown(tmp_path):
+    """NaN/inf features (R's NA, Inf in a CSV) and an npz label of -1 in a labelled split: counted
+    over every sample at ingest, kept in the manifest, shown by inspect."""
+    from twinhpc.data.inspect import format_report, inspect_dataset
+
+    rows = ["a,b,label"] + [f"{i},{'NA' if i % 5 == 0 else i / 2},{'x' if i % 2 else 'y'}" for i in range(20)]
+    rows[4] = "3,Inf,x"
+    rows[8] = "-inf,1,y"
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    m = ingest("csv", tmp_path / "t.csv", tmp_path / "csv-out", shards=3, val_fraction=0, test_fraction=0)
+    assert m.statistics == {"train": {"x": {"nan": 4, "inf": 2}, "label": {"outside_classes": {}}}}
+    assert Manifest.load(tmp_path / "csv-out").statistics == m.statistics
+
+    y = np.array([0, 1, 2, -1, 1, -1, 0, 2, 1, 0])
+    np.savez(tmp_path / "a.npz", x=np.arange(10, dtype=np.float32), y=y)
+    m = ingest("npz", tmp_path / "a.npz", tmp_path / "npz-out", val_fraction=0, test_fraction=0)
+    assert m.statistics["train"] == {"x": {"nan": 0, "inf": 0}, "y": {"outside_classes": {"-1": 2}}}
+    text = format_report(inspect_dataset(tmp_path / "npz-out"))
+    assert "y                every sample (counted at ingest): labels outside the classes: -1 (2 samples)" in text
+    assert "nan=0  inf=0" in text
+
+
 def test_image_folder(tmp_path):
     written = fx.write_image_folder(tmp_path / "imgs", size=(8, 12))
     m = ingest("image-folder", tmp_path / "imgs", tmp_path / "out", shards=2, options={"image_size": "8x12"})
@@ -161,6 +210,23 @@ def test_cli_ingest_cifar10(cli, tmp_path):
         key="image",
         given_split=written["split"],
     )
+
+
+def test_cli_reader_options_reach_the_readers(cli, tmp_path):
+    """--delimiter, --na-values and --skip-bad on the command line; --overwrite of a non-dataset."""
+    (tmp_path / "eu.csv").write_text("a;b;label\r\n1;-;x\r\n2;3;y\r\n")
+    r = cli("ingest", "csv", tmp_path / "eu.csv", "--out", tmp_path / "csv", "--delimiter", ";", "--na-values", "-")
+    assert r.returncode == 0, r.stderr
+    m = Manifest.load(tmp_path / "csv")
+    assert m.provenance["details"]["missing"] == {"b": 1} and m.provenance["details"]["x_columns"] == ["a", "b"]
+    written = fx.write_image_folder(tmp_path / "imgs", n_per_class=2)
+    written["files"][0].write_bytes(b"no image")
+    r = cli("ingest", "image-folder", tmp_path / "imgs", "--out", tmp_path / "img", "--skip-bad")
+    assert r.returncode == 0, r.stderr
+    assert str(written["files"][0].name) in r.stderr  # the warning names it
+    r = cli("ingest", "csv", tmp_path / "eu.csv", "--out", tmp_path / "imgs", "--delimiter", ";", "--overwrite")
+    assert r.returncode == 2 and f"--out {tmp_path / 'imgs'}: is a directory without manifest.json" in r.stderr
+    assert written["files"][1].exists()
 
 
 # -- bad sources --------------------------------------------------------------------------------

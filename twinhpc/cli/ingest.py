@@ -14,10 +14,12 @@ Convert a source into a sharded HDF5 dataset (format: docs/dataset-format.md).
 KIND and SRC:
   npz           a .npz file; one field per array (--fields, --label)
   csv           a CSV file with a header; --label names the label column; numeric columns
-                become float32 features, text columns categorical codes (levels in the manifest)
+                become float32 features, text columns categorical codes (levels in the manifest);
+                --delimiter, --na-values
   cifar10       the directory of the official python batches (data_batch_1..5, test_batch)
   imdb          the aclImdb directory (train/{pos,neg}, test/{pos,neg}; unsup with --keep-unsup)
-  image-folder  one sub-folder per class of JPEG/PNG files, resized to --image-size
+  image-folder  one sub-folder per class of images (jpg, png, webp, bmp, gif, tif), resized
+                to --image-size; --skip-bad leaves out images that cannot be decoded
   parquet       a .parquet file or a directory of part files (as Spark writes them)
   jsonl         one JSON object per line (Yelp style): --text-field and --label
 
@@ -58,7 +60,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default="none",
         help="HDF5 compression of every field (default none)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists (after the new one is complete)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR if it is a dataset (holds manifest.json), after the new one is complete",
+    )
     r = p.add_argument_group("reader options (each applies to the kinds named)")
     r.add_argument("--label", help="label array/column/key (npz, csv, parquet, jsonl)")
     r.add_argument("--fields", help="comma-separated fields/columns to keep (npz, csv, parquet)")
@@ -71,13 +77,35 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     r.add_argument("--image-size", help="HxW (or S) images are resized to (image-folder; default 32)")
     r.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out images that cannot be decoded, listed in the manifest (image-folder)",
+    )
+    r.add_argument("--delimiter", help="field delimiter, one character or 'tab' (csv; default ',')")
+    r.add_argument(
+        "--na-values",
+        help="comma-separated texts that mean a missing value (csv; default: empty, NA, N/A, NaN, null; "
+        "'' for only the empty field)",
+    )
+    r.add_argument(
         "--keep-unsup", action="store_true", help="keep imdb's train/unsup reviews as split 'unlabeled' (label -1)"
     )
     add_common(p)
     return p
 
 
-READER_OPTIONS = ("label", "fields", "categorical", "text_field", "classes", "image_size", "keep_unsup")
+READER_OPTIONS = (
+    "label",
+    "fields",
+    "categorical",
+    "text_field",
+    "classes",
+    "image_size",
+    "keep_unsup",
+    "skip_bad",
+    "delimiter",
+    "na_values",
+)
 
 
 def run(args) -> int:

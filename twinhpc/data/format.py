@@ -96,6 +96,9 @@ class Manifest:
     categorical: dict[str, tuple[str, ...]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int = FORMAT_VERSION
+    #: per split, per field, counts over every sample taken at ingest: ``nan``/``inf`` for float
+    #: fields, ``outside_classes`` (label value -> count) for a label field with classes
+    statistics: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     # -- lookups -------------------------------------------------------------------------
     def field(self, name: str) -> FieldSpec:
@@ -125,6 +128,7 @@ class Manifest:
             "categorical": {k: list(v) for k, v in self.categorical.items()},
             "splits": {s.name: {"count": s.count, "shards": [asdict(sh) for sh in s.shards]} for s in self.splits},
             "provenance": self.provenance,
+            **({"statistics": self.statistics} if self.statistics else {}),
         }
 
     @classmethod
@@ -180,6 +184,7 @@ class Manifest:
             categorical={k: tuple(v) for k, v in (d.get("categorical") or {}).items()},
             provenance=dict(d.get("provenance") or {}),
             version=version,
+            statistics=dict(d.get("statistics") or {}),
         )
 
     @classmethod

@@ -17,17 +17,86 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import __version__
 from ..comm.world import World, get_world
 from ..errors import IngestError, TwinError
 from ..log import Progress
-from .format import Manifest, SplitInfo
+from .format import MANIFEST, Manifest, SplitInfo
 from .readers import reader_class
 from .shards import COMPRESSIONS, write_shard
+from .source import MAX_PLACES, SourceInfo
 from .split import assign_splits, plan_shards, shards_of_rank
 from .staging import install, staging
 
 log = logging.getLogger("twinhpc")
+
+
+def _place(where: str) -> tuple[str, int]:
+    """``"file:line"`` -> ``(file, line)``, so places sort by line number."""
+    path, _, line = where.rpartition(":")
+    return path, int(line) if line.isdigit() else 0
+
+
+def _tally(counts: dict[str, dict[str, Any]], got: dict[str, np.ndarray], info: SourceInfo) -> None:
+    """Add one piece's NaN/inf counts (float fields) and labels outside the classes to ``counts``."""
+    for spec in info.fields:
+        a = got[spec.name]
+        if spec.is_text:
+            continue
+        c = counts.setdefault(spec.name, {})
+        if a.dtype.kind == "f":
+            c["nan"] = c.get("nan", 0) + int(np.isnan(a).sum())
+            c["inf"] = c.get("inf", 0) + int(np.isinf(a).sum())
+        if spec.name == info.label_field and info.classes and a.dtype.kind in "iu":
+            outside = c.setdefault("outside_classes", {})
+            values, n = np.unique(a[(a < 0) | (a >= len(info.classes))], return_counts=True)
+            for v, k in zip(values.tolist(), n.tolist()):
+                outside[str(v)] = outside.get(str(v), 0) + k
+
+
+def _merge_tallies(parts: list[dict], info: SourceInfo) -> dict[str, dict[str, dict[str, Any]]]:
+    """The ranks' tallies summed: split -> field -> counts (float fields and the label field only)."""
+    merged: dict[str, dict[str, dict[str, Any]]] = {}
+    for part in parts:
+        for split, fields in part.items():
+            for name, counts in fields.items():
+                m = merged.setdefault(split, {}).setdefault(name, {})
+                for key, value in counts.items():
+                    if isinstance(value, dict):
+                        d = m.setdefault(key, {})
+                        for v, k in value.items():
+                            d[v] = d.get(v, 0) + k
+                    else:
+                        m[key] = m.get(key, 0) + value
+    for fields in merged.values():
+        for counts in fields.values():
+            if "outside_classes" in counts:
+                counts["outside_classes"] = dict(sorted(counts["outside_classes"].items(), key=lambda vk: int(vk[0])))
+    order = [f.name for f in info.fields]
+    return {
+        split: {n: fields[n] for n in sorted(fields, key=order.index) if fields[n]}
+        for split, fields in sorted(merged.items())
+    }
+
+
+def _warn_bad_values(statistics: dict, src) -> None:
+    """Log a warning per field with NaN/inf values, and per labelled split with labels outside the classes."""
+    for split, fields in statistics.items():
+        for name, c in fields.items():
+            if c.get("nan") or c.get("inf"):
+                log.warning(
+                    "%s: split %s, field %r holds %d NaN and %d inf value(s)", src, split, name, c["nan"], c["inf"]
+                )
+            if c.get("outside_classes") and split != "unlabeled":
+                log.warning(
+                    "%s: split %s, label field %r holds values outside the classes: %s",
+                    src,
+                    split,
+                    name,
+                    ", ".join(f"{v} ({k} samples)" for v, k in c["outside_classes"].items()),
+                )
 
 
 def ingest(
@@ -57,7 +126,8 @@ def ingest(
         ``test_fraction=None`` means 0.1, or 0 for sources with their own test split.
     seed : seed of the split permutation; the dataset depends on it, not on the rank count.
     compression : ``none``, ``gzip`` or ``lzf`` for every field.
-    overwrite : replace an existing ``out`` (only after the new dataset is complete).
+    overwrite : replace an existing ``out`` (only after the new dataset is complete); an ``out``
+        that is not a dataset (no ``manifest.json``) is never replaced, an error naming it.
     options : reader options (``label``, ``fields``, ...).
 
     Returns the manifest (on every rank). Raises :class:`TwinError` on every rank if any rank
@@ -78,6 +148,13 @@ def ingest(
     counts = world.allgather(info.count)
     if len(set(counts)) != 1:  # ranks must agree, or the plan differs between them
         raise IngestError(f"{src}: ranks see different sample counts {counts}; is the source changing?")
+    schemas = world.allgather((info.fields, info.label_field, info.classes, sorted(info.categorical.items())))
+    differ = [r for r, s in enumerate(schemas) if s != schemas[0]]
+    if differ:  # every rank must store labels and codes under the mapping the manifest records
+        raise IngestError(
+            f"{src}: rank(s) {differ} derived another schema, class list or categorical levels than rank 0; "
+            "is the source changing?"
+        )
     if test_fraction is None:
         test_fraction = 0.0 if info.given_split is not None else 0.1
 
@@ -99,21 +176,43 @@ def ingest(
     )
     log.debug("rank %d writes %s", world.rank, [p.file for p in mine])
 
-    with staging(world, out, "--out", overwrite) as tmp:
+    with staging(world, out, "--out", overwrite, MANIFEST) as tmp:
         progress = Progress(len(mine), "ingest (rank 0 shards)", enabled=world.is_root)
+
+        tallies: dict[str, dict[str, dict[str, Any]]] = {}
 
         def write_mine():
             written = []
             for p in mine:
-                written.append(
-                    (p.split, p.index, write_shard(tmp / p.file, info.fields, p.indices, source.read, compression))
-                )
+
+                def read(indices, split=p.split):
+                    got = source.read(indices)
+                    _tally(tallies.setdefault(split, {}), got, info)
+                    return got
+
+                written.append((p.split, p.index, write_shard(tmp / p.file, info.fields, p.indices, read, compression)))
                 log.debug("wrote %s (%d samples)", p.file, len(p.indices))
                 progress.update()
             return written
 
         written = world.run(write_mine, IngestError)
         everything = [w for part in world.allgather(written) for w in part]
+        details = dict(info.details)
+        replaced = world.allgather((source.replaced, source.replaced_at))
+        if sum(n for n, _ in replaced):
+            places = sorted((p for _, at in replaced for p in at), key=_place)[:MAX_PLACES]
+            details["replaced_characters"] = {"count": sum(n for n, _ in replaced), "first": places}
+            if world.is_root:
+                log.warning(
+                    "%s: replaced %d NUL or lone-surrogate character(s), which HDF5 text cannot hold, by U+FFFD "
+                    "(first at %s)",
+                    src,
+                    details["replaced_characters"]["count"],
+                    ", ".join(places),
+                )
+        statistics = _merge_tallies(world.allgather(tallies), info)
+        if world.is_root:
+            _warn_bad_values(statistics, src)
         split_infos = []
         for split in splits:
             shard_infos = tuple(sh for _, _, sh in sorted((w for w in everything if w[0] == split), key=lambda w: w[1]))
@@ -136,14 +235,15 @@ def ingest(
                 "compression": compression,
                 "options": dict(options or {}),
                 "ranks": world.size,
-                **({"details": info.details} if info.details else {}),
+                **({"details": details} if details else {}),
             },
+            statistics=statistics,
         )
 
         def finish():
             if world.is_root:
                 manifest.save(tmp)
-                install(tmp, out, "--out", overwrite)
+                install(tmp, out, "--out", overwrite, MANIFEST)
 
         world.run(finish, IngestError)
     log.info("ingest done: %s (%d samples, %.1f s)", out, info.count, time.perf_counter() - t0)

@@ -40,9 +40,11 @@ def _field_stats(values: np.ndarray, is_text: bool) -> dict:
 def inspect_dataset(directory: str | os.PathLike, max_samples: int = 10000) -> dict:
     """Summary of a dataset: schema, splits, counts, and per-field statistics.
 
-    Statistics come from at most ``max_samples`` samples per split (the first rows of each
-    shard; samples are stored shuffled, so these are a random sample); class counts of the label
-    field use every sample. Raises :class:`DatasetError` naming a missing or unreadable shard.
+    ``stats`` come from at most ``max_samples`` samples per split (the first rows of each shard;
+    samples are stored shuffled, so these are a random sample); class counts of the label field
+    use every sample; the manifest's ``statistics`` (NaN/inf counts of float fields and labels
+    outside the classes, counted over every sample at ingest) are part of the report as stored.
+    Raises :class:`DatasetError` naming a missing or unreadable shard.
     """
     directory = Path(directory)
     m = Manifest.load(directory)
@@ -108,6 +110,18 @@ def format_report(r: dict) -> str:
                 f"    {field:<16} "
                 + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in st.items())
             )
+        counted = r.get("statistics", {}).get(name, {})
+        for field, c in counted.items():
+            parts = []
+            if "nan" in c:
+                parts.append(f"nan={c['nan']}  inf={c['inf']}")
+            if "outside_classes" in c:
+                outside = c["outside_classes"]
+                parts.append(
+                    "labels outside the classes: "
+                    + (", ".join(f"{v} ({k} samples)" for v, k in outside.items()) if outside else "none")
+                )
+            lines.append(f"    {field:<16} every sample (counted at ingest): " + "; ".join(parts))
         if name in r["class_counts"]:
             cc = r["class_counts"][name]
             lines.append(

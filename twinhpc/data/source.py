@@ -9,6 +9,9 @@ resulting dataset independent of the number of ranks.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,11 @@ import numpy as np
 
 from ..errors import IngestError
 from .format import FieldSpec
+
+#: characters a text field cannot store in HDF5 (NUL, lone surrogates) and their replacement
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+MAX_PLACES = 10
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,9 @@ class Source(ABC):
     def __init__(self, path: str | Path, options: dict[str, Any] | None = None):
         self.path = Path(path)
         self.options = dict(options or {})
+        #: characters :meth:`storable` replaced in this process's reads, and the first places
+        self.replaced = 0
+        self.replaced_at: list[str] = []
 
     @abstractmethod
     def open(self) -> SourceInfo:
@@ -99,3 +110,37 @@ class Source(ABC):
 
     def option(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
+
+    def storable(self, text: str, where: str) -> str:
+        """``text`` with each character HDF5 text cannot hold (NUL, a lone UTF-16 surrogate as a
+        JSON ``\\ud83d`` escape gives) replaced by U+FFFD; counted, with ``where`` (file and line)
+        remembered for the first few, for ingest to report and record in the manifest."""
+        text, n = _UNSTORABLE.subn(REPLACEMENT, text)
+        if n:
+            self.replaced += n
+            if len(self.replaced_at) < MAX_PLACES:
+                self.replaced_at.append(where)
+        return text
+
+
+def label_text(value: object) -> str:
+    """The canonical text of a label value: equal numbers give equal text (``4``, ``4.0``, ``4e0``
+    -> ``"4"``; ``4.50`` -> ``"4.5"``), booleans ``true``/``false``, strings themselves."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def number_key(text: str) -> str:
+    """``text`` as the canonical text of its number when it is a finite number (``" 4.0"`` ->
+    ``"4"``), else ``text`` stripped; class lists and label values are matched through it."""
+    t = text.strip()
+    try:
+        v = float(t)
+    except ValueError:
+        return t
+    return label_text(v) if math.isfinite(v) else t

@@ -20,10 +20,22 @@ from ..comm.world import World
 from ..errors import TwinError
 
 
-def make_staging_dir(out: Path, option: str, overwrite: bool) -> str:
+def check_replaceable(out: Path, option: str, marker: str | None) -> None:
+    """With ``marker`` (a file name such as ``manifest.json``), refuse to replace an ``out`` that
+    is not a directory holding it: ``--overwrite`` replaces a dataset, never an unrelated directory."""
+    if marker is not None and out.exists() and not (out.is_dir() and (out / marker).is_file()):
+        what = "a directory" if out.is_dir() else "a file"
+        raise TwinError(
+            f"{option} {out}: is {what} without {marker}, so not a dataset; --overwrite replaces only a "
+            "dataset: remove it yourself or choose another path"
+        )
+
+
+def make_staging_dir(out: Path, option: str, overwrite: bool, marker: str | None = None) -> str:
     """Create the temporary sibling of ``out`` (rank 0 only); errors name ``option`` and the path."""
     if out.exists() and not overwrite:
         raise TwinError(f"{option} {out}: already exists (use --overwrite to replace it)")
+    check_replaceable(out, option, marker)
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -41,12 +53,14 @@ def make_staging_dir(out: Path, option: str, overwrite: bool) -> str:
     return tmp
 
 
-def install(tmp: Path, out: Path, option: str, overwrite: bool) -> None:
-    """Rename the finished ``tmp`` to ``out`` (rank 0); an existing ``out`` is removed only after."""
+def install(tmp: Path, out: Path, option: str, overwrite: bool, marker: str | None = None) -> None:
+    """Rename the finished ``tmp`` to ``out`` (rank 0); an existing ``out`` is removed only after,
+    and only if it holds ``marker`` when one is given (see :func:`check_replaceable`)."""
     old = None
     if out.exists():
         if not overwrite:
             raise TwinError(f"{option} {out}: appeared while writing; not replaced")
+        check_replaceable(out, option, marker)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
     os.replace(tmp, out)
@@ -55,14 +69,17 @@ def install(tmp: Path, out: Path, option: str, overwrite: bool) -> None:
 
 
 @contextmanager
-def staging(world: World, out: Path, option: str, overwrite: bool) -> Iterator[Path]:
+def staging(world: World, out: Path, option: str, overwrite: bool, marker: str | None = None) -> Iterator[Path]:
     """Collective: yield the temporary directory for ``out`` on every rank; remove it on failure.
 
     A :class:`TwinError` is raised on every rank together (``World.run``), so the ranks clean up
     and leave together; any other exception (a local interruption) cleans up without waiting.
-    The caller installs the finished directory with :func:`install` on rank 0.
+    The caller installs the finished directory with :func:`install` on rank 0. With ``marker``,
+    an existing ``out`` is replaced only if it holds that file (:func:`check_replaceable`).
     """
-    tmp = Path(world.bcast(world.run(lambda: make_staging_dir(out, option, overwrite) if world.is_root else None)))
+    tmp = Path(
+        world.bcast(world.run(lambda: make_staging_dir(out, option, overwrite, marker) if world.is_root else None))
+    )
     try:
         yield tmp
     except TwinError:

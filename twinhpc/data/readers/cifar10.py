@@ -11,8 +11,12 @@ training batches in order, then ``test_batch``; the given split is ``train`` for
 
 Security: the batches are pickles, and unpickling can run code. They are read with a restricted
 unpickler that resolves only NumPy's array reconstruction (``numpy[._]core.multiarray._reconstruct``,
-``numpy.ndarray``, ``numpy.dtype``); any other global in a file is refused with an
-:class:`~twinhpc.errors.IngestError` naming the file, before anything in it is called.
+``numpy[._]core.numeric._frombuffer`` of protocol 5, ``numpy.ndarray``, ``numpy.dtype``) and the
+two calls by which Python 3's protocol 2 writes ``bytes`` (``_codecs.encode(text, 'latin1')``
+and ``bytes()``, each replaced by a function that accepts exactly those arguments); any other
+global in a file is refused with an :class:`~twinhpc.errors.IngestError` naming the file, before
+anything in it is called. So batches pickled by Python 2 (the official files) and by Python 3
+with any protocol (2 to 5) read the same. Keys may be ``bytes`` (``b'data'``) or ``str``.
 
 Every batch is unpickled once in :meth:`Cifar10Source.open` and kept in memory (the whole set is
 180 MB), so :meth:`Cifar10Source.read` only gathers rows.
@@ -35,21 +39,46 @@ META = "batches.meta"
 _SIDE = 32
 
 
+def _latin1_encode(obj: object, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3's protocol-2 pickles call it for ``bytes``: ``(str, 'latin1')``
+    only; any other call is refused."""
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise pickle.UnpicklingError(f"refusing _codecs.encode of {type(obj).__name__} with {encoding!r}")
+    return obj.encode("latin1")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()`` as Python 3's protocol-2 pickles call it for ``b''``; any argument is refused."""
+    if args:
+        raise pickle.UnpicklingError("refusing bytes() with arguments")
+    return b""
+
+
 class _ArrayUnpickler(pickle.Unpickler):
-    """An unpickler that can rebuild NumPy arrays and nothing else."""
+    """An unpickler that can rebuild NumPy arrays, and the bytes of Python 3's protocol 2, and nothing else."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+        ("numpy._core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"): ("numpy", "ndarray"),
         ("numpy", "dtype"): ("numpy", "dtype"),
     }
+    #: protocol 2 written by Python 3 spells every ``bytes`` object as one of these calls
+    _BYTES = {
+        ("_codecs", "encode"): _latin1_encode,
+        ("__builtin__", "bytes"): _empty_bytes,
+        ("builtins", "bytes"): _empty_bytes,
+    }
 
     def __init__(self, file, path: Path):
-        super().__init__(file, encoding="bytes")  # the files were pickled by Python 2
+        super().__init__(file, encoding="bytes")  # the official files were pickled by Python 2
         self._path = path
 
     def find_class(self, module: str, name: str):
+        if (module, name) in self._BYTES:
+            return self._BYTES[(module, name)]
         target = self._ALLOWED.get((module, name))
         if target is None:
             raise IngestError(
@@ -81,6 +110,8 @@ def load_pickle(path: Path) -> object:
 def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(data (n, 3072) uint8, labels (n,) int64)`` of one batch file; IngestError naming it otherwise."""
     d = load_pickle(path)
+    if isinstance(d, dict):
+        d = {k.encode() if isinstance(k, str) else k: v for k, v in d.items()}
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise IngestError(f"{path}: not a CIFAR-10 python batch (expected a dict with keys b'data' and b'labels')")
     data, labels = d[b"data"], np.asarray(d[b"labels"])
@@ -139,7 +170,7 @@ class Cifar10Source(Source):
         if not meta.is_file():
             return tuple(str(i) for i in range(10))
         d = load_pickle(meta)
-        names = d.get(b"label_names") if isinstance(d, dict) else None
+        names = d.get(b"label_names", d.get("label_names")) if isinstance(d, dict) else None
         if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
             raise IngestError(f"{meta}: expected a dict with b'label_names', a list of class names")
         return tuple(n.decode("utf-8", errors="replace") if isinstance(n, bytes) else n for n in names)

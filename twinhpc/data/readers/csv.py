@@ -14,8 +14,15 @@ Columns and fields (the same rules serve the ``parquet`` reader, which imports t
   categorical: each becomes an int64 field ``cat_<column>`` holding the index of the value in the
   column's levels (its distinct values as text, sorted), which the manifest records under
   ``categorical``.
-* **missing values**: only an empty field is missing. It reads as NaN in a numeric column and as
-  the level ``""`` in a categorical one.
+* **dialect**: fields are separated by ``--delimiter`` (one character, or ``tab``; default
+  ``,``) and may be quoted with ``"``. Whitespace around every field (and header name) is
+  removed, so ``1, 2, 3`` reads as ``1,2,3``. A header that comes out as one column holding
+  ``;``, tab or ``|`` is an error naming the delimiter to set.
+* **missing values**: a field that is empty or, after trimming, one of ``--na-values``
+  (comma-separated; default ``NA,N/A,NaN,null``; ``--na-values ''`` leaves only the empty field)
+  is missing. It reads as NaN in a numeric column and as the level ``""`` in a categorical one; a
+  missing label is an error naming the row. The count of missing values per column is recorded
+  in the manifest's provenance details as ``missing``.
 
 The whole file is parsed once in :meth:`CsvSource.open` (so it must fit in memory on every rank)
 and kept as arrays; :meth:`CsvSource.read` only gathers rows.
@@ -32,7 +39,7 @@ import numpy as np
 
 from ...errors import IngestError
 from ..format import FieldSpec
-from ..source import Source, SourceInfo
+from ..source import Source, SourceInfo, number_key
 
 DEFAULT_LABELS = ("label", "y")
 TABLE_OPTIONS = {
@@ -41,6 +48,8 @@ TABLE_OPTIONS = {
     "categorical": "comma-separated columns to treat as categorical (default: the non-numeric ones)",
     "classes": "comma-separated label values in class order (default: sorted)",
 }
+NA_VALUES = ("NA", "N/A", "NaN", "null")
+DELIMITERS = {"tab": "\t", "\\t": "\t"}
 
 
 def _names(value) -> list[str]:
@@ -141,7 +150,17 @@ def encode_label(column, classes_option, where: Path, column_name: str) -> tuple
     if classes_option:
         classes = tuple(_names(classes_option))
         text = pc.cast(column, pa.string())
-        codes = pc.index_in(text, value_set=pa.array(classes, pa.string()))
+        if all(_is_number(c) for c in classes):
+            # numeric classes match by value: --classes 1,2,4 takes a label written 4.0
+            keys = [number_key(c) for c in classes]
+            if len(set(keys)) != len(keys):
+                raise IngestError(f"{where}: --classes {list(classes)} names a class twice")
+            distinct = pc.unique(text)
+            position = {k: i for i, k in enumerate(keys)}
+            code_of = pa.array([position.get(number_key(v)) for v in distinct.to_pylist()], pa.int64())
+            codes = pc.take(code_of, pc.index_in(text, value_set=distinct))
+        else:
+            codes = pc.index_in(text, value_set=pa.array(classes, pa.string()))
         if codes.null_count:
             row = int(np.flatnonzero(codes.is_null().to_numpy(zero_copy_only=False))[0])
             raise IngestError(
@@ -162,25 +181,53 @@ def encode_label(column, classes_option, where: Path, column_name: str) -> tuple
 
 class CsvSource(Source):
     kind = "csv"
-    option_help = TABLE_OPTIONS
+
+    option_help = {
+        **TABLE_OPTIONS,
+        "delimiter": "field delimiter, one character or 'tab' (default ',')",
+        "na_values": "comma-separated texts meaning a missing value (default: empty, NA, N/A, NaN, null)",
+    }
 
     def open(self) -> SourceInfo:
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.csv as pacsv
 
         self.require_exists(directory=False)
         if self.path.stat().st_size == 0:
             raise IngestError(f"{self.path}: the source is empty (an empty file)")
+        raw = self.option("delimiter", ",")
+        delimiter = DELIMITERS.get(raw, raw)
+        if len(delimiter) != 1 or delimiter in '"\r\n':
+            raise IngestError(f"{self.path}: --delimiter must be one character or 'tab', got {raw!r}")
+        na = self.option("na_values")
+        na_values = ["", *(NA_VALUES if na is None else _names(na))]
         try:
-            names = pacsv.open_csv(self.path).schema.names
             table = pacsv.read_csv(
                 self.path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
+                    column_types=_all_text(self.path, delimiter), strings_can_be_null=False, null_values=[]
                 ),
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as e:
-            raise IngestError(f"{self.path}: not a readable CSV file with a header row ({e})") from None
+            raise IngestError(
+                f"{self.path}: not a readable CSV file with a header row and delimiter {delimiter!r} "
+                f"({e}){_delimiter_hint(self.path, delimiter)}"
+            ) from None
+        names = [n.strip() for n in table.column_names]
+        if len(names) == 1 and (hint := _delimiter_hint(self.path, delimiter)):
+            raise IngestError(f"{self.path}: the header {names[0]!r} is one column with delimiter {delimiter!r}{hint}")
+        missing_set = pa.array(na_values, pa.string())
+        columns, missing = [], {}
+        for n, column in zip(names, table.columns):
+            trimmed = pc.utf8_trim_whitespace(column)
+            is_na = pc.is_in(trimmed, value_set=missing_set)
+            columns.append(pc.if_else(is_na, pa.scalar(None, pa.string()), trimmed))
+            if count := pc.sum(is_na).as_py():
+                missing[n] = count
+        if len(set(names)) == len(names):
+            table = pa.table(columns, names=names)
         if len(set(names)) != len(names):
             raise IngestError(
                 f"{self.path}: the header repeats column names {sorted({n for n in names if names.count(n) > 1})}"
@@ -208,12 +255,51 @@ class CsvSource(Source):
             label_field="label",
             classes=classes,
             categorical=categorical,
-            details=plan.details(),
+            details={**plan.details(), **({"missing": missing} if missing else {})},
         )
 
     def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Gather the rows at ``indices`` from memory (no I/O, no failure modes)."""
         return {n: a[indices] for n, a in self._arrays.items()}
+
+
+def _delimiter_hint(path: Path, delimiter: str) -> str:
+    """``"; the header looks delimited by ';': set --delimiter ';'"`` when the first line does not
+    hold ``delimiter`` but holds another common one, else ``""``."""
+    try:
+        with open(path, "rb") as f:
+            header = f.readline().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    if delimiter in header:
+        return ""
+    for d in (";", "\t", "|", ","):
+        if d != delimiter and d in header:
+            return f"; the header looks delimited by {d!r}: set --delimiter {'tab' if d == chr(9) else repr(d)}"
+    return ""
+
+
+def _all_text(path: Path, delimiter: str) -> dict:
+    """``column_types`` reading every column of ``path`` as text (the header read once)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        with pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter)) as reader:
+            names = reader.schema.names
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as e:
+        raise IngestError(
+            f"{path}: not a readable CSV file with a header row and delimiter {delimiter!r} ({e})"
+        ) from None
+    return {n: pa.string() for n in names}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_number(column):

@@ -5,10 +5,12 @@ each of review files named ``<id>_<rating>.txt``, and ``train/unsup`` (unlabelle
 0), which is read only with ``--keep-unsup``.
 
 Fields: ``text`` (str: the file decoded as UTF-8, invalid bytes replaced by U+FFFD, otherwise raw:
-``<br />`` tags are kept), ``label`` int64 (neg 0, pos 1, unsup -1; classes ``("neg", "pos")``),
-``rating`` int64 (from the file name). Given splits: ``train``, ``test`` and, for unsup,
-``unlabeled``. Global order: train/neg, train/pos, test/neg, test/pos, train/unsup; in each folder
-the ``.txt`` files sorted by name. Other files and hidden files in those folders are ignored; a
+``<br />`` tags are kept; a NUL character, which HDF5 text cannot hold, replaced by U+FFFD, counted
+and recorded in the manifest's provenance as ``replaced_characters``), ``label`` int64 (neg 0,
+pos 1, unsup -1; classes ``("neg", "pos")``), ``rating`` int64 (from the file name). Given
+splits: ``train``, ``test`` and, for unsup, ``unlabeled``. Global order: train/neg, train/pos,
+test/neg, test/pos, train/unsup; in each folder the ``.txt`` files sorted by name. Other files
+and hidden files in those folders are ignored; a
 ``.txt`` file whose name is not ``<id>_<rating>.txt`` is an error naming it.
 
 :meth:`ImdbSource.open` lists the files; :meth:`ImdbSource.read` reads only the requested ones.
@@ -79,7 +81,9 @@ class ImdbSource(Source):
         for k, i in enumerate(indices):
             path = self._files[i]
             try:
-                text[k] = path.read_bytes().decode("utf-8", errors="replace")
+                raw = path.read_bytes().decode("utf-8", errors="replace")
+                line = raw.count("\n", 0, max(raw.find("\0"), 0)) + 1
+                text[k] = self.storable(raw, f"{path}:{line}")
             except OSError as e:
                 raise IngestError(f"{path}: cannot read ({e.strerror})") from None
         return {"text": text, "label": self._labels[indices], "rating": self._ratings[indices]}

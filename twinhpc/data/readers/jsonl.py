@@ -3,13 +3,19 @@
 Fields: ``text`` (str), the value of ``--text-field`` (default ``text``), and ``label`` int64, the
 class index of the value of ``--label``. The label key defaults to ``label``, or ``stars`` when
 the first record has no ``label`` key. Label values may be strings, numbers or booleans; a
-non-string value is named by its JSON text (``4``, ``4.5``, ``true``). Classes are the distinct
+non-string value is named by its canonical text: a number by its shortest form (``4``, ``4.0`` and
+``4e0`` are one class, ``4``; ``4.5``), a boolean as ``true``/``false``. Classes are the distinct
 values, numbers in numeric order when all values are numbers and text order otherwise, or the
-``--classes`` order. Other keys are ignored. Global order: file order.
+``--classes`` order, whose entries match numerically when they are numbers (``--classes 1,2,4``
+matches a label written ``4.0``). The mapping depends only on the data, so every rank computes the
+same one. Other keys are ignored. Global order: file order.
 
 Blank lines are skipped. A line that is not a JSON object, lacks the text or label key, or has a
 text that is not a string is an :class:`~twinhpc.errors.IngestError` naming the file, the line
-number and the option to set. The file must be UTF-8.
+number and the option to set. The file must be UTF-8. A NUL (``\\u0000``) or a lone surrogate
+(``\\ud83d`` without its pair, as truncated emoji leave) in a text cannot be stored in HDF5: each
+is replaced by U+FFFD, and ingest warns with the count and records it, with the first lines, in
+the manifest's provenance (``replaced_characters``).
 
 :meth:`JsonlSource.open` parses every line once (for the classes) and keeps only the byte offset
 and label of each record; :meth:`JsonlSource.read` seeks to the requested lines and parses them
@@ -25,14 +31,10 @@ import numpy as np
 
 from ...errors import IngestError
 from ..format import FieldSpec
-from ..source import Source, SourceInfo
+from ..source import Source, SourceInfo, label_text, number_key
 
 DEFAULT_TEXT = "text"
 DEFAULT_LABELS = ("label", "stars")
-
-
-def _label_text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _parse(line: bytes, path: Path, lineno: int) -> dict:
@@ -106,14 +108,18 @@ class JsonlSource(Source):
             )
 
     def _encode(self, values: list, label_key: str) -> tuple[np.ndarray, tuple[str, ...]]:
-        texts = [_label_text(v) for v in values]
+        texts = [label_text(v) for v in values]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         if self.option("classes"):
             classes = tuple(s.strip() for s in str(self.option("classes")).split(",") if s.strip())
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            classes = tuple(sorted(set(texts), key=float))
+            keys = [number_key(c) if numeric else c for c in classes]
+            if len(set(keys)) != len(keys):
+                raise IngestError(f"{self.path}: --classes {list(classes)} names a class twice")
+            index = {k: i for i, k in enumerate(keys)}
         else:
-            classes = tuple(sorted(set(texts)))
-        index = {c: i for i, c in enumerate(classes)}
+            # sorted by value, then text: a total order, the same in every process
+            classes = tuple(sorted(set(texts), key=lambda t: (float(t), t) if numeric else (0.0, t)))
+            index = {c: i for i, c in enumerate(classes)}
         codes = np.empty(len(texts), dtype=np.int64)
         for k, t in enumerate(texts):
             if t not in index:
@@ -131,5 +137,8 @@ class JsonlSource(Source):
         with open(self.path, "rb") as f:
             for k, i in enumerate(indices):
                 f.seek(self._offsets[i])
-                text[k] = _parse(f.readline(), self.path, int(self._linenos[i]))[self._text_key]
+                lineno = int(self._linenos[i])
+                text[k] = self.storable(
+                    _parse(f.readline(), self.path, lineno)[self._text_key], f"{self.path}:{lineno}"
+                )
         return {"text": text, "label": self._labels[indices]}
