@@ -61,38 +61,15 @@ def npz_source(tmp_path) -> Path:
     return path
 
 
-SMALL_IMAGE_JOB = """
-[data]
-dataset = "{dir}/data"
-batch_size = 8
-[model]
-name = "cnn"
-[model.structure]
-channels = 4
-hidden = 8
-[optim]
-name = "sgd"
-lr = 0.05
-[train]
-epochs = 2
-checkpoint_every = 4
-keep_checkpoints = 1
-keep_best = true
-log_every = 1
-"""
-
-
-@pytest.fixture(scope="module")
-def small_image_job(tmp_path_factory):
-    """A preprocessed job of 48 training and 16 validation 8×8 grey images of 3 classes: 6 steps
-    per epoch of 2, checkpoints every 4 steps (the newest kept) and at the end of an epoch that
-    improves val_loss (keep_best)."""
+def prepare_image_job(work: Path, job_toml: str):
+    """64 random 8×8 grey images of 3 classes ingested into ``work/data`` (48 training, 16
+    validation), ``job_toml`` (``{dir}`` stands for ``work``) written to ``work/job.toml``, loaded
+    and preprocessed; returns the job."""
     from twinhpc.comm.world import get_world
     from twinhpc.config import load_job
     from twinhpc.data.ingest import ingest
     from twinhpc.preprocess import preprocess
 
-    work = tmp_path_factory.mktemp("small-image-job")
     rng = np.random.default_rng(1)
     np.savez(
         work / "images.npz", image=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), label=rng.integers(0, 3, 64)
@@ -107,7 +84,18 @@ def small_image_job(tmp_path_factory):
         test_fraction=0.0,
         world=world,
     )
-    (work / "job.toml").write_text(SMALL_IMAGE_JOB.format(dir=work))
+    (work / "job.toml").write_text(job_toml.format(dir=work))
     job = load_job(work / "job.toml")
     preprocess(job, world=world)
     return job
+
+
+@pytest.fixture(scope="module")
+def small_image_job(tmp_path_factory):
+    """A preprocessed job of 48 training and 16 validation 8×8 grey images of 3 classes: 6 steps
+    per epoch of 2, checkpoints every 4 steps (the newest kept) and at the end of an epoch that
+    improves val_loss (keep_best)."""
+    from tests.fixtures import small_cnn_job
+
+    train = "epochs = 2\ncheckpoint_every = 4\nkeep_checkpoints = 1\nkeep_best = true\nlog_every = 1"
+    return prepare_image_job(tmp_path_factory.mktemp("small-image-job"), small_cnn_job("{dir}/data", 0.05, train))

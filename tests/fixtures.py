@@ -336,3 +336,12 @@ def write_npz(path: str | os.PathLike, n: int = 30, seed: int = 0) -> dict[str, 
     arrays = {"x": x, "y": rng.integers(0, 3, size=n).astype(np.int64)}
     np.savez(path, **arrays)
     return arrays
+
+
+def small_cnn_job(dataset: str, lr: float = 0.05, train: str = "epochs = 2", more: str = "") -> str:
+    """The TOML of a tiny CNN job on 8×8 grey images (channels 4, hidden 8; SGD; batch 8):
+    ``train`` is the body of its ``[train]`` table, ``more`` the tables after it."""
+    return (
+        f'[data]\ndataset = "{dataset}"\nbatch_size = 8\n[model]\nname = "cnn"\n[model.structure]\n'
+        f'channels = 4\nhidden = 8\n[optim]\nname = "sgd"\nlr = {lr}\n[train]\n{train}\n{more}'
+    )

@@ -26,23 +26,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import procs
+
 ROOT = Path(__file__).resolve().parents[2]
 JOB = ROOT / "jobs" / "digits.toml"
-BIN = Path(sys.executable).parent
 STALL_S = 6.0  # the stall timeout of every job here
 MARGIN_S = 10.0  # what a job may take beyond it to end
-ENV = {
-    **os.environ,
-    "PATH": f"{BIN}:{os.environ['PATH']}",
-    "OMP_NUM_THREADS": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "TWINHPC_STALL_TIMEOUT": str(STALL_S),
-}
+ENV = {**procs.ENV, "TWINHPC_STALL_TIMEOUT": str(STALL_S)}
 ENV.pop("TWINHPC_FAULT", None)
-TWINHPC = [sys.executable, "-m", "twinhpc"]
-MPIRUN2 = ["mpirun", "-n", "2"]
+TWINHPC, MPIRUN2 = procs.TWINHPC, procs.MPIRUN2
 TAG = "TWINHPC_FAULT_TEST_TAG"
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import pytest
 
 from tests import fixtures
+from tests.integration.procs import ENV
 from twinhpc.cli.main import main
 from twinhpc.data.format import Manifest
 from twinhpc.io.results import read_results
@@ -40,15 +40,6 @@ from twinhpc.preprocess.fit import read_rows
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = ROOT / "jobs"
 PNGS = ("loss.png", "metric.png", "confusion.png", "timing.png")
-ENV = {
-    **os.environ,
-    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    "OMP_NUM_THREADS": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "TWINHPC_VENV": sys.prefix,
-}
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,6 @@ Skipped when no Slurm controller answers; scripts/test.sh starts one first, so C
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests import fixtures
+from tests.fixtures import small_cnn_job
+from tests.integration.procs import ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,11 +29,6 @@ def slurm_up() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not slurm_up(), reason="no Slurm cluster answers (start one: bash scripts/slurm-up.sh)")
-ENV = {
-    **os.environ,
-    "TWINHPC_VENV": str(Path(sys.prefix)),
-    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-}
 
 
 def test_srun_gives_one_world_of_two_ranks():
@@ -84,25 +80,11 @@ def test_sbatch_ingest_job(tmp_path):
 
 
 # -- twinhpc sbatch: requeue on Slurm's signal, scontrol requeue, a run directory per job --------
-JOB = """
-[data]
-dataset = "data/images"
-batch_size = 8
-[model]
-name = "cnn"
-[model.structure]
-channels = 4
-hidden = 8
-[optim]
-name = "sgd"
-lr = 0.05
-[train]
-epochs = {epochs}
-[slurm]
-ntasks_per_node = 2
-time = {minutes}
-signal_seconds = {signal}
-"""
+JOB = small_cnn_job(
+    "data/images",
+    train="epochs = {epochs}",
+    more="[slurm]\nntasks_per_node = 2\ntime = {minutes}\nsignal_seconds = {signal}\n",
+)
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}
 
 

@@ -8,7 +8,6 @@ once per module in a temporary directory (the job file's paths are relative to i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,29 +19,11 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.integration.procs import ENV, MPIRUN2, TWINHPC, run
 from twinhpc.io.results import read_results
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = ROOT / "jobs" / "digits.toml"
-BIN = Path(sys.executable).parent
-ENV = {
-    **os.environ,
-    "PATH": f"{BIN}:{os.environ['PATH']}",
-    "OMP_NUM_THREADS": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "TWINHPC_VENV": sys.prefix,
-}
-TWINHPC = [sys.executable, "-m", "twinhpc"]
-MPIRUN2 = ["mpirun", "-n", "2"]
-
-
-def run(args, cwd, timeout=240, check=True) -> subprocess.CompletedProcess:
-    r = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert r.returncode == 0, f"{' '.join(map(str, args))} exited {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r
 
 
 @pytest.fixture(scope="module")

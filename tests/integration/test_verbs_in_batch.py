@@ -10,7 +10,6 @@ status twinhpc/cli/main.py's ON_SIGNAL gives it — never die of the signal (exi
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -22,39 +21,11 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.fixtures import small_cnn_job
+from tests.integration.procs import ENV, TWINHPC, run
 from twinhpc.io.results import read_results
 
-BIN = Path(sys.executable).parent
-ENV = {
-    **os.environ,
-    "PATH": f"{BIN}:{os.environ['PATH']}",
-    "OMP_NUM_THREADS": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-}
-TWINHPC = [sys.executable, "-m", "twinhpc"]
-JOB = """
-[data]
-dataset = "data/images"
-batch_size = 8
-[model]
-name = "cnn"
-[model.structure]
-channels = 4
-hidden = 8
-[optim]
-name = "sgd"
-lr = 0.05
-[train]
-epochs = 2
-"""
-
-
-def run(args, cwd, timeout=240) -> subprocess.CompletedProcess:
-    r = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{' '.join(map(str, args))} exited {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r
+JOB = small_cnn_job("data/images")
 
 
 @pytest.fixture(scope="module")

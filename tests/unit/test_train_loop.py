@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import prepare_image_job
+from tests.fixtures import small_cnn_job
 from twinhpc.comm.world import get_world
 from twinhpc.config import load_job, override
 from twinhpc.data.ingest import ingest
@@ -19,47 +22,14 @@ from twinhpc.preprocess import open_prepared, preprocess
 from twinhpc.train import NonFiniteLoss, train
 from twinhpc.train.model import build_model, set_dropout
 
-JOB = """
-[data]
-dataset = "{dir}/data"
-batch_size = 8
-[model]
-name = "cnn"
-[model.structure]
-channels = 4
-hidden = 8
-[optim]
-name = "sgd"
-lr = 0.1
-[train]
-epochs = 3
-checkpoint_every = 1
-keep_checkpoints = 2
-"""
+JOB = small_cnn_job("{dir}/data", 0.1, "epochs = 3\ncheckpoint_every = 1\nkeep_checkpoints = 2")
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     """48 training and 16 validation 8×8 grey images of 3 classes, preprocessed."""
-    work = tmp_path_factory.mktemp("loop")
-    rng = np.random.default_rng(1)
-    np.savez(
-        work / "images.npz", image=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), label=rng.integers(0, 3, 64)
-    )
-    world = get_world()
-    ingest(
-        "npz",
-        work / "images.npz",
-        work / "data",
-        options={"label": "label"},
-        val_fraction=0.25,
-        test_fraction=0.0,
-        world=world,
-    )
-    (work / "job.toml").write_text(JOB.format(dir=work))
-    job = override(load_job(work / "job.toml"), {"train.out": str(work / "run")})
-    preprocess(job, world=world)
-    return job
+    job = prepare_image_job(tmp_path_factory.mktemp("loop"), JOB)
+    return override(job, {"train.out": str(Path(job.data.dataset).parent / "run")})
 
 
 def test_nan_loss_stops_naming_step_samples_and_last_good_checkpoint(job, tmp_path):
