@@ -6,8 +6,12 @@ Every change a run makes to its directory's entries goes through :func:`replace_
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from ..errors import TwinError
 
 
 def replace_durably(tmp: Path, final: Path) -> None:
@@ -36,3 +40,28 @@ def remove_durably(path: Path) -> None:
     """Delete ``path`` (if it exists) and fsync its directory."""
     path.unlink(missing_ok=True)
     fsync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def writing(path: Path, cannot_write: Callable[[OSError], str]) -> Iterator[Path]:
+    """Write ``path`` atomically: yields a temporary name beside it (its folder created), which
+    replaces ``path`` durably when the block ends. On any error the temporary file is removed;
+    an ``OSError`` becomes a :class:`~twinhpc.errors.TwinError` with the message
+    ``cannot_write(error)``, naming the file or option for the user."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        replace_durably(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise TwinError(cannot_write(e)) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(tmp: Path) -> None:
+    """Remove the temporary file if there is one (its folder may be missing, or not a folder)."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)

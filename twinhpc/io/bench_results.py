@@ -19,7 +19,6 @@ Layout::
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 from collections.abc import Mapping, Sequence
@@ -29,8 +28,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import TwinError
-from .atomic import replace_durably
+from .atomic import writing
 
 #: bytes of a string column (longer strings are cut by numpy)
 STRING_BYTES = 40
@@ -79,25 +77,13 @@ def write_results(
     stamp: dict[str, Any] = {"twinhpc_version": __version__}
     if created:
         stamp["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(tmp, "w") as f:
-            for name, rows in tables.items():
-                f.create_dataset(name, data=table_array(rows))
-            for key, value in {**attrs, **stamp}.items():
-                f.attrs[key] = value
-        replace_durably(tmp, path)
-    except OSError as e:
-        _remove(tmp)
-        raise TwinError(f"--results {path.parent}: cannot write {path.name} ({e.strerror or e})") from None
-    except BaseException:
-        _remove(tmp)
-        raise
+
+    def cannot_write(e: OSError) -> str:
+        return f"--results {path.parent}: cannot write {path.name} ({e.strerror or e})"
+
+    with writing(path, cannot_write) as tmp, h5py.File(tmp, "w") as f:
+        for name, rows in tables.items():
+            f.create_dataset(name, data=table_array(rows))
+        for key, value in {**attrs, **stamp}.items():
+            f.attrs[key] = value
     return path
-
-
-def _remove(tmp: Path) -> None:
-    """Remove the temporary file if there is one (its folder may be missing, or not a folder)."""
-    with contextlib.suppress(OSError):
-        tmp.unlink(missing_ok=True)

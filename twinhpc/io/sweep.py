@@ -30,7 +30,6 @@ restarts) sees the state before or after an event, never half of one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -42,7 +41,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import TwinError
-from .atomic import replace_durably
+from .atomic import writing
 
 SWEEP_FILE = "sweep.h5"
 FORMAT_NAME = "twinhpc-sweep"
@@ -216,9 +215,7 @@ def write_sweep(path: str | os.PathLike[str], f: SweepFile) -> Path:
     for key, kind in f.params.items():
         if kind not in PARAM_TYPES:
             raise ValueError(f"parameter {key}: column type {kind!r} is not one of {PARAM_TYPES}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path, lambda e: f"{path}: cannot write the sweep file ({e.strerror or e})") as tmp:
         with h5py.File(tmp, "w", track_order=True) as h:
             attrs = h.attrs
             attrs["format"] = FORMAT_NAME
@@ -238,19 +235,7 @@ def write_sweep(path: str | os.PathLike[str], f: SweepFile) -> Path:
             h.create_dataset("trials", data=_trial_array(f))
             h.create_dataset("reports", data=_rows_array(f.reports, _report_columns()))
             h.create_dataset("decisions", data=_rows_array(f.decisions, _decision_columns()))
-        replace_durably(tmp, path)
-    except OSError as e:
-        _remove(tmp)
-        raise TwinError(f"{path}: cannot write the sweep file ({e.strerror or e})") from None
-    except BaseException:
-        _remove(tmp)
-        raise
     return path
-
-
-def _remove(tmp: Path) -> None:
-    with contextlib.suppress(OSError):
-        tmp.unlink(missing_ok=True)
 
 
 def _text(value: Any) -> str:
