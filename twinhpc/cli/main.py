@@ -100,6 +100,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("-v", "--verbose", action="store_true", help="debug messages on the console")
 
 
+def add_checkpoint_choice(p: argparse.ArgumentParser) -> None:
+    """``--run RUN`` and ``--checkpoint best|last|PATH``: which trained model a verb reads."""
+    p.add_argument("--run", metavar="RUN", help="run directory of `twinhpc train` (default: the job's train.out)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="best|last|PATH",
+        help="RUN's newest checkpoint (last, the default), its best epoch's (best: train.keep_best), "
+        "or a checkpoint file",
+    )
+
+
 def add_overrides(p: argparse.ArgumentParser, example: str | None = None) -> None:
     """``--set KEY=VALUE`` (repeatable): overrides of the job file, for the verbs that read one;
     ``example`` (``"optim.lr=0.01"``) is shown in the help."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .main import add_common, add_overrides, setup_logging_for
+from .main import add_checkpoint_choice, add_common, add_overrides, setup_logging_for
 
 DESCRIPTION = """\
 Predict every sample of a dataset's split (default: data.test_split, else its only split) with a
@@ -25,13 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job", metavar="JOB.toml", help="job file")
-    p.add_argument("--run", metavar="RUN", help="run directory of `twinhpc train` (default: the job's train.out)")
-    p.add_argument(
-        "--checkpoint",
-        metavar="best|last|PATH",
-        help="RUN's newest checkpoint (last, the default), its best epoch's (best: train.keep_best), "
-        "or a checkpoint file",
-    )
+    add_checkpoint_choice(p)
     p.add_argument("--input", required=True, metavar="DATASET", help="dataset directory to predict")
     p.add_argument("--split", help="split of DATASET (default: data.test_split, else its only split)")
     p.add_argument("--out", required=True, metavar="PRED.h5", help="predictions file to write")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .main import add_common, add_overrides, setup_logging_for
+from .main import add_checkpoint_choice, add_common, add_overrides, setup_logging_for
 
 DESCRIPTION = """\
 Evaluate a trained checkpoint on a split of the job's preprocessed data (default
@@ -25,13 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job", metavar="JOB.toml", help="job file")
-    p.add_argument("--run", metavar="RUN", help="run directory of `twinhpc train` (default: the job's train.out)")
-    p.add_argument(
-        "--checkpoint",
-        metavar="best|last|PATH",
-        help="RUN's newest checkpoint (last, the default), its best epoch's (best: train.keep_best), "
-        "or a checkpoint file",
-    )
+    add_checkpoint_choice(p)
     p.add_argument("--split", help="split to evaluate (default: data.val_split)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_overrides(p)
