@@ -74,10 +74,10 @@ def restart_now(job_id: str) -> None:
     wait_for(f"job {job_id} requeued", lambda: int(job_field(job_id, "Restarts")) >= 1, 240, every=0.5)
 
     def started() -> bool:
-        if job_field(job_id, "JobState") != "PENDING":
-            return True
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=60)
-        return False
+        state = job_field(job_id, "JobState")
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=60)
+        return state not in ("PENDING", "REQUEUED", "COMPLETING", "REQUEUE_FED", "REQUEUE_HOLD")
 
     wait_for(f"job {job_id} restarted", started, 240, every=2)
 

@@ -202,3 +202,20 @@ def test_default_run_directory_and_bad_requests(work, monkeypatch):
     with pytest.raises(TwinError, match="optim.lr"):
         submit("job.toml", "train", "debug", overrides=["optim.lr=fast"])
     assert not any(p.name.startswith(".") for p in (work / run).iterdir())  # no temporary left
+
+
+def test_command_line_debug_submission_and_jobs(work, monkeypatch, capsys):
+    from twinhpc.cli.main import main
+
+    monkeypatch.chdir(work)
+    assert (
+        main(["submit", "train", "job.toml", "--executor", "debug", "--out", "runs/c", "--set", "train.epochs=1"]) == 0
+    )
+    first, result = capsys.readouterr().out.splitlines()
+    assert first.startswith("DEBUG_") and " runs/c (output: " in first
+    assert json.loads(result) == {"verb": "train", "run": "runs/c", "status": "finished", "step": 6}
+    assert main(["jobs", "runs/c"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert row.split()[:4] == [first.split()[0], "train", "debug", "1"] and "IN-PROCESS" in row
+    assert main(["jobs", "runs/nothing"]) == 2
+    assert "twinhpc jobs: error: runs/nothing: no such run directory" in capsys.readouterr().err

@@ -31,7 +31,8 @@ resumes the same way.
 
 Options of the verb itself go in --verb-args, e.g.
   twinhpc submit predict job.toml --out runs/job-1 --verb-args '--input data/new --out pred.h5'
-Prints the job id (--wait: waits and prints the result as JSON; exit status 1 if the job failed).
+Prints the job id (--wait, and always with debug: waits and prints rank 0's result as JSON; exit
+status 2 if the job failed).
 """
 
 
@@ -59,15 +60,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..tune.submit import submit
+    from ..tune.submit import read_record, submit
 
     extra = shlex.split(args.verb_args)
     job = submit(
         args.job, args.what, args.executor, overrides=args.overrides, run=args.out, args=extra, resume=args.resume
     )
-    run_dir = job.paths.folder.parent
-    print(f"{job.job_id} {run_dir} (output: {job.paths.stdout})", flush=True)
-    if not args.wait:
+    record = read_record(job.paths.folder.parent)[-1]
+    print(f"{record['job_id']} {record['run']} (output: {record['stdout']})", flush=True)
+    if not args.wait and args.executor != "debug":  # debug: runs here, when its result is asked for
         return 0
     try:
         results = job.results()

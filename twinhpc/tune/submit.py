@@ -136,6 +136,8 @@ class VerbCall(Checkpointable):
         previous = {sig: signal.signal(sig, forward) for sig in SIGNALS}
         try:
             proc = subprocess.Popen(self.command(restart))
+            if received:  # arrived before the verb started: pass it on now
+                forward(received[-1], None)
             status = proc.wait()
         finally:
             for sig, handler in previous.items():
