@@ -207,3 +207,19 @@ def test_local_executor_runs_two_ranks_through_mpirun(work):
 
 def twinhpc_cli(work: Path, run: str) -> str:
     return twinhpc(work, "jobs", run, "--json", timeout=120)
+
+
+@needs_slurm
+def test_a_refused_submission_is_an_error_and_is_not_recorded(work):
+    r = subprocess.run(
+        [sys.executable, "-m", "twinhpc", "submit", "train", "job.toml", "--executor", "slurm", "--out", "runs/refused"]
+        + ["--set", "slurm.partition=no-such-partition"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+        cwd=work,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "twinhpc submit: error: slurm: the submission of train job.toml was refused: sbatch: error:" in r.stderr
+    assert not (work / "runs/refused/submitted.json").exists()
