@@ -131,8 +131,16 @@ def undisturbed(work) -> Path:
 
 
 @needs_slurm
-def test_two_task_slurm_job_completes(undisturbed):
-    assert read_results(undisturbed)["epochs"] == EPOCHS
+def test_two_task_slurm_job_completes_and_validates(work, undisturbed):
+    """The trained run validated by a 2-task job too (--wait prints rank 0's result)."""
+    out = twinhpc(work, "submit", "validate", "job.toml", "--executor", "slurm", "--out", "runs/whole", "--wait")
+    first, result = out.splitlines()
+    assert json.loads(result) == {"verb": "validate", "run": "runs/whole", "resumed": False, "restarts": 0}
+    train, validate = jobs(work, "runs/whole")
+    assert (train["verb"], validate["verb"], validate["job_id"]) == ("train", "validate", first.split()[0])
+    assert validate["state"] == "COMPLETED" and validate["ranks"] == 2
+    log = Path(validate["stderr"]).read_text()
+    assert "val split, 10 samples" in Path(validate["stdout"]).read_text() + log, log
 
 
 @needs_slurm
@@ -177,6 +185,8 @@ def test_scontrol_requeue_of_a_running_job_resumes_to_the_same_results(work, und
     attempts = read_results(work / "runs/requeued")["attempts"]
     assert [(a["restart"], a["reason"]) for a in attempts] == [(0, "preempted"), (1, "finished")], attempts
     same_results(work / "runs/requeued", undisturbed)
+    states = {r["run"]: r["state"] for r in jobs(work, "runs") if r["verb"] == "train"}  # the folder of runs
+    assert states["runs/preempted"] == states["runs/requeued"] == states["runs/whole"] == "COMPLETED", states
 
 
 def test_local_executor_runs_two_ranks_through_mpirun(work):
