@@ -201,7 +201,7 @@ def test_default_run_directory_and_bad_requests(work, monkeypatch):
         submit("job.toml", "report", "debug")
     with pytest.raises(TwinError, match="optim.lr"):
         submit("job.toml", "train", "debug", overrides=["optim.lr=fast"])
-    assert not any(p.name.startswith(".") for p in (work / run).iterdir())  # no temporary left
+    assert not any(p.name.endswith(".tmp") for p in (work / run).iterdir())  # no temporary left
 
 
 def test_command_line_debug_submission_and_jobs(work, monkeypatch, capsys):

@@ -41,7 +41,9 @@ Note:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import shutil
@@ -49,7 +51,7 @@ import signal
 import subprocess
 import sys
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -288,6 +290,34 @@ def submit(
     except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
         detail = getattr(e, "stderr", None) or e
         raise TwinError(f"{executor}: the submission of {verb} {job_file or ''} was refused: {detail}") from None
+    with _record_lock(run_dir):
+        _append_record(run_dir, sjob, verb, executor, ranks, launcher, job_file, overrides, frozen)
+    return sjob
+
+
+@contextlib.contextmanager
+def _record_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock (``flock``) on ``RUN/.submitted.lock``, for the read-append-write of the
+    record: two submissions into one run at once both get their entry."""
+    with open(run_dir / ".submitted.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _append_record(
+    run_dir: Path,
+    sjob: submitit.Job[Any],
+    verb: str,
+    executor: str,
+    ranks: int,
+    launcher: str,
+    job_file: str | None,
+    overrides: Sequence[str],
+    frozen: Path,
+) -> None:
     records = read_record(run_dir)
     records.append(
         {
@@ -307,7 +337,6 @@ def submit(
         }
     )
     write_json(run_dir / RECORD, {"submissions": records})
-    return sjob
 
 
 def slurm_states(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
