@@ -108,9 +108,8 @@ def sbatch_options(job: Job) -> list[Option]:
     ]
     if s.gpus_per_node:
         opts.append(Option("gpus-per-node", str(s.gpus_per_node), "slurm.gpus_per_node"))
-    mem = s.submitit_parameters().get("mem")
-    if mem is not None:
-        opts.append(Option("mem", mem, "slurm.mem_gb"))
+    if s.mem is not None:
+        opts.append(Option("mem", s.mem, "slurm.mem_gb"))
     opts.append(Option("time", str(s.time), "slurm.time"))
     for name in ("partition", "account", "qos", "constraint"):
         value = getattr(s, name)

@@ -4,9 +4,9 @@ the signature-as-schema check of ``[model.structure]``, and the generated refere
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import tomllib
 import typing
+import warnings
 from pathlib import Path
 
 import pytest
@@ -260,8 +260,10 @@ def test_global_batch_is_split_over_ranks():
 
 
 # -- [slurm] for submitit ---------------------------------------------------------------------
-def test_slurm_parameters_are_submitit_parameters():
-    submitit_slurm = pytest.importorskip("submitit.slurm.slurm")
+def test_slurm_parameters_are_submitit_parameters(tmp_path):
+    """AutoExecutor takes every parameter without a deprecation warning (tests/unit/test_submit.py
+    has the golden text of the batch script submitit writes from them)."""
+    submitit = pytest.importorskip("submitit")
     slurm = SlurmConfig(
         partition="cpu",
         nodes=2,
@@ -273,9 +275,12 @@ def test_slurm_parameters_are_submitit_parameters():
         additional={"mail-type": "END"},
     )
     params = slurm.submitit_parameters()
-    assert set(params) <= set(inspect.signature(submitit_slurm._make_sbatch_string).parameters)
-    assert params["time"] == 24 * 60 + 1 and params["mem"] == "7680M" and params["gpus_per_node"] == 1
-    assert "account" not in params and SlurmConfig(mem_gb=16).submitit_parameters()["mem"] == "16G"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        submitit.AutoExecutor(tmp_path, cluster="slurm").update_parameters(**params)
+    assert params["timeout_min"] == 24 * 60 + 1 and params["mem_gb"] == 7.5 and params["gpus_per_node"] == 1
+    assert params["tasks_per_node"] == 4 and params["nodes"] == 2 and params["slurm_partition"] == "cpu"
+    assert "slurm_account" not in params and slurm.mem == "7680M" and SlurmConfig(mem_gb=16).mem == "16G"
 
 
 # -- [model.structure]: the builder's signature is the schema -----------------------------------

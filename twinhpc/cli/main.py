@@ -44,6 +44,8 @@ VERBS = (
     "predict",
     "report",
     "sbatch",
+    "submit",
+    "jobs",
     "bench",
 )
 

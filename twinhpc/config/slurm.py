@@ -76,27 +76,34 @@ class SlurmConfig(Table):
         """The time limit in minutes (seconds rounded up)."""
         return slurm_minutes(self.time)
 
-    def submitit_parameters(self) -> dict[str, Any]:
-        """Keyword arguments for submitit's ``SlurmExecutor.update_parameters`` (unset ones left out).
+    @property
+    def mem(self) -> str | None:
+        """``mem_gb`` as sbatch's ``--mem`` value (``"16G"``, or MiB when fractional), or None."""
+        if self.mem_gb is None:
+            return None
+        return f"{int(self.mem_gb)}G" if self.mem_gb.is_integer() else f"{round(self.mem_gb * 1024)}M"
 
-        ``time`` becomes minutes and ``mem_gb`` a ``mem`` string (``"16G"``, or MiB when fractional).
+    def submitit_parameters(self) -> dict[str, Any]:
+        """Keyword arguments for submitit's ``AutoExecutor.update_parameters`` (unset ones left
+        out): its generic names where it has one (``name``, ``timeout_min``, ``nodes``,
+        ``tasks_per_node``, ``cpus_per_task``, ``gpus_per_node``, ``mem_gb``), ``slurm_``-prefixed
+        names for the rest, so that submitit warns about none of them. On the Slurm executor a job
+        of ``nodes`` × ``ntasks_per_node`` ranks is one job of that many tasks, started by ``srun``.
+        ``time`` becomes whole minutes.
         """
-        mem = None
-        if self.mem_gb is not None:
-            mem = f"{int(self.mem_gb)}G" if self.mem_gb.is_integer() else f"{round(self.mem_gb * 1024)}M"
         params = {
-            "job_name": self.job_name,
-            "partition": self.partition,
-            "time": self.minutes,
+            "name": self.job_name,
+            "timeout_min": self.minutes,
             "nodes": self.nodes,
-            "ntasks_per_node": self.ntasks_per_node,
+            "tasks_per_node": self.ntasks_per_node,
             "cpus_per_task": self.cpus_per_task,
             "gpus_per_node": self.gpus_per_node or None,
-            "mem": mem,
-            "account": self.account,
-            "qos": self.qos,
-            "constraint": self.constraint,
-            "signal_delay_s": self.signal_seconds,
-            "additional_parameters": dict(self.additional) or None,
+            "mem_gb": self.mem_gb,
+            "slurm_partition": self.partition,
+            "slurm_account": self.account,
+            "slurm_qos": self.qos,
+            "slurm_constraint": self.constraint,
+            "slurm_signal_delay_s": self.signal_seconds,
+            "slurm_additional_parameters": dict(self.additional) or None,
         }
         return {k: v for k, v in params.items() if v is not None}

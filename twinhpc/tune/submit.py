@@ -1,0 +1,419 @@
+"""Dispatching one job through submitit: ``twinhpc submit`` and :func:`submit`.
+
+::
+
+    import twinhpc
+    job = twinhpc.submit("jobs/digits.toml", verb="train", executor="slurm", overrides=["train.epochs=20"])
+    job.job_id, job.state                       # submitit's job
+    job.results()[0]                            # {"verb": "train", "run": "runs/digits-...", ...}
+
+One submission is one submitit job that runs one ``twinhpc VERB`` on the job file as it was
+when submitted (written to ``RUN/<verb>.job.toml``), with its resources from the job's
+``[slurm]`` table (:meth:`~twinhpc.config.slurm.SlurmConfig.submitit_parameters`):
+
+- ``slurm``: one Slurm job of ``nodes`` × ``ntasks_per_node`` tasks, started by submitit's
+  ``srun``; each task runs one rank (``python -m twinhpc VERB ...``, which inherits the task's
+  MPI environment);
+- ``local``: submitit's local executor with one task, which starts ``mpirun -n N`` itself (its
+  own tasks would be N unconnected MPI singletons);
+- ``debug``: submitit's debug executor: the verb runs in this process, one rank, when the
+  job's result is asked for.
+
+Submissions are recorded in ``RUN/submitted.json`` (atomically, one entry per submission), which
+``twinhpc jobs RUN`` reads (:func:`job_states`: one batched ``sacct`` call for all of them).
+
+Note:
+    *Preemption, time limits and requeue follow submitit's protocol.* The submitted callable
+    (:class:`VerbCall`) is a :class:`submitit.helpers.Checkpointable`. While the verb runs it
+    takes over SIGUSR2 and SIGTERM from submitit and passes them on to the verb (under
+    ``mpirun``, always as SIGUSR2, which ``mpirun`` forwards to its ranks); the verb
+    checkpoints at its next step boundary and exits 255 (:mod:`twinhpc.train.signals`). Only
+    then, with the work saved, the callable hands SIGUSR2 to submitit's own handler, which calls
+    :meth:`VerbCall.checkpoint` (the same call with ``resume``), saves it in place of the
+    submitted pickle, requeues the job (``scontrol requeue``; the local executor's requeue
+    status) and exits. After SIGTERM (``scontrol requeue``, preemption, ``scancel``) Slurm itself
+    requeues or ends the job: every task exits 255 without a result, so submitit never takes a
+    stopped run for a finished one; a restart (``SLURM_RESTART_COUNT`` > 0) resumes. The
+    requeued job trains into the same run directory with ``--resume`` and continues exactly
+    from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import types
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.core.utils import DelayedSubmission
+from submitit.helpers import Checkpointable
+
+from ..config import Job, load_job
+from ..config.load import override
+from ..errors import TwinError
+from ..io.atomic import replace_durably
+from ..signals import REQUEUE_EXIT_STATUS
+
+#: the verbs that can be submitted
+VERBS = ("train", "validate", "predict")
+#: the executors
+EXECUTORS = ("local", "slurm", "debug")
+#: the record of a run's submissions
+RECORD = "submitted.json"
+#: the folder of submitit's files (pickles, logs) in the run directory
+FOLDER = "submitit"
+#: the signals the callable takes over while the verb runs
+SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+#: sacct's states of a job that has ended
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}
+
+
+def restart_count() -> int:
+    """``SLURM_RESTART_COUNT``: how often Slurm restarted this job (0 outside Slurm)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+@dataclass
+class VerbCall(Checkpointable):
+    """``twinhpc VERB JOB_FILE`` on run directory ``run``: the callable submitted.
+
+    ``launcher``: ``"task"`` runs the verb as a child process of this task (one rank per
+    submitit task), ``"mpirun"`` as ``mpirun -n ranks``, ``"inprocess"`` in this process.
+    ``resume`` is set by :meth:`checkpoint` (and implied on a Slurm restart).
+    """
+
+    verb: str
+    job_file: str
+    run: str
+    ranks: int = 1
+    launcher: str = "task"
+    args: tuple[str, ...] = ()
+    resume: bool = False
+    python: str = field(default_factory=lambda: sys.executable)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        """The call that continues this one: the same verb with ``resume`` (the run's state is
+        its checkpoint on disk, not this object)."""
+        return DelayedSubmission(replace(self, resume=True))
+
+    def command(self, restart: bool) -> list[str]:
+        """The command line of the verb (``restart``: continue the run)."""
+        cmd = [self.python, "-m", "twinhpc", self.verb, self.job_file]
+        if self.verb == "train":
+            cmd += ["--out", self.run, *(["--resume"] if restart else [])]
+        else:
+            cmd += ["--run", self.run, "--log-dir", str(Path(self.run) / "logs")]
+        cmd += list(self.args)
+        if self.launcher == "mpirun":
+            cmd = ["mpirun", "-n", str(self.ranks), *cmd]
+        return cmd
+
+    def __call__(self) -> dict[str, Any]:
+        if self.launcher == "inprocess":
+            return self._in_process()
+        restart = self.resume or restart_count() > 0
+        received: list[int] = []
+        proc: subprocess.Popen[bytes] | None = None
+
+        def forward(signum: int, frame: types.FrameType | None) -> None:  # record, pass on to the verb
+            received.append(signum)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGUSR2 if self.launcher == "mpirun" else signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in SIGNALS}
+        try:
+            proc = subprocess.Popen(self.command(restart))
+            if received:  # arrived before the verb started: pass it on now
+                forward(received[-1], None)
+            status = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if status == 0:
+            return {"verb": self.verb, "run": self.run, "resumed": restart, "restarts": restart_count()}
+        if status == REQUEUE_EXIT_STATUS:
+            self._stopped(received, previous.get(signal.SIGUSR2))
+        raise TwinError(
+            f"twinhpc {self.verb} {self.job_file} (run {self.run}) ended with exit status {status}; "
+            f"the log: the job's output in {Path(self.run) / FOLDER}"
+        )
+
+    def _stopped(self, received: list[int], submitit_handler: Any) -> None:
+        """The verb checkpointed and exited 255. After SIGUSR2 (or a signal only the verb saw),
+        submitit's handler checkpoints this call, requeues the job and exits (rank 0; it returns
+        on the other ranks); after SIGTERM Slurm requeues or ends the job itself. Either way the
+        task exits 255 without a result file."""
+        if signal.SIGTERM not in received and callable(submitit_handler):
+            submitit_handler(signal.SIGUSR2, None)
+        sys.exit(REQUEUE_EXIT_STATUS)
+
+    def _in_process(self) -> dict[str, Any]:
+        """The debug executor: the verb in this process, one rank."""
+        from ..train.loop import train
+        from ..train.predict import predict, validate
+
+        job = load_job(self.job_file)
+        if self.verb == "train":
+            result = train(job, self.run, resume=self.resume)
+            if result.status == "preempted":
+                raise TwinError(f"twinhpc train (run {self.run}) stopped on a signal after a checkpoint")
+            return {"verb": "train", "run": self.run, "status": result.status, "step": result.step}
+        p = argparse.ArgumentParser(prog=f"twinhpc submit {self.verb}", add_help=False)
+        for option in ("--checkpoint", "--split", "--input", "--out"):
+            p.add_argument(option)
+        a = p.parse_args(list(self.args))
+        if self.verb == "validate":
+            report = validate(job, self.run, checkpoint=a.checkpoint, split=a.split)
+            return {"verb": "validate", "run": self.run, "report": report}
+        if a.input is None or a.out is None:
+            raise TwinError("twinhpc submit predict: give the verb's --input DATASET --out PRED.h5 (--verb-args)")
+        out = predict(job, self.run, a.input, a.out, checkpoint=a.checkpoint, split=a.split)
+        return {"verb": "predict", "run": self.run, "predictions": str(out)}
+
+
+def make_executor(kind: str, folder: str | os.PathLike[str], job: Job) -> submitit.AutoExecutor:
+    """submitit's executor ``kind`` writing into ``folder``, with ``job``'s resources: its
+    ``[slurm]`` table on Slurm (``--requeue`` added), the time limit elsewhere (one task)."""
+    if kind not in EXECUTORS:
+        raise TwinError(f"--executor: {kind!r} is not one of {', '.join(EXECUTORS)}")
+    ex = submitit.AutoExecutor(folder=folder, cluster=kind)
+    params = job.slurm.submitit_parameters()
+    if kind == "slurm":
+        params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}), "requeue": True}
+        ex.update_parameters(**params)
+    else:
+        ex.update_parameters(name=params["name"], timeout_min=params["timeout_min"], tasks_per_node=1, nodes=1)
+    return ex
+
+
+def default_run(job: Job, verb: str) -> Path:
+    """Where a submission works when ``--out`` names nothing: for ``train`` a new directory
+    ``<train.out>-<UTC time>`` (``-2``, ``-3`` ... when taken), else ``train.out``."""
+    base = job.train.out or f"runs/{job.slurm.job_name or 'job'}"
+    if verb != "train":
+        return Path(base)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    run, n = Path(f"{base}-{stamp}"), 1
+    while run.exists():
+        n += 1
+        run = Path(f"{base}-{stamp}-{n}")
+    return run
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as JSON at ``path``, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    replace_durably(tmp, path)
+
+
+def read_record(run: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The submissions recorded in ``RUN/submitted.json`` (oldest first; none: [])."""
+    path = Path(run) / RECORD
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, json.JSONDecodeError) as e:
+        raise TwinError(f"{path}: cannot read the record of submissions ({e})") from None
+    return list(value["submissions"])
+
+
+def submit(
+    job: Job | str | os.PathLike[str],
+    verb: str = "train",
+    executor: str = "local",
+    *,
+    overrides: Sequence[str] = (),
+    run: str | os.PathLike[str] | None = None,
+    args: Iterable[str] = (),
+    resume: bool = False,
+) -> submitit.Job[Any]:
+    """Submit ``twinhpc VERB`` on ``job`` (a job file, read with ``overrides``, or a
+    :class:`~twinhpc.config.Job`) to ``executor``; returns submitit's job.
+
+    ``run``: the run directory (``train``: trained into, default :func:`default_run`;
+    ``validate``/``predict``: the trained run read, default ``train.out``). ``args``: more options of
+    the verb (``predict``: ``--input DATASET --out PRED.h5``). ``resume``: continue ``run``'s
+    training from its checkpoint.
+
+    Raises
+    ------
+    TwinError
+        An unknown verb or executor, a bad job file (naming the key), a ``train`` run directory
+        that holds a run already (without ``resume``), a submission that ``sbatch`` refused.
+    """
+    if verb not in VERBS:
+        raise TwinError(f"verb {verb!r}: submit one of {', '.join(VERBS)}")
+    if executor not in EXECUTORS:
+        raise TwinError(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+    job_file = None
+    if isinstance(job, Job):
+        if overrides:
+            raise TwinError("overrides go with a job file; give a Job with its values set (twinhpc.config.override)")
+    else:
+        job_file = str(job)
+        job = load_job(job, overrides)
+    run_dir = Path(run) if run is not None else default_run(job, verb)
+    if verb == "train" and not resume and ((run_dir / "results.h5").exists() or (run_dir / "ckpt").exists()):
+        raise TwinError(f"{run_dir}: holds a run already; continue it with --resume, or give another --out")
+    ranks = job.slurm.nodes * job.slurm.ntasks_per_node
+    launcher = {"slurm": "task", "local": "mpirun" if ranks > 1 else "task", "debug": "inprocess"}[executor]
+    if executor == "local" and ranks > 1 and shutil.which("mpirun") is None:
+        raise TwinError(f"--executor local: {ranks} ranks (slurm.ntasks_per_node × nodes) need mpirun, not found")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if verb == "train":
+        job = override(job, {"train.out": str(run_dir)}, where="twinhpc submit --out")
+    frozen = run_dir / f"{verb}.job.toml"
+    tmp = frozen.with_name(f".{frozen.name}.tmp")
+    tmp.write_text(f"# {verb} job submitted from {job_file or 'a Job object'}\n" + job.to_toml())
+    replace_durably(tmp, frozen)
+    call = VerbCall(verb, str(frozen), str(run_dir), ranks, launcher, tuple(args), resume)
+    ex = make_executor(executor, run_dir / FOLDER, job)
+    try:
+        sjob = ex.submit(call)
+    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
+        detail = getattr(e, "stderr", None) or e
+        raise TwinError(f"{executor}: the submission of {verb} {job_file or ''} was refused: {detail}") from None
+    with _record_lock(run_dir):
+        _append_record(run_dir, sjob, verb, executor, ranks, launcher, job_file, overrides, frozen)
+    return sjob
+
+
+@contextlib.contextmanager
+def _record_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock (``flock``) on ``RUN/.submitted.lock``, for the read-append-write of the
+    record: two submissions into one run at once both get their entry."""
+    with open(run_dir / ".submitted.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _append_record(
+    run_dir: Path,
+    sjob: submitit.Job[Any],
+    verb: str,
+    executor: str,
+    ranks: int,
+    launcher: str,
+    job_file: str | None,
+    overrides: Sequence[str],
+    frozen: Path,
+) -> None:
+    records = read_record(run_dir)
+    records.append(
+        {
+            "job_id": str(sjob.job_id),
+            "verb": verb,
+            "executor": executor,
+            "ranks": ranks if executor != "debug" else 1,
+            "launcher": launcher,
+            "submitted": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "job_file": job_file,
+            "overrides": list(overrides),
+            "frozen_job": str(frozen),
+            "run": str(run_dir),
+            "folder": str(run_dir / FOLDER),
+            "stdout": str(sjob.paths.stdout),
+            "stderr": str(sjob.paths.stderr),
+        }
+    )
+    write_json(run_dir / RECORD, {"submissions": records})
+
+
+def slurm_states(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """State, exit code, elapsed time and nodes of Slurm jobs, with one ``sacct`` call (one
+    ``squeue`` call when accounting does not answer); the newest row of a requeued job counts."""
+    if not job_ids:
+        return {}
+    ids = ",".join(job_ids)
+    out: dict[str, dict[str, str]] = {}
+    try:
+        r = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", ids, "-o", "JobID,State,ExitCode,Elapsed,NodeList"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        r = None
+    if r is not None and r.returncode == 0:
+        for line in r.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) == 5:
+                jid, state, code, elapsed, nodes = parts
+                out[jid] = {"state": state.split()[0], "exit_code": code, "elapsed": elapsed, "nodes": nodes}
+        return out
+    try:
+        q = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i|%T|%M|%N"], capture_output=True, text=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return out
+    for line in q.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 4:
+            out[parts[0]] = {"state": parts[1], "exit_code": "", "elapsed": parts[2], "nodes": parts[3]}
+    return out
+
+
+def _local_state(record: dict[str, Any]) -> str:
+    """A local or debug job's state from submitit's files: its result file, else its process."""
+    folder = Path(record["folder"])
+    result = folder / f"{record['job_id']}_0_result.pkl"
+    if result.exists():
+        import pickle
+
+        try:
+            outcome = pickle.loads(result.read_bytes())[0]
+        except Exception:  # noqa: BLE001 — a result file being written, or of another version
+            return "UNKNOWN"
+        return "COMPLETED" if outcome == "success" else "FAILED"
+    if record["executor"] == "debug":
+        return "IN-PROCESS (debug: ran, if at all, in the process that asked for its result)"
+    try:
+        os.kill(int(record["job_id"]), 0)
+    except (ValueError, ProcessLookupError):
+        return "ENDED WITHOUT RESULT"
+    except PermissionError:
+        pass
+    return "RUNNING"
+
+
+def job_states(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """The submissions recorded in each RUN (or in each run directory one level below a SWEEP),
+    with their state now: Slurm's from one batched :func:`slurm_states` call, a local job's
+    from its files."""
+    records: list[dict[str, Any]] = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir():
+            raise TwinError(f"{path}: no such run directory")
+        dirs = [path] if (path / RECORD).exists() else sorted(p for p in path.iterdir() if (p / RECORD).exists())
+        if not dirs:
+            raise TwinError(f"{path}: no {RECORD} here or in the folders below it (nothing was submitted to it)")
+        for d in dirs:
+            records += read_record(d)
+    states = slurm_states([r["job_id"] for r in records if r["executor"] == "slurm"])
+    for r in records:
+        if r["executor"] == "slurm":
+            r.update(states.get(r["job_id"], {"state": "UNKNOWN (not in sacct/squeue)"}))
+        else:
+            r["state"] = _local_state(r)
+    return records
