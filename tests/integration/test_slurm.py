@@ -120,12 +120,25 @@ def final_state(job_id: str, deadline_s: float) -> str:
     return wait_for(f"job {job_id} ending", state, deadline_s, every=2.0)
 
 
-def restart_now(job_id: str, minutes: int | None = None) -> None:
-    """Once the job is requeued: start it without Slurm's hold on requeued jobs (BeginTime,
-    about two minutes), optionally with a longer time limit (so its next run is not signalled)."""
+#: epochs of a job that must still be training when Slurm signals or requeues it, however fast
+#: the machine: its restart is then given a short end (train.epochs may change on --resume)
+ENDLESS = 100_000
+
+
+def restart_now(job_id: str, work: Path, minutes: int | None = None) -> int:
+    """Once the job is requeued: shorten its training to 3 epochs beyond what it recorded
+    (job.toml's train.epochs, which its restart reads), then start it without Slurm's hold on
+    requeued jobs (BeginTime, about two minutes), optionally with a longer time limit (so its
+    next run is not signalled). Returns the job's epochs from then on."""
+    from twinhpc.io.results import read_results
+
     wait_for(f"job {job_id} requeued", lambda: int(job_field(job_id, "Restarts")) >= 1, 240, every=0.5)
+    epochs = read_results(work / "runs" / f"job-{job_id}")["epochs"] + 3
+    text = (work / "job.toml").read_text()
+    (work / "job.toml").write_text(text.replace(f"epochs = {ENDLESS}", f"epochs = {epochs}"))
     update = ["scontrol", "update", f"JobId={job_id}", "StartTime=now"]
     slurm(*update, *([f"TimeLimit={minutes}"] if minutes else []))
+    return epochs
 
 
 @pytest.fixture
@@ -176,11 +189,11 @@ def check_complete(work: Path, job_id: str, epochs: int) -> list[dict]:
 
 
 def test_sbatch_job_signalled_before_its_time_limit_requeues_resumes_and_completes(images):
-    """time = 2 min, USR2 100 s before: the signal comes ~20 s in, while it trains (200 epochs,
-    about 40 s): checkpoint, exit 255, requeue; the restart (time limit raised, so it is not
-    signalled again) resumes runs/job-<id> and ends COMPLETED with validation and report done.
-    An interactive run of the same job file (runs/job) is left alone."""
-    (images / "job.toml").write_text(JOB.format(epochs=200, minutes=2, signal=100))
+    """time = 2 min, USR2 100 s before: the signal comes ~20 s in, while it trains (it would
+    train for hours): checkpoint, exit 255, requeue; the restart (time limit raised, so it is not
+    signalled again; 3 more epochs) resumes runs/job-<id> and ends COMPLETED with validation and
+    report done. An interactive run of the same job file (runs/job) is left alone."""
+    (images / "job.toml").write_text(JOB.format(epochs=ENDLESS, minutes=2, signal=100))
     for verb in (["preprocess", "job.toml"], ["train", "job.toml", "--set", "train.epochs=1"]):  # runs/job
         interactive = subprocess.run(
             [sys.executable, "-m", "twinhpc", *verb], capture_output=True, text=True, timeout=300, env=ENV, cwd=images
@@ -189,13 +202,13 @@ def test_sbatch_job_signalled_before_its_time_limit_requeues_resumes_and_complet
     before = (images / "runs" / "job" / "results.h5").read_bytes()
     job_id = submit(images)
     try:
-        restart_now(job_id, minutes=10)
+        epochs = restart_now(job_id, images, minutes=10)
         assert final_state(job_id, 420) == "COMPLETED", (images / f"job-{job_id}.out").read_text()
     finally:
         subprocess.run(["scancel", job_id], timeout=60)
-    attempts = check_complete(images, job_id, 200)
+    attempts = check_complete(images, job_id, epochs)
     assert [(a["restart"], a["reason"]) for a in attempts] == [(0, "preempted"), (1, "finished")], attempts
-    assert 0 < attempts[0]["last_step"] == attempts[1]["first_step"] < attempts[1]["last_step"] == 200 * 9
+    assert 0 < attempts[0]["last_step"] == attempts[1]["first_step"] < attempts[1]["last_step"] == epochs * 9
     output = (images / f"job-{job_id}.out").read_text()
     assert "twinhpc: train stopped by a signal (exit status 255): requeueing job" in output
     assert (images / "runs" / "job" / "results.h5").read_bytes() == before
@@ -204,17 +217,17 @@ def test_sbatch_job_signalled_before_its_time_limit_requeues_resumes_and_complet
 def test_scontrol_requeue_of_a_running_job_resumes_and_completes(images):
     """`scontrol requeue` while it trains: SIGTERM, checkpoint, the job is requeued and its
     restart resumes and ends COMPLETED, the run whole."""
-    (images / "job.toml").write_text(JOB.format(epochs=150, minutes=10, signal=60))
+    (images / "job.toml").write_text(JOB.format(epochs=ENDLESS, minutes=10, signal=60))
     job_id = submit(images)
     try:
         results = images / "runs" / f"job-{job_id}" / "results.h5"
         wait_for("the first epoch's results", results.exists, 240, every=0.5)
         slurm("scontrol", "requeue", job_id)
-        restart_now(job_id)
+        epochs = restart_now(job_id, images)
         assert final_state(job_id, 420) == "COMPLETED", (images / f"job-{job_id}.out").read_text()
     finally:
         subprocess.run(["scancel", job_id], timeout=60)
-    attempts = check_complete(images, job_id, 150)
+    attempts = check_complete(images, job_id, epochs)
     assert [(a["restart"], a["reason"]) for a in attempts] == [(0, "preempted"), (1, "finished")], attempts
 
 
