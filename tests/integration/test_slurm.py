@@ -6,6 +6,7 @@ Skipped when no Slurm controller answers; scripts/test.sh starts one first, so C
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -246,7 +247,9 @@ def test_jobs_train_sbatch_submits_the_job_with_its_slurm_table(images):
     wrapper = r.stdout.strip().split(";")[0]
     log = (images / f"twinhpc-submit-{wrapper}.out").read_text()
     assert r.returncode == 0, r.stderr + log
-    job_id = log.split()[0]
+    submitted = re.search(r"twinhpc sbatch: submitted job (\d+)", log)  # Slurm may add lines of its own
+    assert submitted, log
+    job_id = submitted.group(1)
     try:
         assert final_state(job_id, 300) == "COMPLETED", (images / f"job-{job_id}.out").read_text()
     finally:
