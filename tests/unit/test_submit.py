@@ -219,3 +219,37 @@ def test_command_line_debug_submission_and_jobs(work, monkeypatch, capsys):
     assert row.split()[:4] == [first.split()[0], "train", "debug", "1"] and "IN-PROCESS" in row
     assert main(["jobs", "runs/nothing"]) == 2
     assert "twinhpc jobs: error: runs/nothing: no such run directory" in capsys.readouterr().err
+
+
+#: calls of _record: what unpickling _Boom would have run
+_RAN: list[str] = []
+
+
+def _record(what: str) -> None:
+    _RAN.append(what)
+
+
+class _Boom:
+    """Unpickling it calls ``_record`` (a stand-in for any code a pickle can run)."""
+
+    def __reduce__(self):
+        return (_record, ("unpickled",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_the_outcome_of_a_result_file_is_read_without_unpickling_it(protocol):
+    import pickle
+
+    import numpy as np
+
+    from twinhpc.tune.submit import result_outcome
+
+    assert result_outcome(pickle.dumps(("success", {"report": np.arange(3)}), protocol=protocol)) == "success"
+    assert result_outcome(pickle.dumps(("error", "Traceback ..."), protocol=protocol)) == "error"
+    boom = pickle.dumps(("success", _Boom()), protocol=protocol)
+    assert result_outcome(boom) == "success"
+    assert result_outcome(boom[:3]) is None  # a file still being written
+    assert _RAN == []
+    pickle.loads(boom)  # the same bytes do run code when unpickled
+    assert _RAN == ["unpickled"]
+    _RAN.clear()

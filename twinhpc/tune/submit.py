@@ -373,16 +373,33 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+#: the pickle opcodes that push a str
+_STRING_OPCODES = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+
+
+def result_outcome(data: bytes) -> str | None:
+    """The tag of submitit's result pickle, ``("success" | "error", ...)``: its first string,
+    read from the pickle's opcodes without unpickling it (the file lies in a run directory that
+    may be someone else's, and loading a pickle can run any code); ``None`` when the data holds
+    no such string (a file still being written)."""
+    import pickletools
+
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in _STRING_OPCODES:
+                return str(arg)
+    except ValueError:
+        return None
+    return None
+
+
 def _local_state(record: dict[str, Any]) -> str:
     """A local or debug job's state from submitit's files: its result file, else its process."""
     folder = Path(record["folder"])
     result = folder / f"{record['job_id']}_0_result.pkl"
     if result.exists():
-        import pickle
-
-        try:
-            outcome = pickle.loads(result.read_bytes())[0]
-        except Exception:  # noqa: BLE001 — a result file being written, or of another version
+        outcome = result_outcome(result.read_bytes())
+        if outcome is None:  # a result file being written, or of another version
             return "UNKNOWN"
         return "COMPLETED" if outcome == "success" else "FAILED"
     if record["executor"] == "debug":
