@@ -6,7 +6,6 @@ slurm and local executors."""
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -14,13 +13,12 @@ import numpy as np
 import pytest
 import submitit
 
+from tests.conftest import prepare_image_job
+from tests.fixtures import small_cnn_job
 from tests.unit.test_batch import check_golden
-from twinhpc.comm.world import get_world
 from twinhpc.config import Job, load_job
-from twinhpc.data.ingest import ingest
 from twinhpc.errors import TwinError
 from twinhpc.io.results import read_results
-from twinhpc.preprocess import preprocess
 from twinhpc.tune.submit import RECORD, VerbCall, job_states, make_executor, read_record, submit
 
 FULL = {
@@ -112,51 +110,15 @@ def test_the_call_its_command_and_its_checkpoint():
     ]
 
 
-JOB = """
-[data]
-dataset = "data"
-batch_size = 8
-[model]
-name = "cnn"
-[model.structure]
-channels = 4
-hidden = 8
-[optim]
-name = "sgd"
-lr = 0.1
-[train]
-epochs = 2
-[slurm]
-time = 5
-"""
+JOB = small_cnn_job("{dir}/data", 0.1, "epochs = 2", "[slurm]\ntime = 5\n")
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """48 training and 16 validation 8×8 grey images of 3 classes, preprocessed; the current
-    directory during each test (job files name data relative to it)."""
+    directory during each test (its runs are written relative to it)."""
     work = tmp_path_factory.mktemp("submit")
-    rng = np.random.default_rng(1)
-    np.savez(
-        work / "images.npz", image=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), label=rng.integers(0, 3, 64)
-    )
-    world = get_world()
-    ingest(
-        "npz",
-        work / "images.npz",
-        work / "data",
-        options={"label": "label"},
-        val_fraction=0.25,
-        test_fraction=0.0,
-        world=world,
-    )
-    (work / "job.toml").write_text(JOB)
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        preprocess(load_job("job.toml"), world=world)
-    finally:
-        os.chdir(cwd)
+    prepare_image_job(work, JOB)
     return work
 
 
@@ -239,8 +201,6 @@ class _Boom:
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_the_outcome_of_a_result_file_is_read_without_unpickling_it(protocol):
     import pickle
-
-    import numpy as np
 
     from twinhpc.tune.submit import result_outcome
 
