@@ -126,6 +126,14 @@ def final_state(job_id: str, deadline_s: float) -> str:
 ENDLESS = 100_000
 
 
+def past_revocation() -> None:
+    """Wait until a requeued job may start again. Requeueing revokes the job's credential, and
+    slurmd refuses a credential created in the same second as the revocation (it compares whole
+    seconds): a restart forced at once ends FAILED ("Job credential revoked"). Slurm's own hold on
+    requeued jobs (BeginTime) avoids that; a test that skips the hold waits two seconds."""
+    time.sleep(2)
+
+
 def restart_now(job_id: str, work: Path, minutes: int | None = None) -> int:
     """Once the job is requeued: shorten its training to 3 epochs beyond what it recorded
     (job.toml's train.epochs, which its restart reads), then start it without Slurm's hold on
@@ -134,6 +142,7 @@ def restart_now(job_id: str, work: Path, minutes: int | None = None) -> int:
     from twinhpc.io.results import read_results
 
     wait_for(f"job {job_id} requeued", lambda: int(job_field(job_id, "Restarts")) >= 1, 240, every=0.5)
+    past_revocation()
     epochs = read_results(work / "runs" / f"job-{job_id}")["epochs"] + 3
     text = (work / "job.toml").read_text()
     (work / "job.toml").write_text(text.replace(f"epochs = {ENDLESS}", f"epochs = {epochs}"))

@@ -1,6 +1,7 @@
 """``twinhpc submit`` on the single-node Slurm (submitit's Slurm executor: one job of 2 tasks
-under srun), preempted (USR2: submitit's requeue) and requeued (``scontrol requeue``), each
-resuming to the results of an undisturbed run; and the local executor (mpirun -n 2).
+under srun, equal to the same job under mpirun), preempted (USR2: submitit's requeue) and
+requeued (``scontrol requeue``), each resuming to the results of an undisturbed run of the same
+length; and the local executor (mpirun -n 2).
 
 Skipped when no Slurm controller answers (``bash scripts/slurm-up.sh`` starts one); the local
 executor's test needs only mpirun.
@@ -18,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.test_slurm import ENV, job_field, slurm, slurm_up, wait_for
+from tests.integration.procs import MPIRUN2, TWINHPC, run
+from tests.integration.test_slurm import ENDLESS, ENV, job_field, past_revocation, slurm, slurm_up, wait_for
 from twinhpc.io.results import read_results
 
-EPOCHS = 100  # 9 steps each: long enough to be signalled mid-run
+EPOCHS = 5  # of the undisturbed job (9 steps each)
 JOB = """
 [data]
 dataset = "data/images"
@@ -68,10 +70,18 @@ def work(tmp_path_factory) -> Path:
     return work
 
 
-def restart_now(job_id: str) -> None:
-    """Once Slurm has requeued the job: start it without Slurm's hold on requeued jobs
-    (BeginTime, about two minutes), asked again while the job is still pending."""
+def restart_now(job_id: str, work: Path, run: str) -> int:
+    """Once Slurm has requeued the job (which trained "for ever", ENDLESS epochs, so that it was
+    surely still training when disturbed): shorten its training to 3 epochs beyond what it
+    recorded (in RUN/train.job.toml, the job file its restart reads; a constant learning rate
+    makes the length a free choice), then start it without Slurm's hold on requeued jobs
+    (BeginTime, about two minutes), asked again while the job is still pending. Returns the
+    run's epochs."""
     wait_for(f"job {job_id} requeued", lambda: int(job_field(job_id, "Restarts")) >= 1, 240, every=0.5)
+    past_revocation()
+    epochs = read_results(work / run)["epochs"] + 3
+    frozen = work / run / "train.job.toml"
+    frozen.write_text(frozen.read_text().replace(f"epochs = {ENDLESS}", f"epochs = {epochs}"))
 
     def started() -> bool:
         state = job_field(job_id, "JobState")
@@ -80,6 +90,15 @@ def restart_now(job_id: str) -> None:
         return state not in ("PENDING", "REQUEUED", "COMPLETING", "REQUEUE_FED", "REQUEUE_HOLD")
 
     wait_for(f"job {job_id} restarted", started, 240, every=2)
+    return epochs
+
+
+def undisturbed_run(work: Path, epochs: int) -> Path:
+    """The same job trained without interruption for ``epochs`` epochs on 2 ranks (mpirun)."""
+    out = work / "runs" / f"reference-{epochs}"
+    if not (out / "results.h5").exists():
+        run([*MPIRUN2, *TWINHPC, "train", "job.toml", "--out", str(out), "--set", f"train.epochs={epochs}"], work)
+    return out
 
 
 def jobs(work: Path, run: str) -> list[dict]:
@@ -92,17 +111,19 @@ def final_state(work: Path, run: str, deadline_s: float) -> dict:
     return wait_for(f"{run} ending", lambda: (r := jobs(work, run)[-1])["state"] in ended and r, deadline_s, every=2)
 
 
-def same_results(a: Path, b: Path) -> None:
+def same_results(a: Path, b: Path, epochs: int = EPOCHS) -> None:
     ra, rb = read_results(a), read_results(b)
-    assert ra["epochs"] == rb["epochs"] == EPOCHS
+    assert ra["epochs"] == rb["epochs"] == epochs
     for name in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
         assert np.array_equal(ra["metrics"][name], rb["metrics"][name]), name
     for name in ("step", "loss", "lr"):
         assert np.array_equal(ra["steps"][name], rb["steps"][name]), name
 
 
-def submit_slurm(work: Path, run: str) -> str:
-    out = twinhpc(work, "submit", "train", "job.toml", "--executor", "slurm", "--out", run, timeout=120)
+def submit_slurm(work: Path, run: str, endless: bool = False) -> str:
+    """Submit job.toml (``endless``: with train.epochs = ENDLESS) as a 2-task Slurm job."""
+    extra = ["--set", f"train.epochs={ENDLESS}"] if endless else []
+    out = twinhpc(work, "submit", "train", "job.toml", "--executor", "slurm", "--out", run, *extra, timeout=120)
     return out.split()[0]
 
 
@@ -132,7 +153,9 @@ def undisturbed(work) -> Path:
 
 @needs_slurm
 def test_two_task_slurm_job_completes_and_validates(work, undisturbed):
-    """The trained run validated by a 2-task job too (--wait prints rank 0's result)."""
+    """The trained run equals the same job trained under mpirun, and is validated by a 2-task
+    job too (--wait prints rank 0's result)."""
+    same_results(undisturbed, undisturbed_run(work, EPOCHS))
     out = twinhpc(work, "submit", "validate", "job.toml", "--executor", "slurm", "--out", "runs/whole", "--wait")
     first, result = out.splitlines()
     assert json.loads(result) == {"verb": "validate", "run": "runs/whole", "resumed": False, "restarts": 0}
@@ -148,11 +171,11 @@ def test_preempted_job_is_requeued_by_submitit_and_resumes_to_the_same_results(w
     """USR2 to the running job (what Slurm sends signal_seconds before the time limit): the
     ranks checkpoint at a step boundary, submitit saves the call with resume and requeues the
     job, the restart resumes the run and ends COMPLETED with the undisturbed run's results."""
-    job_id = submit_slurm(work, "runs/preempted")
+    job_id = submit_slurm(work, "runs/preempted", endless=True)
     try:
         training(work, "runs/preempted")
         slurm("scancel", "--signal=USR2", job_id)
-        restart_now(job_id)
+        epochs = restart_now(job_id, work, "runs/preempted")
         record = final_state(work, "runs/preempted", 420)
     finally:
         subprocess.run(["scancel", job_id], timeout=60)
@@ -166,17 +189,17 @@ def test_preempted_job_is_requeued_by_submitit_and_resumes_to_the_same_results(w
         (job_id, 0, "preempted"),
         (job_id, 1, "finished"),
     ], attempts
-    assert 0 < attempts[0]["last_step"] == attempts[1]["first_step"] < EPOCHS * 9
-    same_results(work / "runs/preempted", undisturbed)
+    assert 0 < attempts[0]["last_step"] == attempts[1]["first_step"] < epochs * 9
+    same_results(work / "runs/preempted", undisturbed_run(work, epochs), epochs)
 
 
 @needs_slurm
 def test_scontrol_requeue_of_a_running_job_resumes_to_the_same_results(work, undisturbed):
-    job_id = submit_slurm(work, "runs/requeued")
+    job_id = submit_slurm(work, "runs/requeued", endless=True)
     try:
         training(work, "runs/requeued")
         slurm("scontrol", "requeue", job_id)
-        restart_now(job_id)
+        epochs = restart_now(job_id, work, "runs/requeued")
         record = final_state(work, "runs/requeued", 420)
     finally:
         subprocess.run(["scancel", job_id], timeout=60)
@@ -184,7 +207,7 @@ def test_scontrol_requeue_of_a_running_job_resumes_to_the_same_results(work, und
     assert record["state"] == "COMPLETED", err
     attempts = read_results(work / "runs/requeued")["attempts"]
     assert [(a["restart"], a["reason"]) for a in attempts] == [(0, "preempted"), (1, "finished")], attempts
-    same_results(work / "runs/requeued", undisturbed)
+    same_results(work / "runs/requeued", undisturbed_run(work, epochs), epochs)
     states = {r["run"]: r["state"] for r in jobs(work, "runs") if r["verb"] == "train"}  # the folder of runs
     assert states["runs/preempted"] == states["runs/requeued"] == states["runs/whole"] == "COMPLETED", states
 
