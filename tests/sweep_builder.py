@@ -108,9 +108,18 @@ def drive(
     return clock
 
 
-def build(directory: Path, dataset: str, metric: str = "val_accuracy", rounds: int | None = None, **how: Any) -> Sweep:
-    """A sweep in ``directory/sweep`` driven by :func:`drive` (``how``: its ``job_id`` and ``log``)."""
+def build(
+    directory: Path,
+    dataset: str,
+    metric: str = "val_accuracy",
+    rounds: int | None = None,
+    name: str = "sweep",
+    start: float = 1000.0,
+    **how: Any,
+) -> Sweep:
+    """A sweep in ``directory/name`` created at ``start`` and driven by :func:`drive` (``how``:
+    its ``job_id`` and ``log``)."""
     job = load_job(job_file(directory, dataset, metric))
-    sweep = Sweep.create(job, directory / "sweep", now=999.0)
-    drive(sweep, metric, rounds, **how)
+    sweep = Sweep.create(job, directory / name, now=start - 1.0)
+    drive(sweep, metric, rounds, start, **how)
     return sweep

@@ -18,8 +18,9 @@ rungs, metric and direction, trials done, utilisation, epochs trained of the bud
 leaderboard (each trial's values, its metric at every rung, epochs, status and wall time; ranked
 by the highest rung reached, then the metric there; failed trials last with their error and
 log) and the decisions per rung (docs/sweep-report.md). Writes SWEEP/best.toml, the best trial's
-job for `twinhpc train` (train.epochs = the sweep's max_epochs, train.out = runs/<SWEEP>-best),
-and PNG plots into SWEEP/report/: metric_vs_epochs.png and param_<key>.png for each searched key.
+job for `twinhpc train` (train.epochs = the sweep's max_epochs, train.out =
+runs/<sweep folder name>-best), and PNG plots into SWEEP/report/: metric_vs_epochs.png and
+param_<key>.png for each searched key.
 
 Both work while the run or the sweep is going on.
 """
