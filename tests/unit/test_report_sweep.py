@@ -14,9 +14,11 @@ from PIL import Image
 
 from tests import sweep_builder as sb
 from twinhpc.config import load_job
+from twinhpc.config.sweep import Param
 from twinhpc.errors import TwinError
 from twinhpc.io.results import read_results
 from twinhpc.report.sweep import BEST_FILE, REPORT_DIR, sweep_report
+from twinhpc.report.sweep_plots import axis_kind
 
 #: the order the scenario of tests/sweep_builder.py must give: trial 1 reached the last rung,
 #: trial 3 rung 1, trials 0 (accuracy 0.45) and 5 (0.40) rung 0, trial 2 (NaN) ranks below them;
@@ -98,6 +100,7 @@ def test_a_sweep_in_progress_names_its_best_so_far(tmp_path, cli):
 
 def test_a_sweep_with_no_report_yet(tmp_path):
     sb.build(tmp_path, str(tmp_path / "data"), rounds=0)
+    (tmp_path / "sweep" / BEST_FILE).write_text("# the best of an earlier report, whose trial failed since\n")
     rep = sweep_report(tmp_path / "sweep", now=NOW)
     assert rep.best is None and rep.best_toml is None and not (tmp_path / "sweep" / BEST_FILE).exists()
     assert "best: none yet" in rep.text()
@@ -136,6 +139,14 @@ def test_plots_are_pngs_read_from_the_trials_results(finished, cli):
     # the parameter plots come from sweep.h5, not from the trials' files
     assert (png_pixels(report / "param_optim.lr.png") == before["param_optim.lr.png"]).all()
     assert not [p for p in report.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_parameter_axes(finished):
+    rep = sweep_report(finished, plot=False)
+    axes = {p.key: axis_kind(p) for p in rep.space}
+    assert axes == {"optim.lr": "log", "optim.schedule": "category", "model.structure.hidden": "log"}
+    assert axis_kind(Param("train.dropout", "uniform", low=0.0, high=0.5)) == "linear"
+    assert axis_kind(Param("data.batch_size", "int", low=8, high=64)) == "linear"
 
 
 def test_no_plots_writes_none(finished, cli):

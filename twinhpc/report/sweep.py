@@ -35,7 +35,7 @@ from ..config.load import override
 from ..config.sweep import Param
 from ..config.toml_writer import toml_value
 from ..errors import TwinError
-from ..io.atomic import writing
+from ..io.atomic import remove_durably, writing
 from ..io.sweep import SWEEP_FILE, SweepFile, TrialRow, read_sweep
 from ..io.sweep_attrs import sweep_executor
 
@@ -372,11 +372,13 @@ def best_job(rep: SweepReport) -> Job | None:
 
 def write_best_toml(rep: SweepReport) -> Path | None:
     """``SWEEP/best.toml`` (atomically): :func:`best_job` with a comment header naming the sweep,
-    the trial and its metric; ``None`` (nothing written) before any trial has a finite metric."""
+    the trial and its metric; ``None`` before any trial has a finite metric (a best.toml of an
+    earlier report, whose trial has failed since, is removed then)."""
     job, best = best_job(rep), rep.best
-    if job is None or best is None:
-        return None
     path = rep.directory / BEST_FILE
+    if job is None or best is None:
+        remove_durably(path)
+        return None
     where = "the last rung" if rep.best_is_final else "the best so far: no trial has reached the last rung yet"
     values = ", ".join(f"{k} = {toml_value(v)}" for k, v in best.params.items())
     header = [

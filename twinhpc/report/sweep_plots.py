@@ -26,6 +26,7 @@ from ..io.atomic import writing
 from ..io.results import read_results
 
 if TYPE_CHECKING:
+    from ..config.sweep import Param
     from .sweep import Entry, SweepReport
 
 #: how each trial status is drawn on metric_vs_epochs.png: (legend, colour, line style, marker)
@@ -152,22 +153,29 @@ def _label(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def axis_kind(param: Param | None) -> str:
+    """The x axis of a parameter's plot: ``"category"`` for a choice, ``"log"`` for
+    ``loguniform`` and ``int`` with ``log``, else ``"linear"``."""
+    if param is None:
+        return "linear"
+    if param.kind == "choice":
+        return "category"
+    return "log" if param.kind == "loguniform" or (param.kind == "int" and param.log) else "linear"
+
+
 def param_plot(rep: SweepReport, key: str, path: Path) -> Path:
     """One searched key's value against each trial's metric at the highest rung it reached."""
     plt = _pyplot()
     param = next((p for p in rep.space if p.key == key), None)
-    kind = param.kind if param is not None else ""
+    axis = axis_kind(param)
     entries: list[Entry] = [e for e in rep.entries if e.rung >= 0 and math.isfinite(e.final)]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     cmap = plt.get_cmap("viridis")
     n = len(rep.rungs)
-    choices: tuple[Any, ...] = param.choices if param is not None and kind == "choice" else ()
-    if kind == "choice" and not choices:
-        choices = tuple(dict.fromkeys(json.dumps(e.params[key]) for e in rep.entries))
-        choices = tuple(json.loads(c) for c in choices)
+    choices: tuple[Any, ...] = param.choices if param is not None and axis == "category" else ()
 
     def x_of(e: Entry) -> float:
-        if kind == "choice":
+        if axis == "category":
             jitter = ((e.trial * 0.6180339887) % 1.0 - 0.5) * 0.3
             return _category(e.params[key], choices) + jitter
         return float(e.params[key])
@@ -200,9 +208,9 @@ def param_plot(rep: SweepReport, key: str, path: Path) -> Path:
         ax.scatter(
             [x_of(best)], [best.final], marker="*", s=220, facecolors="none", edgecolors="red", zorder=4, label="best"
         )
-    if kind == "loguniform" or (kind == "int" and param is not None and param.log):
+    if axis == "log":
         ax.set_xscale("log")
-    if kind == "choice":
+    if axis == "category":
         ax.set_xticks(range(len(choices)), [_label(c) for c in choices], rotation=30 if len(choices) > 4 else 0)
         ax.set_xlim(-0.6, len(choices) - 0.4)
     better = "higher" if rep.file.direction == "max" else "lower"
