@@ -109,9 +109,8 @@ class SweepReport:
 
     @property
     def best(self) -> Entry | None:
-        """The top of the leaderboard, if any trial has a finite metric."""
-        top = self.entries[0] if self.entries else None
-        return top if top is not None and top.rank is not None and math.isfinite(top.final) else None
+        """The highest-ranked trial with a finite metric (``None``: none has one)."""
+        return next((e for e in self.entries if e.rank is not None and math.isfinite(e.final)), None)
 
     @property
     def best_is_final(self) -> bool:
