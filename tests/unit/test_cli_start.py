@@ -1,5 +1,6 @@
-"""A CLI start that does not need torch does not import it: ``--help``, the parser and the
-dataset verbs (``ingest``, ``inspect``, ``verify``) run without torch, numba or the extension."""
+"""A CLI start that does not need torch does not import it: ``--help``, the parser, the
+dataset verbs (``ingest``, ``inspect``, ``verify``), ``report SWEEP`` and ``jobs SWEEP`` run
+without torch, numba or the extension."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ PROBE = """
 import contextlib, io, sys
 import numpy as np
 from twinhpc.cli.main import build_parser, main, VERBS
-src, out = sys.argv[1], sys.argv[2]
+src, out, sweep = sys.argv[1], sys.argv[2], sys.argv[3]
 np.savez(src, x=np.arange(40, dtype=np.float32).reshape(20, 2), y=np.arange(20) % 2)
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
     for verb in VERBS:
@@ -31,19 +32,24 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
         except SystemExit:
             pass
     codes = [main(["ingest", "npz", src, "--out", out, "--label", "y"]), main(["inspect", out]), main(["verify", out])]
+    codes += [main(["report", sweep]), main(["jobs", sweep])]
 print(codes, sorted(m for m in ("torch", "twinhpc._C", "numba") if m in sys.modules))
 """
 
 
-def test_parser_help_and_dataset_verbs_do_not_import_torch(tmp_path):
+def test_parser_help_dataset_verbs_and_sweep_report_do_not_import_torch(tmp_path):
+    from tests import sweep_builder
+
+    sweep_builder.build(tmp_path, str(tmp_path / "data"))  # a finished sweep with the trials' results.h5
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(tmp_path / "a.npz"), str(tmp_path / "ds")],
+        [sys.executable, "-c", PROBE, str(tmp_path / "a.npz"), str(tmp_path / "ds"), str(tmp_path / "sweep")],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[0, 0, 0] []", proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "[0, 0, 0, 0, 0] []", proc.stdout + proc.stderr
+    assert (tmp_path / "sweep" / "report" / "metric_vs_epochs.png").is_file()
 
 
 def help_text(*argv: str, capsys) -> str:

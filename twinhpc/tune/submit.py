@@ -45,6 +45,7 @@ import contextlib
 import datetime
 import fcntl
 import json
+import math
 import os
 import shutil
 import signal
@@ -64,6 +65,8 @@ from ..config import Job, load_job
 from ..config.load import override
 from ..errors import TwinError
 from ..io.atomic import replace_durably
+from ..io.sweep import SWEEP_FILE, read_sweep
+from ..io.sweep_attrs import sweep_executor
 from ..signals import REQUEUE_EXIT_STATUS
 
 #: the verbs that can be submitted
@@ -395,17 +398,28 @@ def result_outcome(data: bytes) -> str | None:
 
 def _local_state(record: dict[str, Any]) -> str:
     """A local or debug job's state from submitit's files: its result file, else its process."""
-    folder = Path(record["folder"])
-    result = folder / f"{record['job_id']}_0_result.pkl"
-    if result.exists():
+    if record["executor"] == "debug" and not _result_file([Path(record["folder"])], record["job_id"]):
+        return "IN-PROCESS (debug: ran, if at all, in the process that asked for its result)"
+    return _local_job_state([Path(record["folder"])], record["job_id"])
+
+
+def _result_file(folders: Sequence[Path], job_id: str) -> Path | None:
+    """submitit's result file of job ``job_id`` (``<job_id>_0_result.pkl``) in the first of
+    ``folders`` that holds one."""
+    return next((p for f in folders if (p := f / f"{job_id}_0_result.pkl").exists()), None)
+
+
+def _local_job_state(folders: Sequence[Path], job_id: str) -> str:
+    """A submitit local job's state: the outcome in its result file (read without unpickling),
+    else whether its process (the job id is its pid) is alive."""
+    result = _result_file(folders, job_id)
+    if result is not None:
         outcome = result_outcome(result.read_bytes())
         if outcome is None:  # a result file being written, or of another version
             return "UNKNOWN"
         return "COMPLETED" if outcome == "success" else "FAILED"
-    if record["executor"] == "debug":
-        return "IN-PROCESS (debug: ran, if at all, in the process that asked for its result)"
     try:
-        os.kill(int(record["job_id"]), 0)
+        os.kill(int(job_id), 0)
     except (ValueError, ProcessLookupError):
         return "ENDED WITHOUT RESULT"
     except PermissionError:
@@ -413,23 +427,92 @@ def _local_state(record: dict[str, Any]) -> str:
     return "RUNNING"
 
 
+def _trial_executor(sweep_dir: Path, log: str, default: str) -> str:
+    """The executor of a trial's segment: ``<name>`` when its log lies in the executor's folder
+    ``SWEEP/executor/<name>/`` (a sweep resumed with another executor has both), else ``default``
+    (sweep.h5's ``executor`` attribute)."""
+    if log:
+        parts = Path(log).parts
+        for i in range(len(parts) - 1):
+            if parts[i] == "executor" and parts[i + 1] in (*EXECUTORS, "dask"):
+                return parts[i + 1]
+    return default
+
+
+def sweep_records(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One record per trial of the sweep in ``sweep_dir`` that was handed to an executor: its
+    latest segment's job id, executor, node and log as sweep.h5 holds them, and the trial's
+    status in the sweep (``status``)."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / SWEEP_FILE
+    f = read_sweep(path)
+    executor = sweep_executor(path)
+    return [
+        {
+            "sweep": str(sweep_dir),
+            "trial": t.id,
+            "job_id": t.job_id,
+            "executor": _trial_executor(sweep_dir, t.log, executor),
+            "status": t.status,
+            "node": t.node,
+            "log": t.log,
+        }
+        for t in f.trials
+        if t.job_id or math.isfinite(t.started_at)  # handed out to an executor
+    ]
+
+
+def _sweep_state(r: dict[str, Any], slurm: dict[str, dict[str, str]]) -> None:
+    """Fill in ``state`` (and Slurm's exit code, elapsed time and nodes) of a sweep record."""
+    executor, job_id = r["executor"], r["job_id"]
+    if executor == "debug":
+        r["state"] = "DEBUG (ran in the sweep driver's process)"
+    elif not job_id:
+        r["state"] = "UNKNOWN (no job id recorded)"
+    elif executor == "slurm":
+        known = slurm.get(job_id)
+        if known is None:
+            r["state"] = "UNKNOWN (not in sacct/squeue)"
+        else:
+            nodes = known.get("nodes", "")
+            r.update({k: v for k, v in known.items() if k != "nodes"})
+            if nodes and nodes != "None assigned":
+                r["node"] = nodes
+    elif executor == "local":
+        folders = [Path(r["log"]).parent] if r["log"] else []
+        r["state"] = _local_job_state([*folders, Path(r["sweep"]) / "executor" / "local"], job_id)
+    elif executor == "dask":
+        r["state"] = "UNKNOWN (dask: the scheduler knows; see twinhpc sweep status)"
+    else:
+        r["state"] = "UNKNOWN (sweep.h5 does not record the executor)"
+
+
 def job_states(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
-    """The submissions recorded in each RUN (or in each run directory one level below a SWEEP),
-    with their state now: Slurm's from one batched :func:`slurm_states` call, a local job's
-    from its files."""
+    """The submissions recorded in each RUN (or in each run directory one level below a
+    folder), and one record per trial of each SWEEP (a folder holding sweep.h5:
+    :func:`sweep_records`, each with ``sweep`` and ``trial``), with their state now: Slurm's from
+    one batched :func:`slurm_states` call for all of them, a local job's from its files."""
     records: list[dict[str, Any]] = []
     for path in paths:
         path = Path(path)
         if not path.is_dir():
-            raise TwinError(f"{path}: no such run directory")
+            raise TwinError(f"{path}: no such run directory or sweep folder")
+        if (path / SWEEP_FILE).is_file():
+            records += sweep_records(path)
+            continue
         dirs = [path] if (path / RECORD).exists() else sorted(p for p in path.iterdir() if (p / RECORD).exists())
         if not dirs:
-            raise TwinError(f"{path}: no {RECORD} here or in the folders below it (nothing was submitted to it)")
+            raise TwinError(
+                f"{path}: no {RECORD} here or in the folders below it, and no {SWEEP_FILE} "
+                "(nothing was submitted to it)"
+            )
         for d in dirs:
             records += read_record(d)
-    states = slurm_states([r["job_id"] for r in records if r["executor"] == "slurm"])
+    states = slurm_states(sorted({r["job_id"] for r in records if r["executor"] == "slurm" and r["job_id"]}))
     for r in records:
-        if r["executor"] == "slurm":
+        if "trial" in r:
+            _sweep_state(r, states)
+        elif r["executor"] == "slurm":
             r.update(states.get(r["job_id"], {"state": "UNKNOWN (not in sacct/squeue)"}))
         else:
             r["state"] = _local_state(r)
