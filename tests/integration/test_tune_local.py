@@ -7,7 +7,6 @@ mpirun equal to one run."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -87,7 +86,9 @@ def test_an_asha_sweep_end_to_end(undisturbed):
     assert {t.status for t in f.trials} <= {"completed", "stopped"} and "completed" in {t.status for t in f.trials}
     assert "sweep finished [4/4 finished" in r.stdout and "best: trial" in r.stdout
     for t in f.trials:  # one 2-rank training process per segment, the last one at its rung
-        assert attempts(out, t.id) == [(2, "until_epoch")] * t.rung + [(2, "finished" if t.rung == 1 else "until_epoch")]
+        assert attempts(out, t.id) == [(2, "until_epoch")] * t.rung + [
+            (2, "finished" if t.rung == 1 else "until_epoch")
+        ]
         assert t.job_id and Path(t.log).is_file()
     status = run([*TWINHPC, "sweep", "status", out, "--json"], out.parent)
     doc = json.loads(status.stdout)
@@ -165,7 +166,10 @@ def test_segments_under_mpirun_equal_one_run(work):
     common = ["--set", "train.epochs=4", "--set", "train.checkpoint_every=4"]
     run([*MPIRUN2, *TWINHPC, "train", job, "--out", work / "whole", *common], work)
     for e in (1, 3, 4):
-        r = run([*MPIRUN2, *TWINHPC, "train", job, "--out", work / "seg", "--resume", "--until-epoch", str(e), *common], work)
+        r = run(
+            [*MPIRUN2, *TWINHPC, "train", job, "--out", work / "seg", "--resume", "--until-epoch", str(e), *common],
+            work,
+        )
         if e < 4:
             assert f"stopped at epoch {e} of 4 (--until-epoch)" in r.stdout
     a, b = read_results(work / "seg"), read_results(work / "whole")
