@@ -160,6 +160,47 @@ def test_a_failed_trial_frees_its_worker_and_its_reports_still_count():
         a.fail(1, "again")
 
 
+def test_an_early_stopped_trial_completes_at_its_rung_and_its_report_counts_for_the_others():
+    """η = 2, rungs 1/3/9, minimising: trial 1, promoted to rung 1, is ended by early stopping at
+    epoch 2; it completes at rung 1, and trial 2 is ranked against its report there."""
+    a = ASHA((1, 3, 9), eta=2, direction="min", budget=3)
+    a.next(2)
+    a.report(0, 0, 0.2)  # pause (⌊1/2⌋ = 0)
+    a.report(1, 0, 0.1)  # promote: rank 1 of 2
+    assert a.next(2) == [Step(1, 1, 3, 1), Step(2, 0, 1, 0)]
+    d = a.report(1, 1, 0.12, early_stopped=2)
+    assert (d.trial, d.rung, d.action, d.metric, d.rank, d.reports) == (1, 1, "complete", 0.12, 1, 1)
+    assert d.note == "early stopping ended it at epoch 2: completed at rung 1 (3 epochs), rank 1 of 1"
+    assert statuses(a) == ["paused", "completed", "running"] and a.trials[1].reached == 1
+    d = a.report(2, 0, 0.05)  # rank 1 of 3 at rung 0, ⌊3/2⌋ = 1: promoted
+    assert (d.action, d.rank, d.reports, d.keep) == ("promote", 1, 3, 1)
+    assert a.next(1) == [Step(2, 1, 3, 1)]
+    # at rung 1 trial 1's report (0.12) ranks first: trial 2 (0.3) is 2nd of 2, ⌊2/2⌋ = 1 go on
+    d = a.report(2, 1, 0.3)
+    assert (d.action, d.rank, d.reports, d.keep, d.cut) == ("pause", 2, 2, 1, 0.12)
+    # trial 1 is completed, not paused: nothing is promotable, and the budget is spent
+    assert a.finished and statuses(a) == ["stopped", "completed", "stopped"]
+    assert [x.action for x in a.decisions[-2:]] == ["stop", "stop"]
+
+
+def test_an_early_stopped_trial_at_the_first_rung_takes_a_top_place_and_is_never_promoted():
+    """η = 3, maximising: trial 0 is ended by early stopping in its first segment (epoch 1) with
+    the best metric; it holds the top ⌊3/3⌋ = 1 place at rung 0, so no trial goes on."""
+    a = ASHA((1, 3, 9), eta=3, direction="max", budget=3)
+    a.next(3)
+    d = a.report(0, 0, 0.9, early_stopped=1)
+    assert (d.action, d.rank, d.note) == (
+        "complete",
+        1,
+        "early stopping ended it at epoch 1: completed at rung 0 (1 epoch), rank 1 of 1",
+    )
+    assert a.report(1, 0, 0.5).action == "pause"
+    d = a.report(2, 0, 0.6)
+    assert (d.action, d.rank, d.reports, d.keep, d.cut) == ("pause", 2, 3, 1, 0.9)
+    assert a.promotable() == [] and a.finished
+    assert statuses(a) == ["completed", "stopped", "stopped"]
+
+
 def test_a_requeued_trial_runs_its_segment_again_first():
     a = ASHA((1, 3), eta=2, direction="min", budget=4)
     a.next(2)

@@ -80,3 +80,36 @@ def test_every_verb_has_help(capsys):
     verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     for verb in verbs:
         assert len(help_text(verb, capsys=capsys)) > 200, verb
+
+
+#: `twinhpc sweep status` on a sweep created here (debug executor, never run), then the heavy
+#: modules imported: none (the status reads sweep.h5 alone)
+STATUS_PROBE = """
+import contextlib, io, sys, tomllib
+from twinhpc.config import Job
+from twinhpc.config.reference import EXAMPLE
+from twinhpc.tune import Sweep
+from twinhpc.cli.main import main
+space = '[sweep]\\nstrategy = "random"\\ntrials = 2\\n[sweep.space."optim.lr"]\\nloguniform = [1e-4, 1e-1]\\n'
+Sweep.create(Job.from_dict(tomllib.loads(EXAMPLE + "\\n" + space)), sys.argv[1], executor="debug")
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    codes = [main(["sweep", "status", sys.argv[1]]), main(["sweep", "status", sys.argv[1], "--json"])]
+heavy = sorted(m for m in ("torch", "twinhpc._C", "numba", "submitit") if m in sys.modules)
+print(codes, "trials: none started of 2" in out.getvalue(), heavy)
+"""
+
+
+def test_sweep_status_does_not_import_torch(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", STATUS_PROBE, str(tmp_path / "sweep")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[0, 0] True []", proc.stdout + proc.stderr
+
+
+def test_sweep_status_of_an_unknown_folder_names_it(tmp_path, capsys):
+    assert main(["sweep", "status", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: not a sweep folder" in capsys.readouterr().err
+    assert main(["sweep", "resume", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: not a sweep folder" in capsys.readouterr().err

@@ -46,6 +46,8 @@ VERBS = (
     "sbatch",
     "submit",
     "jobs",
+    "tune",
+    "sweep",
     "bench",
 )
 

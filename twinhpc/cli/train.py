@@ -1,4 +1,4 @@
-"""``twinhpc train JOB.toml [--out RUN] [--resume] [--set k=v]``."""
+"""``twinhpc train JOB.toml [--out RUN] [--resume] [--until-epoch E] [--set k=v]``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,13 @@ rank count, and leaves a complete run as it is (exit 0).
 
 SIGUSR2 or SIGTERM (from the command's start on): the ranks checkpoint after the next step and
 exit with status 255 (the requeue status); run the same command with --resume to continue
-bit-identically. A signal after the last step changes nothing (exit 0). --resume without a
+bit-identically. A signal after the last step changes nothing (exit 0).
+
+--until-epoch E trains the run as its job says (train.epochs stays the length of the learning
+-rate schedule) but stops once epoch E's records and checkpoint are committed (exit 0; the log
+says "stopped at epoch E of N (--until-epoch)"). `--resume --until-epoch E` continues it to
+epoch E; on a run already at epoch E or beyond it does nothing (exit 0). A run trained in such
+segments records exactly what one uninterrupted run records (sweeps train trials this way). --resume without a
 checkpoint starts from scratch, so a requeued batch script can always pass it. `twinhpc sbatch
 JOB.toml` writes a batch script that does this.
 Exit status: 0 done (or stopped early, or already complete), 2 an error (a bad job, data,
@@ -46,6 +52,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="take RUN's lock even if another process holds it (only when that process is gone, e.g. on a dead node)",
     )
+    p.add_argument(
+        "--until-epoch",
+        type=int,
+        metavar="E",
+        help="stop after epoch E (its checkpoint written); --resume continues the run exactly",
+    )
     add_overrides(p, "optim.lr=0.01")
     add_common(p)
     return p
@@ -65,9 +77,22 @@ def run(args) -> int:
     run_dir = run_directory(job, args.out)
     setup_logging(world.rank, args.log_dir or run_dir / "logs", name="twinhpc-train", verbose=args.verbose)
     torch.set_num_threads(job.slurm.cpus_per_task if world.size > 1 else torch.get_num_threads())
-    result = train(job, run_dir, resume=args.resume, world=world, force_unlock=args.force_unlock)
+    until = args.until_epoch
+    result = train(job, run_dir, resume=args.resume, world=world, force_unlock=args.force_unlock, until_epoch=until)
     if result.status == "preempted":
         return REQUEUE_EXIT_STATUS
+    if result.status == "until_epoch":
+        if world.is_root:
+            print(
+                f"stopped at epoch {result.epoch} of {job.train.epochs} (--until-epoch): {result.step} steps; "
+                f"results {run_dir / 'results.h5'}, checkpoint {result.checkpoint}; continue with --resume",
+                flush=True,
+            )
+        return 0
+    if result.status == "complete" and until is not None and result.epoch < job.train.epochs:
+        if world.is_root:
+            print(f"{run_dir}: at epoch {result.epoch} already (--until-epoch {until}); nothing to do", flush=True)
+        return 0
     if result.status == "complete":
         if world.is_root:
             print(

@@ -7,7 +7,8 @@ Layout (``h5dump SWEEP/sweep.h5`` shows it; h5py reads it without twinhpc)::
                         JSON), params (JSON [[key, type], ...]), rungs (int64, epochs),
                         metric, direction, budget, workers, queue (int64 trial ids),
                         created_at, updated_at, first_start (Unix seconds; NaN: none yet),
-                        busy_s, utilisation, twinhpc_version
+                        busy_s, utilisation, executor (the executor's name, "" unknown),
+                        twinhpc_version
     /trials      compound, one row per trial, by id:
                    id int64; one column per searched key, named by it ("optim.lr"), typed:
                    float64 | int64 | bool | string | string of JSON; status string; rung int64
@@ -115,6 +116,8 @@ class SweepFile:
     created_at, updated_at, first_start : Unix seconds (``first_start`` NaN before any trial ran).
     busy_s, utilisation : the trials' summed running time, and it ÷ (workers × (updated_at −
         first_start)); NaN before any trial ran.
+    executor : the name of the executor the sweep runs on (``local``, ``slurm`` ...; ``""``
+        unknown).
     """
 
     sweep: dict[str, Any]
@@ -134,6 +137,7 @@ class SweepFile:
     first_start: float = math.nan
     busy_s: float = 0.0
     utilisation: float = math.nan
+    executor: str = ""
 
 
 def _str_dtype() -> Any:
@@ -231,6 +235,7 @@ def write_sweep(path: str | os.PathLike[str], f: SweepFile) -> Path:
             attrs["queue"] = np.asarray(f.queue, dtype=np.int64)
             for name in ("created_at", "updated_at", "first_start", "busy_s", "utilisation"):
                 attrs[name] = float(getattr(f, name))
+            attrs["executor"] = f.executor
             attrs["twinhpc_version"] = __version__
             h.create_dataset("trials", data=_trial_array(f))
             h.create_dataset("reports", data=_rows_array(f.reports, _report_columns()))
@@ -293,6 +298,7 @@ def read_sweep(path: str | os.PathLike[str]) -> SweepFile:
             first_start=float(a["first_start"]),
             busy_s=float(a["busy_s"]),
             utilisation=float(a["utilisation"]),
+            executor=_text(a.get("executor", "")),
         )
         for r in h["trials"][()]:
             out.trials.append(

@@ -89,6 +89,7 @@ def train(
     prepared=None,
     progress: bool | None = None,
     force_unlock: bool = False,
+    until_epoch: int | None = None,
 ) -> TrainResult:
     """Train ``job``'s model; collective over ``world``.
 
@@ -109,12 +110,17 @@ def train(
         every ``train.progress_seconds`` (default); ``False``: nothing.
     force_unlock : take ``RUN/twinhpc.lock`` even when another process holds it (for a holder
         that is gone but cannot be proven so: another host).
+    until_epoch : stop once epoch ``until_epoch``'s records and checkpoint are committed (status
+        ``"until_epoch"``); the run is still trained as its job says (``train.epochs`` stays the
+        length of the learning-rate schedule), so ``--resume`` continues it exactly. A resumed
+        run already at that epoch or beyond is left as it is (status ``"complete"``).
 
     Returns
     -------
     TrainResult
         ``status`` is ``"preempted"`` when a signal stopped the run after a checkpoint,
-        ``"complete"`` when a resumed run had nothing left to do (nothing was written).
+        ``"complete"`` when a resumed run had nothing left to do (nothing was written),
+        ``"until_epoch"`` when it stopped at ``until_epoch`` before its end.
 
     Raises
     ------
@@ -127,20 +133,26 @@ def train(
     # -- claim the run directory (rundir.py), then set up (TrainingRun) ------------------------
     world = world or get_world()
     ensure_logging(world.rank)  # a program that set up no logging sees the CLI's lines
-    start = open_run(job, run_directory(job, out), world, resume=resume, force_unlock=force_unlock)
+    if until_epoch is not None and until_epoch < 1:
+        raise TwinError(f"--until-epoch: {until_epoch} is not an epoch (1 or more)")
+    start = open_run(
+        job, run_directory(job, out), world, resume=resume, force_unlock=force_unlock, until_epoch=until_epoch
+    )
     try:
         if start.complete is not None:
             return TrainResult(start.run_dir, "complete", start.complete["step"], start.complete["epoch"])
         run = TrainingRun(job, start.run_dir, world, prepared, resume=resume, progress=progress)
-        return _train(job, world, run)
+        return _train(job, world, run, until_epoch)
     finally:
         start.release()
 
 
-def _train(job: Job, world: World, run: TrainingRun) -> TrainResult:
-    """The loop of :func:`train` over a set-up :class:`TrainingRun` (closed on return)."""
+def _train(job: Job, world: World, run: TrainingRun, until_epoch: int | None = None) -> TrainResult:
+    """The loop of :func:`train` over a set-up :class:`TrainingRun` (closed on return); it stops
+    after epoch ``until_epoch`` (its checkpoint written) when that comes before the run's end."""
     cfg, state, loader, model, optimizer = job.train, run.state, run.loader, run.model, run.optimizer
     accumulate, status = run.accumulate, "finished"
+    last_epoch = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
     run.stop = StopSignal.install()  # before the line below: a test waits for it to send a signal
     log.info(
         "training %s on %d rank(s): %d steps per epoch of %d samples, %d epoch(s), run %s",
@@ -156,7 +168,7 @@ def _train(job: Job, world: World, run: TrainingRun) -> TrainResult:
         # an epoch whose steps are all done is still closed (validated, recorded) when the run
         # resumes from a checkpoint of its last step
         while (
-            state.epoch < cfg.epochs
+            state.epoch < last_epoch
             and (state.step < run.total_steps or state.steps_in_epoch > 0)
             and not run.stopped_early()
         ):
@@ -221,7 +233,8 @@ def _train(job: Job, world: World, run: TrainingRun) -> TrainResult:
             # -- end of the epoch: validate, record, decide ----------------------------------
             run.end_epoch(epoch, lr, t_epoch)  # the /metrics row, schedule, early-stopping counters; next epoch
             best_now = state.best_step == state.step  # train.keep_best: this epoch is the best
-            if cfg.checkpoint_every == "epoch" or state.step >= run.total_steps or best_now:
+            segment_end = state.epoch >= last_epoch  # --until-epoch: the next segment resumes here
+            if cfg.checkpoint_every == "epoch" or state.step >= run.total_steps or best_now or segment_end:
                 run.save(state.epoch)
             else:
                 run.flush_results()
@@ -237,6 +250,9 @@ def _train(job: Job, world: World, run: TrainingRun) -> TrainResult:
         status = "early_stopped" if run.stopped_early() else status
         if run.saved_step != state.step:
             run.save(state.epoch)
+        if status == "finished" and state.epoch < cfg.epochs and state.step < run.total_steps:
+            log.info("stopped at epoch %d of %d (--until-epoch)", state.epoch, cfg.epochs)
+            return run.until_epoch()
         return run.final_report(status)
     except BaseException:
         run.end_attempt("failed")

@@ -70,7 +70,7 @@ class TrainResult:
     """What :func:`~twinhpc.train.loop.train` returns (on every rank)."""
 
     run_dir: Path
-    status: str  # "finished", "early_stopped" or "preempted"
+    status: str  # "finished", "early_stopped", "preempted", "until_epoch" or "complete"
     step: int  # optimizer steps done
     epoch: int  # epochs completed
     metrics: dict = field(default_factory=dict)  # the last epoch's row of /metrics
@@ -534,6 +534,16 @@ class TrainingRun:
             self.results.end_attempt(status, self.state.step)
         self.flush_results()
         return TrainResult(self.run_dir, status, self.state.step, self.state.epoch, self.row, newest)
+
+    def until_epoch(self) -> TrainResult:
+        """Collective. The result of a run stopped by ``--until-epoch`` at the end of an epoch
+        whose checkpoint is written: its attempt ends (``until_epoch``), results.h5 is flushed
+        and no report is written (the run is not over)."""
+        if self.results is not None:
+            self.results.end_attempt("until_epoch", self.state.step)
+        self.flush_results()
+        newest = self.world.bcast(latest(self.run_dir) if self.master_process else None, name="until: checkpoint")
+        return TrainResult(self.run_dir, "until_epoch", self.state.step, self.state.epoch, self.row, newest)
 
     def end_attempt(self, reason: str) -> None:
         """Rank 0: close this process's row of ``/attempts`` with ``reason`` at the current step

@@ -143,9 +143,12 @@ def _describe_run(run_dir: Path, newest: Path | None) -> str:
     return ", ".join(parts)
 
 
-def _check_resume(job: Job, run_dir: Path, newest: Path, ranks: int) -> dict[str, Any] | None:
+def _check_resume(
+    job: Job, run_dir: Path, newest: Path, ranks: int, until_epoch: int | None = None
+) -> dict[str, Any] | None:
     """Rank 0, ``--resume`` with a checkpoint: refuse changed settings and another rank count;
-    the run's end state when it is complete (nothing written)."""
+    the run's end state when it is complete, or (``until_epoch``) has completed that epoch with
+    results.h5 holding it (nothing written)."""
     info = read_info(newest)
     recorded_json, source = info["config"], str(newest)
     if recorded_json is None:  # a checkpoint of a version that did not store the job
@@ -162,7 +165,15 @@ def _check_resume(job: Job, run_dir: Path, newest: Path, ranks: int) -> dict[str
                 f"A run continues with the settings it started with; resume with those, or train into "
                 f"another --out. (May change on resume: {', '.join(MAY_CHANGE)})"
             )
-    status = finished_status(job, info["extra"].get("loop", {}))
+    loop = info["extra"].get("loop", {})
+    status = finished_status(job, loop)
+    if status is None and until_epoch is not None and int(loop.get("epoch", 0)) >= until_epoch:
+        try:
+            done = read_results(run_dir)["epochs"] >= until_epoch
+        except TwinError:
+            done = False
+        if done:
+            return {"status": "until_epoch", "step": info["step"], "epoch": int(loop["epoch"])}
     if status is not None:
         try:
             results = read_results(run_dir)
@@ -181,7 +192,15 @@ def _check_resume(job: Job, run_dir: Path, newest: Path, ranks: int) -> dict[str
     return None
 
 
-def open_run(job: Job, run_dir: Path, world: World, *, resume: bool, force_unlock: bool = False) -> RunStart:
+def open_run(
+    job: Job,
+    run_dir: Path,
+    world: World,
+    *,
+    resume: bool,
+    force_unlock: bool = False,
+    until_epoch: int | None = None,
+) -> RunStart:
     """Collective: claim ``run_dir`` for training ``job`` (module docstring).
 
     Raises
@@ -208,7 +227,7 @@ def open_run(job: Job, run_dir: Path, world: World, *, resume: bool, force_unloc
                     f"gone, run again with --force-unlock or delete {run_dir / 'twinhpc.lock'}"
                 )
             try:
-                complete = _check_resume(job, run_dir, newest, world.size)
+                complete = _check_resume(job, run_dir, newest, world.size, until_epoch)
             except CheckpointError as e:
                 raise TwinError(str(e)) from None
             if complete is not None:
@@ -240,7 +259,9 @@ def open_run(job: Job, run_dir: Path, world: World, *, resume: bool, force_unloc
     complete = world.bcast(complete)
     if complete is not None:
         log.info(
-            "%s: the run is complete (%s at step %d, %d epoch(s)); nothing to do",
+            "%s: the run is complete (%s at step %d, %d epoch(s)); nothing to do"
+            if complete["status"] != "until_epoch"
+            else "%s: the run has reached --until-epoch (%s at step %d, %d epoch(s)); nothing to do",
             run_dir,
             complete["status"],
             complete["step"],

@@ -17,6 +17,10 @@ the last one. The rules:
   ``get_job``), then new trials at rung 0 while fewer than ``budget`` have started.
 - **Ranking**: by the metric in the sweep's direction; a NaN metric ranks below every number;
   equal metrics rank by the order of their reports (the earlier first).
+- **An early-stopped trial** (early stopping ended its run at epoch e, at or before the end of
+  its segment) reports at the rung its segment ends at, with the metric of its last epoch, and
+  is completed there (it cannot train on): its report counts at that rung for the others'
+  ranks; the decision ``complete`` says at which epoch early stopping ended it.
 - **A failed trial** frees its worker; its reports at lower rungs keep counting for the others'
   ranks. It counts against the budget.
 - **End of the budget**: once every trial has started, none is queued or running and no paused
@@ -210,8 +214,10 @@ class ASHA:
         self._finish_if_done()
         return steps
 
-    def report(self, trial: int, rung: int, metric: float) -> Decision:
+    def report(self, trial: int, rung: int, metric: float, early_stopped: int | None = None) -> Decision:
         """``trial`` reached ``rung`` with ``metric``: promote, pause or complete it.
+        ``early_stopped``: the epoch at which early stopping ended the trial's run (at or before
+        the rung's epochs): the report counts at ``rung`` and the trial is completed there.
 
         Raises
         ------
@@ -225,7 +231,10 @@ class ASHA:
             raise TuneError(f"trial {trial} reported at rung {rung}, but its segment ends at rung {t.target}")
         self.reports.append(Report(len(self.reports), trial, rung, float(metric)))
         t.reached = rung
-        if rung == self.last:
+        if early_stopped is not None:
+            t.status, t.target = "completed", -1
+            decision = self._rank_decision(trial, rung, "complete", "", early_stopped)
+        elif rung == self.last:
             t.status, t.target = "completed", -1
             decision = self._rank_decision(trial, rung, "complete", "")
         elif self._in_top(trial, rung):
@@ -298,13 +307,19 @@ class ASHA:
         self.decisions.append(decision)
         return decision
 
-    def _rank_decision(self, trial: int, rung: int, action: str, prefix: str) -> Decision:
-        """Log ``action`` for ``trial`` at ``rung`` with its rank among the rung's reports."""
+    def _rank_decision(
+        self, trial: int, rung: int, action: str, prefix: str, early_stopped: int | None = None
+    ) -> Decision:
+        """Log ``action`` for ``trial`` at ``rung`` with its rank among the rung's reports
+        (``early_stopped``: the epoch at which early stopping ended the trial)."""
         ranked = self.at_rung(rung)
         rank = next(i for i, r in enumerate(ranked, start=1) if r.trial == trial)
         metric = ranked[rank - 1].metric
         n = len(ranked)
         where = f"rung {rung} ({_epochs(self.rungs[rung])})"
+        if action == "complete" and early_stopped is not None:
+            note = f"early stopping ended it at epoch {early_stopped}: completed at {where}, rank {rank} of {n}"
+            return self._log(trial, rung, action, metric=metric, rank=rank, reports=n, note=note)
         if action == "complete":
             return self._log(
                 trial, rung, action, metric=metric, rank=rank, reports=n, note=f"rank {rank} of {n} at the last {where}"

@@ -172,7 +172,10 @@ class VerbCall(Checkpointable):
 
         job = load_job(self.job_file)
         if self.verb == "train":
-            result = train(job, self.run, resume=self.resume)
+            t = argparse.ArgumentParser(prog="twinhpc submit train", add_help=False)
+            t.add_argument("--until-epoch", type=int)
+            until = t.parse_known_args(list(self.args))[0].until_epoch
+            result = train(job, self.run, resume=self.resume, until_epoch=until)
             if result.status == "preempted":
                 raise TwinError(f"twinhpc train (run {self.run}) stopped on a signal after a checkpoint")
             return {"verb": "train", "run": self.run, "status": result.status, "step": result.step}

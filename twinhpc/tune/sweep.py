@@ -86,6 +86,8 @@ class Sweep:
     created_at: float = math.nan
     updated_at: float = math.nan
     first_start: float = math.nan
+    #: the executor the sweep runs on (its ``--executor`` name; "" unknown)
+    executor: str = ""
 
     def __post_init__(self) -> None:
         if self.job.sweep is None:
@@ -98,9 +100,12 @@ class Sweep:
 
     # -- building ----------------------------------------------------------------------------
     @classmethod
-    def create(cls, job: Job, directory: str | os.PathLike[str] | None = None, now: float | None = None) -> Sweep:
+    def create(
+        cls, job: Job, directory: str | os.PathLike[str] | None = None, now: float | None = None, executor: str = ""
+    ) -> Sweep:
         """A new sweep of ``job`` (which has a ``[sweep]`` table), written to
-        ``directory/sweep.h5`` when a folder is given.
+        ``directory/sweep.h5`` when a folder is given; ``executor``: the name of the executor it
+        runs on (recorded for ``twinhpc sweep resume``).
 
         Raises
         ------
@@ -129,6 +134,7 @@ class Sweep:
             ASHA(rungs, s.reduction_factor, direction, s.budget),
             created_at=stamp,
             updated_at=stamp,
+            executor=executor,
         )
         sweep.save(stamp)
         return sweep
@@ -180,6 +186,7 @@ class Sweep:
             f.created_at,
             f.updated_at,
             f.first_start,
+            f.executor,
         )
 
     # -- state -------------------------------------------------------------------------------
@@ -288,6 +295,7 @@ class Sweep:
             self.scheduler.fail(step.trial, f"invalid job: {e}")
             return None
         record.started_at = stamp
+        record.job_id = record.node = ""  # the segment's, once an executor has started it
         if math.isnan(self.first_start):
             self.first_start = stamp
         out = self.trial_dir(step.trial)
@@ -303,12 +311,16 @@ class Sweep:
         record.job_id, record.node, record.log = job_id or record.job_id, node or record.node, log or record.log
         self._event(stamp)
 
-    def report(self, trial: int, rung: int, metric: float, now: float | None = None) -> Decision:
+    def report(
+        self, trial: int, rung: int, metric: float, now: float | None = None, early_stopped: int | None = None
+    ) -> Decision:
         """``trial`` reached ``rung`` (an index of :attr:`rungs`) with ``metric``: the decision
-        (promote, pause or complete), recorded with the values it compared."""
+        (promote, pause or complete), recorded with the values it compared. ``early_stopped``:
+        early stopping ended the trial's run at that epoch (≤ the rung's epochs), which
+        completes the trial at ``rung`` (:meth:`ASHA.report <twinhpc.tune.asha.ASHA.report>`)."""
         stamp = time.time() if now is None else now
-        decision = self.scheduler.report(trial, rung, metric)
-        self.records[trial].epochs = self.rungs[rung]
+        decision = self.scheduler.report(trial, rung, metric, early_stopped)
+        self.records[trial].epochs = self.rungs[rung] if early_stopped is None else early_stopped
         self._segment_ended(trial, stamp)
         self._event(stamp)
         return decision
@@ -399,6 +411,7 @@ class Sweep:
             first_start=self.first_start,
             busy_s=self.busy_s(stamp),
             utilisation=self.utilisation(stamp),
+            executor=self.executor,
         )
 
     def save(self, now: float | None = None) -> None:

@@ -44,11 +44,13 @@ TRIAL_JOB_FILE = "trial.job.toml"
 @dataclass(frozen=True)
 class Launched:
     """A segment handed to an executor: the trial, the executor's job id for it (what
-    :meth:`TrialExecutor.states` takes; stored in sweep.h5's ``job_id``) and its log file."""
+    :meth:`TrialExecutor.states` takes; stored in sweep.h5's ``job_id``), its log file and,
+    when the executor knows it at launch, the node it runs on."""
 
     trial: int
     job_id: str
     log: str
+    node: str = ""
 
 
 @dataclass(frozen=True)
