@@ -37,7 +37,6 @@ from ..config.toml_writer import toml_value
 from ..errors import TwinError
 from ..io.atomic import remove_durably, writing
 from ..io.sweep import SWEEP_FILE, SweepFile, TrialRow, read_sweep
-from ..io.sweep_attrs import sweep_executor
 
 #: where the trials' run folders are, under the sweep's folder (``trials/<id:04d>``)
 TRIALS_DIR = "trials"
@@ -418,7 +417,7 @@ def sweep_report(
     except JobFileError as e:
         raise TwinError(f"{path}: the stored job: {e}") from None
     stamp = time.time() if now is None else now
-    rep = SweepReport(directory, f, job, sweep_executor(path), leaderboard(f, stamp), stamp)
+    rep = SweepReport(directory, f, job, f.executor, leaderboard(f, stamp), stamp)
     if best_file:
         rep.best_toml = write_best_toml(rep)
     if plot:

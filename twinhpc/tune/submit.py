@@ -66,7 +66,6 @@ from ..config.load import override
 from ..errors import TwinError
 from ..io.atomic import replace_durably
 from ..io.sweep import SWEEP_FILE, read_sweep
-from ..io.sweep_attrs import sweep_executor
 from ..signals import REQUEUE_EXIT_STATUS
 
 #: the verbs that can be submitted
@@ -449,7 +448,7 @@ def sweep_records(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / SWEEP_FILE
     f = read_sweep(path)
-    executor = sweep_executor(path)
+    executor = f.executor
     return [
         {
             "sweep": str(sweep_dir),
