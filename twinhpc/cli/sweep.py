@@ -79,12 +79,12 @@ def drive(sweep, args) -> int:
 
     if args.detach:
         return detach(sweep, args)
-    poll = args.poll if args.poll is not None else (0.0 if args.executor == "debug" else 5.0)
     options = {"address": args.address} if args.address else {}
     try:
         ex = executors.make(args.executor, sweep.directory, sweep.job, sweep.settings.concurrent, **options)
     except ImportError as e:
         raise TwinError(f"--executor {args.executor}: not available here ({e})") from None
+    poll = args.poll if args.poll is not None else ex.default_poll
     status = Driver(sweep, ex, poll=poll, log=not args.detached_driver).run()
     print(leaderboard(sweep), flush=True)
     return status

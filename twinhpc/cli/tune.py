@@ -56,7 +56,12 @@ def add_driver_options(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument(
         "--address", metavar="ADDR", help="--executor dask: the scheduler's address (default: a LocalCluster)"
     )
-    p.add_argument("--poll", type=float, metavar="S", help="seconds between two state queries (default 5; debug: 0)")
+    p.add_argument(
+        "--poll",
+        type=float,
+        metavar="S",
+        help="seconds between two state queries (default: the executor's: local 0.5, slurm 5, dask 0.5, debug 0)",
+    )
     p.add_argument(
         "--detach",
         action="store_true",

@@ -76,6 +76,9 @@ class TrialExecutor(abc.ABC):
 
     #: the name ``--executor`` takes
     name: str = ""
+    #: seconds between two :meth:`states` calls when ``--poll`` is not given: short where asking
+    #: costs nothing (files, futures), longer where it queries a shared service (``sacct``)
+    default_poll: float = 1.0
 
     def __init__(self, directory: Path, job: Job, concurrent: int) -> None:
         self.directory = Path(directory)

@@ -28,6 +28,7 @@ class DebugExecutor(TrialExecutor):
     """Trial segments in this process (module docstring)."""
 
     name = "debug"
+    default_poll = 0.0
 
     def __init__(self, directory: Path, job: Job, concurrent: int, **options: object) -> None:
         super().__init__(directory, job, concurrent)

@@ -109,6 +109,7 @@ class LocalExecutor(TrialExecutor):
     """Trial segments as submitit local jobs (module docstring)."""
 
     name = "local"
+    default_poll = 0.5  # states are read from files and pids
 
     def __init__(self, directory: Path, job: Job, concurrent: int, **options: object) -> None:
         super().__init__(directory, job, concurrent)
