@@ -22,6 +22,7 @@ machine, ``mpirun -n N`` when the job's ``[slurm]`` table gives N > 1 ranks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -105,6 +106,14 @@ def error_line(log: Path) -> str:
     return lines[-1] if lines else f"the log {log} is empty"
 
 
+def _reap(job: LocalJob[Any], timeout: float = 30.0) -> None:
+    """Wait (at most ``timeout`` s) for the process of a job that wrote its result to exit, so
+    that a segment reported ended no longer counts as running when the next is launched."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        if job._process is not None:
+            job._process.wait(timeout=timeout)
+
+
 class LocalExecutor(TrialExecutor):
     """Trial segments as submitit local jobs (module docstring)."""
 
@@ -155,6 +164,8 @@ class LocalExecutor(TrialExecutor):
             ended = own is not None and own._process is not None and own._process.poll() is not None
             if result.exists():
                 outcome = result_outcome(result.read_bytes())
+                if outcome is not None and own is not None and not ended:
+                    _reap(own)  # its process ends right after writing the result: a free worker
                 if outcome == "success":
                     out[jid] = SegmentState(jid, "done", host, log=str(log))
                 elif outcome is None:  # being written
