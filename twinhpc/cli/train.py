@@ -46,6 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="take RUN's lock even if another process holds it (only when that process is gone, e.g. on a dead node)",
     )
+    p.add_argument("--until-epoch", type=int, metavar="E", help="stop after epoch E (TEMP stand-in: caps train.epochs)")
     add_overrides(p, "optim.lr=0.01")
     add_common(p)
     return p
@@ -62,6 +63,10 @@ def run(args) -> int:
 
     world = get_world()
     job = world.run(lambda: load_job(args.job, args.overrides))
+    if args.until_epoch is not None and args.until_epoch < job.train.epochs:  # TEMP stand-in
+        from ..config import override
+
+        job = override(job, {"train.epochs": args.until_epoch}, where="--until-epoch")
     run_dir = run_directory(job, args.out)
     setup_logging(world.rank, args.log_dir or run_dir / "logs", name="twinhpc-train", verbose=args.verbose)
     torch.set_num_threads(job.slurm.cpus_per_task if world.size > 1 else torch.get_num_threads())
