@@ -3,7 +3,8 @@
 # as root, without systemd or cgroups: the recipe verified in shared/SETUP-NOTES.md (30-slurm-up.sh),
 # made idempotent. Used by scripts/test.sh for the Slurm integration tests; stop it with
 # scripts/slurm-down.sh. SLURM_CPUS (default 4) CPUs are declared so that 4 one-CPU tasks fit on
-# 2 cores. Does nothing when a cluster already answers.
+# 2 cores. MaxArraySize=4, so that sweeps of more trials are split into several arrays.
+# Does nothing when a cluster already answers.
 set -euo pipefail
 export SLURM_CPUS=${SLURM_CPUS:-4}
 if command -v sinfo >/dev/null 2>&1 && scontrol ping >/dev/null 2>&1 && sinfo -h -o %t 2>/dev/null | grep -qx idle; then
@@ -53,6 +54,8 @@ SlurmdTimeout=300
 InactiveLimit=0
 KillWait=5
 MinJobAge=300
+# arrays of at most 4 elements (indices 0-3): the sweep executor's splitting of larger arrays is tested for real
+MaxArraySize=4
 # accept a NodeName line that differs from the hardware (SLURM_CPUS > real cores)
 SlurmdParameters=config_overrides
 NodeName=$H CPUs=$NCPU RealMemory=$MEM State=UNKNOWN

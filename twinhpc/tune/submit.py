@@ -47,6 +47,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -344,16 +345,40 @@ def _append_record(
     write_json(run_dir / RECORD, {"submissions": records})
 
 
+#: what :func:`slurm_states` reads of each job from sacct
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "NodeList", "Submit", "Start", "End")
+#: a row of sacct for the pending elements of an array: ``1234_[5-9,12%2]``
+_ARRAY_ROW = re.compile(r"^(?P<array>\d+)_\[(?P<ranges>[\d,\-]+)(?:%\d+)?\]$")
+
+
+def _array_elements(job_id: str) -> list[str]:
+    """The element ids a row of sacct stands for: itself, or each pending element of a row
+    ``1234_[5-9%2]``."""
+    m = _ARRAY_ROW.match(job_id)
+    if m is None:
+        return [job_id]
+    out = []
+    for part in m["ranges"].split(","):
+        first, _, last = part.partition("-")
+        out += [f"{m['array']}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return out
+
+
 def slurm_states(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-    """State, exit code, elapsed time and nodes of Slurm jobs, with one ``sacct`` call (one
-    ``squeue`` call when accounting does not answer); the newest row of a requeued job counts."""
+    """State, exit code, elapsed time, nodes and the submit, start and end times of Slurm jobs,
+    with one ``sacct`` call, and one ``squeue`` call for the ids sacct does not know (yet: slurmctld
+    tells accounting a new job a moment after ``sbatch``; or accounting does not answer). The
+    newest row of a requeued job counts. An array element (``1234_5``) is asked for through its
+    array (``1234``): sacct lists the elements that have not started as one row ``1234_[5-9%2]``.
+    Ids neither knows are not in the answer."""
     if not job_ids:
         return {}
-    ids = ",".join(job_ids)
+    wanted = set(job_ids)
+    asked = ",".join(sorted({j.split("_")[0] for j in wanted}))
     out: dict[str, dict[str, str]] = {}
     try:
         r = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-j", ids, "-o", "JobID,State,ExitCode,Elapsed,NodeList"],
+            ["sacct", "-X", "-n", "-P", "-j", asked, "-o", ",".join(SACCT_FIELDS)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -361,20 +386,46 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
     except (FileNotFoundError, subprocess.TimeoutExpired):
         r = None
     if r is not None and r.returncode == 0:
-        for line in r.stdout.splitlines():
-            parts = line.split("|")
-            if len(parts) == 5:
-                jid, state, code, elapsed, nodes = parts
-                out[jid] = {"state": state.split()[0], "exit_code": code, "elapsed": elapsed, "nodes": nodes}
+        rows = [line.split("|") for line in r.stdout.splitlines()]
+        rows = [row for row in rows if len(row) == len(SACCT_FIELDS)]
+        rows.sort(key=lambda row: _ARRAY_ROW.match(row[0]) is None)  # an element's own rows win
+        for jid, state, code, elapsed, nodes, submitted, start, end in rows:
+            for element in _array_elements(jid):
+                if element in wanted:
+                    out[element] = {
+                        "state": state.split()[0] if state else "UNKNOWN",
+                        "exit_code": code,
+                        "elapsed": elapsed,
+                        "nodes": nodes,
+                        "submit": submitted,
+                        "start": start,
+                        "end": end,
+                    }
+    missing = sorted(wanted - set(out))
+    if not missing:
         return out
     try:
-        q = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i|%T|%M|%N"], capture_output=True, text=True, timeout=60)
+        q = subprocess.run(
+            ["squeue", "-h", "-r", "-j", ",".join(missing), "-o", "%i|%T|%M|%N|%V|%S"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return out
     for line in q.stdout.splitlines():
         parts = line.split("|")
-        if len(parts) == 4:
-            out[parts[0]] = {"state": parts[1], "exit_code": "", "elapsed": parts[2], "nodes": parts[3]}
+        if len(parts) == 6 and parts[0] in wanted:
+            jid, state, elapsed, nodes, submitted, start = parts
+            out[jid] = {
+                "state": state,
+                "exit_code": "",
+                "elapsed": elapsed,
+                "nodes": nodes,
+                "submit": submitted,
+                "start": start,
+                "end": "Unknown",
+            }
     return out
 
 
@@ -396,6 +447,27 @@ def result_outcome(data: bytes) -> str | None:
     except ValueError:
         return None
     return None
+
+
+def result_error(data: bytes) -> str | None:
+    """The last line of the traceback in submitit's error result ``("error", TRACEBACK)`` (the
+    exception and its message), read from the pickle's opcodes like :func:`result_outcome`;
+    ``None`` for a success or data that holds no such pair."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in _STRING_OPCODES:
+                strings.append(str(arg))
+                if len(strings) == 2:
+                    break
+    except ValueError:
+        return None
+    if len(strings) < 2 or strings[0] != "error":
+        return None
+    lines = [line for line in strings[1].splitlines() if line.strip()]
+    return lines[-1].strip() if lines else None
 
 
 def _local_state(record: dict[str, Any]) -> str:

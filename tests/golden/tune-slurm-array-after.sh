@@ -1,0 +1,21 @@
+#!/bin/bash
+
+# Parameters
+#SBATCH --array=0-3%1
+#SBATCH --cpus-per-task=2
+#SBATCH --dependency=afterany:1234
+#SBATCH --error=SWEEP/executor/slurm/%A_%a_0_log.err
+#SBATCH --job-name=digits-sweep
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=2
+#SBATCH --open-mode=append
+#SBATCH --output=SWEEP/executor/slurm/%A_%a_0_log.out
+#SBATCH --partition=cpu
+#SBATCH --requeue
+#SBATCH --signal=USR2@180
+#SBATCH --time=90
+#SBATCH --wckey=submitit
+
+# command
+export SUBMITIT_EXECUTOR=slurm
+srun --unbuffered --output SWEEP/executor/slurm/%A_%a_%t_log.out --error SWEEP/executor/slurm/%A_%a_%t_log.err COMMAND
