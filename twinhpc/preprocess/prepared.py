@@ -405,7 +405,12 @@ def _tfidf_width(world: World, directory: Path, manifest: Manifest, transform: T
 
 
 def preprocess(
-    job: Job, *, world: World | None = None, force: bool = False, command: str | None = None
+    job: Job,
+    *,
+    world: World | None = None,
+    force: bool = False,
+    command: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
     """Fit on the training split and write ``job.preprocessed_dir`` (collective).
 
@@ -413,19 +418,24 @@ def preprocess(
     ----------
     force : rewrite even when the recorded fingerprint matches.
     command : the command line recorded in the manifest's provenance.
+    allow_nonfinite : replace the NaN and inf values of the numeric input fields (tabular data)
+        by their column's mean over the finite training values, instead of refusing them.
 
     Returns
     -------
     dict
         ``status`` (``"written"`` or ``"up to date"``), ``path``, ``kind``, ``fingerprint``,
-        ``samples`` (per split), ``seconds`` and ``summary`` (one line on the fitted state); the
-        same on every rank.
+        ``samples`` (per split), ``seconds``, ``summary`` (one line on the fitted state) and
+        ``imputed`` (``{field: {split: values replaced}}``, with ``allow_nonfinite``); the same
+        on every rank.
 
     Raises
     ------
     TwinError
-        On every rank when any rank fails (a bad key, an unreadable shard ...); nothing is then
-        left under ``job.preprocessed_dir`` but what was there before.
+        On every rank when any rank fails (a bad key, an unreadable shard, a NaN or inf value
+        in a numeric input field without ``allow_nonfinite``: naming the field, the split and
+        the first sample holding one); nothing is then left under ``job.preprocessed_dir`` but
+        what was there before.
     """
     world = world or get_world()
     world.stall_timeout = job.train.stall_timeout
@@ -448,6 +458,7 @@ def preprocess(
             "seconds": time.perf_counter() - t0,
         }
 
+    imputed = _check_nonfinite(world, source, manifest, plan, allow_nonfinite, job.data.train_split)
     transform = _fit(world, job, manifest, plan)
     shards = _all_shards(manifest)
     mine = [shards[i] for i in fit.share([s.shards[i].count for s, i in shards], world.rank, world.size)]
@@ -506,6 +517,7 @@ def preprocess(
                     "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                     "ranks": world.size,
                     "state": STATE,
+                    **({"nonfinite_imputed": imputed} if imputed else {}),
                 },
             ).save(tmp)
             write_state(
@@ -528,7 +540,41 @@ def preprocess(
         "kind": transform.kind,
         "summary": _summary(transform),
         "seconds": time.perf_counter() - t0,
+        "imputed": imputed,
     }
+
+
+def _check_nonfinite(
+    world: World, source: Path, manifest: Manifest, plan: Plan, allow: bool, train_split: str
+) -> dict[str, dict[str, int]]:
+    """Collective. The NaN and inf values of the numeric inputs that ``preprocess`` standardises
+    (tabular data), in every split: a :class:`TwinError` on every rank naming the field, the split
+    and the first sample, or with ``allow`` the count per field and split (logged)."""
+    if plan.kind != "tabular" or not plan.numeric:
+        return {}
+    found = fit.scan_nonfinite(world, source, manifest.splits, plan.numeric)
+    if not found:
+        return {}
+    if not allow:
+        first, more = found[0], sum(f.count for f in found[1:])
+        also = f" (and {more} more in {', '.join(sorted({f'{f.field}/{f.split}' for f in found[1:]}))})" if more else ""
+        raise TwinError(
+            f"{source}: field {first.field!r}, split {first.split!r}: {first.count} NaN or inf value(s), the first "
+            f"in sample {first.first}{also}; preprocess standardises this field and cannot use them: fix the data, "
+            f"or run `twinhpc preprocess --allow-nonfinite` to replace each by its column's mean over the finite "
+            f"values of split {train_split!r}"
+        )
+    imputed: dict[str, dict[str, int]] = {}
+    for f in found:
+        imputed.setdefault(f.field, {})[f.split] = f.count
+    if world.is_root:
+        log.warning(
+            "%s: %d NaN or inf value(s) replaced by their column's training mean (--allow-nonfinite): %s",
+            source,
+            sum(f.count for f in found),
+            ", ".join(f"{f.field}/{f.split} {f.count}" for f in found),
+        )
+    return imputed
 
 
 def _summary(transform) -> str:
