@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.fixtures import write_cifar10, write_csv, write_imdb, write_npz
+from tests.fixtures import small_cnn_job, write_cifar10, write_csv, write_imdb, write_npz
 from twinhpc.config import Job, override
 from twinhpc.data.format import Manifest
 from twinhpc.data.ingest import ingest
@@ -368,6 +368,39 @@ def test_nonfinite_features_are_refused_or_imputed_with_the_finite_mean(tmp_path
     got = whole_split(prep.dataset_dir, "train")["x"]
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, (np.where(np.isfinite(bad), bad, mean) - mean) / std, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape,hint",
+    [((8, 8, 3), "store images as uint8"), ((16,), ""), ((8, 8), "")],
+    ids=["float32-image", "1-d-features", "float32-2d"],
+)
+def test_inputs_a_model_cannot_read_are_one_line_before_training(tmp_path, cli, shape, hint):
+    """A float32 image array (or 1-D features) with a CNN job: preprocessed as tabular features
+    (fine for mlp), but `train` with model cnn would crash in conv2d; both verbs say it in one line."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", x=rng.random((24, *shape), dtype=np.float32), y=np.arange(24) % 3)
+    ingest("npz", tmp_path / "a.npz", tmp_path / "data")
+    body = small_cnn_job(tmp_path / "data") + f'[preprocess]\nout = "{tmp_path / "pre"}"\n'
+    (tmp_path / "cnn.toml").write_text(body)
+    (tmp_path / "mlp.toml").write_text(body.replace('name = "cnn"', 'name = "mlp"').replace("channels = 4\n", ""))
+    want = (
+        f"model.name: is 'cnn', which reads one uint8 image field of per-sample shape (height, width, channels), "
+        f"but the input field(s) of dataset {tmp_path / 'data'} are 'x' (float32, per-sample shape {shape})"
+    )
+    r = cli("preprocess", tmp_path / "cnn.toml")
+    err = r.stderr.strip().splitlines()
+    assert (
+        r.returncode == 2
+        and len(err) == 1
+        and err[0].startswith(f"twinhpc preprocess: error: {want}")
+        and hint in err[0]
+    )
+    assert cli("preprocess", tmp_path / "mlp.toml").returncode == 0  # tabular features: fine for mlp
+    r = cli("train", tmp_path / "cnn.toml", "--out", tmp_path / "run")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and want in err[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run" / "results.h5").exists()
 
 
 def test_regression_labels_and_task_check(tmp_path):

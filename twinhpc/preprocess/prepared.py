@@ -64,7 +64,7 @@ import numpy as np
 from .. import __version__, models
 from ..comm.world import World, get_world
 from ..config import Job, JobFileError
-from ..data.format import Manifest, SplitInfo
+from ..data.format import FieldSpec, Manifest, SplitInfo
 from ..data.shards import write_shard
 from ..data.staging import install, staging
 from ..errors import DatasetError, TwinError
@@ -108,6 +108,8 @@ class Plan:
                 "data.inputs", f"a text or image field must be the only input, got {[f.name for f in self.inputs]}"
             )
         self.kind = "text" if texts else "image" if images else "tabular"
+        if job.model.name in models.names():
+            _check_model_input(job.model.name, self.kind, self.inputs, job.data.dataset)
         self.categorical = [
             (f.name, manifest.categorical[f.name[4:]])
             for f in self.inputs
@@ -156,6 +158,37 @@ class Plan:
             "text_mode": self.text_mode,
             f"preprocess.{self.kind}": table,
         }
+
+
+#: a model's input kind → the inputs it can read, in words
+MODEL_EXPECTS = {
+    "image": "one uint8 image field of per-sample shape (height, width, channels)",
+    "tokens": "one text field (read as token ids)",
+    "vector": "numeric fields (flattened into one feature vector) or one text field (TF-IDF)",
+}
+#: a model's input kind → the kinds of :class:`Plan` it can read
+MODEL_READS = {"image": ("image",), "tokens": ("text",), "vector": ("tabular", "text")}
+
+
+def _check_model_input(model: str, kind: str, inputs: tuple[FieldSpec, ...], dataset: str) -> None:
+    """Raise :class:`JobFileError` (key ``model.name``) when the registered ``model`` cannot read
+    the job's ``inputs`` (of :class:`Plan` kind ``kind``): one line naming each input field,
+    its dtype and per-sample shape, and what the model reads."""
+    reads = models.input_kind(model)
+    if kind in MODEL_READS[reads]:
+        return
+    fields = ", ".join(f"{f.name!r} ({f.dtype}, per-sample shape {f.shape})" for f in inputs)
+    hint = ""
+    if reads == "image":
+        if any(len(f.shape) == 3 and not f.is_text for f in inputs):
+            hint = "; store images as uint8 values 0-255 (a float array is read as tabular features)"
+        elif any(len(f.shape) == 2 and f.dtype == "uint8" for f in inputs):
+            hint = "; a greyscale image needs a channel axis: shape (height, width, 1)"
+    raise JobFileError(
+        "model.name",
+        f"is {model!r}, which reads {MODEL_EXPECTS[reads]}, but the input field(s) of dataset {dataset} are "
+        f"{fields}{hint}",
+    )
 
 
 def fingerprint(settings: dict[str, Any], manifest: Manifest) -> str:
