@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.fixtures import write_cifar10, write_csv, write_imdb, write_npz
+from tests.fixtures import small_cnn_job, write_cifar10, write_csv, write_imdb, write_npz
 from twinhpc.config import Job, override
 from twinhpc.data.format import Manifest
 from twinhpc.data.ingest import ingest
@@ -182,7 +182,7 @@ def test_new_data_is_mapped_by_name_to_the_training_levels_classes_and_columns(t
     import dataclasses
 
     job = make_job(table, tmp_path)
-    preprocess(job)
+    preprocess(job, allow_nonfinite=True)  # the fixture's CSV has empty (missing) numbers
     prep = open_prepared(job)
     source = Manifest.load(table)
     levels = source.categorical["color"]  # ('', 'blue, dark', 'green', 'red')
@@ -300,7 +300,14 @@ print(sorted(m for m in sys.modules if m == "torch" or m.startswith("twinhpc.mod
 # -- tables -------------------------------------------------------------------------------------
 def test_tabular_standardisation_and_one_hot(table, tmp_path):
     job = make_job(table, tmp_path)
-    preprocess(job)
+    with pytest.raises(
+        TwinError, match=r"field 'x', split '(train|val|test)': \d+ NaN or inf value\(s\), the first in"
+    ):
+        preprocess(job)  # the fixture's CSV has empty (missing) numbers
+    missing = {s: int(np.isnan(whole_split(table, s)["x"]).sum()) for s in ("train", "val", "test")}
+    result = preprocess(job, allow_nonfinite=True)
+    assert result["imputed"] == {"x": {s: n for s, n in missing.items() if n}}
+    assert Manifest.load(tmp_path / "pre").provenance["nonfinite_imputed"] == result["imputed"]
     prep = open_prepared(job)
     train = whole_split(table, "train")["x"].astype(np.float64)
     mean, std = np.nanmean(train, 0), np.nanstd(train, 0)
@@ -316,6 +323,84 @@ def test_tabular_standardisation_and_one_hot(table, tmp_path):
         np.testing.assert_allclose(x.numpy(), np.concatenate([want, onehot], 1), rtol=1e-5, atol=1e-6)
         assert y.tolist() == src["label"].tolist()
     assert np.isnan(whole_split(table, "train")["x"]).any() or np.isnan(whole_split(table, "test")["x"]).any()
+
+
+def test_nonfinite_features_are_refused_or_imputed_with_the_finite_mean(tmp_path, cli):
+    """One inf in sample 5 of the training split must not spoil the statistics of every sample
+    (a mean of inf made every value of the column NaN, and training then blamed innocent
+    samples): refused by default, naming field, split and sample; imputed on request."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(20, 3)).astype(np.float32)
+    y = np.arange(20) % 2
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    ingest("npz", tmp_path / "a.npz", tmp_path / "data", val_fraction=0, test_fraction=0, shards=2)
+    # the split's order depends on the sample count and seed only: place the bad values by it
+    order = [int(np.flatnonzero((x == row).all(1))[0]) for row in whole_split(tmp_path / "data", "train")["x"]]
+    bad = x.copy()
+    bad[order[5], 1], bad[order[12], 1], bad[order[12], 2] = np.inf, -np.inf, np.nan
+    np.savez(tmp_path / "a.npz", x=bad, y=y)
+    ingest("npz", tmp_path / "a.npz", tmp_path / "data", val_fraction=0, test_fraction=0, shards=2, overwrite=True)
+    bad = bad[order]
+    assert np.array_equal(whole_split(tmp_path / "data", "train")["x"], bad, equal_nan=True)
+    job = make_job(tmp_path / "data", tmp_path)
+    with pytest.raises(TwinError) as e:
+        preprocess(job)
+    assert "field 'x', split 'train': 3 NaN or inf value(s), the first in sample 5;" in str(e.value)
+    assert "--allow-nonfinite" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "pre").exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+    (tmp_path / "job.toml").write_text(
+        f'[data]\ndataset = "{tmp_path / "data"}"\n[preprocess]\nout = "{tmp_path / "pre"}"\n[model]\nname = "mlp"\n'
+    )
+    r = cli("preprocess", tmp_path / "job.toml")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "sample 5" in err[0] and not (tmp_path / "pre").exists()
+    r = cli("preprocess", tmp_path / "job.toml", "--allow-nonfinite")
+    assert r.returncode == 0, r.stderr
+    assert "x: 3 NaN/inf value(s) replaced by the column's training mean (train 3)" in r.stdout
+
+    prep = open_prepared(job)
+    finite = np.where(np.isfinite(bad), bad, np.nan).astype(np.float64)
+    mean, std = np.nanmean(finite, 0), np.nanstd(finite, 0)
+    transform, _ = read_state(prep.dataset_dir / STATE)
+    np.testing.assert_allclose(transform.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(transform.std, std, rtol=1e-12)
+    got = whole_split(prep.dataset_dir, "train")["x"]
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, (np.where(np.isfinite(bad), bad, mean) - mean) / std, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape,hint",
+    [((8, 8, 3), "store images as uint8"), ((16,), ""), ((8, 8), "")],
+    ids=["float32-image", "1-d-features", "float32-2d"],
+)
+def test_inputs_a_model_cannot_read_are_one_line_before_training(tmp_path, cli, shape, hint):
+    """A float32 image array (or 1-D features) with a CNN job: preprocessed as tabular features
+    (fine for mlp), but `train` with model cnn would crash in conv2d; both verbs say it in one line."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", x=rng.random((24, *shape), dtype=np.float32), y=np.arange(24) % 3)
+    ingest("npz", tmp_path / "a.npz", tmp_path / "data")
+    body = small_cnn_job(tmp_path / "data") + f'[preprocess]\nout = "{tmp_path / "pre"}"\n'
+    (tmp_path / "cnn.toml").write_text(body)
+    (tmp_path / "mlp.toml").write_text(body.replace('name = "cnn"', 'name = "mlp"').replace("channels = 4\n", ""))
+    want = (
+        f"model.name: is 'cnn', which reads one uint8 image field of per-sample shape (height, width, channels), "
+        f"but the input field(s) of dataset {tmp_path / 'data'} are 'x' (float32, per-sample shape {shape})"
+    )
+    r = cli("preprocess", tmp_path / "cnn.toml")
+    err = r.stderr.strip().splitlines()
+    assert (
+        r.returncode == 2
+        and len(err) == 1
+        and err[0].startswith(f"twinhpc preprocess: error: {want}")
+        and hint in err[0]
+    )
+    assert cli("preprocess", tmp_path / "mlp.toml").returncode == 0  # tabular features: fine for mlp
+    r = cli("train", tmp_path / "cnn.toml", "--out", tmp_path / "run")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and want in err[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run" / "results.h5").exists()
 
 
 def test_regression_labels_and_task_check(tmp_path):

@@ -208,3 +208,88 @@ def test_bad_files_are_named(tmp_path):
     truncated.write_bytes((tmp_path / "results.h5").read_bytes()[:3000])
     with pytest.raises(TwinError, match=rf"{truncated}: unreadable results file"):
         read_results(truncated)
+
+
+def test_the_file_describes_itself(tmp_path, monkeypatch):
+    """Every dataset has units and a description; /metrics/epoch numbers the rows from 1; the
+    root names the command, version, source commit, and the start and end (ISO 8601 UTC), the
+    end moved on by every flush and the start kept by a resume."""
+    import datetime as dt
+
+    from twinhpc import __version__
+
+    clock = [1_800_000_000.0]
+    monkeypatch.setattr(results_mod.time, "time", lambda: clock[0])
+    w = ResultsWriter(tmp_path, CONFIG, ENV, command="twinhpc train job.toml --out 'my run'")
+    w.append_epoch({"loss": 1.0, "val_f1": 0.5, "custom_s": 2.0}, timing={"data_wait": 0.1, "io_wait": 0.2})
+    w.append_steps({"step": [1], "loss": [1.0]})
+    w.flush()
+    with h5py.File(tmp_path / "results.h5") as f:
+        datasets = []
+        f.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
+        assert {n for n, _ in datasets} >= {"metrics/epoch", "metrics/val_f1", "timing/io_wait", "steps/step"}
+        for name, ds in datasets:
+            assert isinstance(ds.attrs["units"], str) and ds.attrs["units"], name
+            assert isinstance(ds.attrs["description"], str) and len(ds.attrs["description"]) > 10, name
+        assert f["metrics/epoch"].attrs["units"] == "1" and f["metrics/epoch"][()].tolist() == [1]
+        assert f["timing/io_wait"].attrs["units"] == "s" and f["metrics/custom_s"].attrs["units"] == "s"
+        assert "macro F1" in f["metrics/val_f1"].attrs["description"]
+        assert "validation" in f["metrics/val_f1"].attrs["description"]
+    r = read_results(tmp_path)
+    assert r["command"] == "twinhpc train job.toml --out 'my run'" and r["twinhpc_version"] == __version__
+    assert r["source_commit"] == results_mod.source_commit() and "epoch" not in r["metrics"]
+    assert r["start_time"] == r["end_time"] == "2027-01-15T08:00:00Z"
+    assert dt.datetime.fromisoformat(r["start_time"]).timestamp() == clock[0]
+
+    clock[0] += 3600
+    w.append_epoch({"loss": 0.5})
+    w.flush()
+    r = read_results(tmp_path)
+    assert (r["start_time"], r["end_time"]) == ("2027-01-15T08:00:00Z", "2027-01-15T09:00:00Z")
+    assert r["epoch"].tolist() == [1, 2] and r["epochs"] == 2
+    clock[0] += 3600  # a resume from a checkpoint's records, or from the file, keeps the start
+    for again in (
+        ResultsWriter(tmp_path, CONFIG, ENV, rows=w.rows()),
+        ResultsWriter(tmp_path, CONFIG, ENV, resume=True),
+    ):
+        again.flush()
+        r = read_results(tmp_path)
+        assert (r["start_time"], r["end_time"]) == ("2027-01-15T08:00:00Z", "2027-01-15T10:00:00Z")
+        assert r["epoch"].tolist() == [1, 2] and set(r["metrics"]) == {"loss", "val_f1", "custom_s"}
+
+
+def test_a_file_without_the_new_entries_still_reads(tmp_path):
+    """A results.h5 written before /metrics/epoch and the root's run attributes existed."""
+    small_run(tmp_path)
+    with h5py.File(tmp_path / "results.h5", "a") as f:
+        del f["metrics/epoch"]
+        for k in ("command", "twinhpc_version", "source_commit", "start_time", "end_time"):
+            del f.attrs[k]
+    r = read_results(tmp_path)
+    assert r["epoch"].tolist() == [1, 2, 3] and r["epochs"] == 3 and "epoch" not in r["metrics"]
+    assert (r["command"], r["source_commit"], r["start_time"]) == ("", "unknown", "")
+
+
+def test_command_line_and_source_commit(tmp_path):
+    import subprocess
+
+    assert results_mod.command_line(["/v/bin/twinhpc", "train", "a b.toml"]) == "twinhpc train 'a b.toml'"
+    assert results_mod.command_line(["/src/twinhpc/__main__.py", "train", "j.toml"]) == "twinhpc train j.toml"
+    assert results_mod.command_line(["prog.py", "-x"]) == "prog.py -x"
+    # this checkout: what git says (a worktree's .git file, loose or packed refs)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    if head.returncode == 0:
+        assert results_mod.source_commit() == head.stdout.strip()
+    # not a checkout, a damaged one, a detached head, a packed ref: never an error
+    assert results_mod.source_commit(tmp_path) == "unknown"
+    (tmp_path / ".git").mkdir()
+    assert results_mod.source_commit(tmp_path) == "unknown"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    (tmp_path / ".git" / "HEAD").write_text(sha + "\n")
+    assert results_mod.source_commit(tmp_path) == sha
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    assert results_mod.source_commit(tmp_path) == "unknown"
+    (tmp_path / ".git" / "packed-refs").write_text(f"# pack-refs with: peeled\n{sha} refs/heads/main\n")
+    assert results_mod.source_commit(tmp_path) == sha
+    (tmp_path / ".git" / "HEAD").write_bytes(b"\xff\xfe")
+    assert results_mod.source_commit(tmp_path) == "unknown"

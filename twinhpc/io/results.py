@@ -3,7 +3,9 @@
 Layout (format ``twinhpc-results`` version 1; ``docs/results-format.md`` is the user-facing
 description, ``tests/golden/results-layout.txt`` the checked one)::
 
-    /                  attrs: format, version, config (job JSON), environment (JSON)
+    /                  attrs: format, version, config (job JSON), environment (JSON), command,
+                              twinhpc_version, source_commit, start_time, end_time (ISO 8601 UTC)
+    /metrics/epoch     int64   [epochs]   the epoch of each row, from 1 (as the log and report)
     /metrics/<name>    float64 [epochs]   one row per epoch: loss, val_loss, val_accuracy, lr, ...
     /steps/step        int64   [records]  the optimizer step of each per-step record
     /steps/<name>      float64 [records]  loss, lr, step_time_s, ... at those steps
@@ -13,23 +15,30 @@ description, ``tests/golden/results-layout.txt`` the checked one)::
                                           host, ranks, start, end, first_step, last_step, reason
 
 Every 1-D array is chunked with an unlimited maximum shape. A name missing from some rows
-holds NaN there, so every array of a group has the group's length.
+holds NaN there, so every array of a group has the group's length. Every dataset has the
+attributes ``units`` (UDUNITS-style: ``"s"``, ``"1"`` for a number without unit, ...) and
+``description`` (:func:`describe`).
 
 Only rank 0 writes (:class:`ResultsWriter`); anyone reads (:func:`read_results`).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import os
+import re
+import shlex
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..errors import TwinError
 from . import atomic
 
@@ -52,6 +61,136 @@ FORMAT_VERSION = 1
 RESULTS = "results.h5"
 #: rows per HDF5 chunk of every growable array (8 KiB of float64)
 CHUNK_ROWS = 1024
+#: ``source_commit`` when the source is not a git checkout (an installed package)
+UNKNOWN = "unknown"
+
+#: (units, description) of the datasets with a fixed meaning, by path; :func:`describe` adds the
+#: names made from a metric (``val_<metric>``, the training metric) and the others
+DESCRIPTIONS: dict[str, tuple[str, str]] = {
+    "metrics/epoch": ("1", "epoch of each row, from 1 (the numbering of the log and of twinhpc report)"),
+    "metrics/loss": (
+        "1",
+        "mean training loss of the epoch's optimizer steps, averaged over the ranks (train.loss: cross_entropy "
+        "in nats; a regression loss in the target's units, squared for mse)",
+    ),
+    "metrics/val_loss": ("1", "mean loss over the validation split (data.val_split) at the end of the epoch"),
+    "metrics/lr": ("1", "learning rate of the epoch's last optimizer step"),
+    "metrics/epoch_time_s": ("s", "wall time of the epoch: its training steps and its validation"),
+    "metrics/samples_per_s": ("1/s", "training samples per second over all ranks (validation excluded)"),
+    "steps/step": ("1", "optimizer step of each per-step record, from 1 (every train.log_every steps)"),
+    "steps/loss": ("1", "training loss of the step, averaged over the ranks and micro-batches"),
+    "steps/lr": ("1", "learning rate of the step"),
+    "steps/step_time_s": ("s", "wall time of the step on rank 0"),
+    "timing/data_wait": ("s", "seconds rank 0 waited for batches in the epoch"),
+    "timing/forward_backward": ("s", "seconds of forward and backward passes in the epoch (rank 0)"),
+    "timing/communication": ("s", "seconds of the gradient all-reduce not hidden by computation in the epoch (rank 0)"),
+    "timing/optimizer": ("s", "seconds of gradient clipping and optimizer updates in the epoch (rank 0)"),
+    "report/classes": ("1", "class names, in class-index order"),
+    "report/confusion": ("1", "samples per true class (row) and predicted class (column)"),
+    "report/precision": ("1", "precision per class (0 where undefined)"),
+    "report/recall": ("1", "recall per class (0 where undefined)"),
+    "report/f1": ("1", "F1 score per class (0 where undefined)"),
+    "report/support": ("1", "samples per true class"),
+    "attempts/job_id": ("1", "Slurm job id (SLURM_JOB_ID); empty outside Slurm"),
+    "attempts/restart": ("1", "SLURM_RESTART_COUNT: 0 for a job's first run, k for its k-th requeue"),
+    "attempts/host": ("1", "rank 0's host name"),
+    "attempts/ranks": ("1", "number of ranks"),
+    "attempts/start": ("s", "start, in seconds since 1970-01-01 UTC (Unix time)"),
+    "attempts/end": ("s", "end, in seconds since 1970-01-01 UTC (Unix time); NaN while running and when killed"),
+    "attempts/first_step": ("1", "optimizer step the attempt started from (0, or the checkpoint it resumed)"),
+    "attempts/last_step": ("1", "optimizer step the attempt reached"),
+    "attempts/reason": (
+        "1",
+        "how the attempt ended: finished, early_stopped, preempted, failed; running; killed (found running later)",
+    ),
+}
+#: metric name → (units, what it is); validation ones are ``val_<name>``
+METRIC_MEANINGS = {
+    "accuracy": ("1", "accuracy (share of samples whose predicted class is the true one)"),
+    "f1": ("1", "macro F1 score (mean over the classes present)"),
+    "mae": ("target units", "mean absolute error"),
+    "rmse": ("target units", "root mean squared error"),
+    "r2": ("1", "coefficient of determination R2 (mean over outputs)"),
+}
+
+
+def describe(group: str, name: str) -> tuple[str, str]:
+    """``(units, description)`` of the dataset ``/<group>/<name>`` of results.h5."""
+    if f"{group}/{name}" in DESCRIPTIONS:
+        return DESCRIPTIONS[f"{group}/{name}"]
+    where = {"metrics": "per epoch", "steps": "per step record", "timing": "seconds per epoch (rank 0)"}.get(group, "")
+    if group == "metrics" and name.removeprefix("val_") in METRIC_MEANINGS:
+        units, what = METRIC_MEANINGS[name.removeprefix("val_")]
+        split = (
+            "the validation split at the end of the epoch"
+            if name.startswith("val_")
+            else "the epoch's training batches"
+        )
+        return units, f"{what} over {split}"
+    if group == "timing":
+        return "s", f"seconds of phase {name!r} in the epoch (rank 0)"
+    if group == "report":
+        return "1", f"final validation report: {name}"
+    units = "s" if name.endswith("_s") else "1"
+    return units, f"{name}, {where}" if where else name
+
+
+def utc_iso(seconds: float | None = None) -> str:
+    """Unix time ``seconds`` (default now) as ISO 8601 UTC, to the second: ``2026-12-03T16:33:55Z``."""
+    moment = _dt.datetime.fromtimestamp(time.time() if seconds is None else seconds, _dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The process's command line (``sys.argv``), shell-quoted; ``python -m twinhpc`` and the
+    ``twinhpc`` script both read ``twinhpc ...``."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ""
+    program = Path(argv[0])
+    if program.name == "twinhpc" or (program.name == "__main__.py" and program.parent.name == "twinhpc"):
+        argv[0] = "twinhpc"
+    return shlex.join(argv)
+
+
+def source_commit(root: str | os.PathLike[str] | None = None) -> str:
+    """The git commit of twinhpc's source (``root``: the directory holding the package, by
+    default this one's), or :data:`UNKNOWN` when it is not a git checkout or its files cannot
+    be read. Read from the files under ``.git`` (a worktree's ``gitdir:`` file, ``HEAD``, loose
+    and packed refs): no process is started (a fork after MPI's start is unsafe), nothing raised."""
+    try:
+        top = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+        dot = top / ".git"
+        if dot.is_file():
+            line = dot.read_text().strip()
+            if not line.startswith("gitdir:"):
+                return UNKNOWN
+            gitdir = (top / line.removeprefix("gitdir:").strip()).resolve()
+        elif dot.is_dir():
+            gitdir = dot
+        else:
+            return UNKNOWN
+        common = gitdir / (gitdir / "commondir").read_text().strip() if (gitdir / "commondir").is_file() else gitdir
+        head = (gitdir / "HEAD").read_text().strip()
+        commit = head
+        if head.startswith("ref:"):
+            ref = head.removeprefix("ref:").strip()
+            commit = UNKNOWN
+            for directory in (gitdir, common):
+                if (directory / ref).is_file():
+                    commit = (directory / ref).read_text().strip()
+                    break
+            else:
+                packed = common / "packed-refs"
+                if packed.is_file():
+                    for entry in packed.read_text().splitlines():
+                        parts = entry.split()
+                        if len(parts) == 2 and parts[1] == ref:
+                            commit = parts[0]
+                            break
+        return commit if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit) else UNKNOWN
+    except (OSError, UnicodeDecodeError, IndexError):
+        return UNKNOWN
 
 
 class _Rows:
@@ -98,6 +237,12 @@ class ResultsWriter:
         existing file is replaced at the first :meth:`flush`.
     rows : start from these records (:meth:`rows` of an earlier writer, as a checkpoint holds
         them) instead of an empty record or the file; the file is replaced at the first flush.
+    command : the command line recorded (default: this process's, :func:`command_line`).
+
+    The root attributes ``command``, ``twinhpc_version`` and ``source_commit`` describe the
+    process that writes (the latest attempt); ``start_time`` is the run's first start (kept from
+    an existing file on a resume, else now) and ``end_time`` the time of the latest flush (each
+    epoch's end, each checkpoint, the end of the run).
 
     Raises
     ------
@@ -124,22 +269,29 @@ class ResultsWriter:
         *,
         resume: bool = False,
         rows: Mapping[str, Mapping[str, Any]] | None = None,
+        command: str | None = None,
     ) -> None:
         self.path = Path(run_dir) / RESULTS
         self.config_json = config_json
         self.environment_json = json.dumps(environment, sort_keys=True)
+        self.command = command_line() if command is None else command
+        self.source_commit = source_commit()
+        self.start_time = utc_iso()
         self.metrics, self.timing, self.steps = _Rows(), _Rows(), _Rows()
         self.step_index: list[np.ndarray] = []
         self.report: dict[str, Any] = {}
         self.attempts: list[dict[str, Any]] = []
         if rows is not None:
             self._restore(rows)
-            self.attempts = _earlier_attempts(self.path)
+            earlier = _earlier(self.path)
+            self.attempts = list(earlier.get("attempts", []))
+            self.start_time = earlier.get("start_time") or self.start_time
         elif resume and self.path.exists():
             old = read_results(self.path)
             self._restore(old)
             self.report = old["report"]
             self.attempts = old["attempts"]
+            self.start_time = old["start_time"] or self.start_time
 
     def _restore(self, rows: Mapping[str, Mapping[str, Any]]) -> None:
         metrics, timing = rows.get("metrics", {}), rows.get("timing", {})
@@ -263,8 +415,15 @@ class ResultsWriter:
                 f.attrs["version"] = FORMAT_VERSION
                 f.attrs["config"] = self.config_json
                 f.attrs["environment"] = self.environment_json
+                f.attrs["command"] = self.command
+                f.attrs["twinhpc_version"] = __version__
+                f.attrs["source_commit"] = self.source_commit
+                f.attrs["start_time"] = self.start_time
+                f.attrs["end_time"] = utc_iso()
                 for group, rows in (("metrics", self.metrics), ("timing", self.timing)):
                     g = f.create_group(group)
+                    if group == "metrics":
+                        _growable(g, "epoch", np.arange(1, rows.n + 1, dtype=np.int64))
                     for name in rows.columns:
                         _growable(g, name, rows.array(name))
                 g = f.create_group("steps")
@@ -276,10 +435,20 @@ class ResultsWriter:
                     _write_report(f.create_group("report"), self.report)
                 if self.attempts:
                     _write_attempts(f.create_group("attempts"), self.attempts)
+                f.visititems(_describe_dataset)
             atomic.replace_durably(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def _describe_dataset(path: str, obj: Any) -> None:
+    """``visititems`` callback: the ``units`` and ``description`` attributes of a dataset."""
+    import h5py
+
+    if isinstance(obj, h5py.Dataset):
+        group, _, name = path.rpartition("/")
+        obj.attrs["units"], obj.attrs["description"] = describe(group, name)
 
 
 def _growable(group: Any, name: str, data: np.ndarray) -> None:
@@ -313,16 +482,16 @@ def _read_attempts(group: Any) -> list[dict[str, Any]]:
     return [{name: values[i] for name, values in columns.items()} for i in range(n)]
 
 
-def _earlier_attempts(path: Path) -> list[dict[str, Any]]:
-    """The ``/attempts`` rows of an existing ``results.h5`` (a checkpoint does not carry them),
-    or none when there is no file or it cannot be read: the records themselves come from the
-    checkpoint, and the attempt rows only describe the run's history."""
+def _earlier(path: Path) -> dict[str, Any]:
+    """What an existing ``results.h5`` holds that a checkpoint does not carry (``/attempts``,
+    ``start_time``), or ``{}`` when there is no file or it cannot be read: the records themselves
+    come from the checkpoint, and these only describe the run's history."""
     if not path.exists():
-        return []
+        return {}
     try:
-        return list(read_results(path)["attempts"])
+        return read_results(path)
     except (TwinError, OSError, KeyError):
-        return []
+        return {}
 
 
 def _write_report(group: Any, report: Mapping[str, Any]) -> None:
@@ -354,8 +523,11 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     -------
     dict
         ``format``, ``version``, ``config`` (the job as a dict), ``environment`` (dict),
-        ``epochs`` (rows recorded), ``metrics``, ``steps``, ``timing`` (name → numpy array; steps
-        include ``step``), ``report`` (name → scalar, array, or list of class names; empty if
+        ``command``, ``twinhpc_version``, ``source_commit``, ``start_time``, ``end_time`` (str;
+        ``""``, and ``"unknown"`` for the commit, in a file written before they were recorded),
+        ``epochs`` (rows recorded), ``epoch`` (int64 epoch numbers from 1, ``/metrics/epoch``),
+        ``metrics``, ``steps``, ``timing`` (name → numpy array; steps include ``step``, metrics
+        leave ``epoch`` out), ``report`` (name → scalar, array, or list of class names; empty if
         none was written), ``attempts`` (one dict per row of ``/attempts``, oldest first; empty
         for a file without it).
 
@@ -386,11 +558,18 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "version": version,
                 "config": json.loads(_scalar(f.attrs["config"])),
                 "environment": json.loads(_scalar(f.attrs["environment"])),
+                **{
+                    k: str(_scalar(f.attrs.get(k, "")))
+                    for k in ("command", "twinhpc_version", "start_time", "end_time")
+                },
+                "source_commit": str(_scalar(f.attrs.get("source_commit", UNKNOWN))),
             }
             for group in ("metrics", "steps", "timing"):
                 out[group] = {name: ds[()] for name, ds in f[group].items()}
+            epoch = out["metrics"].pop("epoch", None)
             per_epoch = [*out["metrics"].values(), *out["timing"].values()]
-            out["epochs"] = len(per_epoch[0]) if per_epoch else 0
+            out["epochs"] = len(per_epoch[0]) if per_epoch else 0 if epoch is None else len(epoch)
+            out["epoch"] = np.arange(1, out["epochs"] + 1, dtype=np.int64) if epoch is None else epoch
             report: dict[str, Any] = {}
             if "report" in f:
                 g = f["report"]

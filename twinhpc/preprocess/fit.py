@@ -5,7 +5,8 @@ consecutive samples of a shard, contiguous runs of blocks balanced by sample cou
 partial results with the kernels, and the partial results are merged after an ``allgather``:
 
 - images: per-channel :func:`~twinhpc.kernels.stats.image_moments` → ``merge_moments``;
-- tables: per-column NaN-aware :func:`~twinhpc.kernels.stats.tabular_moments` → ``merge_moments``;
+- tables: per-column :func:`~twinhpc.kernels.stats.tabular_moments` of the finite values →
+  ``merge_moments`` (:func:`scan_nonfinite` first finds the NaN and inf values of every split);
 - text: :func:`~twinhpc.kernels.text.count_terms` (occurrences and document frequencies) →
   ``merge_term_counts`` → ``build_vocabulary``, and the smooth idf of the vocabulary's
   document frequencies.
@@ -136,6 +137,64 @@ def fit_image(world: World, directory: Path, split: SplitInfo, spec: FieldSpec, 
     return Image(spec.name, spec.shape, total.mean / 255, np.where(std > 0, std, 1.0), config.crop_padding, config.flip)
 
 
+@dataclass(frozen=True)
+class NonFinite:
+    """The NaN and inf values of one float field in one split."""
+
+    field: str
+    split: str
+    count: int  # values (not samples)
+    first: int  # the first sample holding one: its index in the split (shard order)
+
+
+def scan_nonfinite(world: World, directory: Path, splits, fields: tuple[FieldSpec, ...]) -> list[NonFinite]:
+    """The NaN and inf values of the float ``fields`` in every split of ``splits`` (collective).
+
+    Every split is cut into blocks (:func:`split_blocks`), the ranks share them as in fitting,
+    and the per-block counts and first places are gathered: every rank returns the same list,
+    one :class:`NonFinite` per field and split that holds any, in split then field order.
+
+    Raises
+    ------
+    TwinError
+        On every rank, when any rank cannot read its blocks.
+    """
+    fields = tuple(f for f in fields if not f.is_text and np.dtype(f.dtype).kind in "fc")
+    items = []  # (split, block, sample index of the block's first row)
+    for split in splits:
+        offsets = dict(zip((sh.file for sh in split.shards), np.cumsum([0] + [sh.count for sh in split.shards])))
+        items += [(split.name, b, int(offsets[b.file]) + b.lo) for b in split_blocks(split)]
+    if not fields or not items:
+        return []
+
+    def local():
+        found = []
+        for i in share([b.hi - b.lo for _, b, _ in items], world.rank, world.size):
+            name, b, start = items[i]
+            rows = read_rows(directory, b.file, fields, b.lo, b.hi)
+            for spec in fields:
+                bad = ~np.isfinite(np.asarray(rows[spec.name]).reshape(b.hi - b.lo, -1))
+                count = int(np.count_nonzero(bad))
+                if count:
+                    found.append((name, spec.name, count, start + int(np.flatnonzero(bad.any(axis=1))[0])))
+        return found
+
+    mine = world.run(local, DatasetError)
+    merged: dict[tuple[str, str], list[int]] = {}
+    for split, name, count, first in (f for part in world.allgather(mine) for f in part):
+        entry = merged.setdefault((split, name), [0, first])
+        entry[0] += count
+        entry[1] = min(entry[1], first)
+    order = {s.name: i for i, s in enumerate(splits)}
+    position = {f.name: i for i, f in enumerate(fields)}
+    return [
+        NonFinite(name, split, count, first)
+        for (split, name), (count, first) in sorted(
+            merged.items(), key=lambda kv: (order[kv[0][0]], position[kv[0][1]])
+        )
+    ]
+
+
 def fit_tabular(
     world: World,
     directory: Path,
@@ -144,9 +203,11 @@ def fit_tabular(
     categorical: list[tuple[str, tuple[str, ...]]],
     config,
 ) -> Tabular:
-    """Per-column NaN-aware mean and std of the numeric fields over ``split`` (collective).
+    """Per-column mean and std of the finite values of the numeric fields over ``split``
+    (collective): NaN and inf values are left out, so that a field the caller chose to impute
+    (``preprocess --allow-nonfinite``) gets the mean of its finite values.
 
-    A column without values gets mean 0; a column with std 0 (constant) or without values gets
+    A column without finite values gets mean 0; a column with std 0 (constant) or without values gets
     std 1, so standardising never divides by zero.
     """
     shapes = [(f.name, f.shape) for f in numeric]
@@ -158,7 +219,9 @@ def fit_tabular(
             [
                 (
                     b.index,
-                    stats.tabular_moments(probe.numeric_columns(read_rows(directory, b.file, numeric, b.lo, b.hi))),
+                    stats.tabular_moments(
+                        _finite(probe.numeric_columns(read_rows(directory, b.file, numeric, b.lo, b.hi)))
+                    ),
                 )
                 for b in _my_blocks(world, split)
             ]
@@ -171,6 +234,11 @@ def fit_tabular(
     mean = np.where(total.count > 0, total.mean, 0.0)
     std = np.nan_to_num(total.std, nan=1.0)
     return Tabular(shapes, categorical, mean, np.where(std > 0, std, 1.0), config.standardize)
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    """``x`` with its inf values made NaN, which the moments skip."""
+    return np.where(np.isinf(x), np.nan, x)
 
 
 def fit_vocabulary(

@@ -64,7 +64,7 @@ import numpy as np
 from .. import __version__, models
 from ..comm.world import World, get_world
 from ..config import Job, JobFileError
-from ..data.format import Manifest, SplitInfo
+from ..data.format import FieldSpec, Manifest, SplitInfo
 from ..data.shards import write_shard
 from ..data.staging import install, staging
 from ..errors import DatasetError, TwinError
@@ -108,6 +108,8 @@ class Plan:
                 "data.inputs", f"a text or image field must be the only input, got {[f.name for f in self.inputs]}"
             )
         self.kind = "text" if texts else "image" if images else "tabular"
+        if job.model.name in models.names():
+            _check_model_input(job.model.name, self.kind, self.inputs, job.data.dataset)
         self.categorical = [
             (f.name, manifest.categorical[f.name[4:]])
             for f in self.inputs
@@ -156,6 +158,37 @@ class Plan:
             "text_mode": self.text_mode,
             f"preprocess.{self.kind}": table,
         }
+
+
+#: a model's input kind → the inputs it can read, in words
+MODEL_EXPECTS = {
+    "image": "one uint8 image field of per-sample shape (height, width, channels)",
+    "tokens": "one text field (read as token ids)",
+    "vector": "numeric fields (flattened into one feature vector) or one text field (TF-IDF)",
+}
+#: a model's input kind → the kinds of :class:`Plan` it can read
+MODEL_READS = {"image": ("image",), "tokens": ("text",), "vector": ("tabular", "text")}
+
+
+def _check_model_input(model: str, kind: str, inputs: tuple[FieldSpec, ...], dataset: str) -> None:
+    """Raise :class:`JobFileError` (key ``model.name``) when the registered ``model`` cannot read
+    the job's ``inputs`` (of :class:`Plan` kind ``kind``): one line naming each input field,
+    its dtype and per-sample shape, and what the model reads."""
+    reads = models.input_kind(model)
+    if kind in MODEL_READS[reads]:
+        return
+    fields = ", ".join(f"{f.name!r} ({f.dtype}, per-sample shape {f.shape})" for f in inputs)
+    hint = ""
+    if reads == "image":
+        if any(len(f.shape) == 3 and not f.is_text for f in inputs):
+            hint = "; store images as uint8 values 0-255 (a float array is read as tabular features)"
+        elif any(len(f.shape) == 2 and f.dtype == "uint8" for f in inputs):
+            hint = "; a greyscale image needs a channel axis: shape (height, width, 1)"
+    raise JobFileError(
+        "model.name",
+        f"is {model!r}, which reads {MODEL_EXPECTS[reads]}, but the input field(s) of dataset {dataset} are "
+        f"{fields}{hint}",
+    )
 
 
 def fingerprint(settings: dict[str, Any], manifest: Manifest) -> str:
@@ -405,7 +438,12 @@ def _tfidf_width(world: World, directory: Path, manifest: Manifest, transform: T
 
 
 def preprocess(
-    job: Job, *, world: World | None = None, force: bool = False, command: str | None = None
+    job: Job,
+    *,
+    world: World | None = None,
+    force: bool = False,
+    command: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
     """Fit on the training split and write ``job.preprocessed_dir`` (collective).
 
@@ -413,19 +451,24 @@ def preprocess(
     ----------
     force : rewrite even when the recorded fingerprint matches.
     command : the command line recorded in the manifest's provenance.
+    allow_nonfinite : replace the NaN and inf values of the numeric input fields (tabular data)
+        by their column's mean over the finite training values, instead of refusing them.
 
     Returns
     -------
     dict
         ``status`` (``"written"`` or ``"up to date"``), ``path``, ``kind``, ``fingerprint``,
-        ``samples`` (per split), ``seconds`` and ``summary`` (one line on the fitted state); the
-        same on every rank.
+        ``samples`` (per split), ``seconds``, ``summary`` (one line on the fitted state) and
+        ``imputed`` (``{field: {split: values replaced}}``, with ``allow_nonfinite``); the same
+        on every rank.
 
     Raises
     ------
     TwinError
-        On every rank when any rank fails (a bad key, an unreadable shard ...); nothing is then
-        left under ``job.preprocessed_dir`` but what was there before.
+        On every rank when any rank fails (a bad key, an unreadable shard, a NaN or inf value
+        in a numeric input field without ``allow_nonfinite``: naming the field, the split and
+        the first sample holding one); nothing is then left under ``job.preprocessed_dir`` but
+        what was there before.
     """
     world = world or get_world()
     world.stall_timeout = job.train.stall_timeout
@@ -448,6 +491,7 @@ def preprocess(
             "seconds": time.perf_counter() - t0,
         }
 
+    imputed = _check_nonfinite(world, source, manifest, plan, allow_nonfinite, job.data.train_split)
     transform = _fit(world, job, manifest, plan)
     shards = _all_shards(manifest)
     mine = [shards[i] for i in fit.share([s.shards[i].count for s, i in shards], world.rank, world.size)]
@@ -506,6 +550,7 @@ def preprocess(
                     "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                     "ranks": world.size,
                     "state": STATE,
+                    **({"nonfinite_imputed": imputed} if imputed else {}),
                 },
             ).save(tmp)
             write_state(
@@ -528,7 +573,41 @@ def preprocess(
         "kind": transform.kind,
         "summary": _summary(transform),
         "seconds": time.perf_counter() - t0,
+        "imputed": imputed,
     }
+
+
+def _check_nonfinite(
+    world: World, source: Path, manifest: Manifest, plan: Plan, allow: bool, train_split: str
+) -> dict[str, dict[str, int]]:
+    """Collective. The NaN and inf values of the numeric inputs that ``preprocess`` standardises
+    (tabular data), in every split: a :class:`TwinError` on every rank naming the field, the split
+    and the first sample, or with ``allow`` the count per field and split (logged)."""
+    if plan.kind != "tabular" or not plan.numeric:
+        return {}
+    found = fit.scan_nonfinite(world, source, manifest.splits, plan.numeric)
+    if not found:
+        return {}
+    if not allow:
+        first, more = found[0], sum(f.count for f in found[1:])
+        also = f" (and {more} more in {', '.join(sorted({f'{f.field}/{f.split}' for f in found[1:]}))})" if more else ""
+        raise TwinError(
+            f"{source}: field {first.field!r}, split {first.split!r}: {first.count} NaN or inf value(s), the first "
+            f"in sample {first.first}{also}; preprocess standardises this field and cannot use them: fix the data, "
+            f"or run `twinhpc preprocess --allow-nonfinite` to replace each by its column's mean over the finite "
+            f"values of split {train_split!r}"
+        )
+    imputed: dict[str, dict[str, int]] = {}
+    for f in found:
+        imputed.setdefault(f.field, {})[f.split] = f.count
+    if world.is_root:
+        log.warning(
+            "%s: %d NaN or inf value(s) replaced by their column's training mean (--allow-nonfinite): %s",
+            source,
+            sum(f.count for f in found),
+            ", ".join(f"{f.field}/{f.split} {f.count}" for f in found),
+        )
+    return imputed
 
 
 def _summary(transform) -> str:

@@ -344,14 +344,16 @@ class Tfidf:
 class Tabular:
     """Numeric fields (flattened per sample) and categorical codes (one-hot), concatenated into
     ``x`` float32: numeric values standardised with the training mean/std (when
-    ``standardize``), a missing value (NaN) replaced by the training mean first.
+    ``standardize``), a NaN or inf value replaced by the column's training mean (of its finite
+    values) first. ``twinhpc preprocess`` refuses such values unless ``--allow-nonfinite``.
 
     Parameters
     ----------
     numeric : ``(field, per-sample shape)`` of the numeric input fields, in order.
     categorical : ``(field, levels)`` of the categorical code fields (one-hot, ``len(levels)``
         columns each; a code outside the levels gives all zeros).
-    mean, std : per numeric column, training statistics (NaN-aware); a constant column has std 1.
+    mean, std : per numeric column, training statistics of the finite values; a constant column
+        has std 1.
     """
 
     kind = "tabular"
@@ -378,7 +380,7 @@ class Tabular:
 
     def encode(self, batch: Batch) -> dict[str, np.ndarray]:
         x = self.numeric_columns(batch)
-        x = np.where(np.isnan(x), self.mean, x)
+        x = np.where(np.isfinite(x), x, self.mean)
         if self.standardize:
             x = (x - self.mean) / self.std
         onehot = [np.arange(len(levels)) == np.asarray(batch[f]).reshape(-1, 1) for f, levels in self.categorical]

@@ -6,8 +6,9 @@
     text, pngs = report("runs/digits")       # summary text; PNGs written beside results.h5
 
 Reads ``RUN/results.h5`` with :func:`twinhpc.io.results.read_results` (``docs/results-format.md``)
-and writes ``loss.png``, ``metric.png``, ``confusion.png`` (classification) and ``timing.png``
-(:mod:`.plots`).
+and writes ``loss.png`` (per epoch, and per recorded step beside it), ``metric.png``, ``lr.png``,
+``confusion.png`` (classification) and ``timing.png`` (:mod:`.plots`), each titled with the
+run's name (its directory's).
 
 Note:
     The report only reads: it works on a run that is still training (``results.h5`` is always a
@@ -57,6 +58,12 @@ def summary(results: dict[str, Any], run: str | os.PathLike = "RUN") -> str:
         f"run {run}: {results['epochs']} epoch(s), model {config.get('model', {}).get('name', '?')}, "
         f"dataset {config.get('data', {}).get('dataset', '?')}"
     ]
+    if results.get("start_time"):
+        commit = results.get("source_commit", "unknown")
+        lines.append(
+            f"started {results['start_time']}, last written {results.get('end_time') or '?'}; "
+            f"twinhpc {results.get('twinhpc_version') or '?'} (commit {commit[:12]}): {results.get('command') or '?'}"
+        )
     names = [
         n for n in ("loss", "val_loss", metric, f"val_{metric}", "lr", "epoch_time_s", "samples_per_s") if n in metrics
     ] + sorted(
@@ -68,12 +75,13 @@ def summary(results: dict[str, Any], run: str | os.PathLike = "RUN") -> str:
     n = results["epochs"]
     if n:
         shown = list(range(n)) if n <= TABLE_ROWS else [*range(5), *range(n - TABLE_ROWS + 5, n)]
-        lines += ["", *_table(["epoch", *names], [[e + 1, *(metrics[m][e] for m in names)] for e in shown])]
+        number = [int(e) for e in results.get("epoch", range(1, n + 1))]  # /metrics/epoch: from 1
+        lines += ["", *_table(["epoch", *names], [[number[e], *(metrics[m][e] for m in names)] for e in shown])]
         watched = f"val_{metric}" if f"val_{metric}" in metrics else "val_loss" if "val_loss" in metrics else None
         if watched and np.isfinite(metrics[watched]).any():
             b = plots.best_epoch(metrics[watched], watched.removeprefix("val_"))
-            lines += ["", f"best epoch {b + 1}: " + ", ".join(f"{m} {_fmt(metrics[m][b])}" for m in key)]
-        lines.append(f"last epoch {n}: " + ", ".join(f"{m} {_fmt(metrics[m][-1])}" for m in key))
+            lines += ["", f"best epoch {number[b]}: " + ", ".join(f"{m} {_fmt(metrics[m][b])}" for m in key)]
+        lines.append(f"last epoch {number[-1]}: " + ", ".join(f"{m} {_fmt(metrics[m][-1])}" for m in key))
     if rep:
         lines += ["", _report_text(rep)]
     else:
@@ -109,18 +117,25 @@ def _report_text(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_plots(results: dict[str, Any], directory: str | os.PathLike) -> list[Path]:
-    """Write the run's PNGs into ``directory``; returns their paths (plots without data are
-    left out: no confusion matrix for regression or before the final report)."""
+def write_plots(results: dict[str, Any], directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Write the run's PNGs into ``directory``, titled with ``name`` (default: the directory's
+    name); returns their paths (plots without data are left out: no confusion matrix for
+    regression or before the final report, no ``lr.png`` without a recorded learning rate)."""
     directory = Path(directory)
+    name = directory.resolve().name if name is None else name
     out = []
     if results["epochs"]:
-        out.append(plots.loss_plot(results, directory / "loss.png"))
-        out.append(plots.metric_plot(results, metric_of(results), directory / "metric.png"))
+        out.append(plots.loss_plot(results, directory / "loss.png", name))
+        out.append(plots.metric_plot(results, metric_of(results), directory / "metric.png", name))
+    steps = results.get("steps", {})
+    if ("lr" in steps and np.isfinite(steps["lr"]).any()) or (
+        results["epochs"] and "lr" in results["metrics"] and np.isfinite(results["metrics"]["lr"]).any()
+    ):
+        out.append(plots.lr_plot(results, directory / "lr.png", name))
     if "confusion" in results["report"]:
-        out.append(plots.confusion_plot(results["report"], directory / "confusion.png"))
+        out.append(plots.confusion_plot(results["report"], directory / "confusion.png", name))
     if results["timing"] and results["epochs"]:
-        out.append(plots.timing_plot(results, directory / "timing.png"))
+        out.append(plots.timing_plot(results, directory / "timing.png", name))
     return out
 
 

@@ -29,6 +29,7 @@ from ..comm.engine import Engine
 from ..comm.watchdog import fault_point
 from ..comm.world import World
 from ..config import Job
+from ..data.checks import check_labels
 from ..data.loader import ShardedLoader
 from ..errors import TwinError
 from ..io.checkpoint import latest, load_checkpoint, rng_state, save_checkpoint
@@ -245,6 +246,16 @@ class TrainingRun:
 
             prepared = world.run(lambda: open_prepared(job))
         self.prep = prep = prepared
+        if cfg.task == "classification" and getattr(prep, "label", None) and prep.classes:
+            # a label outside the classes would end the first step in the loss, with a traceback
+            check_labels(
+                world,
+                prep.dataset_dir,
+                (job.data.train_split, job.data.val_split),
+                prep.label,
+                len(prep.classes),
+                job.data.dataset,
+            )
         self.per_rank = job.data.per_rank_batch(world.size)
         self.loader = self.val_loader = self.engine = None
         try:
