@@ -10,8 +10,9 @@ Summarise a training run or a sweep.
 
 RUN (a run directory, or its results.h5): the per-epoch metrics, the best and last epochs, the
 final validation report (accuracy, loss, per-class precision/recall/F1; or MAE/RMSE/R²) and the
-timing breakdown, read from RUN/results.h5 (docs/results-format.md). Writes PNG plots beside it:
-loss.png, metric.png, confusion.png (classification) and timing.png.
+timing breakdown, read from RUN/results.h5 (docs/results-format.md). Writes PNG plots beside it,
+titled with the run's name: loss.png (per epoch and per recorded step), metric.png, lr.png,
+confusion.png (classification) and timing.png.
 
 SWEEP (a folder holding sweep.h5, or that file): the sweep's settings (strategy, scheduler and
 rungs, metric and direction, trials done, utilisation, epochs trained of the budget), a

@@ -153,7 +153,7 @@ class VerbCall(Checkpointable):
             self._stopped(received, previous.get(signal.SIGUSR2))
         raise TwinError(
             f"twinhpc {self.verb} {self.job_file} (run {self.run}) ended with exit status {status}; "
-            f"the log: the job's output in {Path(self.run) / FOLDER}"
+            f"the log: {_own_log()}"
         )
 
     def _stopped(self, received: list[int], submitit_handler: Any) -> None:
@@ -190,6 +190,14 @@ class VerbCall(Checkpointable):
             raise TwinError("twinhpc submit predict: give the verb's --input DATASET --out PRED.h5 (--verb-args)")
         out = predict(job, self.run, a.input, a.out, checkpoint=a.checkpoint, split=a.split)
         return {"verb": "predict", "run": self.run, "predictions": str(out)}
+
+
+def _own_log() -> str:
+    """Where this submitit job's output goes (its stderr file), or where submitit's files are."""
+    try:
+        return str(submitit.JobEnvironment().paths.stderr)
+    except RuntimeError:  # not inside a submitit job (the debug executor)
+        return "this process's output"
 
 
 def make_executor(kind: str, folder: str | os.PathLike[str], job: Job) -> submitit.AutoExecutor:

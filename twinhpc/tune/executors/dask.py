@@ -132,6 +132,7 @@ class DaskTrials(TrialExecutor):
     """Trial segments on a ``dask.distributed`` cluster (see the module's documentation)."""
 
     name = "dask"
+    default_poll = 0.5  # the futures' states, in memory
 
     def __init__(self, directory: Path, job: Job, concurrent: int, address: str | None = None) -> None:
         super().__init__(directory, job, concurrent)

@@ -132,6 +132,7 @@ class SlurmTrials(TrialExecutor):
     """
 
     name = "slurm"
+    default_poll = 5.0  # one sacct call per poll: the controller and its database are shared
 
     def __init__(self, directory: Path, job: Job, concurrent: int) -> None:
         super().__init__(directory, job, concurrent)
