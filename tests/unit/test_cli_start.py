@@ -5,6 +5,7 @@ without torch, numba or the extension."""
 from __future__ import annotations
 
 import argparse
+import io
 import subprocess
 import sys
 
@@ -113,3 +114,19 @@ def test_sweep_status_of_an_unknown_folder_names_it(tmp_path, capsys):
     assert f"{tmp_path / 'nowhere'}: not a sweep folder" in capsys.readouterr().err
     assert main(["sweep", "resume", str(tmp_path / "nowhere")]) == 2
     assert f"{tmp_path / 'nowhere'}: not a sweep folder" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_status_141(monkeypatch, capsys):
+    """``twinhpc ... | head -1``: the reader leaves early and the next write fails with EPIPE;
+    the command ends without a traceback, with 128 + SIGPIPE."""
+
+    class ClosedPipe(io.TextIOBase):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self) -> int:
+            raise io.UnsupportedOperation("no file descriptor")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["info"]) == 141
+    assert "Traceback" not in capsys.readouterr().err

@@ -25,6 +25,7 @@ and never kill a verb half way; :data:`ON_SIGNAL` says what each verb does then:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -160,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `twinhpc ... | head`: the reader left; nothing more to print
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     finally:
         if installed and argv is not None:
             signals.restore()
