@@ -338,6 +338,58 @@ def write_npz(path: str | os.PathLike, n: int = 30, seed: int = 0) -> dict[str, 
     return arrays
 
 
+# -- HDF5 simulation outputs (PDEBench's layouts) -----------------------------------------------
+def write_pdebench_1d(path: str | os.PathLike, n: int = 40, t: int = 6, x: int = 16, seed: int = 0) -> dict:
+    """Write a file in the layout of PDEBench's 1-D files (advection, Burgers): ``tensor`` float32
+    (n, t, x), ``x-coordinate`` (x,) and ``t-coordinate`` (t + 1,) float32, the PDE parameter as a
+    root attribute (``beta``); plus an ``units`` attribute on ``tensor``. Returns the arrays and
+    attributes written."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    out = {
+        "tensor": rng.normal(size=(n, t, x)).astype(np.float32),
+        "x-coordinate": ((np.arange(x, dtype=np.float32) + 0.5) / x).astype(np.float32),
+        "t-coordinate": np.linspace(0, 2, t + 1, dtype=np.float32),
+        "attrs": {"beta": 0.4},
+        "tensor_attrs": {"units": "m/s"},
+    }
+    with h5py.File(path, "w") as f:
+        for name in ("tensor", "x-coordinate", "t-coordinate"):
+            f.create_dataset(name, data=out[name])
+        f.attrs["beta"] = 0.4
+        f["tensor"].attrs["units"] = "m/s"
+    return out
+
+
+def write_pdebench_2d(
+    path: str | os.PathLike, n: int = 12, t: int = 4, x: int = 8, y: int = 6, c: int = 1, seed: int = 0
+) -> dict:
+    """Write a file in the layout of PDEBench's 2-D files (diffusion-reaction, shallow water): one
+    group per sample named ``0000``, ``0001``, ... (created in a shuffled order, as PDEBench's
+    process pool writes them), each with ``data`` float32 (t, x, y, c), ``grid/x``, ``grid/y``,
+    ``grid/t`` float32 and a ``config`` attribute (YAML text holding the sample's seed). Returns
+    ``data`` stacked in group-name order, the grids and the configs."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(n, t, x, y, c)).astype(np.float32)
+    grid = {
+        "x": np.linspace(-1, 1, x, dtype=np.float32),
+        "y": np.linspace(-1, 1, y, dtype=np.float32),
+        "t": np.linspace(0, 5, t, dtype=np.float32),
+    }
+    configs = [f"sim:\n  seed: {i}\n  dt: 0.01\n" for i in range(n)]
+    with h5py.File(path, "w") as f:
+        for i in rng.permutation(n):
+            name = str(i).zfill(4)
+            f.create_dataset(f"{name}/data", data=data[i], dtype="float32", compression="lzf")
+            for axis, values in grid.items():
+                f.create_dataset(f"{name}/grid/{axis}", data=values, dtype="float32")
+            f[name].attrs["config"] = configs[i]
+    return {"data": data, "grid": grid, "configs": configs}
+
+
 def small_cnn_job(dataset: str, lr: float = 0.05, train: str = "epochs = 2", more: str = "") -> str:
     """The TOML of a tiny CNN job on 8×8 grey images (channels 4, hidden 8; SGD; batch 8):
     ``train`` is the body of its ``[train]`` table, ``more`` the tables after it."""

@@ -22,6 +22,11 @@ KIND and SRC:
                 to --image-size; --skip-bad leaves out images that cannot be decoded
   parquet       a .parquet file or a directory of part files (as Spark writes them)
   jsonl         one JSON object per line (Yelp style): --text-field and --label
+  hdf5          an HDF5 file of simulation outputs; one --field NAME=PATH per field:
+                PATH a dataset whose first axis is the samples (--field u=tensor), or a
+                pattern with one '*' for one group per sample (--field u=*/data: sample i
+                is <i-th group>/data, groups in natural order of their names); the arrays'
+                attributes and small coordinate arrays are kept in the manifest's provenance
 
 Under `mpirun -n N` the ranks write disjoint shards; the dataset is the same for every N.
 The dataset is built in a temporary directory beside DIR and renamed when complete.
@@ -66,7 +71,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="replace DIR if it is a dataset (holds manifest.json), after the new one is complete",
     )
     r = p.add_argument_group("reader options (each applies to the kinds named)")
-    r.add_argument("--label", help="label array/column/key (npz, csv, parquet, jsonl)")
+    r.add_argument("--label", help="label array/column/key/field (npz, csv, parquet, jsonl, hdf5)")
+    r.add_argument(
+        "--field",
+        action="append",
+        metavar="NAME=PATH",
+        help="repeatable: field NAME from HDF5 dataset PATH (first axis = samples), or from PATH with one "
+        "'*' component standing for one group per sample, e.g. u=*/data (hdf5)",
+    )
     r.add_argument("--fields", help="comma-separated fields/columns to keep (npz, csv, parquet)")
     r.add_argument(
         "--categorical", help="comma-separated columns to treat as categorical (csv, parquet; default: non-numeric)"
@@ -96,6 +108,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 READER_OPTIONS = (
     "label",
+    "field",
     "fields",
     "categorical",
     "text_field",

@@ -22,17 +22,20 @@ def write_shard(
     read: Callable[[np.ndarray], dict[str, np.ndarray]],
     compression: str = "none",
     piece: int = 8192,
+    piece_bytes: int = 64 << 20,
 ) -> ShardInfo:
     """Write one shard holding the samples ``indices`` (global, in stored order).
 
-    Samples are fetched with ``read`` in pieces of ``piece`` rows (each piece sorted for the
-    reader, then put back in stored order), so memory stays bounded. Datasets are created with
+    Samples are fetched with ``read`` in pieces of ``piece`` rows, fewer when a piece would hold
+    more than ``piece_bytes`` (large samples such as simulated fields; at least one row), each
+    piece sorted for the reader, then put back in stored order, so memory stays bounded. Datasets are created with
     ``track_times=False`` so that the same samples always give the same bytes and checksum.
     """
     if compression not in COMPRESSIONS:
         raise IngestError(f"--compression must be one of {COMPRESSIONS}, got {compression!r}")
     comp = None if compression == "none" else compression
     count = len(indices)
+    piece = max(1, min(piece, piece_bytes // max(1, sum(spec.sample_bytes for spec in fields))))
     tmp = path.with_name(path.name + ".part")
     with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=True) as f:
         f.attrs["format"] = "twinhpc-dataset-shard"

@@ -16,6 +16,7 @@ READERS = {
     "image-folder": "image_folder:ImageFolderSource",
     "parquet": "parquet:ParquetSource",
     "jsonl": "jsonl:JsonlSource",
+    "hdf5": "hdf5:Hdf5Source",
 }
 
 
