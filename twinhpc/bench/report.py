@@ -122,7 +122,7 @@ def render(records: dict[str, list[Record]], folder: str, plots: dict[str, str] 
         recs = records.get(name, [])
         legacy = sum(r.legacy for r in recs)
         lines += ["", f"## {name}", ""]
-        count = f"{len(recs)} record{'s' if len(recs) != 1 else ''} in `{folder}/{name}/`"
+        count = f"{len(recs)} record{'s' if len(recs) != 1 else ''} of `{name}` in `{folder}/`"
         lines.append(count + (f" ({legacy} legacy)." if legacy else "."))
         if name in plots:
             lines += ["", f"![{name}: the key figures over the recorded runs]({plots[name]})"]

@@ -28,6 +28,7 @@ benchmark ``<name>`` with ``legacy`` set (:func:`read_record`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
@@ -203,6 +204,7 @@ def record_stamp(
     created: str | None = None,
     commit: str | None = None,
     machine: Mapping[str, Any] | None = None,
+    allocator: str | None = None,
 ) -> dict[str, Any]:
     """The attributes of :data:`STAMP` for a run of ``benchmark`` by this process; each keyword
     replaces what would be found out (``machine``: :func:`machine_info`'s keys)."""
@@ -217,7 +219,7 @@ def record_stamp(
         "twinhpc_version": __version__,
         "ranks": launched_ranks(),
         "device": device_name(device, str(mach.get("machine_gpus", ""))),
-        "allocator": allocator_setting(),
+        "allocator": allocator_setting() if allocator is None else allocator,
         **mach,
     }
 
@@ -263,6 +265,7 @@ def write_record(
     created: str | None = None,
     commit: str | None = None,
     machine: Mapping[str, Any] | None = None,
+    allocator: str | None = None,
 ) -> Path:
     """Write a new record of ``benchmark`` into ``FOLDER/<benchmark>/`` (its name from the time
     and the commit, :func:`record_name`; never an existing file's): one compound dataset per
@@ -293,6 +296,7 @@ def write_record(
         created=created,
         commit=commit,
         machine=machine,
+        allocator=allocator,
     )
     name = record_name(stamp["created"], stamp["source_commit"])
     tmp = folder / f".{name}.tmp-{os.getpid()}"
@@ -307,7 +311,8 @@ def write_record(
     except OSError as e:
         raise TwinError(f"--results {folder.parent}: cannot write {benchmark}/{name} ({e.strerror or e})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_results(
@@ -425,4 +430,10 @@ def read_records(folder: str | os.PathLike[str]) -> dict[str, list[Record]]:
     for p in paths:
         r = read_record(p, p.stem if p.parent == folder else p.parent.name)
         found.setdefault(r.benchmark, []).append(r)
-    return {k: sorted(v, key=lambda r: (r.created, r.path.name)) for k, v in sorted(found.items())}
+    return {k: sorted(v, key=_order) for k, v in sorted(found.items())}
+
+
+def _order(record: Record) -> tuple[str, int, str]:
+    """Oldest first: by ``created``, then a second's records in the order written (``-2``...)."""
+    m = _NAME.fullmatch(record.path.name)
+    return record.created, int(m.group(3)[1:]) if m and m.group(3) else 1, record.path.name
