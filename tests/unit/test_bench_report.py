@@ -158,3 +158,19 @@ def test_an_empty_folder_is_an_error_naming_it(tmp_path, cli):
 def test_help_explains_the_verdicts(cli):
     r = cli("bench", "report", "--help")
     assert r.returncode == 0 and "median of at least 5 runs" in r.stdout and "not run" in r.stdout
+
+
+def test_the_committed_page_is_generated_from_the_committed_records():
+    """docs/benchmarks.md is `twinhpc bench report`'s output for benchmarks/results (after
+    recording a run: `twinhpc bench report`, then commit both)."""
+    root = Path(__file__).resolve().parents[2]
+    records = read_records(root / "benchmarks" / "results")
+    plots = {
+        t.benchmark: f"benchmarks/{t.benchmark}.png"
+        for t in tg.TARGETS
+        if tg.judge(t, records.get(t.benchmark, [])).figures
+    }
+    got = render(records, "benchmarks/results", plots)
+    assert got == (root / "docs" / "benchmarks.md").read_text(), "run `twinhpc bench report` and commit the page"
+    for png in plots.values():
+        assert (root / "docs" / png).is_file(), png
