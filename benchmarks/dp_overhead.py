@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from twinhpc.bench import format_table, median
+from twinhpc.bench.targets import DP_OVERHEAD_RATIO
 from twinhpc.comm.ddp import DataParallel
 from twinhpc.comm.world import get_world
 from twinhpc.config.defaults import BUCKET_CAP_MB
@@ -53,15 +54,19 @@ Rank 0 prints a table (or with --json the rows as JSON: impl, ranks, bytes, time
 step_s_comm, step_s_nocomm, ratio, ratio_min, ratio_max, wait_s, bucket_cap_mb, buckets,
 overlap_setting, overlap (1: CPU buckets summed by the engine's thread, 0: on the calling thread),
 wire_dtype, max_rel_diff, memcpy_s, memcpy_gbps) and
-writes FOLDER/dp_overhead.h5 (FOLDER/dp_overhead_resnet18.h5 for --model resnet18) atomically:
-one table per wire dtype (a row per bucket cap, numeric columns of the JSON rows) and the settings as attributes.
+writes a new record FOLDER/dp_overhead/<UTC time>-<commit>.h5 (docs/benchmark-records.md; the
+model is its attribute `model`): one table per wire dtype (a row per bucket cap and overlap
+setting: the JSON rows' columns but impl, wire_dtype and the memcpy figures, which are
+attributes) and the settings as attributes. The record names the allocator settings of the
+environment (`allocator`: "default", or e.g. MALLOC_TRIM_THRESHOLD_=...): the target is judged
+on the default allocator.
 
 example:
   mpirun -n 2 python benchmarks/dp_overhead.py --bucket-cap-mb 1,5,{BUCKET_CAP_MB:g},100 --wire-dtype float32,bfloat16
   mpirun -n 2 python benchmarks/dp_overhead.py --overlap auto,on,off --bucket-cap-mb 4,25
 """
 
-TARGET = 1.10
+TARGET = DP_OVERHEAD_RATIO
 WIRE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BATCHES = 4  # distinct batches per rank, cycled
 OVERLAPS = {"auto": None, "on": True, "off": False}  # --overlap -> DataParallel(overlap=...)
@@ -300,11 +305,7 @@ def report(args, rows: list[dict]) -> str:
 def save(args, rows: list[dict]) -> str:
     tables = {
         wire: [
-            {
-                k: v
-                for k, v in r.items()
-                if k not in ("impl", "wire_dtype", "overlap_setting", "memcpy_s", "memcpy_gbps")
-            }
+            {k: v for k, v in r.items() if k not in ("impl", "wire_dtype", "memcpy_s", "memcpy_gbps")}
             for r in rows
             if r["wire_dtype"] == wire
         ]
@@ -322,8 +323,7 @@ def save(args, rows: list[dict]) -> str:
         "memcpy_s": rows[0]["memcpy_s"],
         "memcpy_gbps": rows[0]["memcpy_gbps"],
     }
-    name = "dp_overhead.h5" if args.model == "mlp" else f"dp_overhead_{args.model}.h5"
-    return str(write_results(f"{args.results}/{name}", tables, attrs).absolute())
+    return str(write_results(f"{args.results}/dp_overhead.h5", tables, attrs).absolute())
 
 
 def main(argv=None) -> int:

@@ -8,8 +8,9 @@ of 10,000 images and ``test_batch`` of 10,000; random pixels; the real file form
 
 for each R of ``--ranks`` (default 1 and 2: the target and the scaling ratio). The time is the
 wall time of the whole command, MPI start-up included. It prints a table (ranks, seconds,
-samples/s, target met), or the rows as JSON with ``--json``, and writes the figures to
-``--results DIR/ingest_cifar.h5`` (atomically: a temporary name, then rename).
+samples/s, target met), or the rows as JSON with ``--json``, and writes the figures as a new
+record ``--results DIR/ingest_cifar/<UTC time>-<commit>.h5`` (table ``rows``, the settings as
+attributes; docs/benchmark-records.md).
 
 Exit status: 0 when the target is met, 1 when it is not, 2 when an ingest fails.
 """
@@ -17,10 +18,8 @@ Exit status: 0 when the target is met, 1 when it is not, 2 when an ingest fails.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import fixtures as fx  # noqa: E402
+from twinhpc.bench.targets import INGEST_RANKS, INGEST_SECONDS  # noqa: E402
+from twinhpc.io.bench_results import write_results  # noqa: E402
 
 PER_BATCH = 10_000
 RESULTS_FILE = "ingest_cifar.h5"
@@ -49,11 +50,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--results",
         type=Path,
         default=Path("benchmark-results"),
-        help=f"directory for {RESULTS_FILE} (default ./benchmark-results)",
+        help="directory of the records (default ./benchmark-results)",
     )
     p.add_argument("--ranks", default="1,2", help="comma-separated rank counts to time (default 1,2)")
-    p.add_argument("--target-seconds", type=float, default=60.0, help="the target wall time (default 60)")
-    p.add_argument("--target-ranks", type=int, default=2, help="the rank count the target applies to (default 2)")
+    p.add_argument(
+        "--target-seconds",
+        type=float,
+        default=INGEST_SECONDS,
+        help=f"the target wall time (default {INGEST_SECONDS:g})",
+    )
+    p.add_argument(
+        "--target-ranks",
+        type=int,
+        default=INGEST_RANKS,
+        help=f"the rank count the target applies to (default {INGEST_RANKS})",
+    )
     p.add_argument("--shards", type=int, default=4, help="shards per split (default 4)")
     p.add_argument(
         "--per-batch",
@@ -111,23 +122,6 @@ def time_ingest(args, ranks: int, src: Path, out: Path) -> float:
     return seconds
 
 
-def write_results(path: Path, rows: list[dict], attrs: dict) -> None:
-    """Write the rows (one dataset per column) and ``attrs`` to ``path``, atomically."""
-    import h5py
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key in rows[0]:
-                f.create_dataset(key, data=np.array([row[key] for row in rows]))
-            f.attrs.update(attrs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="ingest-cifar-"))
@@ -153,9 +147,9 @@ def main(argv=None) -> int:
     passed = bool(at_target) and all(r["target_met"] for r in at_target)
     by_ranks = {r["ranks"]: r["seconds"] for r in rows}
     speedup = by_ranks[1] / by_ranks[args.target_ranks] if {1, args.target_ranks} <= set(by_ranks) else float("nan")
-    write_results(
+    record = write_results(
         args.results / RESULTS_FILE,
-        rows,
+        {"rows": rows},
         {
             "benchmark": "ingest_cifar",
             "samples": samples,
@@ -165,9 +159,6 @@ def main(argv=None) -> int:
             "target_ranks": args.target_ranks,
             "passed": passed,
             f"speedup_1_to_{args.target_ranks}": speedup,
-            "host": platform.node(),
-            "cpus": os.cpu_count() or 0,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     )
     if args.json:
@@ -183,7 +174,7 @@ def main(argv=None) -> int:
                 f"{r['ranks']:>5}  {r['seconds']:>8.2f}  {r['samples_per_s']:>10.0f}  "
                 f"{'yes' if r['target_met'] else 'no'}"
             )
-        print(f"speedup 1 -> {args.target_ranks} ranks: {speedup:.2f}x; results: {args.results / RESULTS_FILE}")
+        print(f"speedup 1 -> {args.target_ranks} ranks: {speedup:.2f}x; results: {record}")
     return 0 if passed else 1
 
 

@@ -23,9 +23,9 @@ calls per round. Rows:
   ``data`` allclose at rtol 1e-12), checked on the last round. Without scikit-learn the reference
   is :func:`tfidf_reference` and there is no target.
 
-Prints a table (``--json``: JSON rows instead) and, with ``--results FOLDER``, writes
-``FOLDER/kernels.h5`` atomically (table ``kernels``, one row per kernel; the row names are the
-attribute ``names``). Exit status 1 if a target fails.
+Prints a table (``--json``: JSON rows instead) and, with ``--results FOLDER``, writes a new
+record ``FOLDER/kernels/<UTC time>-<commit>.h5`` (table ``kernels``, one row per kernel; the row
+names are the attribute ``names``; docs/benchmark-records.md). Exit status 1 if a target fails.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twinhpc.bench import format_table, median  # noqa: E402
+from twinhpc.bench.targets import KERNELS_AUGMENT, KERNELS_TFIDF  # noqa: E402
 from twinhpc.io.bench_results import write_results  # noqa: E402
 from twinhpc.kernels import image, stats, text, tfidf  # noqa: E402
 
@@ -64,7 +65,7 @@ def cases(args):
         lambda: image.normalize_augment(x, mean, std, **aug),
         lambda: image.normalize_augment_reference(x, mean, std, **aug),
         20,
-        5.0,
+        KERNELS_AUGMENT,
         same,
     )
     yield (
@@ -142,7 +143,7 @@ def cases(args):
             lambda: tfidf.tfidf_fit_transform(docs, vocab),
             lambda: TfidfVectorizer(vocabulary=vocab.index).fit_transform(docs),
             1,
-            2.0,
+            KERNELS_TFIDF,
             equal_csr,
         )
 
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--words", type=int, default=230, help="mean words per document (default 230)")
     p.add_argument("--terms", type=int, default=50_000, help="distinct words of the Zipf source (default 50,000)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    p.add_argument("--results", metavar="FOLDER", help="also write FOLDER/kernels.h5 (atomically)")
+    p.add_argument("--results", metavar="FOLDER", help="also write a new record FOLDER/kernels/<time>-<commit>.h5")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds: must be >= 1")

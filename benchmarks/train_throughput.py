@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from twinhpc.bench import format_table, median
+from twinhpc.bench.targets import TRAIN_DATA_WAIT, TRAIN_RATIO
 from twinhpc.comm.world import get_world
 from twinhpc.config import load_job
 from twinhpc.data.ingest import ingest
@@ -53,14 +54,15 @@ pays for no all-reduce at all).
 data_wait is the fraction of twinhpc's step time spent waiting for data, transform included
 (results.h5 /timing: data_wait over the sum of the phases; target < 5%).
 
-Rank 0 prints a table (or with --json the rows) and writes FOLDER/train_throughput.h5: one
-compound table per model (a row of the numeric columns) and the settings as attributes.
+Rank 0 prints a table (or with --json the rows) and writes a new record
+FOLDER/train_throughput/<UTC time>-<commit>.h5 (docs/benchmark-records.md): one compound table
+per model (a row of the numeric columns) and the settings as attributes.
 
 example:
   mpirun -n 2 python benchmarks/train_throughput.py --models cnn,resnet18 --steps 24 --rounds 3
 """
 
-TARGET_RATIO, TARGET_WAIT = 0.95, 0.05
+TARGET_RATIO, TARGET_WAIT = TRAIN_RATIO, TRAIN_DATA_WAIT
 BATCH = {"cnn": 64, "resnet18": 16}
 JOB = """
 [data]
@@ -107,9 +109,7 @@ def parse_args(argv):
         help="data.prefetch of twinhpc's loop: batches prepared ahead by a thread (default 2)",
     )
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    p.add_argument(
-        "--results", default="bench-results", help="folder for train_throughput.h5 (default ./bench-results)"
-    )
+    p.add_argument("--results", default="bench-results", help="folder of the records (default ./bench-results)")
     return p.parse_args(argv)
 
 

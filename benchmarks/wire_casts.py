@@ -27,8 +27,9 @@ Rows, for bfloat16 and float16, on a gradient bucket of --mib MiB of float32:
   unpack   16-bit buffer -> float32 bucket, times 1/ranks (ops.unpack with scale)
   sum      two 16-bit buffers summed in float32, rounded once (the engine's reduce_many)
 
-Prints a table (--json: the rows as JSON) and writes FOLDER/wire_casts.h5 (table `wire_casts`,
-row names in the attribute `names`). Exit status 1 if the CPU lacks AVX2/F16C (nothing to
+Prints a table (--json: the rows as JSON) and writes a new record
+FOLDER/wire_casts/<UTC time>-<commit>.h5 (table `wire_casts`, row names in the attribute `names`;
+docs/benchmark-records.md). Exit status 1 if the CPU lacks AVX2/F16C (nothing to
 compare) or the two paths differ.
 
 example:
@@ -44,7 +45,7 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=9, help="alternating rounds; medians reported (default 9)")
     p.add_argument("--repeat", type=int, default=10, help="calls per timed batch (default 10)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    p.add_argument("--results", default="bench-results", help="folder for wire_casts.h5 (default ./bench-results)")
+    p.add_argument("--results", default="bench-results", help="folder of the records (default ./bench-results)")
     args = p.parse_args(argv)
     if args.mib <= 0 or args.rounds < 1 or args.repeat < 1:
         p.error("--mib must be > 0, --rounds and --repeat >= 1")

@@ -33,7 +33,7 @@ twinhpc inspect "$WORK/oscillators"
 step "verify on $NP ranks"
 mpirun -n "$NP" twinhpc verify "$WORK/oscillators"
 
-step "loader benchmark on $NP ranks (results in $WORK/bench/loader.h5)"
+step "loader benchmark on $NP ranks (a new record in $WORK/bench/loader/)"
 mpirun -n "$NP" twinhpc bench loader "$WORK/oscillators" --seconds 2 --results "$WORK/bench"
 
 JOB=jobs/oscillator_regime.toml
@@ -54,4 +54,4 @@ mpirun -n "$NP" twinhpc validate "$JOB" "${SETS[@]}" --run "$RUN"
 step "report"
 twinhpc report "$RUN"
 
-step "done: dataset $WORK/oscillators, loader benchmark $WORK/bench/loader.h5, run $RUN (results.h5, *.png)"
+step "done: dataset $WORK/oscillators, loader benchmark record in $WORK/bench/loader/, run $RUN (results.h5, *.png)"

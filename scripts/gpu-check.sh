@@ -16,12 +16,18 @@
 #      every dtype and algorithm, 2-rank DataParallel on the GPU = 1 process);
 #   6. benchmarks/train_throughput.py: ResNet-18, batch 256, bf16 autocast, twinhpc vs plain
 #      PyTorch on the GPU (the issue-4 target: >= 1.0);
-#   7. benchmarks/allreduce.py on 2 ranks (with the `twinhpc:cuda` row), last: the least needed.
+#   7. benchmarks/allreduce.py on 2 ranks (with the `twinhpc:cuda` row), last: the least needed;
+#   8. records: `twinhpc bench report` renders the page of the records of steps 6 and 7.
 # If mpirun cannot start 2 ranks there, steps 5 and 7 are skipped and the rest runs as one
 # process (MPI as a singleton).
 # Output under $OUT (the device tool's folder that comes back; ./gpu-results by hand), at most
-# 8 files: summary.txt (the verdicts), log.txt (every step's output), allreduce.h5,
-# train_throughput.h5. Copy them into benchmarks/results/gpu/ and commit them.
+# 8 files: summary.txt (the verdicts), log.txt (every step's output), the benchmark records
+# records/train_throughput/<UTC time>-<commit>.h5 and records/allreduce/... (the record format of
+# docs/benchmark-records.md; their `device` attribute names the GPU), and benchmarks.md with
+# plots/*.png (the page of these records alone). Copy the records into benchmarks/results/
+# (`cp -rn $OUT/records/. benchmarks/results/`), run `twinhpc bench report` and commit both:
+# the GPU rows of docs/benchmarks.md then show the runs instead of "not run".
+# STEPS=records runs step 8 alone, on the records already in $OUT/records (tests run it on CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
@@ -31,6 +37,8 @@ BUDGET=${BUDGET:-540}
 export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # twinhpc from this tree (not installed there)
 SUMMARY="$OUT/summary.txt" LOG="$OUT/log.txt"
+RECORDS="$OUT/records"   # every benchmark writes a new record under RECORDS/<benchmark>/
+STEPS=${STEPS:-all}
 : > "$SUMMARY"; : > "$LOG"
 step() { printf '\n== %s (%ss used of %s)\n' "$*" "$SECONDS" "$BUDGET" | tee -a "$SUMMARY" "$LOG"
          FROM=$(wc -l < "$LOG"); }
@@ -42,6 +50,18 @@ run() { local cap; cap=$(left "$1"); shift
         timeout "$cap" "$@" >> "$LOG" 2>&1; local rc=$?
         [ $rc -eq 124 ] && echo "timed out after ${cap}s" | tee -a "$SUMMARY"; return $rc; }
 verdict() { if [ "$1" -eq 0 ]; then echo "PASS" | tee -a "$SUMMARY"; else echo "FAIL (exit $1; see log.txt)" | tee -a "$SUMMARY"; fi; }
+
+# records: the page of the records in RECORDS (their GPU rows into the summary)
+records() {
+  step "records: twinhpc bench report $RECORDS"
+  if ! ls "$RECORDS"/*/*.h5 > /dev/null 2>&1; then echo "no records written" | tee -a "$SUMMARY"; return 1; fi
+  ls "$RECORDS"/*/*.h5 | tee -a "$SUMMARY"
+  run 60 "$PY" -m twinhpc bench report "$RECORDS" --out "$OUT/benchmarks.md" --plots "$OUT/plots"
+  local rc=$?
+  grep -a -E "GPU|on a GPU" "$OUT/benchmarks.md" | grep -a "^|" | tee -a "$SUMMARY"
+  verdict $rc; return $rc
+}
+if [ "$STEPS" = records ]; then records; exit $?; fi
 
 step "environment"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -91,15 +111,17 @@ fi
 step "ResNet-18 training throughput on the GPU (batch 256, bf16): twinhpc vs plain PyTorch"
 LAUNCH=(mpirun -n 1); [ $MULTI -eq 0 ] || LAUNCH=()   # one process: MPI starts as a singleton
 run 200 "${LAUNCH[@]}" "$PY" benchmarks/train_throughput.py --models resnet18 --batch 256 --device cuda --bf16 \
-  --threads 8 --steps 50 --rounds 3 --results "$OUT"
+  --threads 8 --steps 50 --rounds 3 --results "$RECORDS"
 rc=$?; new -A3 -E "^ +model +ranks|Error|cannot run on" | tail -6 | tee -a "$SUMMARY"; verdict $rc
 
 if [ $MULTI -eq 0 ]; then
   step "all-reduce benchmark on 2 ranks (twinhpc:cuda beside the host rows)"
-  run 100 mpirun -n 2 "$PY" benchmarks/allreduce.py --min-bytes 1MiB --max-bytes 64MiB --rounds 3 --results "$OUT"
+  run 100 mpirun -n 2 "$PY" benchmarks/allreduce.py --min-bytes 1MiB --max-bytes 64MiB --rounds 3 --results "$RECORDS"
   rc=$?; new -E "twinhpc:cuda|twinhpc:auto|^ *mpi4py +2|^ *[0-9]+ +[0-9.]+ +[0-9.]+ " | tail -14 | tee -a "$SUMMARY"
   verdict $rc
 fi
 
+records
+
 step "done"
-ls -l "$OUT" | tee -a "$SUMMARY"
+ls -lR "$OUT" | tee -a "$SUMMARY"

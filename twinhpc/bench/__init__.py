@@ -1,9 +1,11 @@
 """Benchmarks: ``twinhpc bench NAME`` and ``benchmarks/NAME.py`` call ``twinhpc.bench.NAME``.
 
 Each benchmark is a collective Python function that measures, gathers the figures on rank 0 and
-writes them to ``FOLDER/NAME.h5`` (:func:`twinhpc.io.bench_results.write_results`). The helpers
-here are what every benchmark shares: medians over repeated rounds (these machines are noisy)
-and plain text tables.
+writes them as a new record ``FOLDER/NAME/<time>-<commit>.h5``
+(:func:`twinhpc.io.bench_results.write_results`). :mod:`.targets` declares every benchmark's
+targets, :mod:`.report` renders the benchmark page from the records (``twinhpc bench report``).
+The helpers here are what every benchmark shares: medians over repeated rounds (these machines
+are noisy) and plain text tables.
 """
 
 from __future__ import annotations

@@ -49,13 +49,15 @@ from ..comm.world import World, get_world
 from ..errors import TwinError
 from ..io.bench_results import write_results
 from . import format_table, median
+from .targets import ALLREDUCE_MIN_BYTES, ALLREDUCE_VS_BEST_MPI, ALLREDUCE_VS_MPI4PY
 
 DEFAULT_MIN_BYTES = 4 << 10
 DEFAULT_MAX_BYTES = 64 << 20
 #: seconds each timed batch of calls should last (fewer calls for big messages)
 BATCH_SECONDS = 0.05
-#: the benchmark's targets: core/mpi4py for messages >= TARGET_MIN_BYTES, and core/best MPI
-TARGET_VS_MPI4PY, TARGET_VS_BEST_MPI, TARGET_MIN_BYTES = 1.0, 0.9, 1 << 20
+#: the benchmark's targets (twinhpc.bench.targets): core/mpi4py for messages >= TARGET_MIN_BYTES,
+#: and core/best MPI
+TARGET_VS_MPI4PY, TARGET_VS_BEST_MPI, TARGET_MIN_BYTES = ALLREDUCE_VS_MPI4PY, ALLREDUCE_VS_BEST_MPI, ALLREDUCE_MIN_BYTES
 
 
 def algorithms_can_be_forced() -> bool:
@@ -224,7 +226,8 @@ def bench_allreduce(
     rounds : interleaved rounds per size (the order reversed every other round); the median
         is reported, and ratios are medians of per-round ratios (see :func:`ratios`).
     gloo : also measure torch.distributed (gloo, and NCCL with GPUs).
-    results : folder for ``allreduce.h5`` (written by rank 0); ``None`` writes nothing.
+    results : folder of the records (a new ``allreduce/<time>-<commit>.h5``, written by rank 0);
+        ``None`` writes nothing.
 
     Returns the figures (the same dict on every rank): ``rows`` (one per implementation and
     size: impl, ranks, bytes, time_s, algbw_gbps, busbw_gbps), ``ratios`` (per size),
@@ -274,8 +277,8 @@ def bench_allreduce(
     )
     if results is not None:
         path = Path(results) / "allreduce.h5"
-        world.run(lambda: write(path, figures) if world.is_root else None)
-        figures["results_file"] = str(path.absolute())
+        written = world.run(lambda: write(path, figures) if world.is_root else None)
+        figures["results_file"] = str(world.bcast(written).absolute())
     return figures
 
 
@@ -309,11 +312,14 @@ def ratios(times: dict[int, dict[str, list[float]]]) -> list[dict]:
 
 
 def write(path: Path, figures: dict) -> Path:
-    """Write ``path`` atomically: datasets ``rows`` and ``ratios`` (compound, impl names as
-    strings) and the settings as attributes."""
+    """A new record for ``path`` = ``FOLDER/allreduce.h5`` (:func:`write_results`): datasets
+    ``rows`` and ``ratios`` (compound, impl names as strings) and the settings as attributes;
+    its device is the GPU when a CUDA row (``twinhpc:cuda``, ``nccl``) was measured."""
     attrs = {key: figures[key] for key in ("world_size", "rounds", "mpi_algorithms_forced")}
     attrs.update({f"target_{key}": value for key, value in figures["targets"].items()})
-    return write_results(path, {"rows": figures["rows"], "ratios": figures["ratios"]}, attrs, created=False)
+    on_gpu = any(r["impl"] in ("twinhpc:cuda", "nccl") for r in figures["rows"])
+    attrs["device"] = "cuda" if on_gpu else "cpu"
+    return write_results(path, {"rows": figures["rows"], "ratios": figures["ratios"]}, attrs)
 
 
 def report(figures: dict) -> str:

@@ -30,9 +30,9 @@ from ..data.loader import ShardedLoader
 from ..data.shards import open_shard
 from ..io.bench_results import write_results
 from . import format_table, median
+from .targets import LOADER_RATIO as TARGET
 
 RAW_SLICE_BYTES = 8 << 20
-TARGET = 0.8
 
 
 class RawReader:
@@ -118,7 +118,8 @@ def bench_loader(
     epochs : loader epochs (and raw passes) per round; ignored when ``seconds`` is given.
     seconds : run each measurement for this long instead.
     rounds : alternating loader/raw rounds; medians are reported.
-    results : folder for ``loader.h5`` (written by rank 0); ``None`` writes nothing.
+    results : folder of the records (a new ``loader/<time>-<commit>.h5``, written by rank 0);
+        ``None`` writes nothing.
     target : the loader/raw ratio that counts as a pass.
 
     Returns the figures (the same dict on every rank): ``ranks`` (per rank), ``total``,
@@ -165,8 +166,8 @@ def bench_loader(
     figures["pass"] = figures["ratio"] >= target
     if results is not None:
         path = Path(results) / "loader.h5"
-        world.run(lambda: _write(path, figures) if world.is_root else None)
-        figures["results_file"] = str(path.absolute())
+        written = world.run(lambda: _write(path, figures) if world.is_root else None)
+        figures["results_file"] = str(world.bcast(written).absolute())
     return figures
 
 
@@ -199,7 +200,7 @@ def _figures(per_round: list[list[tuple[int, float, int, float]]], numeric: int)
     }
 
 
-def _write(path: Path, figures: dict) -> None:
+def _write(path: Path, figures: dict) -> Path:
     attrs = {
         k: figures[k]
         for k in (
@@ -220,7 +221,7 @@ def _write(path: Path, figures: dict) -> None:
         attrs["epochs"] = figures["epochs"]
     else:
         attrs["seconds"] = figures["seconds"]
-    write_results(
+    return write_results(
         path,
         {
             "ranks": figures["ranks"],

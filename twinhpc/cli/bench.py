@@ -13,7 +13,9 @@ from .main import add_common, setup_logging_for
 
 DESCRIPTION = """\
 Benchmarks. Run them under MPI like any verb (`mpirun -n N twinhpc bench NAME ...`); rank 0
-prints the table (or JSON) and writes FOLDER/NAME.h5. `twinhpc bench NAME --help` explains one.
+prints the table (or JSON) and writes a new record FOLDER/NAME/<UTC time>-<commit>.h5.
+`twinhpc bench report` renders docs/benchmarks.md from the records. `twinhpc bench NAME --help`
+explains one.
 """
 
 LOADER_DESCRIPTION = """\
@@ -27,9 +29,10 @@ ROUNDS rounds alternate raw and loader measurements, and the medians are reporte
 machines are noisy. MB counts the numeric fields (1 MB = 10^6 bytes); totals are all ranks'
 bytes over the slowest rank's time.
 
-Results go to FOLDER/loader.h5 (written by rank 0, atomically): datasets `ranks` (one row per
+Results go to a new record FOLDER/loader/<UTC time>-<commit>.h5 (written by rank 0; never over
+an earlier run's; docs/benchmark-records.md): datasets `ranks` (one row per
 rank), `total` and `rounds`, attributes dataset, world_size, batch_size, ratio, target, pass.
-Read it with `h5dump FOLDER/loader.h5`. The exit status is 0 whether or not the target is met.
+Read it with `h5dump`. The exit status is 0 whether or not the target is met.
 
 example:
   mpirun -n 2 twinhpc bench loader data/cifar10 --batch-size 256 --json
@@ -65,7 +68,7 @@ def add_loader(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     p.add_argument(
-        "--results", default="bench-results", metavar="FOLDER", help="folder for loader.h5 (default ./bench-results)"
+        "--results", default="bench-results", metavar="FOLDER", help="folder of the records (default ./bench-results)"
     )
     return p
 
@@ -102,7 +105,8 @@ twinhpc:auto over mpi4py (target >= 1.0 from 1 MiB) and over the best MPI row (t
 Figures are medians over the rounds (the order reversed every other round); each ratio is the
 median of the ratios within a round, where the two ran seconds apart (VM speed drifts).
 
-Results go to FOLDER/allreduce.h5 (written by rank 0, atomically): compound datasets `rows` and
+Results go to a new record FOLDER/allreduce/<UTC time>-<commit>.h5 (written by rank 0; never
+over an earlier run's; docs/benchmark-records.md): compound datasets `rows` and
 `ratios`, attributes world_size, rounds, targets. The exit status is 0 whether or not the
 targets are met.
 
@@ -145,7 +149,7 @@ def add_allreduce(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-gloo", action="store_true", help="skip torch.distributed (gloo / NCCL)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument(
-        "--results", default="bench-results", metavar="FOLDER", help="folder for allreduce.h5 (default ./bench-results)"
+        "--results", default="bench-results", metavar="FOLDER", help="folder of the records (default ./bench-results)"
     )
     return p
 
@@ -166,14 +170,70 @@ def run_allreduce(args) -> int:
     return 0
 
 
+REPORT_DESCRIPTION = """\
+Render the benchmark page from the recorded runs in FOLDER (default benchmarks/results): every
+benchmark run writes a new record FOLDER/<benchmark>/<UTC time>-<commit>.h5 (docs/benchmark-records.md).
+Per target of twinhpc/bench/targets.py the page shows the target, the latest figure of its
+default configuration, the median and range over the recorded runs of that configuration,
+their number, and the date, machine and commit of the latest run; one PNG per benchmark plots
+the key figures over the runs with the target line.
+
+Verdicts: met when the median of at least 5 runs of the default configuration meets the target,
+not met when it misses it, "not established (k runs)" below 5 runs; GPU rows say "not run" until
+a GPU run is recorded. Runs on one process, no MPI.
+
+example:
+  twinhpc bench report                      # benchmarks/results -> docs/benchmarks.md, docs/benchmarks/*.png
+  twinhpc bench report bench-results --out /tmp/page.md
+"""
+
+
+def add_report(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "report",
+        help="the benchmark page (docs/benchmarks.md) from the recorded runs",
+        description=REPORT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "folder",
+        nargs="?",
+        default="benchmarks/results",
+        metavar="FOLDER",
+        help="the records (default benchmarks/results)",
+    )
+    p.add_argument("--out", default="docs/benchmarks.md", metavar="PAGE", help="the page (default docs/benchmarks.md)")
+    p.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="folder for the PNGs (default: beside the page, PAGE without .md: docs/benchmarks/)",
+    )
+    return p
+
+
+def run_report(args) -> int:
+    from pathlib import Path
+
+    from ..bench.report import write_page
+
+    out = Path(args.out)
+    made = write_page(args.folder, out, args.plots or out.with_suffix(""))
+    print(f"{made['page']}: {made['records']} records; plots: {', '.join(made['plots']) or 'none'}", flush=True)
+    return 0
+
+
 #: benchmark name -> (add its sub-parser, run it)
-BENCHMARKS = {"loader": (add_loader, run_loader), "allreduce": (add_allreduce, run_allreduce)}
+BENCHMARKS = {
+    "loader": (add_loader, run_loader),
+    "allreduce": (add_allreduce, run_allreduce),
+    "report": (add_report, run_report),
+}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
-        help="benchmarks (loader, allreduce)",
+        help="benchmarks (loader, allreduce) and their page (report)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,6 +1,6 @@
 """The files twinhpc writes besides datasets (:mod:`twinhpc.data` owns those): a run's
 ``RUN/results.h5`` and ``RUN/ckpt/step-<N>.h5``, a preprocessed dataset's ``state.h5``, and the
-benchmarks' ``FOLDER/NAME.h5``.
+benchmarks' records ``FOLDER/NAME/<time>-<commit>.h5``.
 
 - :mod:`twinhpc.io.results`: :class:`~twinhpc.io.results.ResultsWriter` (rank 0) and
   :func:`~twinhpc.io.results.read_results` (no torch). Layout: ``docs/results-format.md``.
@@ -12,8 +12,9 @@ benchmarks' ``FOLDER/NAME.h5``.
 - :mod:`twinhpc.io.prepared_state`: :func:`~twinhpc.io.prepared_state.write_prepared_state`,
   :func:`~twinhpc.io.prepared_state.read_prepared_state`: a preprocessed dataset's fitted state
   ``state.h5`` (no torch). Layout: ``docs/preprocess.md``.
-- :mod:`twinhpc.io.bench_results`: :func:`~twinhpc.io.bench_results.write_results`, a
-  benchmark's tables and settings (no torch).
+- :mod:`twinhpc.io.bench_results`: :func:`~twinhpc.io.bench_results.write_results`, a new
+  record of a benchmark run (tables, settings, machine, commit, command, date), and
+  :func:`~twinhpc.io.bench_results.read_records` (no torch). Layout: ``docs/benchmark-records.md``.
 - :mod:`twinhpc.io.sweep`: :func:`~twinhpc.io.sweep.write_sweep`,
   :func:`~twinhpc.io.sweep.read_sweep`: a sweep's ``SWEEP/sweep.h5`` (no torch). Layout:
   ``docs/tune.md``.
