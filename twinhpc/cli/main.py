@@ -36,6 +36,7 @@ from ..errors import TwinError
 VERBS = (
     "info",
     "ingest",
+    "simulate",
     "inspect",
     "verify",
     "preprocess",
