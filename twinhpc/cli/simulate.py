@@ -46,6 +46,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="replace DIR if it is a dataset (holds manifest.json), after the new one is complete",
     )
+    p.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between two progress lines of rank 0 (default 5)",
+    )
     add_overrides(p, "simulate.scenarios=64")
     s = p.add_argument_group("sensor stream (instead of the dataset)")
     s.add_argument(
@@ -95,6 +102,7 @@ def run(args) -> int:
             args.out or job.data.dataset,
             overwrite=args.overwrite,
             world=world,
+            progress_seconds=args.progress_seconds,
             command="twinhpc " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         )
         return 0

@@ -87,11 +87,14 @@ def simulate(
     overwrite: bool = False,
     world: World | None = None,
     command: str | None = None,
+    progress_seconds: float = PROGRESS_SECONDS,
 ) -> Manifest:
     """Run ``job.simulate``'s ensemble and write it to the dataset directory ``out``; collective.
 
     Returns the manifest on every rank. Raises :class:`TwinError` on every rank if any rank
     fails (nothing is left under ``out`` then), or when the job has no ``[simulate]`` table.
+    Rank 0 logs a progress line (its scenarios done, the rate, the ETA) every
+    ``progress_seconds``.
     """
     world = world or get_world()
     cfg = job.simulate
@@ -123,7 +126,7 @@ def simulate(
         my_count,
         f"simulate (rank 0: {my_count} of {cfg.scenarios} scenarios)",
         enabled=world.is_root,
-        interval=PROGRESS_SECONDS,
+        interval=progress_seconds,
         per_unit=1,
         unit="scenarios",
         log=log,
