@@ -37,6 +37,7 @@ from ..errors import TwinError
 VERBS = (
     "info",
     "ingest",
+    "simulate",
     "inspect",
     "verify",
     "preprocess",

@@ -14,6 +14,7 @@ from .data import DataConfig, ImagePreprocess, PreprocessConfig, TabularPreproce
 from .fields import JobFileError
 from .load import load_job, override, parse_override
 from .schema import Job
+from .simulate import RangesConfig, SimulateConfig
 from .slurm import SlurmConfig
 from .sweep import Param, SweepConfig
 from .training import EarlyStopping, ModelConfig, OptimConfig, TrainConfig, check_structure
@@ -28,6 +29,8 @@ __all__ = [
     "OptimConfig",
     "Param",
     "PreprocessConfig",
+    "RangesConfig",
+    "SimulateConfig",
     "SlurmConfig",
     "SweepConfig",
     "TabularPreprocess",

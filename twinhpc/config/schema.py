@@ -1,11 +1,13 @@
 """The job file's schema: :class:`Job`, one frozen dataclass per TOML table.
 
-A job file (TOML) has the tables ``[data] [preprocess] [model] [optim] [train] [slurm]`` and,
-for a sweep, ``[sweep]``; each becomes a dataclass of :mod:`.data` (``DataConfig``,
-``PreprocessConfig``), :mod:`.training` (``ModelConfig``, ``OptimConfig``, ``TrainConfig``),
-:mod:`.slurm` (``SlurmConfig``) or :mod:`.sweep` (``SweepConfig``), and :class:`Job` holds
-them. :mod:`.fields` declares and checks their keys; :class:`Job` adds the rules across tables.
-``Job.sweep`` is ``None`` for a job without ``[sweep]`` (every trial's job is one).
+A job file (TOML) has the tables ``[data] [preprocess] [model] [optim] [train] [slurm]``,
+for a sweep ``[sweep]`` and for a simulated ensemble ``[simulate]``; each becomes a dataclass of
+:mod:`.data` (``DataConfig``, ``PreprocessConfig``), :mod:`.training` (``ModelConfig``,
+``OptimConfig``, ``TrainConfig``), :mod:`.slurm` (``SlurmConfig``), :mod:`.sweep`
+(``SweepConfig``) or :mod:`.simulate` (``SimulateConfig``), and :class:`Job` holds them.
+:mod:`.fields` declares and checks their keys; :class:`Job` adds the rules across tables.
+``Job.sweep`` is ``None`` for a job without ``[sweep]`` (every trial's job is one), and
+``Job.simulate`` for a job without ``[simulate]``.
 
 Note:
     Free sub-tables (``[model.structure]``, ``[slurm.additional]``) are plain ``dict`` fields:
@@ -27,6 +29,7 @@ from typing import Any, ClassVar
 
 from .data import DataConfig, PreprocessConfig, check_minilm_text
 from .fields import JobFileError, Table, did_you_mean
+from .simulate import SimulateConfig
 from .slurm import SlurmConfig
 from .sweep import RESERVED, SweepConfig
 from .toml_writer import toml_table
@@ -44,11 +47,12 @@ class Job:
     train: TrainConfig = field(default_factory=TrainConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     sweep: SweepConfig | None = None
+    simulate: SimulateConfig | None = None
 
     #: tables in the order a job file (and the reference) lists them
-    TABLES: ClassVar[tuple[str, ...]] = ("data", "preprocess", "model", "optim", "train", "slurm", "sweep")
+    TABLES: ClassVar[tuple[str, ...]] = ("data", "preprocess", "model", "optim", "train", "slurm", "sweep", "simulate")
     #: tables a job may leave out altogether (``None`` then)
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("sweep",)
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("sweep", "simulate")
 
     def __post_init__(self) -> None:
         tokenizer = self.preprocess.text.tokenizer

@@ -10,7 +10,9 @@ against, and the generator of synthetic inputs that the tests and ``benchmarks/k
 - :mod:`.text`: lower-casing, regex word tokenisation, stop words, term counts that merge across
   ranks, the vocabulary, padded token-id sequences;
 - :mod:`.tfidf`: sparse l2-normalised TF-IDF (CSR arrays) equal to scikit-learn's;
-- :mod:`.cuda_image`: the image kernel for numba.cuda.
+- :mod:`.cuda_image`: the image kernel for numba.cuda;
+- :mod:`.heat`: explicit time steps of the heated plate (docs/twin.md) for a batch of scenarios;
+- :mod:`.heat_cupy`: the same on a GPU with CuPy, the ensemble handed to torch through DLPack.
 
 The kernels are compiled with ``cache=True``: the first call of each signature compiles (seconds)
 and writes the machine code beside the module (``__pycache__``); later processes load it. Where
