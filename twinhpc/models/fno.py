@@ -62,7 +62,7 @@ class SpectralConv(nn.Module):
         dims = len(self.modes)
         grid = v.shape[-dims:]
         self._check_grid(grid)
-        spectrum = torch.fft.rfftn(v.float(), dim=tuple(range(-dims, 0)))
+        spectrum = torch.fft.rfftn(v.to(self.weights[0].dtype), dim=tuple(range(-dims, 0)))  # bf16: no FFT
         out = torch.zeros(
             v.shape[0], self.out_channels, *spectrum.shape[2:], dtype=spectrum.dtype, device=spectrum.device
         )
