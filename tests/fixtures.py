@@ -397,3 +397,48 @@ def small_cnn_job(dataset: str, lr: float = 0.05, train: str = "epochs = 2", mor
         f'[data]\ndataset = "{dataset}"\nbatch_size = 8\n[model]\nname = "cnn"\n[model.structure]\n'
         f'channels = 4\nhidden = 8\n[optim]\nname = "sgd"\nlr = {lr}\n[train]\n{train}\n{more}'
     )
+
+
+# -- a tiny heat-equation ensemble (the layout of `twinhpc simulate`'s datasets) ----------------
+def heat_ensemble(n: int = 48, steps: int = 20, grid: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` scenarios of the 2-D heat equation ``u_t = α ∇²u + f`` on the unit square (``grid``
+    × ``grid`` cells, u = 1 outside), solved with the explicit five-point scheme (4 sub-steps per
+    saved step, stable: ``α dt / dx² ≤ 0.2``). Each scenario has its diffusivity α and source
+    amplitude a (``params`` = [α, a]) and a Gaussian source whose centre moves along a random line;
+    ``forcing[t]`` is the source over saved step t. Returns ``field`` (n, steps+1, grid, grid),
+    ``forcing`` (n, steps, grid, grid), ``params`` (n, 2), all float32."""
+    rng = np.random.default_rng(seed)
+    dx, substeps, dt_save = 1.0 / grid, 4, 0.02
+    dt = dt_save / substeps
+    xs = (np.arange(grid) + 0.5) * dx
+    X, Y = np.meshgrid(xs, xs, indexing="ij")
+    fields = np.empty((n, steps + 1, grid, grid), np.float32)
+    forcing = np.empty((n, steps, grid, grid), np.float32)
+    params = np.empty((n, 2), np.float32)
+    for i in range(n):
+        alpha, amp = rng.uniform(0.005, 0.01), rng.uniform(5.0, 15.0)
+        assert alpha * dt / dx**2 <= 0.2
+        start, end = rng.uniform(0.2, 0.8, 2), rng.uniform(0.2, 0.8, 2)
+        u = 1.0 + 0.5 * np.exp(-((X - rng.uniform(0.3, 0.7)) ** 2 + (Y - rng.uniform(0.3, 0.7)) ** 2) / 0.02)
+        fields[i, 0], params[i] = u, (alpha, amp)
+        for t in range(steps):
+            cx, cy = start + (end - start) * t / max(steps - 1, 1)
+            f = amp * np.exp(-((X - cx) ** 2 + (Y - cy) ** 2) / 0.01)
+            for _ in range(substeps):
+                p = np.pad(u, 1, constant_values=1.0)
+                lap = (p[2:, 1:-1] + p[:-2, 1:-1] + p[1:-1, 2:] + p[1:-1, :-2] - 4 * u) / dx**2
+                u = u + dt * (alpha * lap + f)
+            fields[i, t + 1], forcing[i, t] = u, f
+    return {"field": fields, "forcing": forcing, "params": params}
+
+
+def field_job(
+    dataset: str, model: str = "fno2d", structure: str = "", train: str = "epochs = 2", more: str = ""
+) -> str:
+    """The TOML of a small field job (``train.task = "field"``, Adam, global batch 4 scenarios):
+    ``structure`` is the body of ``[model.structure]``, ``train`` of ``[train]``, ``more`` the
+    tables after it."""
+    return (
+        f'[data]\ndataset = "{dataset}"\nbatch_size = 4\n[model]\nname = "{model}"\n[model.structure]\n{structure}\n'
+        f'[optim]\nname = "adam"\nlr = 0.003\n[train]\ntask = "field"\n{train}\n{more}'
+    )

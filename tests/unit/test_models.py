@@ -1,6 +1,6 @@
 """The model zoo: every model builds, has the documented shapes and learns a tiny task with a
 learnable signal; sequence models ignore trailing pads; the GPT is causal; bad structures are
-TwinErrors naming the culprit."""
+TwinErrors naming the culprit. (The field models' spectral layer and grids: test_fno.py.)"""
 
 import importlib.util
 import os
@@ -67,6 +67,18 @@ def text_task(gen, n=9):
     return pretrained.minilm_tokenizer(max_len=8)(texts), y
 
 
+def field_task_1d(gen, n=N):
+    """1-D fields (2 channels on 32 points) whose target is a smoothed, shifted first channel."""
+    x = torch.randn(n, 2, 32, generator=gen)
+    return x, (torch.roll(x[:, :1], 3, dims=-1) + x[:, 1:].mean(dim=-1, keepdim=True))
+
+
+def field_task_2d(gen, n=N):
+    """2-D fields (2 channels on 12×12) whose target is the first channel shifted plus the second."""
+    x = torch.randn(n, 2, 12, 12, generator=gen)
+    return x, torch.roll(x[:, :1], (1, 2), dims=(-2, -1)) + 0.5 * x[:, 1:]
+
+
 # name → (a small structure, its task); every registered model must be here
 SMALL = {
     "cnn": (dict(channels=4, hidden=8, input_size=8, classes=CLASSES), image_task),
@@ -81,12 +93,18 @@ SMALL = {
     "gpt": (dict(vocab_size=VOCAB, block_size=LENGTH, width=16, layers=2, heads=2, classes=CLASSES), token_task),
     "gpt_lm": (dict(vocab_size=VOCAB, block_size=LENGTH, width=16, layers=2, heads=2), lm_task),
     "minilm": (dict(classes=CLASSES, trainable_layers=0), text_task),
+    "fno1d": (dict(in_channels=2, width=8, modes=8, layers=2, projection=16), field_task_1d),
+    "fno2d": (dict(in_channels=2, width=8, modes=4, layers=2, projection=16), field_task_2d),
+    "unet2d": (dict(in_channels=2, base_channels=4, depth=2), field_task_2d),
 }
 CASES = [pytest.param(name, marks=needs_minilm) if name == "minilm" else name for name in SMALL]
 
 
 def loss_of(out, y):
-    """Cross-entropy of class logits ``(n, classes)`` or of next-token logits ``(n, length, vocab)``."""
+    """Cross-entropy of class logits ``(n, classes)`` or of next-token logits ``(n, length, vocab)``;
+    the MSE of fields (float targets)."""
+    if y.is_floating_point():
+        return F.mse_loss(out, y)
     if out.dim() == 3:
         return F.cross_entropy(out[:, :-1].flatten(0, 1), y[:, 1:].flatten())
     return F.cross_entropy(out, y)
@@ -103,19 +121,21 @@ TASK_INPUTS = {
     token_task: "tokens",
     lm_task: "tokens",
     text_task: "tokens",
+    field_task_1d: "field",
+    field_task_2d: "field",
 }
 
 
 def test_every_model_declares_the_input_kind_its_small_case_feeds():
     assert {name: input_kind(name) for name in SMALL} == {name: TASK_INPUTS[task] for name, (_, task) in SMALL.items()}
-    with pytest.raises(TwinError, match="unknown model 'bert'; known models: cnn, gpt"):
+    with pytest.raises(TwinError, match="unknown model 'bert'; known models: cnn, fno1d, fno2d, gpt"):
         input_kind("bert")
 
 
 def test_names_and_input_kinds_import_neither_torch_nor_a_model():
     code = (
         "import sys; from twinhpc.models import input_kind, names; "
-        "assert input_kind('lstm') == 'tokens' and 'cnn' in names(); "
+        "assert input_kind('lstm') == 'tokens' and input_kind('fno2d') == 'field' and 'unet2d' in names(); "
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('twinhpc.models.')))"
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -145,7 +165,7 @@ def test_a_decorated_builder_is_registered_with_its_input_kind(registry):
 def test_a_name_twice_or_an_unknown_input_kind_is_refused(registry):
     with pytest.raises(ValueError, match=r"model 'cnn' is already registered \(by twinhpc.models.cnn\)"):
         register("cnn", "image", lambda: None)
-    with pytest.raises(ValueError, match="input kind must be one of image, tokens, vector, got 'audio'"):
+    with pytest.raises(ValueError, match="input kind must be one of image, tokens, vector, field, got 'audio'"):
         register("tiny", "audio", lambda: None)
     assert "tiny" not in names()
 
@@ -158,6 +178,10 @@ def default_input(name):
         return torch.rand(2, 10000)
     if name == "minilm":
         return pretrained.minilm_tokenizer(max_len=16)(["a fine film", "dull"])
+    if name == "fno1d":
+        return torch.randn(2, 1, 40)
+    if name in ("fno2d", "unet2d"):
+        return torch.randn(2, 1, 24, 28)
     return torch.randint(1, 20000, (2, 16))
 
 
@@ -171,6 +195,9 @@ DEFAULT_SHAPES = {
     "gpt": (2, 2),
     "gpt_lm": (2, 16, 20000),
     "minilm": (2, 2),
+    "fno1d": (2, 1, 40),
+    "fno2d": (2, 1, 24, 28),
+    "unet2d": (2, 1, 24, 28),
 }
 
 
@@ -208,7 +235,7 @@ def test_trains_on_a_tiny_task_and_its_loss_decreases(name):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    expected = (len(x), LENGTH, VOCAB) if name == "gpt_lm" else (len(x), CLASSES)
+    expected = (len(x), LENGTH, VOCAB) if name == "gpt_lm" else y.shape if y.is_floating_point() else (len(x), CLASSES)
     assert out.shape == expected
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.7 * first, losses
@@ -337,6 +364,8 @@ def test_an_unknown_structure_key_is_a_twin_error_naming_it():
         ("transformer", dict(width=10, heads=4), "heads"),
         ("gpt", dict(width=10, heads=4), "heads"),
         ("gpt_lm", dict(width=10, heads=4), "heads"),
+        ("fno2d", dict(width=0), "width"),
+        ("unet2d", dict(depth=-1), "depth"),
     ],
 )
 def test_a_bad_structure_value_is_a_twin_error_naming_it(name, structure, culprit):

@@ -13,7 +13,8 @@ data.val_split), distributed over the ranks: RUN's newest (--checkpoint last, th
 best epoch's (--checkpoint best, kept by train.keep_best) or a file (--checkpoint PATH); RUN
 defaults to the job's train.out. Prints the report, its first line naming the checkpoint:
 loss, accuracy, macro F1 and the confusion matrix with per-class precision/recall/F1
-(classification), or MAE, RMSE and R2 (regression). --json prints it as one JSON object.
+(classification), MAE, RMSE and R2 (regression), or the one-step nRMSE and RMSE (field).
+--json prints it as one JSON object.
 """
 
 
@@ -49,6 +50,8 @@ def format_report(report: dict) -> str:
             )
         lines.append("confusion (row: true class, column: predicted):")
         lines += ["  " + " ".join(f"{v:5d}" for v in row) for row in report["confusion"]]
+    elif report["task"] == "field":
+        lines[-1] += f"  one-step nRMSE {report['nrmse']:.4g}  RMSE {report['rmse']:.4g}"
     else:
         lines[-1] += f"  MAE {report['mae']:.4g}  RMSE {report['rmse']:.4g}  R2 {report['r2']:.4f}"
     return "\n".join(lines)

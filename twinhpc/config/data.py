@@ -29,6 +29,21 @@ class DataConfig(Table):
         None, "Input field(s) fed to the model.", default_doc="every field but the label"
     )
     label: str | None = key(None, "Label (target) field.", default_doc="the manifest's `label_field`")
+    state: str | None = key(
+        None,
+        "Field task: the state trajectory field, per-sample shape (T+1, *grid).",
+        default_doc="`field`",
+    )
+    forcing: str | None = key(
+        None,
+        'Field task: the forcing field, per-sample shape (T, *grid), forcing[t] acting from t to t+1; `""`: none.',
+        default_doc="`forcing` when the dataset has it",
+    )
+    params: str | None = key(
+        None,
+        'Field task: the scenario parameters field, per-sample shape (P,) or (); `""`: none.',
+        default_doc="`params` when the dataset has it",
+    )
     batch_size: int = key(
         64,
         "**Global** batch size: samples per forward/backward summed over all "

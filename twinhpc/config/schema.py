@@ -65,8 +65,26 @@ class Job:
             )
         if tokenizer == "auto" and self.text_tokenizer == "minilm":
             check_minilm_text(self.preprocess.text, "'auto' and model \"minilm\"")
+        self._check_field_task()
         if self.sweep is not None:
             self._check_sweep(self.sweep)
+
+    def _check_field_task(self) -> None:
+        """``data.state``/``forcing``/``params`` name the fields of a field task, which reads no
+        ``data.inputs`` or ``data.label``; other tasks read those and not the former."""
+        field_keys = [k for k in ("state", "forcing", "params") if getattr(self.data, k) is not None]
+        if self.train.task == "field":
+            for k in ("inputs", "label"):
+                if getattr(self.data, k) is not None:
+                    raise JobFileError(
+                        f"data.{k}",
+                        "is not read by train.task = 'field'; name its fields with data.state, data.forcing "
+                        "and data.params",
+                    )
+        elif field_keys:
+            raise JobFileError(
+                f"data.{field_keys[0]}", f"names a field of train.task = 'field', but the task is {self.train.task!r}"
+            )
 
     def _check_sweep(self, sweep: SweepConfig) -> None:
         """The rules of ``[sweep]`` across tables: every searched key is a key of the job, the

@@ -24,8 +24,22 @@ CLASSIFICATION_LOSSES = ("cross_entropy",)
 REGRESSION_LOSSES = ("mse", "l1", "huber")
 CLASSIFICATION_METRICS = ("accuracy", "f1")
 REGRESSION_METRICS = ("mae", "rmse", "r2")
+FIELD_LOSSES = ("mse",)
+FIELD_METRICS = ("nrmse", "rmse")
+#: train.task → (its losses, its metrics)
+TASK_CHOICES = {
+    "classification": (CLASSIFICATION_LOSSES, CLASSIFICATION_METRICS),
+    "regression": (REGRESSION_LOSSES, REGRESSION_METRICS),
+    "field": (FIELD_LOSSES, FIELD_METRICS),
+}
+#: train.task → (its default loss, its default metric)
+TASK_DEFAULTS = {
+    "classification": ("cross_entropy", "accuracy"),
+    "regression": ("mse", "rmse"),
+    "field": ("mse", "nrmse"),
+}
 #: metrics where smaller is better (early stopping's ``mode = "auto"``)
-SMALLER_IS_BETTER = ("loss", "mae", "rmse")
+SMALLER_IS_BETTER = ("loss", "mae", "rmse", "nrmse")
 
 
 # -- [model] ----------------------------------------------------------------------------------
@@ -170,7 +184,8 @@ class EarlyStopping(Table):
     metric: str = key("val_loss", "Per-epoch metric watched: `val_loss` or `val_<train metric>` (e.g. `val_accuracy`).")
     mode: str = key(
         "auto",
-        "`min`: smaller is better; `max`: larger is better; `auto`: `min` for losses, MAE and RMSE, `max` otherwise.",
+        "`min`: smaller is better; `max`: larger is better; `auto`: `min` for losses, MAE, RMSE and nRMSE, `max` "
+        "otherwise.",
         choices=("auto", "min", "max"),
     )
     min_delta: float = key(0.0, "Smallest change that counts as an improvement.", ge=0)
@@ -201,19 +216,30 @@ class TrainConfig(Table):
         None, "Stop after this many optimizer steps, even mid-epoch.", ge=1, default_doc="no limit"
     )
     task: str = key(
-        "classification", "What the model predicts: class logits or values.", choices=("classification", "regression")
+        "classification",
+        "What the model predicts: class logits, values, or `field`: the next state of a simulated field "
+        "from the state, forcing and parameters of a scenario (docs/surrogates.md).",
+        choices=tuple(TASK_CHOICES),
     )
     loss: str | None = key(
         None,
-        "Loss function: `cross_entropy` (classification); `mse`, `l1`, `huber` (regression).",
+        "Loss function: `cross_entropy` (classification); `mse`, `l1`, `huber` (regression); `mse` of the "
+        "normalised state (field).",
         choices=CLASSIFICATION_LOSSES + REGRESSION_LOSSES,
         default_doc="`cross_entropy` / `mse` by task",
     )
     metric: str | None = key(
         None,
-        "Metric reported per epoch: `accuracy`, `f1` (macro; classification); `mae`, `rmse`, `r2` (regression).",
-        choices=CLASSIFICATION_METRICS + REGRESSION_METRICS,
-        default_doc="`accuracy` / `rmse` by task",
+        "Metric reported per epoch: `accuracy`, `f1` (macro; classification); `mae`, `rmse`, `r2` (regression); "
+        "`nrmse` (‖pred − true‖₂ / ‖true‖₂ per sample and time step, averaged), `rmse` (field, physical units).",
+        choices=CLASSIFICATION_METRICS + REGRESSION_METRICS + ("nrmse",),
+        default_doc="`accuracy` / `rmse` / `nrmse` by task",
+    )
+    unroll: int = key(
+        1,
+        "Field task: steps the model is rolled out during training, its own prediction fed back; the loss is the "
+        "mean over the `unroll` predicted states (1: one-step training).",
+        ge=1,
     )
     device: str = key(
         "cpu",
@@ -269,11 +295,9 @@ class TrainConfig(Table):
     )
 
     def check(self) -> None:
-        losses, metrics = (
-            (CLASSIFICATION_LOSSES, CLASSIFICATION_METRICS)
-            if self.task == "classification"
-            else (REGRESSION_LOSSES, REGRESSION_METRICS)
-        )
+        losses, metrics = TASK_CHOICES[self.task]
+        if self.unroll > 1 and self.task != "field":
+            raise JobFileError("train.unroll", f"is {self.unroll}, but unrolled training needs train.task = 'field'")
         if self.loss is not None and self.loss not in losses:
             raise JobFileError(
                 "train.loss",
@@ -302,10 +326,10 @@ class TrainConfig(Table):
 
     @property
     def task_loss(self) -> str:
-        """``loss``, or the task's default (``cross_entropy`` / ``mse``)."""
-        return self.loss or ("cross_entropy" if self.task == "classification" else "mse")
+        """``loss``, or the task's default (``cross_entropy`` / ``mse`` / ``mse``)."""
+        return self.loss or TASK_DEFAULTS[self.task][0]
 
     @property
     def task_metric(self) -> str:
-        """``metric``, or the task's default (``accuracy`` / ``rmse``)."""
-        return self.metric or ("accuracy" if self.task == "classification" else "rmse")
+        """``metric``, or the task's default (``accuracy`` / ``rmse`` / ``nrmse``)."""
+        return self.metric or TASK_DEFAULTS[self.task][1]

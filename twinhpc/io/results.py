@@ -110,6 +110,10 @@ METRIC_MEANINGS = {
     "f1": ("1", "macro F1 score (mean over the classes present)"),
     "mae": ("target units", "mean absolute error"),
     "rmse": ("target units", "root mean squared error"),
+    "nrmse": (
+        "1",
+        "normalised RMSE of a field task's next state: ‖pred − true‖₂ / ‖true‖₂ per sample and step, averaged",
+    ),
     "r2": ("1", "coefficient of determination R2 (mean over outputs)"),
 }
 

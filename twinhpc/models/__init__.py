@@ -9,6 +9,7 @@ table names the builder and sets some of those arguments::
     model = build("cnn", classes=10, input_size=32)
     names()                                   # ['cnn', ...]
     input_kind("lstm")                        # 'tokens'
+    input_kind("fno2d")                       # 'field'
 
 Each model is registered with :func:`register`: its name, its input kind (a key of
 :data:`INPUT_KINDS`) and its builder, a function or the ``"module:function"`` that defines it.
@@ -39,6 +40,7 @@ INPUT_KINDS = {
     "image": "float32 images (batch, channels, height, width)",
     "tokens": "int64 token ids (batch, length), right-padded with PAD = 0",
     "vector": "float32 feature vectors (batch, features): TF-IDF rows or tabular columns",
+    "field": "float32 fields on a grid (batch, channels, *grid) → (batch, out_channels, *grid)",
 }
 
 _BUILDERS: dict[str, Builder | str] = {}  # a function, or "module:function" not imported yet
@@ -203,3 +205,6 @@ register("transformer", "tokens", ".transformer:transformer")
 register("gpt", "tokens", ".gpt:gpt")
 register("gpt_lm", "tokens", ".gpt:gpt_lm")
 register("minilm", "tokens", ".minilm:minilm")
+register("fno1d", "field", ".fno:fno1d")
+register("fno2d", "field", ".fno:fno2d")
+register("unet2d", "field", ".unet:unet2d")

@@ -39,10 +39,19 @@ from ..data.format import FieldSpec, SplitInfo
 from ..data.shards import open_shard
 from ..errors import DatasetError, TwinError
 from ..kernels import stats, text, tfidf
-from .transform import Image, Tabular, stop_word_list
+from .transform import Field, Image, Tabular, stop_word_list
 
 #: samples per block of the fitting pass (the unit of the per-block moments)
 FIT_BLOCK = 4096
+#: bytes of a block of field samples at most (a scenario's trajectory can be megabytes)
+FIELD_BLOCK_BYTES = 32 << 20
+
+
+def field_block_rows(fields: tuple[FieldSpec, ...]) -> int:
+    """Samples per block of fields: :data:`FIT_BLOCK`, or fewer so that a block of the float32
+    ``fields`` stays under :data:`FIELD_BLOCK_BYTES` (at least 1). Depends on the schema alone."""
+    per_sample = 4 * sum(int(np.prod(f.shape, dtype=np.int64)) for f in fields)
+    return max(1, min(FIT_BLOCK, FIELD_BLOCK_BYTES // max(per_sample, 1)))
 
 
 @dataclass(frozen=True)
@@ -97,8 +106,8 @@ def read_rows(directory: Path, file: str, fields: tuple[FieldSpec, ...], lo: int
     return out
 
 
-def _my_blocks(world: World, split: SplitInfo) -> list[Block]:
-    blocks = split_blocks(split)
+def _my_blocks(world: World, split: SplitInfo, rows: int | None = None) -> list[Block]:
+    blocks = split_blocks(split, rows)
     return [blocks[i] for i in share([b.hi - b.lo for b in blocks], world.rank, world.size)]
 
 
@@ -135,6 +144,79 @@ def fit_image(world: World, directory: Path, split: SplitInfo, spec: FieldSpec, 
         raise TwinError(f"split {split.name!r} has no samples to fit the image statistics on")
     std = total.std / 255
     return Image(spec.name, spec.shape, total.mean / 255, np.where(std > 0, std, 1.0), config.crop_padding, config.flip)
+
+
+def fit_field(world: World, directory: Path, split: SplitInfo, fields: dict[str, FieldSpec]) -> Field:
+    """The statistics of a field task's fields over ``split`` (collective): the mean and std of
+    every value of the state, of the state's increment over one saved step, of the forcing, and
+    of each parameter (see :class:`~twinhpc.preprocess.transform.Field`).
+
+    Parameters
+    ----------
+    fields : role (``state``, ``forcing``, ``params``) → its field's spec.
+
+    Raises
+    ------
+    TwinError
+        On every rank, when any rank cannot read its blocks, the split is empty, or the split
+        holds NaN or inf values (naming the field).
+    """
+    roles = list(fields)
+    specs = tuple(fields.values())
+    params = int(np.prod(fields["params"].shape, dtype=np.int64)) if "params" in fields else 0
+    # columns of the merged moments: state, step, forcing (when present), then one per parameter
+    columns = ["state", "step"] + (["forcing"] if "forcing" in fields else []) + ["params"] * params
+
+    def moments(rows: dict[str, np.ndarray]) -> stats.Moments:
+        state = np.asarray(rows[fields["state"].name])
+        parts = [
+            stats.tabular_moments(state.reshape(-1, 1)),
+            stats.tabular_moments(np.diff(state, axis=1).reshape(-1, 1)),
+        ]
+        if "forcing" in fields:
+            parts.append(stats.tabular_moments(np.asarray(rows[fields["forcing"].name]).reshape(-1, 1)))
+        if params:
+            parts.append(stats.tabular_moments(np.asarray(rows[fields["params"].name]).reshape(len(state), -1)))
+        return stats.Moments(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("count", "mean", "m2")))
+
+    rows = field_block_rows(specs)
+
+    def local():
+        return [
+            (b.index, moments(read_rows(directory, b.file, specs, b.lo, b.hi))) for b in _my_blocks(world, split, rows)
+        ]
+
+    mine = world.run(local, DatasetError)
+    total = _merge_block_moments(world, mine, len(columns))
+    if split.count == 0:
+        raise TwinError(f"split {split.name!r} has no samples to fit the field statistics on")
+    # NaN values are skipped by the moments (a smaller count), inf values make them non-finite
+    frames, grid = fields["state"].shape[0], int(np.prod(fields["state"].shape[1:], dtype=np.int64))
+    expected = {
+        "state": split.count * frames * grid,
+        "step": split.count * (frames - 1) * grid,
+        "forcing": split.count * int(np.prod(fields["forcing"].shape)) if "forcing" in fields else 0,
+        "params": split.count,
+    }
+    for i, role in enumerate(columns):
+        if total.count[i] != expected[role] or not (np.isfinite(total.mean[i]) and np.isfinite(total.m2[i])):
+            name = fields["state" if role == "step" else role].name
+            raise TwinError(
+                f"{directory}: field {name!r}, split {split.name!r}: NaN or inf values; a field task cannot "
+                f"be trained on them (fix the data)"
+            )
+    std = np.where(total.std > 0, total.std, 1.0)
+    stat = {
+        "state_mean": total.mean[0],
+        "state_std": std[0],
+        "step_mean": total.mean[1],
+        "step_std": std[1],
+    }
+    if "forcing" in fields:
+        stat |= {"forcing_mean": total.mean[2], "forcing_std": std[2]}
+    if params:
+        stat |= {"params_mean": total.mean[-params:], "params_std": std[-params:]}
+    return Field({role: (fields[role].name, fields[role].shape) for role in roles}, stat)
 
 
 @dataclass(frozen=True)

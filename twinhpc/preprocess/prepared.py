@@ -70,7 +70,7 @@ from ..data.staging import install, staging
 from ..errors import DatasetError, TwinError
 from ..io.prepared_state import STATE, read_prepared_state, write_prepared_state
 from . import fit
-from .transform import KINDS, Image, MiniLM, Sequence, Tfidf
+from .transform import FIELD_ROLES, KINDS, Field, Image, MiniLM, Sequence, Tfidf
 
 log = logging.getLogger("twinhpc")
 
@@ -84,13 +84,19 @@ class Plan:
 
     Attributes
     ----------
-    kind : ``"image"``, ``"text"`` or ``"tabular"``.
+    kind : ``"image"``, ``"text"``, ``"tabular"`` or ``"field"`` (``train.task = "field"``).
     inputs : the source input fields.
-    label : the label field, or ``None`` (a dataset without labels).
+    label : the label field, or ``None`` (a dataset without labels; always for a field task).
     categorical : ``(field, levels)`` of the tabular inputs holding categorical codes.
+    roles : a field task's fields by role (``state``, ``forcing``, ``params``); else empty.
     """
 
     def __init__(self, job: Job, manifest: Manifest):
+        self.roles: dict[str, FieldSpec] = {}
+        self.categorical, self.text_mode = [], None
+        if job.train.task == "field":
+            self._field_task(job, manifest)
+            return
         label = job.data.label or manifest.label_field
         names = [f.name for f in manifest.fields]
         if label is not None and label not in names:
@@ -143,8 +149,65 @@ class Plan:
                     "preprocess.text.lowercase", "false is not supported: the tokenizer always lower-cases"
                 )
 
+    def _field_task(self, job: Job, manifest: Manifest) -> None:
+        """The fields of a field task (``data.state``, ``data.forcing``, ``data.params``), checked
+        against the manifest: a float state of per-sample shape (T+1, *grid) with T ≥ 1 and a 1-D
+        or 2-D grid, a float forcing of shape (T, *grid), float params of shape (P,) or ()."""
+        names = {f.name: f for f in manifest.fields}
+        data = job.data
+        chosen = {
+            "state": data.state or "field",
+            "forcing": data.forcing if data.forcing is not None else ("forcing" if "forcing" in names else ""),
+            "params": data.params if data.params is not None else ("params" if "params" in names else ""),
+        }
+        for role, name in chosen.items():
+            if not name:
+                continue
+            if name not in names:
+                raise JobFileError(
+                    f"data.{role}", f"names field {name!r}, but the dataset {data.dataset} has {sorted(names)}"
+                )
+            spec = names[name]
+            if spec.is_text or np.dtype(spec.dtype).kind not in "fiu":
+                raise JobFileError(
+                    f"data.{role}", f"field {name!r} holds {spec.dtype} values; a field task needs numbers"
+                )
+            self.roles[role] = spec
+        state = self.roles["state"].shape
+        if len(state) not in (2, 3) or state[0] < 2:
+            raise JobFileError(
+                "data.state",
+                f"field {chosen['state']!r} has per-sample shape {state}; a field task needs (T+1, x) or (T+1, x, y) "
+                f"with T ≥ 1 saved steps",
+            )
+        steps, grid = state[0] - 1, state[1:]
+        if "forcing" in self.roles and self.roles["forcing"].shape != (steps, *grid):
+            raise JobFileError(
+                "data.forcing",
+                f"field {chosen['forcing']!r} has per-sample shape {self.roles['forcing'].shape}, but the state "
+                f"{chosen['state']!r} of shape {state} needs forcing of shape {(steps, *grid)} (one per step)",
+            )
+        if "params" in self.roles and len(self.roles["params"].shape) > 1:
+            raise JobFileError(
+                "data.params",
+                f"field {chosen['params']!r} has per-sample shape {self.roles['params'].shape}; "
+                f"parameters are (P,) or ()",
+            )
+        self.inputs = tuple(self.roles[r] for r in FIELD_ROLES if r in self.roles)
+        self.label, self.kind, self.numeric = None, "field", ()
+        if job.model.name in models.names():
+            _check_model_input(job.model.name, self.kind, self.inputs, data.dataset)
+
     def settings(self, job: Job) -> dict[str, Any]:
         """The job keys that shape the preprocessed data (the fingerprint's configuration)."""
+        if self.kind == "field":
+            return {
+                "train_split": job.data.train_split,
+                "inputs": [f.name for f in self.inputs],
+                "label": None,
+                "kind": self.kind,
+                "roles": {role: spec.name for role, spec in self.roles.items()},
+            }
         table = {"image": job.preprocess.image, "text": job.preprocess.text, "tabular": job.preprocess.tabular}[
             self.kind
         ].to_dict()
@@ -165,9 +228,10 @@ MODEL_EXPECTS = {
     "image": "one uint8 image field of per-sample shape (height, width, channels)",
     "tokens": "one text field (read as token ids)",
     "vector": "numeric fields (flattened into one feature vector) or one text field (TF-IDF)",
+    "field": 'a field trajectory with train.task = "field" (data.state of per-sample shape (T+1, *grid))',
 }
 #: a model's input kind → the kinds of :class:`Plan` it can read
-MODEL_READS = {"image": ("image",), "tokens": ("text",), "vector": ("tabular", "text")}
+MODEL_READS = {"image": ("image",), "tokens": ("text",), "vector": ("tabular", "text"), "field": ("field",)}
 
 
 def _check_model_input(model: str, kind: str, inputs: tuple[FieldSpec, ...], dataset: str) -> None:
@@ -177,6 +241,12 @@ def _check_model_input(model: str, kind: str, inputs: tuple[FieldSpec, ...], dat
     reads = models.input_kind(model)
     if kind in MODEL_READS[reads]:
         return
+    if kind == "field":
+        raise JobFileError(
+            "model.name",
+            f'is {model!r}, which reads {MODEL_EXPECTS[reads]}; train.task = "field" needs a model '
+            f"that reads fields: {', '.join(n for n in models.names() if models.input_kind(n) == 'field')}",
+        )
     fields = ", ".join(f"{f.name!r} ({f.dtype}, per-sample shape {f.shape})" for f in inputs)
     hint = ""
     if reads == "image":
@@ -247,8 +317,10 @@ class Prepared:
     fields : the stored fields to read: the inputs, then the label (when the data has one).
     raw_fields : the source fields :meth:`encode` needs (inputs, then the label).
     label : the label field name, or ``None``.
-    kind : ``image``, ``sequence``, ``minilm``, ``tfidf`` or ``tabular`` (the transform's).
+    kind : ``image``, ``sequence``, ``minilm``, ``tfidf``, ``tabular`` or ``field`` (the transform's).
     state : the attributes of ``state.h5`` (fingerprint, config, source ...).
+    field : the fitted :class:`~twinhpc.preprocess.transform.Field` of a field task (its fields
+        and normalisation), else ``None``.
     """
 
     def __init__(self, dataset_dir: Path, transform, task: str, manifest: Manifest, plan: Plan, state: dict):
@@ -256,6 +328,7 @@ class Prepared:
         self.task = task
         self._transform = transform
         self.kind = transform.kind
+        self.field = transform if isinstance(transform, Field) else None
         self.label = plan.label.name if plan.label else None
         self.classes = tuple(manifest.classes) if task == "classification" else ()
         outputs = (
@@ -350,7 +423,8 @@ class Prepared:
         Returns
         -------
         x : float32 (N, C, H, W) images; int64 (N, L) token ids; float32 sparse CSR (N, V)
-            TF-IDF rows; or float32 (N, features).
+            TF-IDF rows; float32 (N, features); or for a field task a dict of normalised float32
+            tensors ``state`` (N, T+1, *grid), ``forcing`` (N, T, *grid), ``params`` (N, P).
         y : int64 (N,) class indices, float32 (N, ...) targets for regression, or ``None``
             when the batch has no label.
         """
@@ -404,6 +478,8 @@ def open_prepared(job: Job) -> Prepared:
 def _fit(world: World, job: Job, manifest: Manifest, plan: Plan):
     directory = Path(job.data.dataset)
     train = manifest.split(job.data.train_split)
+    if plan.kind == "field":
+        return fit.fit_field(world, directory, train, plan.roles)
     if plan.kind == "image":
         return fit.fit_image(world, directory, train, plan.inputs[0], job.preprocess.image)
     if plan.kind == "tabular":
@@ -519,7 +595,10 @@ def preprocess(
                         stored[plan.label.name] = batch[plan.label.name]
                     return stored
 
-                written.append((split.name, i, write_shard(tmp / sh.file, fields, np.arange(sh.count), read)))
+                piece = fit.field_block_rows(fields) if plan.kind == "field" else 8192
+                written.append(
+                    (split.name, i, write_shard(tmp / sh.file, fields, np.arange(sh.count), read, piece=piece))
+                )
             return written
 
         everything = [w for part in world.allgather(world.run(write_mine, DatasetError)) for w in part]
@@ -623,6 +702,13 @@ def _summary(transform) -> str:
         return f"token ids: vocabulary {len(transform.vocab)} terms + PAD, UNK; max_len {transform.max_len}"
     if isinstance(transform, MiniLM):
         return f"token ids of MiniLM's tokenizer; max_len {transform.max_len}"
+    if isinstance(transform, Field):
+        st = transform.stats
+        return (
+            f"fields: state {transform.fields['state'][0]!r} ({transform.steps} steps on a grid {transform.grid}) "
+            f"mean {float(st['state_mean']):.4g} std {float(st['state_std']):.4g}, step std {float(st['step_std']):.4g}"
+            + "".join(f", {role} {name!r}" for role, (name, _) in transform.fields.items() if role != "state")
+        )
     return (
         f"tabular: {transform.width} features ({len(transform.mean)} numeric"
         f"{', standardised' if transform.standardize else ''}, "

@@ -11,6 +11,9 @@ class         stored field(s) (``encode``)   model input (``__call__``)
 ``Tfidf``     ``terms`` int32, ``counts``    float32 sparse CSR TF-IDF rows (l2-normalised)
               int32 (width)
 ``Tabular``   ``x`` float32 (features)       float32 (batch, features)
+``Field``     the state, forcing, params     ``{"state", "forcing", "params"}`` float32
+              fields, float32, unchanged     tensors, each normalised by its training
+                                             mean and std
 ============  =============================  ==============================================
 
 ``encode(batch)`` maps a batch of the *source* dataset (``dict`` field → numpy array, as the
@@ -404,5 +407,78 @@ class Tabular:
         return cls(s["numeric"], s["categorical"], arrays["mean"], arrays["std"], s["standardize"])
 
 
+#: the roles of a field task's fields, in the order of a model's input channels
+FIELD_ROLES = ("state", "forcing", "params")
+
+
+class Field:
+    """The fields of a field task (docs/surrogates.md): a scenario's ``state`` trajectory
+    (T+1, *grid), its ``forcing`` (T, *grid) and its ``params`` (P,), the last two optional.
+    Stored unchanged as float32; per batch each is normalised with its training mean and std.
+
+    Parameters
+    ----------
+    fields : role (``state``, ``forcing``, ``params``) → ``(field name, per-sample shape)`` of
+        the roles the job has.
+    stats : ``<role>_mean``, ``<role>_std`` per role (float64; a scalar for the state and the
+        forcing, one per parameter for the params), and ``step_mean``, ``step_std``: the mean and
+        std of the state's increment over one saved step, ``state[t+1] − state[t]``, in the
+        state's physical units. A std of 0 is stored as 1.
+
+    Attributes
+    ----------
+    grid : the spatial grid (the state's per-sample shape without its time axis).
+    steps : T, the saved steps of a scenario.
+    """
+
+    kind = "field"
+
+    def __init__(self, fields, stats):
+        self.fields = {role: (name, tuple(int(s) for s in shape)) for role, (name, shape) in fields.items()}
+        self.stats = {k: np.asarray(v, np.float64) for k, v in stats.items()}
+        shape = self.fields["state"][1]
+        self.steps, self.grid = shape[0] - 1, shape[1:]
+
+    @property
+    def params_count(self) -> int:
+        """P: the scenario parameters (0 without a params field)."""
+        return int(np.prod(self.fields["params"][1], dtype=np.int64)) if "params" in self.fields else 0
+
+    @property
+    def stored(self) -> tuple[FieldSpec, ...]:
+        return tuple(FieldSpec(name, "float32", shape) for name, shape in self.fields.values())
+
+    def encode(self, batch: Batch) -> dict[str, np.ndarray]:
+        return {name: np.asarray(batch[name], np.float32) for name, _ in self.fields.values()}
+
+    def normalize(self, role: str, values: np.ndarray) -> np.ndarray:
+        """``values`` of ``role`` (physical units, params as (n, P)) normalised, float32."""
+        mean, std = self.stats[f"{role}_mean"], self.stats[f"{role}_std"]
+        return ((np.asarray(values, np.float64) - mean) / std).astype(np.float32)
+
+    def __call__(self, batch: Batch, train: bool = False, rng=None):
+        """``{"state": (n, T+1, *grid), "forcing": (n, T, *grid), "params": (n, P)}`` normalised
+        float32 tensors (the roles the job has)."""
+        torch = _torch()
+        out = {}
+        for role, (name, _) in self.fields.items():
+            values = np.asarray(batch[name])
+            if role == "params":
+                values = values.reshape(len(values), -1)
+            out[role] = torch.from_numpy(self.normalize(role, values))
+        return out
+
+    def model_defaults(self) -> dict[str, Any]:
+        """One input channel for the state, one for the forcing, one per parameter; one output."""
+        return {"in_channels": 1 + ("forcing" in self.fields) + self.params_count, "out_channels": 1}
+
+    def state(self):
+        return dict(self.stats), {"fields": {role: [name, list(shape)] for role, (name, shape) in self.fields.items()}}
+
+    @classmethod
+    def from_state(cls, arrays, s) -> Field:
+        return cls({role: (name, shape) for role, (name, shape) in s["fields"].items()}, arrays)
+
+
 #: kind → transform class (the ``kind`` attribute of state.h5)
-KINDS = {cls.kind: cls for cls in (Image, Sequence, MiniLM, Tfidf, Tabular)}
+KINDS = {cls.kind: cls for cls in (Image, Sequence, MiniLM, Tfidf, Tabular, Field)}

@@ -44,10 +44,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def metric_of(results: dict[str, Any]) -> str:
-    """The run's per-epoch metric: ``train.metric``, else the task's default (accuracy / rmse)."""
+    """The run's per-epoch metric: ``train.metric``, else the task's default (accuracy / rmse /
+    nrmse)."""
     train = results["config"].get("train", {})
     task = results["report"].get("task") or train.get("task", "classification")
-    return train.get("metric") or ("accuracy" if task == "classification" else "rmse")
+    return train.get("metric") or {"classification": "accuracy", "field": "nrmse"}.get(task, "rmse")
 
 
 def summary(results: dict[str, Any], run: str | os.PathLike = "RUN") -> str:
@@ -104,6 +105,8 @@ def _report_text(rep: dict[str, Any]) -> str:
     head = f"final report ({rep.get('split', '?')} split, {rep.get('n', '?')} samples{used}): "
     if rep.get("task") == "regression":
         return head + ", ".join(f"{k} {_fmt(rep[k])}" for k in ("loss", "mae", "rmse", "r2") if k in rep)
+    if rep.get("task") == "field":
+        return head + ", ".join(f"one-step {k} {_fmt(rep[k])}" for k in ("loss", "nrmse", "rmse") if k in rep)
     lines = [head + ", ".join(f"{k} {_fmt(rep[k])}" for k in ("accuracy", "loss", "macro_f1") if k in rep)]
     if "precision" in rep:
         classes = rep.get("classes", [str(i) for i in range(len(rep["precision"]))])

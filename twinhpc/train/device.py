@@ -50,9 +50,11 @@ def resolve_device(name: str, where: str = "train.device") -> torch.device:
 
 
 def to_device(t, device: torch.device):
-    """``t`` (a tensor, sparse included, or ``None``) on ``device``; a no-op on its own device.
-    A dense host tensor goes to a GPU through pinned memory (torch's caching host allocator), so
-    that the copy is queued without waiting."""
+    """``t`` (a tensor, sparse included, a dict of tensors, or ``None``) on ``device``; a no-op on
+    its own device. A dense host tensor goes to a GPU through pinned memory (torch's caching host
+    allocator), so that the copy is queued without waiting."""
+    if isinstance(t, dict):
+        return {k: to_device(v, device) for k, v in t.items()}
     if t is None or t.device == device:
         return t
     if device.type == "cuda" and t.device.type == "cpu" and t.layout == torch.strided:

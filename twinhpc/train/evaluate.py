@@ -135,7 +135,12 @@ class Evaluation:
 
     def report(self) -> dict[str, Any]:
         """The final report (results.h5 ``/report``): confusion matrix and per-class precision,
-        recall, F1 (classification) or MAE, RMSE, R² (regression), plus ``loss`` and ``split``."""
+        recall, F1 (classification), MAE, RMSE, R² (regression) or the one-step MSE, nRMSE and
+        RMSE (field, :func:`~twinhpc.train.field.field_report`), plus ``loss`` and ``split``."""
+        if self.task == "field":
+            from .field import field_report
+
+            return {**field_report(self.rows), "loss": self.loss, "split": self.split}
         pred = predictions(self.task, torch.from_numpy(self.rows["output"])).numpy()
         if self.task == "classification":
             n = len(self.classes) or self.rows["output"].shape[1]
@@ -146,9 +151,19 @@ class Evaluation:
 
 
 def evaluate(
-    model: torch.nn.Module, loader: ShardedLoader, transform: Callable, job: Job, world, classes: tuple[str, ...] = ()
+    model: torch.nn.Module,
+    loader: ShardedLoader,
+    transform: Callable,
+    job: Job,
+    world,
+    classes: tuple[str, ...] = (),
+    *,
+    field=None,
 ) -> Evaluation:
     """Loss and ``train.metric`` of ``model`` over the loader's split; collective.
+
+    ``field``: the :class:`~twinhpc.train.field.FieldTask` of a field job, whose one-step errors
+    are evaluated per scenario (:func:`~twinhpc.train.field.infer_field`).
 
     Raises
     ------
@@ -158,6 +173,13 @@ def evaluate(
     from ..errors import TwinError
 
     task = job.train.task
+    if field is not None:
+        from .field import field_report, infer_field
+
+        rows = merge(world, infer_field(model, loader, transform, field, bf16=job.train.bf16))
+        report = field_report(rows)
+        metric = job.train.task_metric
+        return Evaluation(task, loader.split, report["mse"], metric, report[metric], rows)
     local = infer(model, loader, transform, loss_fn=make_loss(job.train.task_loss), bf16=job.train.bf16)
     fault_point("validation")
     rows = merge(world, local)

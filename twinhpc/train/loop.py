@@ -63,7 +63,6 @@ from ..config import Job
 from ..errors import TwinError
 from ..log import ensure_logging
 from .evaluate import autocast
-from .losses import batch_stats
 from .optim import clip_gradients
 from .run import PHASES, HostCopy, PendingStep, TrainingRun, TrainResult
 from .rundir import open_run
@@ -188,17 +187,11 @@ def _train(job: Job, world: World, run: TrainingRun, until_epoch: int | None = N
                     sync = model.no_sync() if micro < accumulate - 1 else contextlib.nullcontext()
                     with sync:
                         with autocast(cfg.bf16, run.device):
-                            outputs = model(x)
-                            loss = run.loss_fn(outputs, y).mean()
+                            outputs, targets, loss = run.forward(x, y)
                         (loss / accumulate).backward()
                     # the loss and the metric statistics, copied to the host without waiting
                     scalars.append(
-                        torch.cat(
-                            [
-                                loss.detach().double().reshape(1),
-                                batch_stats(cfg.task, outputs.detach().float(), y, run.n_out),
-                            ]
-                        )
+                        torch.cat([loss.detach().double().reshape(1), run.batch_stats(outputs.detach(), targets)])
                     )
                     batch_indices.append(loader.batches_consumed - 1)
                     timing["data_wait"] += t1 - t0

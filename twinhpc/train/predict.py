@@ -92,8 +92,13 @@ def validate(
     path, which = world.run(lambda: find_checkpoint(run, checkpoint), name="find checkpoint")
     model = world.run(lambda: load_model(job, prep, path), name="load model")
     loader = split_loader(prep.dataset_dir, split or job.data.val_split, job, world, prep.fields)
+    field = None
+    if job.train.task == "field":
+        from .field import FieldTask
+
+        field = FieldTask(prep.field)
     with loader:
-        ev = evaluate(model, loader, prep.transform, job, world, tuple(prep.classes))
+        ev = evaluate(model, loader, prep.transform, job, world, tuple(prep.classes), field=field)
     return {**ev.report(), "checkpoint": str(path), "which": which}
 
 
@@ -127,6 +132,11 @@ def predict(
     world.stall_timeout = job.train.stall_timeout
     if dataset is None or out is None:
         raise TwinError("predict needs --input DATASET and --out PRED.h5")
+    if job.train.task == "field":
+        raise TwinError(
+            "predict: a field job (train.task = 'field') predicts trajectories; roll it out with "
+            "twinhpc.train.rollout (docs/surrogates.md)"
+        )
     prep = _prepared(job, world, prepared)
     path, _ = world.run(lambda: find_checkpoint(run, checkpoint))
     manifest = Manifest.load(dataset)

@@ -38,7 +38,9 @@ from ..io.rundir import RunDirError
 from ..log import Progress
 from .device import resolve_device, to_device
 from .evaluate import Evaluation, evaluate, split_loader
-from .losses import make_loss, metric_from_stats, stats_size
+from .field import STATS as FIELD_STATS
+from .field import FieldTask, metric_from_field_stats
+from .losses import batch_stats, make_loss, metric_from_stats, stats_size
 from .model import build_model
 from .optim import Schedule, improved, make_optimizer
 from .rundir import check_checkpoint_space, os_error_text
@@ -195,6 +197,8 @@ class TrainingRun:
         The learning rate per step and epoch, and the plateau state.
     loss_fn : callable
         ``(outputs, targets) -> per-sample losses`` (``train.loss``).
+    field : FieldTask or None
+        The field task's step, objective and metrics (``train.task = "field"``), else ``None``.
     n_out : int
         Model outputs: classes, or regression targets.
     stats_len : int
@@ -294,8 +298,9 @@ class TrainingRun:
             self.optimizer = make_optimizer(self.model.parameters(), ocfg)
             self.schedule = Schedule(ocfg, self.steps_per_epoch, int(self.total_steps))
             self.loss_fn = make_loss(cfg.task_loss)
+            self.field = FieldTask(prep.field, cfg.unroll) if cfg.task == "field" else None
             self.n_out = len(prep.classes) or int(prep.model_defaults.get("classes", 1))
-            self.stats_len = stats_size(cfg.task, self.n_out)
+            self.stats_len = len(FIELD_STATS) if self.field is not None else stats_size(cfg.task, self.n_out)
             torch.manual_seed(cfg.seed + world.rank)  # dropout: per rank
             self.aug_rng = np.random.default_rng(cfg.seed + world.rank)  # augmentation: per rank
 
@@ -364,6 +369,36 @@ class TrainingRun:
         x, y = self.prep.transform(batch, train=True, rng=self.aug_rng, **self.on_device)
         return to_device(x, self.device), to_device(y, self.device)
 
+    def forward(self, x, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(outputs, targets, loss)`` of a micro-batch: the model's outputs, what they are
+        compared with, and the mean loss (the field task's: the ``train.unroll`` predicted states
+        of every chain, :meth:`FieldTask.forward <twinhpc.train.field.FieldTask.forward>`)."""
+        if self.field is not None:
+            return self.field.forward(self.model, x)
+        outputs = self.model(x)
+        return outputs, y, self.loss_fn(outputs, y).mean()
+
+    def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training metric's statistics of a micro-batch (float64, summed over the epoch)."""
+        if self.field is not None:
+            return self.field.stats(outputs, targets)
+        return batch_stats(self.cfg.task, outputs.float(), targets, self.n_out)
+
+    def record(self) -> dict:
+        """What a checkpoint records besides the loop: for a field task the fitted normalisation
+        and the model's data-given structure (``field``), so that the checkpoint alone rolls out
+        (:mod:`twinhpc.train.rollout`)."""
+        if self.field is None:
+            return {}
+        arrays, settings = self.prep.field.state()
+        return {
+            "field": {
+                "settings": settings,
+                "stats": {k: np.asarray(v).tolist() for k, v in arrays.items()},
+                "model_defaults": dict(self.prep.model_defaults),
+            }
+        }
+
     def save(self, epoch: int) -> Path | None:
         """Collective. Every rank gathers its RNG states to rank 0, which writes the checkpoint
         of the current step (``epoch``: the epoch the loader resumes in) and flushes results.h5;
@@ -385,7 +420,7 @@ class TrainingRun:
                     optimizer=self.optimizer,
                     loader=self.loader.state_dict(),
                     rng=states,
-                    extra={"loop": asdict(state), "schedule": self.schedule.state_dict()},
+                    extra={"loop": asdict(state), "schedule": self.schedule.state_dict(), **self.record()},
                     keep=self.cfg.keep_checkpoints,
                     protect=() if state.best_step is None else (state.best_step,),
                     config=self.job.to_json(),
@@ -479,9 +514,12 @@ class TrainingRun:
         train_time = time.perf_counter() - t_epoch
         self.last_eval = self.validate()
         metric = cfg.task_metric
+        stats = np.asarray(state.metric_stats)
         row = self.row = {
             "loss": state.loss_sum / max(1, state.steps_in_epoch),
-            metric: metric_from_stats(metric, np.asarray(state.metric_stats), self.n_out),
+            metric: metric_from_field_stats(metric, stats)
+            if self.field is not None
+            else metric_from_stats(metric, stats, self.n_out),
             **self.last_eval.metrics(),
             "lr": lr,
             "epoch_time_s": time.perf_counter() - t_epoch,
@@ -525,7 +563,13 @@ class TrainingRun:
         the validation split."""
         self.model.broadcast_state()  # BatchNorm statistics: rank 0's everywhere
         return evaluate(
-            self.model.module, self.val_loader, self.prep.transform, self.job, self.world, tuple(self.prep.classes)
+            self.model.module,
+            self.val_loader,
+            self.prep.transform,
+            self.job,
+            self.world,
+            tuple(self.prep.classes),
+            field=self.field,
         )
 
     def final_report(self, status: str) -> TrainResult:
