@@ -153,8 +153,8 @@ the same concurrency, executor slurm: job arrays) to measure queue_wait: the sec
 segment's submission to its start (sacct's Submit and Start, SlurmTrials.queue_wait), per trial.
 With --executor slurm the comparison's own segments are measured too.
 
-Trials run with OMP_NUM_THREADS={{--threads}} unless the environment sets it (one core per 1-rank
-trial: two such trials fill a 2-core machine).
+Trials run with OMP_NUM_THREADS set to --threads (default 1) unless the environment sets it
+(one core per 1-rank trial: two such trials fill a 2-core machine).
 
 Output: a table per sweep, the comparison with its targets, the summary; FOLDER/tune.h5 (--out)
 written atomically: /sweeps (one row per sweep per repeat: job, scheduler, executor, seed, order,
@@ -166,14 +166,16 @@ asha_time_to_target_s, random_time_to_target_s, pass_best, pass_epochs, pass_tar
 with `runs` counting those), /queue_wait (with --slurm or --executor slurm: job, scheduler, seed,
 trial, rung, job_id, wait_s) and the settings as attributes; and the printed text in
 FOLDER/tune.txt. The sweeps stay in WORK/sweeps/<UTC time>/<job>-<asha|random>-s<seed> when
---work is given (a default work folder is removed at the end).
+--work is given (the Slurm sweep in .../digits-slurm-s<seed>; a default work folder is removed
+at the end).
 
---quick: {{quick}} for a smoke test, not for the targets.
+--quick, a smoke test, not for the targets:
+  {{quick}}.
 
 examples:
   python benchmarks/tune.py --quick --out /tmp/tune-bench
   python benchmarks/tune.py --jobs digits
-  python benchmarks/tune.py --repeat 5 --out benchmarks/results      # the recorded run
+  python benchmarks/tune.py --repeat 5 --slurm --out benchmarks/results   # the recorded run
   python benchmarks/tune.py --quick --jobs digits --slurm             # with the Slurm queue wait
 """
 
@@ -187,7 +189,7 @@ def parse_args(argv):
     )
     p = argparse.ArgumentParser(
         prog="tune.py",
-        description=DESCRIPTION.replace("{--threads}", "--threads").replace("{quick}", quick),
+        description=DESCRIPTION.replace("{quick}", quick),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated jobs among {', '.join(JOBS)} (default all)")
@@ -510,6 +512,8 @@ def report(
         ttt = fmt_time(s["time_to_target_s"])
         if math.isnan(s["time_to_target_s"]) and not math.isnan(s["gap"]):
             ttt += f" (gap {s['gap']:.4f})"
+        if s["executor_role"] != "compare":
+            ttt = "-"  # the Slurm sweep of --slurm has no target
         table.append(
             {
                 "job": s["job"],
