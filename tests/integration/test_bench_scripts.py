@@ -1,7 +1,9 @@
 """The benchmark scripts end to end (tiny sizes): allreduce.py, dp_overhead.py, train_throughput.py
-under mpirun -n 2; wire_casts.py, run twice: two records."""
+under mpirun -n 2; wire_casts.py, run twice: two records; tune.py --quick (sweeps on the local
+executor)."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -153,3 +155,102 @@ def test_wire_casts_benchmark_run_twice_leaves_two_records(tmp_path):
         assert [x["speedup"] for x in record.rows("wire_casts")] == [r["speedup"] for r in rows]
         assert record.attrs["names"] == [r["name"] for r in rows]
         assert "wire_casts.py --mib 0.1" in record.attrs["command"] and record.attrs["machine_cores"] >= 1
+
+
+def _sweep_h5(path: Path) -> dict:
+    """What tune.py's figures come from, read with h5py alone (not through twinhpc)."""
+    with h5py.File(path) as f:
+        a = f.attrs
+        return {
+            "trials": f["trials"][()],
+            "reports": f["reports"][()],
+            "rungs": list(a["rungs"]),
+            "first_start": float(a["first_start"]),
+            "updated_at": float(a["updated_at"]),
+            "utilisation": float(a["utilisation"]),
+            "busy_s": float(a["busy_s"]),
+            "direction": a["direction"] if isinstance(a["direction"], str) else a["direction"].decode(),
+            "params": [k for k, _ in json.loads(a["params"])],
+        }
+
+
+@pytest.mark.timeout(960)
+def test_tune_benchmark_quick_takes_its_figures_from_the_sweeps(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "tune.py"), "--quick", "--work", str(work), "--out", str(out)]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "ASHA against random search" in r.stdout and "(<= 1/3: " in r.stdout and "(>= 0.9: " in r.stdout
+
+    (record,) = (out / "tune").glob("*.h5")  # one run: one new record
+    with h5py.File(record) as f:
+        assert set(f) == {"sweeps", "comparisons", "summary"}
+        rows = [
+            {k: (v.decode() if isinstance(v, bytes) else v.item()) for k, v in zip(f["sweeps"].dtype.names, row)}
+            for row in f["sweeps"][()]
+        ]
+        comparisons = f["comparisons"][()]
+        summary = f["summary"][()]
+        assert f.attrs["trials"] == 4 and f.attrs["max_epochs"] == 3 and list(f.attrs["rungs"]) == [1, 3]
+        assert f.attrs["executor"] == "local" and f.attrs["concurrent"] == 2 and f.attrs["ranks"] == 1
+        assert f.attrs["target_best_points"] == 0.01 and f.attrs["target_utilisation"] == 0.9
+        assert f.attrs["target_epochs_ratio"] == pytest.approx(1 / 3) and f.attrs["repeat"] == 1
+    assert sorted((s["job"], s["scheduler"]) for s in rows) == [
+        ("digits", "asha"),
+        ("digits", "none"),
+        ("synthetic", "asha"),
+        ("synthetic", "none"),
+    ]
+    assert (out / "tune.txt").read_text().strip().splitlines()[-1] == r.stdout.strip().splitlines()[-2]
+
+    (stamp,) = (work / "sweeps").iterdir()  # one run: one folder of sweeps
+    by = {}
+    for s in rows:
+        name = {"asha": "asha", "none": "random"}[s["scheduler"]]
+        h = _sweep_h5(stamp / f"{s['job']}-{name}-s0" / "sweep.h5")
+        by[s["job"], s["scheduler"]] = (s, h)
+        trials = h["trials"]
+        assert s["seed"] == 0 and s["executor"] == "local" and s["trials"] == len(trials) == 4
+        assert s["epochs"] == int(trials["epochs"].sum())  # epochs summed over the sweep's trials
+        assert s["reports"] == len(h["reports"]) and s["failed"] == 0
+        assert s["wall_s"] == pytest.approx(h["updated_at"] - h["first_start"])
+        assert s["utilisation"] == h["utilisation"] and s["busy_s"] == h["busy_s"]
+        assert s["utilisation"] == pytest.approx(h["busy_s"] / (2 * s["wall_s"]))
+        assert s["pass_utilisation"] == (s["utilisation"] >= 0.9)
+        last = trials["metric"][:, -1]
+        assert s["best"] == max(m for m in last if not math.isnan(m))  # val_accuracy: larger is better
+        assert h["direction"] == "max"
+    for job in ("digits", "synthetic"):
+        (a, ha), (n, hn) = by[job, "asha"], by[job, "none"]
+        assert hn["rungs"] == [3] and ha["rungs"] == [1, 3]
+        assert n["epochs"] == 4 * 3  # random search: every trial at the full budget
+        assert a["epochs"] < n["epochs"]
+        for key in ha["params"]:  # the same trials: trial i has the same values in both sweeps
+            assert list(ha["trials"][key]) == list(hn["trials"][key]), key
+        target = n["best"]
+        for s, h in ((a, ha), (n, hn)):
+            assert s["target"] == target
+            hit = [rep["at"] for rep in h["reports"] if rep["metric"] >= target]
+            if hit:
+                assert s["time_to_target_s"] == pytest.approx(hit[0] - h["first_start"]) and s["gap"] == 0
+            else:
+                assert math.isnan(s["time_to_target_s"])
+                assert s["gap"] == pytest.approx(target - max(h["reports"]["metric"]))
+        assert not math.isnan(n["time_to_target_s"])  # random search reaches its own best
+        (c,) = [c for c in comparisons if c["job"].decode() == job]
+        assert c["best_diff"] == pytest.approx(target - a["best"])
+        assert c["epochs_ratio"] == pytest.approx(a["epochs"] / n["epochs"])
+        assert c["wall_ratio"] == pytest.approx(a["wall_s"] / n["wall_s"])
+        assert c["pass_epochs"] == (c["epochs_ratio"] <= 1 / 3) and c["pass_best"] == (c["best_diff"] <= 0.01)
+        med = {(m["scheduler"].decode(), m["figure"].decode()): m for m in summary if m["job"].decode() == job}
+        assert med["ASHA", "epochs"]["median"] == med["ASHA", "epochs"]["min"] == a["epochs"]  # one run
+        assert med["ASHA/random", "epochs_ratio"]["median"] == pytest.approx(c["epochs_ratio"])
+
+
+def test_tune_benchmark_help_names_the_targets():
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "tune.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    for text in ("--repeat", "--quick", "--slurm", "--executor", "--work", "utilisation >= 0.9", "best_diff <= 0.01"):
+        assert text in r.stdout, text
