@@ -157,7 +157,8 @@ Trials run with OMP_NUM_THREADS set to --threads (default 1) unless the environm
 (one core per 1-rank trial: two such trials fill a 2-core machine).
 
 Output: a table per sweep, the comparison with its targets, the summary; a new record
-FOLDER/tune/<UTC time>-<commit>.h5 (--out; never over an earlier one, docs/benchmark-records.md): /sweeps (one row per sweep per repeat: job, scheduler, executor, seed, order,
+FOLDER/tune/<UTC time>-<commit>.h5 (--out; never over an earlier one, docs/benchmark-records.md):
+/sweeps (one row per sweep per repeat: job, scheduler, executor, seed, order,
 best, epochs, wall_s, time_to_target_s, target, gap, utilisation, busy_s, driver_s, trials,
 failed, reports, workers, load_start, load_end, pass_utilisation), /comparisons (one row per
 job per repeat: job, seed, asha_best, random_best, best_diff, epochs_ratio, wall_ratio,
