@@ -213,6 +213,9 @@ def test_six_trials_run_as_job_arrays_of_two_task_srun_steps(work, six):
     assert all(states == ["FAILED" if j == ids[0] else "COMPLETED"] for j, states in once_each(ids).items())
     for t in f.trials[1:]:
         assert attempts(sweep, t.id) == [(2, 0, "finished")], t.id
+    # each segment recorded its own job id (submitit's, of the array element) in its segment.json
+    records = [json.loads((sweep / "trials" / f"{t.id:04d}" / "segment.json").read_text()) for t in f.trials]
+    assert [r["job_id"] for r in records] == ids and "segment" in {r["by"] for r in records}, records
     # twinhpc jobs SWEEP: the same jobs, with Slurm's states
     rows = json.loads(run([*TWINHPC, "jobs", sweep, "--json"], work).stdout)
     assert [(r["trial"], r["job_id"], r["executor"], r["state"]) for r in rows] == [
@@ -318,8 +321,9 @@ def test_the_driver_killed_mid_sweep_then_sweep_resume_runs_each_segment_once(wo
     # the same decisions; a requeue only if the driver died before its segment was launched
     assert [d for d in decisions(sweep) if d[2] != "requeue"] == decisions(undisturbed)
     f = read_sweep(sweep / "sweep.h5")
-    for t in f.trials:  # one training process per segment
+    for t in f.trials:  # one training process per segment; the last one's job id in segment.json
         assert [reason for _, _, reason in attempts(sweep, t.id)] == ["until_epoch"] + ["finished"] * t.rung, t.id
+        assert json.loads((sweep / "trials" / f"{t.id:04d}" / "segment.json").read_text())["job_id"] == t.job_id
     # one Slurm job per segment, none submitted twice, none run twice
     jobs = launched_jobs(sweep)
     assert jobs[: len(first)] == first and segment.job_id in first
