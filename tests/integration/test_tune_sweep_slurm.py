@@ -8,10 +8,11 @@
 - An ASHA sweep (3 trials, rungs 1 and 3 epochs, ``concurrent = 1`` so that reports arrive in one
   order), run undisturbed, then twice disturbed, each time ending with the same trials (values,
   statuses, metric at every rung, epochs) and decisions:
-  - its promoted trial's segment (epochs 1 → 3) is ``scontrol requeue``\\ d mid-training and
-    resumes from its checkpoint. Mid-training by construction: the driver's environment holds
-    ``TWINHPC_FAULT=0:step:stop:12``, which makes rank 0 of every segment stop itself (SIGSTOP)
-    at its 12th step; only a promoted segment (18 steps) gets there, in its last epoch;
+  - its promoted trial's segment (epochs 1 → 3) is requeued with ``scontrol requeue``
+    mid-training and resumes from its checkpoint. Mid-training by construction: the driver's
+    environment holds ``TWINHPC_FAULT=0:step:stop:12``, which makes rank 0 of every segment stop
+    itself (SIGSTOP) at its 12th step; only a promoted segment (18 steps) gets there, in its last
+    epoch, and the test requeues it while it is stopped (Slurm's SIGTERM then waits for it);
   - the driver is SIGKILLed while a segment runs, and ``twinhpc sweep resume`` finishes the sweep
     with every segment run once (each trial's results.h5 ``/attempts``; sacct: every segment job
     ran once and no job was submitted twice for one segment).
