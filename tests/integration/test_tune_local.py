@@ -2,11 +2,15 @@
 end; the driver SIGKILLed mid-sweep (its running segment finishes) and `twinhpc sweep resume`
 finishing with each segment run once and the decisions of the undisturbed sweep; a crashing
 trial recorded failed with its error and log; `--detach`; a segment trained in pieces under
-mpirun equal to one run."""
+mpirun equal to one run. With 1-rank trials: 2 at once, each launch accepted as soon as a
+segment has reported; a segment that started before its driver saved its job id, adopted by
+`sweep resume` from its segment.json while it still trains."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -19,6 +23,7 @@ import pytest
 from tests.conftest import prepare_image_job
 from tests.fixtures import small_cnn_job
 from tests.integration.procs import ENV, MPIRUN2, TWINHPC, run
+from tests.integration.test_slurm import wait_for
 from twinhpc.io.checkpoint import latest
 from twinhpc.io.results import read_results
 from twinhpc.io.sweep import read_sweep
@@ -34,6 +39,20 @@ seed = 5
 min_epochs = 1
 reduction_factor = 2
 max_epochs = 2
+
+[sweep.space."optim.lr"]
+loguniform = [0.01, 0.3]
+"""
+# 1-rank trials, 2 at once (a segment's process ends right after it wrote its result)
+TWO_AT_ONCE = """
+[sweep]
+strategy = "random"
+trials = 4
+concurrent = 2
+metric = "val_loss"
+seed = 2
+scheduler = "none"
+max_epochs = 1
 
 [sweep.space."optim.lr"]
 loguniform = [0.01, 0.3]
@@ -60,6 +79,7 @@ def work(tmp_path_factory):
     base = (work / "job.toml").read_text()
     (work / "asha.toml").write_text(base + ASHA)
     (work / "crash.toml").write_text(base + CRASH)
+    (work / "two.toml").write_text(base.replace(SLURM, "[slurm]\ntime = 10\n") + TWO_AT_ONCE)
     return work
 
 
@@ -180,3 +200,84 @@ def test_segments_under_mpirun_equal_one_run(work):
     with h5py.File(latest(work / "seg"), "r") as fa, h5py.File(latest(work / "whole"), "r") as fb:
         assert all(np.array_equal(fa["model"][k][()], fb["model"][k][()]) for k in fb["model"])
     assert [x["reason"] for x in a["attempts"]] == ["until_epoch", "until_epoch", "finished"]
+
+
+def test_two_one_rank_trials_at_once_every_launch_accepted(work):
+    """concurrent = 2: the driver launches the next segment as soon as one has reported; the
+    executor counts a segment that wrote its result as ended (its process is reaped), so no launch
+    is refused as one too many."""
+    out = work / "sweep-two"
+    r = run([*TWINHPC, "tune", work / "two.toml", "--out", out, "--poll", "0.1"], work, timeout=240, check=False)
+    assert r.returncode == 0 and "sweep finished [4/4 finished" in r.stdout, r.stdout + r.stderr
+    assert "refused" not in r.stdout + r.stderr
+    f = read_sweep(out / "sweep.h5")
+    assert [t.status for t in f.trials] == ["completed"] * 4
+    assert all(attempts(out, t.id) == [(1, "finished")] for t in f.trials)
+    assert (out / "driver.log").read_text().count("launched job") == 4
+
+
+def stopped_train(run_dir: Path) -> int | None:
+    """The pid of a `twinhpc train` process of ``run_dir`` that stopped itself (state T)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state == "T" and "train" in cmdline and str(run_dir) in cmdline:
+            return int(entry.name)
+    return None
+
+
+def test_a_segment_that_started_before_its_driver_saved_its_job_id_is_adopted(work, monkeypatch):
+    """The driver died after the local executor started trial 0's segment but before saving its
+    job id (sweep.h5: running, no job id). The segment recorded its job id in segment.json as it
+    started, and trains on (stopped at its 2nd step by TWINHPC_FAULT until the test continues it).
+    `sweep resume` adopts that job and watches it; it launches no second segment (which the run's
+    lock would refuse: the trial would end failed)."""
+    from twinhpc.config import load_job
+    from twinhpc.tune import Sweep
+    from twinhpc.tune.executors import make
+
+    out = work / "sweep-window"
+    sweep = Sweep.create(load_job(work / "two.toml", ["sweep.trials=1"]), out, executor="local")
+    works = sweep.next_trials()
+    monkeypatch.setenv("TWINHPC_FAULT", "0:step:stop:2")
+    executor = make("local", out, sweep.job, 2)
+    (launched,) = executor.launch(works)
+    monkeypatch.delenv("TWINHPC_FAULT")
+    trial_dir = sweep.trial_dir(0)
+    resume, pid = None, None
+    try:
+        pid = wait_for("trial 0's training stopped at its 2nd step", lambda: stopped_train(trial_dir), 120, every=0.2)
+        record = json.loads((trial_dir / "segment.json").read_text())
+        assert (record["job_id"], record["by"]) == (launched.job_id, "segment")
+        assert [(t.status, t.job_id) for t in read_sweep(out / "sweep.h5").trials] == [("running", "")]
+        resume = subprocess.Popen(
+            [*TWINHPC, "sweep", "resume", out, "--poll", "0.2"],
+            cwd=work,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        job_id = wait_for("a job id in sweep.h5", lambda: read_sweep(out / "sweep.h5").trials[0].job_id, 120, every=0.2)
+        assert job_id == launched.job_id, "sweep resume launched a second segment of a trial whose segment runs"
+        os.kill(pid, signal.SIGCONT)
+        output, _ = resume.communicate(timeout=120)
+    finally:
+        if resume is not None and resume.poll() is None:
+            resume.kill()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        for job in executor.jobs.values():  # reap the controller this process started
+            job._process.wait(timeout=120)
+    assert resume.returncode == 0, output
+    assert f"settling 1 trial(s) left running: 0 (job {launched.job_id}, from its segment.json)" in output
+    f = read_sweep(out / "sweep.h5")
+    assert [(t.status, t.job_id) for t in f.trials] == [("completed", launched.job_id)]
+    assert [d.action for d in f.decisions] == ["start", "complete"]
+    assert attempts(out, 0) == [(1, "finished")]

@@ -219,6 +219,66 @@ def test_settle_done_failed_and_gone_segments_of_a_dead_driver(sweep_job, tmp_pa
     assert len(read_results(done.trial_dir(2))["attempts"]) == done.scheduler.trials[2].reached + 1
 
 
+def test_a_segment_taken_before_its_driver_died_is_found_by_its_segment_json(sweep_job, undisturbed, tmp_path):
+    """The driver died after the executor took trials 0 and 1 but before it saved their job ids:
+    trial 0's segment started (and ran to its end), trial 1's never did. The next driver finds
+    0's job in 0's segment.json and reports its outcome (no second segment), and requeues 1."""
+    import json
+
+    from twinhpc.io.sweep import read_sweep
+    from twinhpc.tune import Sweep, executors
+
+    folder = tmp_path / "sweep"
+    sweep = Sweep.create(sweep_job, folder, executor="debug")
+    works = sweep.next_trials()
+    assert [(t.status, t.job_id) for t in read_sweep(sweep.path).trials] == [("running", "")] * 2
+    ex = executors.make("debug", folder, sweep.job, 2)
+    first, second = ex.launch(works)
+    assert ex.states([first.job_id])[first.job_id].state == "done"  # the debug executor runs it now
+    record = json.loads((sweep.trial_dir(0) / "segment.json").read_text())
+    assert (record["job_id"], record["trial"], record["rung"], record["epochs"], record["by"]) == (
+        first.job_id,
+        0,
+        0,
+        1,
+        "segment",
+    )
+    assert not (sweep.trial_dir(1) / "segment.json").exists()
+    # ... and the driver is gone: sweep.h5 knows no job id
+    assert [t.job_id for t in read_sweep(sweep.path).trials] == ["", ""]
+
+    lines = []
+    assert debug_driver(Sweep.load(folder), lines.append).run() == 0
+    done = Sweep.load(folder)
+    assert [(d.trial, d.action) for d in done.decisions[2:4]] == [(0, "pause"), (1, "requeue")]
+    log = (folder / "driver.log").read_text()
+    assert f"settling 2 trial(s) left running: 0 (job {first.job_id}, from its segment.json), 1 (job none)" in log
+    assert "no segment of it recorded one in" in done.decisions[3].note
+    trials, decisions = summary(done)
+    assert trials == summary(undisturbed)[0]
+    assert [d for d in decisions if d[2] != "requeue"] == summary(undisturbed)[1]
+    for t, spans in segments_run(done).items():  # each segment once
+        assert len(spans) == done.scheduler.trials[t].reached + 1, (t, spans)
+    assert read_sweep(done.path).trials[0].job_id != ""
+
+
+def test_a_trial_handed_out_again_is_saved_running_before_any_executor_gets_it(sweep_job, tmp_path):
+    """A requeued trial handed out again makes no decision; sweep.h5 still says `running` (with no
+    job id) before the executor is asked, so a driver that dies then leaves it to be settled."""
+    from twinhpc.io.sweep import read_sweep
+    from twinhpc.tune import Sweep
+
+    sweep = Sweep.create(sweep_job, tmp_path / "sweep", executor="debug")
+    sweep.next_trials(1)
+    sweep.started(0, job_id="old-0")
+    sweep.requeue(0, "job old-0 is gone")
+    assert read_sweep(sweep.path).trials[0].status == "queued"
+    decisions = len(sweep.decisions)
+    (work,) = sweep.next_trials(1)
+    assert work.trial == 0 and len(sweep.decisions) == decisions
+    assert [(t.status, t.job_id) for t in read_sweep(sweep.path).trials] == [("running", "")]
+
+
 def test_a_second_driver_on_a_sweep_is_refused_naming_the_holder(sweep_job, tmp_path):
     import os
     import socket

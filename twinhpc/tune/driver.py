@@ -14,10 +14,14 @@ What it does, in order:
 2. **Settle.** Trials that sweep.h5 says are ``running`` were launched by a driver that died.
    Their job ids go to :meth:`TrialExecutor.states` in one call: ``pending``/``running`` →
    watched like its own; ``done`` → the outcome is read from the trial's results.h5 and
-   reported; ``failed`` → :meth:`Sweep.fail` with the error and the log; ``gone``, or no job id
-   (the old driver died between handing the trial out and the executor taking it) →
-   :meth:`Sweep.requeue`: the segment runs again from the trial's newest checkpoint.
-3. **Loop** until :attr:`Sweep.finished`: :meth:`Sweep.next_trials` → :meth:`TrialExecutor.launch`
+   reported; ``failed`` → :meth:`Sweep.fail` with the error and the log; ``gone`` →
+   :meth:`Sweep.requeue`: the segment runs again from the trial's newest checkpoint. A trial
+   without a job id (the old driver died between handing it out and saving the job id) is
+   first looked up in its ``OUT/segment.json`` (:func:`~twinhpc.tune.segments.handed_out_job`):
+   a record of its current segment gives the job id, asked about with the others and saved;
+   without one the segment never started and is requeued.
+3. **Loop** until :attr:`Sweep.finished`: :meth:`Sweep.next_trials` (saved: the trials are
+   ``running``) → :meth:`TrialExecutor.launch` → each job id to the trial's ``OUT/segment.json``
    → :meth:`Sweep.started` with each job id; then every ``poll`` seconds one batched
    :meth:`TrialExecutor.states` call for the watched segments, and for each that ended:
    report, fail or requeue. One line per event goes to stdout and ``SWEEP/driver.log``.
@@ -53,6 +57,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ..errors import TwinError
 from ..io.results import read_results
 from .asha import Decision
+from .segments import SEGMENT_FILE, handed_out_job, write_segment_record
 from .sweep import Sweep
 
 if TYPE_CHECKING:
@@ -344,15 +349,30 @@ class Driver:
         if not running:
             return
         ids = {t: s.records[t].job_id for t in running}
+        adopted = {}  # trial -> the job id its OUT/segment.json records for its current segment
+        for t in running:
+            target = s.scheduler.trials[t].target
+            found = None if ids[t] else handed_out_job(s.trial_dir(t), t, target, s.rungs[target])
+            if found:
+                adopted[t] = ids[t] = found
         asked = [j for j in ids.values() if j]
         states = self.executor.states(asked) if asked else {}
-        listed = ", ".join(f"{t} (job {ids[t] or 'none'})" for t in running)
+        listed = ", ".join(
+            f"{t} (job {ids[t] or 'none'}{', from its ' + SEGMENT_FILE if t in adopted else ''})" for t in running
+        )
         self.line(f"settling {len(running)} trial(s) left running: {listed}")
         for t in running:
             if not ids[t]:
-                self.requeue(t, "no job id: the driver that handed it out ended before an executor took it")
+                self.requeue(
+                    t,
+                    f"no job id, and no segment of it recorded one in {s.trial_dir(t) / SEGMENT_FILE}: the driver "
+                    "that handed it out ended before an executor took it",
+                )
                 continue
-            self.handle(t, states.get(ids[t]) or self._gone(ids[t]))
+            state = states.get(ids[t]) or self._gone(ids[t])
+            if t in adopted:  # the job id the dead driver did not save
+                s.started(t, job_id=ids[t], node=state.node, log=state.log)
+            self.handle(t, state)
 
     def launch(self) -> None:
         """Hand every free worker a segment (:meth:`Sweep.next_trials`) and launch them."""
@@ -369,6 +389,11 @@ class Driver:
                 f"executor {self.executor.name} refused to launch trials {[w.trial for w in works]}: {e}. "
                 f"They are queued again; `twinhpc sweep resume {self.directory}` continues the sweep"
             ) from None
+        for w, got in zip(works, launched, strict=True):  # first, as fast as can be: each job id beside its run
+            try:
+                write_segment_record(w.out, got.job_id, w.trial, w.rung, w.epochs, by="driver")
+            except TwinError as e:  # the segment records it too, when it starts
+                self.line(f"trial {w.trial}: {e}")
         for w, got in zip(works, launched, strict=True):
             self.sweep.started(got.trial, job_id=got.job_id, node=got.node, log=got.log)
             self.watched[got.trial] = got.job_id

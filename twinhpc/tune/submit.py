@@ -68,6 +68,7 @@ from ..errors import TwinError
 from ..io.atomic import replace_durably
 from ..io.sweep import SWEEP_FILE, read_sweep
 from ..signals import REQUEUE_EXIT_STATUS
+from .segments import write_segment_record
 
 #: the verbs that can be submitted
 VERBS = ("train", "validate", "predict")
@@ -97,7 +98,10 @@ class VerbCall(Checkpointable):
 
     ``launcher``: ``"task"`` runs the verb as a child process of this task (one rank per
     submitit task), ``"mpirun"`` as ``mpirun -n ranks``, ``"inprocess"`` in this process.
-    ``resume`` is set by :meth:`checkpoint` (and implied on a Slurm restart).
+    ``resume`` is set by :meth:`checkpoint` (and implied on a Slurm restart). ``segment``: a
+    sweep segment's ``(trial, rung, epochs)``; the call then records its own job id
+    (``submitit.JobEnvironment().job_id``, task 0) with them in ``RUN/segment.json`` each time
+    it starts, before the verb (:mod:`twinhpc.tune.segments`).
     """
 
     verb: str
@@ -108,6 +112,7 @@ class VerbCall(Checkpointable):
     args: tuple[str, ...] = ()
     resume: bool = False
     python: str = field(default_factory=lambda: sys.executable)
+    segment: tuple[int, int, int] | None = None
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """The call that continues this one: the same verb with ``resume`` (the run's state is
@@ -129,6 +134,7 @@ class VerbCall(Checkpointable):
     def __call__(self) -> dict[str, Any]:
         if self.launcher == "inprocess":
             return self._in_process()
+        self._record_segment()
         restart = self.resume or restart_count() > 0
         received: list[int] = []
         proc: subprocess.Popen[bytes] | None = None
@@ -155,6 +161,18 @@ class VerbCall(Checkpointable):
             f"twinhpc {self.verb} {self.job_file} (run {self.run}) ended with exit status {status}; "
             f"the log: {_own_log()}"
         )
+
+    def _record_segment(self) -> None:
+        """A sweep segment (``segment`` set) started: its job id to ``RUN/segment.json``."""
+        if self.segment is None:
+            return
+        try:
+            env = submitit.JobEnvironment()
+        except RuntimeError:  # not a submitit job: no job id to record
+            return
+        if env.global_rank == 0:
+            trial, rung, epochs = self.segment
+            write_segment_record(self.run, env.job_id, trial, rung, epochs, by="segment")
 
     def _stopped(self, received: list[int], submitit_handler: Any) -> None:
         """The verb checkpointed and exited 255. After SIGUSR2 (or a signal only the verb saw),

@@ -280,8 +280,8 @@ class Sweep:
             if not steps:
                 break
             out += [w for w in (self._work(s, stamp) for s in steps) if w is not None]
-        if len(self.scheduler.decisions) != before:  # else nothing changed: no write
-            self._event(stamp)
+        if out or len(self.scheduler.decisions) != before:  # else nothing changed: no write
+            self._event(stamp)  # saved before an executor gets the work: it is `running` in sweep.h5
         return out
 
     def _work(self, step: Step, stamp: float) -> TrialWork | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +127,11 @@ def segment_call(work: TrialWork, ranks: int, launcher: str, python: str | None 
     """The callable (submitit's, or run directly) that trains ``work``'s segment:
     ``twinhpc train OUT/trial.job.toml --out OUT --resume --until-epoch E`` (``--resume`` from
     scratch when the trial has no checkpoint yet), launched by ``launcher`` (``"task"``,
-    ``"mpirun"`` or ``"inprocess"``, as :class:`~twinhpc.tune.submit.VerbCall`)."""
+    ``"mpirun"`` or ``"inprocess"``, as :class:`~twinhpc.tune.submit.VerbCall`). Under
+    submitit it records its job id in ``OUT/segment.json`` when it starts
+    (:mod:`twinhpc.tune.segments`)."""
     job_file = write_trial_job(work)
-    call = VerbCall(
+    return VerbCall(
         "train",
         str(job_file),
         str(work.out),
@@ -136,10 +139,9 @@ def segment_call(work: TrialWork, ranks: int, launcher: str, python: str | None 
         launcher,
         ("--until-epoch", str(work.epochs)),
         resume=True,
+        python=python if python is not None else sys.executable,
+        segment=(work.trial, work.rung, work.epochs),
     )
-    if python is not None:
-        call = VerbCall(call.verb, call.job_file, call.run, ranks, launcher, call.args, True, python)
-    return call
 
 
 def executor_folder(directory: Path, name: str) -> Path:

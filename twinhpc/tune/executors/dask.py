@@ -15,7 +15,8 @@ A Dask worker is not an MPI rank: each segment is a task (:func:`run_segment`) t
 segment's command (:func:`~twinhpc.tune.executors.base.segment_call`) as its own process —
 ``mpirun -n N`` for N > 1 ranks, or ``srun -n N`` when the worker itself runs inside a Slurm
 allocation (``SLURM_JOB_ID`` set, as under ``"slurm"``) — writes its output to
-``SWEEP/executor/dask/<trial>-<n>.log`` and returns its exit status. The segment's process gets
+``SWEEP/executor/dask/<trial>-<n>.log`` and returns its exit status; before the command it records
+its key in ``OUT/segment.json`` (:mod:`twinhpc.tune.segments`). The segment's process gets
 SIGUSR2 when the worker's task thread dies (``PR_SET_PDEATHSIG``): the training checkpoints and
 exits 255, so a segment whose worker is gone does not train on unseen.
 
@@ -38,6 +39,7 @@ from typing import Any
 from ...config import Job
 from ...errors import TwinError
 from ...signals import REQUEUE_EXIT_STATUS
+from ..segments import write_segment_record
 from ..sweep import TrialWork
 from .base import Launched, SegmentState, TrialExecutor, executor_folder, segment_call
 
@@ -66,9 +68,15 @@ def launcher_prefix(ranks: int, environ: dict[str, str] | os._Environ[str] | Non
     return ["mpirun", "-n", str(ranks)]
 
 
-def run_segment(command: list[str], ranks: int, log: str) -> dict[str, Any]:
+def run_segment(
+    command: list[str], ranks: int, log: str, record: tuple[str, str, int, int, int] | None = None
+) -> dict[str, Any]:
     """On a Dask worker: run one segment's command (with its launcher), output to ``log``;
-    returns its exit status, the log and the worker's host."""
+    returns its exit status, the log and the worker's host. ``record``: ``(OUT, key, trial,
+    rung, epochs)``, written to ``OUT/segment.json`` first (:mod:`twinhpc.tune.segments`)."""
+    if record is not None:
+        out, key, trial, rung, epochs = record
+        write_segment_record(out, key, trial, rung, epochs, by="segment")
     cmd = launcher_prefix(ranks) + command
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -172,8 +180,16 @@ class DaskTrials(TrialExecutor):
             log = self._log(w.trial)
             key = f"twinhpc-segment-{w.trial:04d}-{log.stem.split('-')[-1]}-{uuid.uuid4().hex[:8]}"
             try:
+                record = (str(w.out), key, w.trial, w.rung, w.epochs)
                 future = self.client.submit(
-                    run_segment, call.command(True), self.ranks, str(log), key=key, pure=False, resources=resources
+                    run_segment,
+                    call.command(True),
+                    self.ranks,
+                    str(log),
+                    record,
+                    key=key,
+                    pure=False,
+                    resources=resources,
                 )
             except (OSError, TimeoutError) as e:
                 self.cancel([launched.job_id for launched in out])

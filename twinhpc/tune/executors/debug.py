@@ -4,7 +4,8 @@
 :meth:`~DebugExecutor.states` call trains the oldest queued segment it is asked about (in this
 process: ``train(TRIAL_JOB, OUT, resume=True, until_epoch=E)``) and answers with its outcome. So
 a sweep's events come in a fixed order, which makes it the executor of tests and of debugging
-a trial with a debugger. Each segment's log (the ``twinhpc`` logger's lines) goes to
+a trial with a debugger. A segment records its job id in ``OUT/segment.json`` as it starts
+(:mod:`twinhpc.tune.segments`). Each segment's log (the ``twinhpc`` logger's lines) goes to
 ``OUT/logs/debug-segments.log``; its end state to ``SWEEP/executor/debug/<job id>.json``, which
 a later driver reads. A segment queued or in progress when the driver ended is ``gone``.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from ...config import Job, load_job
 from ...errors import TwinError
 from ...io.atomic import replace_durably
+from ..segments import write_segment_record
 from ..sweep import TrialWork
 from .base import Launched, SegmentState, TrialExecutor, executor_folder, write_trial_job
 
@@ -73,6 +75,7 @@ class DebugExecutor(TrialExecutor):
         logger.addHandler(handler)
         state, error = "done", ""
         try:
+            write_segment_record(work.out, jid, work.trial, work.rung, work.epochs, by="segment")
             job = load_job(write_trial_job(work))
             result = train(job, work.out, resume=True, until_epoch=work.epochs, progress=False)
             if result.status == "preempted":  # a signal stopped it after a checkpoint: run it again
