@@ -25,7 +25,15 @@ digits = test_train_cli.digits  # the fixture: the digits data, ingested and pre
 
 #: a short run with frequent commits: 2 epochs of 44 steps, a checkpoint every 3 steps, a record every step
 SHORT = ["--set", "train.epochs=2", "--set", "train.checkpoint_every=3", "--set", "train.log_every=1"]
-TIMES = ("epoch_time_s", "samples_per_s", "step_time_s")
+TIMES = (
+    "epoch_time_s",
+    "samples_per_s",
+    "step_time_s",
+    "data_wait_s",
+    "forward_backward_s",
+    "communication_s",
+    "optimizer_s",
+)
 
 
 def start(args, cwd) -> subprocess.Popen:

@@ -28,7 +28,15 @@ from twinhpc.io.rundir import LOCK, read_lock, stale_reason
 from twinhpc.train import train
 
 #: records that are wall-clock times, different in every run
-TIMES = ("epoch_time_s", "samples_per_s", "step_time_s")
+TIMES = (
+    "epoch_time_s",
+    "samples_per_s",
+    "step_time_s",
+    "data_wait_s",
+    "forward_backward_s",
+    "communication_s",
+    "optimizer_s",
+)
 
 
 @pytest.fixture(scope="module")

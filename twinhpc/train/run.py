@@ -183,6 +183,11 @@ class TrainingRun:
         Steps of the whole run: ``train.epochs`` epochs, or fewer by ``train.max_steps``.
     samples_per_step : int
         Global samples per optimizer step (all ranks, all micro-batches).
+    gradient_bytes : int
+        Bytes of the trainable parameters' gradients as they travel (``train.wire_dtype``, else
+        their own dtype): what a step all-reduces at more than one rank.
+    allreduce_bytes : int
+        Bytes this rank all-reduces per optimizer step: ``gradient_bytes``, 0 at one rank.
     engine : Engine
         The gradient all-reduce engine (its thread is stopped by :meth:`close`).
     device : torch.device
@@ -295,6 +300,13 @@ class TrainingRun:
                 bucket_cap_mb=cfg.bucket_cap_mb,
                 wire_dtype=WIRE_DTYPES[cfg.wire_dtype],
             )
+            wire = WIRE_DTYPES[cfg.wire_dtype]
+            self.gradient_bytes = sum(
+                p.numel() * (p.element_size() if wire is None or not p.is_floating_point() else wire.itemsize)
+                for p in self.model.parameters()
+                if p.requires_grad
+            )
+            self.allreduce_bytes = self.gradient_bytes if world.size > 1 else 0  # DataParallel's buckets
             self.optimizer = make_optimizer(self.model.parameters(), ocfg)
             self.schedule = Schedule(ocfg, self.steps_per_epoch, int(self.total_steps))
             self.loss_fn = make_loss(cfg.task_loss)
@@ -483,7 +495,15 @@ class TrainingRun:
             log.debug("step %d: loss %.6g lr %.6g %.3fs", step.step, step_loss, step.lr, step.time_s)
             if self.results is not None:
                 self.results.append_steps(
-                    {"step": [step.step], "loss": [step_loss], "lr": [step.lr], "step_time_s": [step.time_s]}
+                    {
+                        "step": [step.step],
+                        "loss": [step_loss],
+                        "lr": [step.lr],
+                        "step_time_s": [step.time_s],
+                        **{f"{phase}_s": [seconds] for phase, seconds in step.timing.items()},
+                        "allreduce_bytes": [self.allreduce_bytes],
+                        "gradient_bytes": [self.gradient_bytes],
+                    }
                 )
         return total[2] > 0
 
