@@ -7,8 +7,8 @@
 
 Reads ``RUN/results.h5`` with :func:`twinhpc.io.results.read_results` (``docs/results-format.md``)
 and writes ``loss.png`` (per epoch, and per recorded step beside it), ``metric.png``, ``lr.png``,
-``confusion.png`` (classification) and ``timing.png`` (:mod:`.plots`), each titled with the
-run's name (its directory's).
+``confusion.png`` (classification) and ``timing.png`` (:mod:`.plots`), and for a validated twin ``twin_panels.png`` and
+``twin_horizon.png`` (:mod:`.twin`), each titled with the run's name (its directory's).
 
 Note:
     The report only reads: it works on a run that is still training (``results.h5`` is always a
@@ -139,6 +139,10 @@ def write_plots(results: dict[str, Any], directory: str | os.PathLike, name: str
         out.append(plots.confusion_plot(results["report"], directory / "confusion.png", name))
     if results["timing"] and results["epochs"]:
         out.append(plots.timing_plot(results, directory / "timing.png", name))
+    if results.get("twin_validation"):
+        from .twin import twin_plots
+
+        out += twin_plots(results["twin_validation"], directory, name)
     return out
 
 
