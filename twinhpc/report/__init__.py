@@ -87,6 +87,19 @@ def summary(results: dict[str, Any], run: str | os.PathLike = "RUN") -> str:
         lines += ["", _report_text(rep)]
     else:
         lines += ["", "final report: none yet (written when training ends)"]
+    tv = results.get("twin_validation") or {}
+    if tv and "horizon" in tv:
+        a = tv["attrs"]
+        judged = str(a.get("judged_on", "nrmse"))
+        lines += [
+            "",
+            f"twin validation ({a.get('split', '?')} split, {a.get('n', '?')} scenarios, {judged}; "
+            "twin / persistence / linear): "
+            + ", ".join(
+                f"h={int(h)} " + " / ".join(_fmt(tv[f"{m}/{judged}"][i]) for m in ("twin", "persistence", "linear"))
+                for i, h in enumerate(tv["horizon"])
+            ),
+        ]
     timing = {k: float(np.nansum(v)) for k, v in results["timing"].items()}
     if timing:
         total = sum(timing.values()) or 1.0
