@@ -104,6 +104,9 @@ def test_linear_baseline_recovers_a_linear_system_exactly():
     assert np.abs(pred - uh).max() < 1e-3  # float32 output of ~300: round-off only
     rise = np.abs(uh - 300).max()
     assert np.abs(pred.astype(np.float64) - uh).max() / rise < 1e-5
+    # fitted on fewer states than grid values (the method of snapshots): the same
+    few = LinearBaseline.fit(u[:5, :7], f[:5, :6], p[:5], rank=5, forcing_rank=3)  # 35 states < 36 values
+    assert np.abs(few.rollout(uh[:, 0], fh, ph, steps=30) - uh).max() < 1e-3
     # a rank below the system's cannot: the test would see a broken fit
     worse = LinearBaseline.fit(u, f, p, rank=4, forcing_rank=3).rollout(uh[:, 0], fh, ph, steps=30)
     assert np.abs(worse - uh).max() > 1e-2

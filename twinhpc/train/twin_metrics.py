@@ -180,14 +180,19 @@ def persistence(u0: np.ndarray, steps: int) -> np.ndarray:
 
 
 def _pod(x: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``(G,)`` and the leading ``rank`` POD modes ``(G, r)`` of the rows of ``x`` (the
-    eigenvectors of the ``G × G`` covariance ``XᵀX``; modes of a zero eigenvalue left out)."""
+    """Mean ``(G,)`` and the leading ``rank`` POD modes ``(G, r)`` of the rows of ``x``: the
+    eigenvectors of the covariance ``XᵀX`` (``G × G``), or, with fewer rows than grid values, by
+    the method of snapshots from ``XXᵀ``; modes of a zero eigenvalue are left out."""
     mean = x.mean(axis=0)
     c = x - mean
-    values, vectors = np.linalg.eigh(c.T @ c)
+    snapshots = c.shape[0] < c.shape[1]
+    values, vectors = np.linalg.eigh(c @ c.T if snapshots else c.T @ c)
     order = np.argsort(values)[::-1]
     values, vectors = values[order], vectors[:, order]
     r = int(min(rank, int((values > max(values[0], 0.0) * 1e-12).sum()) if values.size and values[0] > 0 else 0))
+    if snapshots:
+        modes = c.T @ vectors[:, :r] / np.sqrt(values[:r])
+        return mean, modes
     return mean, vectors[:, :r].copy()
 
 
