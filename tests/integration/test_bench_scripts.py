@@ -1,6 +1,6 @@
 """The benchmark scripts end to end (tiny sizes): allreduce.py, dp_overhead.py, train_throughput.py
 under mpirun -n 2; wire_casts.py, run twice: two records; tune.py --quick (sweeps on the local
-executor)."""
+executor); twin.py --quick on a tiny plate twin."""
 
 import json
 import math
@@ -253,4 +253,60 @@ def test_tune_benchmark_help_names_the_targets():
     )
     assert r.returncode == 0, r.stderr[-2000:]
     for text in ("--repeat", "--quick", "--slurm", "--executor", "--work", "utilisation >= 0.9", "best_diff <= 0.01"):
+        assert text in r.stdout, text
+
+
+@pytest.mark.timeout(900)
+def test_twin_benchmark_quick_records_times_ratios_and_accuracy(tmp_path):
+    from tests.fixtures import tiny_plate_twin_job
+    from tests.integration.procs import TWINHPC, run
+    from twinhpc.bench.targets import TARGETS
+
+    (tmp_path / "job.toml").write_text(tiny_plate_twin_job(epochs=1))
+    run([*TWINHPC, "simulate", "job.toml"], tmp_path, timeout=300)
+    run([*TWINHPC, "preprocess", "job.toml"], tmp_path)
+    run([*TWINHPC, "train", "job.toml"], tmp_path, timeout=300)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "twin.py"), "--job", "job.toml", "--quick", "--json"]
+    r = run([*cmd, "--results", "out"], tmp_path, timeout=600)
+    assert "speed-up" in r.stdout and "break-even" in r.stdout and "(--quick: not judged)" in r.stdout
+    printed = json.loads([line for line in r.stdout.splitlines() if line.startswith("{")][-1])
+    rec = read_records(tmp_path / "out")["twin"]
+    assert len(rec) == 1
+    a = rec[0].attrs
+    assert a["quick"] == 1 and a["split"] == "test" and a["scenarios"] == 4 and a["steps"] == 8
+    assert a["grid"] == "10x10" and a["threads"] == 1 and json.loads(a["batches"]) == [1, 4]
+    assert a["sim_seconds"] > 0 and a["twin_seconds_batch1"] > 0
+    # the speed-ups are the ratios of the recorded times
+    assert a["speedup_batch1"] == pytest.approx(a["sim_seconds"] / a["twin_seconds_batch1"])
+    assert a["speedup_best"] == pytest.approx(a["sim_seconds"] / a["twin_seconds_best"])
+    batches = rec[0].rows("batches")
+    assert [b["batch"] for b in batches] == [1, 4]
+    for b in batches:
+        assert b["speedup"] == pytest.approx(a["sim_seconds"] / b["seconds_per_trajectory"])
+    assert a["twin_seconds_best"] == min(b["seconds_per_trajectory"] for b in batches)
+    saving = a["sim_seconds"] - a["twin_seconds_best"]
+    cost = a["data_core_s"] + a["train_core_s"]
+    assert a["data_core_s"] > 0 and a["train_core_s"] > 0
+    assert a["break_even_solves"] == (pytest.approx(cost / saving) if saving > 0 else math.inf)
+    # accuracy: one step (horizon 0), the horizons 1 and 8 (clipped), the full rollout (-1), per model
+    acc = rec[0].rows("accuracy")
+    got = {(x["model"], x["metric"], x["horizon"]) for x in acc}
+    for model in ("twin", "persistence", "linear"):
+        assert {(model, "nrmse_rise", h) for h in (0, 1, 8, -1)} <= got, model
+    (one,) = [x["value"] for x in acc if (x["model"], x["metric"], x["horizon"]) == ("twin", "nrmse_rise", 0)]
+    assert a["one_step_nrmse_rise"] == pytest.approx(one) and printed["one_step_nrmse_rise"] == pytest.approx(one)
+    (h8,) = [x["value"] for x in acc if (x["model"], x["metric"], x["horizon"]) == ("twin", "nrmse_rise", 8)]
+    assert a["h50_nrmse_rise"] == pytest.approx(h8)  # 50 clipped to T = 8
+    # a --quick record of a tiny job is not the default configuration: no target reads it
+    for t in TARGETS:
+        if t.benchmark == "twin":
+            assert t.select(rec[0]) is None, t.key
+
+
+def test_twin_benchmark_help_names_the_targets():
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "twin.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    for text in ("--quick", "--batches", "--results", "Break-even", "<= 0.01", "<= 0.05", ">= 100", "core-seconds"):
         assert text in r.stdout, text

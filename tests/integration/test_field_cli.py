@@ -38,9 +38,12 @@ def test_plate_twin_job_trains_validates_and_rolls_out_on_two_ranks(tmp_path):
     assert results["epochs"] == 3 and np.isfinite(results["metrics"]["val_nrmse"]).all()
     assert results["report"]["nrmse"] == results["metrics"]["val_nrmse"][-1]
     report = json.loads(
-        run([*MPIRUN2, *TWINHPC, "validate", job, *small, "--json"], tmp_path).stdout.strip().splitlines()[-1]
+        run([*MPIRUN2, *TWINHPC, "validate", job, *small, "--split", "val", "--json"], tmp_path)
+        .stdout.strip()
+        .splitlines()[-1]
     )
     assert report["task"] == "field" and report["split"] == "val" and report["n"] > 0
+    assert report["twin_validation"]["split"] == "val" and report["twin_validation"]["judged_on"] == "nrmse"
     val_u = arrays["field"]  # persistence over the whole ensemble, for scale
     persistence = np.mean(
         np.linalg.norm((val_u[:, 1:] - val_u[:, :-1]).reshape(24, 10, -1), axis=-1)

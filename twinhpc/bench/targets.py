@@ -33,6 +33,7 @@ ALLREDUCE_VS_MPI4PY, ALLREDUCE_VS_BEST_MPI, ALLREDUCE_MIN_BYTES = 1.0, 0.9, 1 <<
 DP_OVERHEAD_RATIO = 1.10
 TRAIN_RATIO, TRAIN_DATA_WAIT, TRAIN_GPU_RATIO = 0.95, 0.05, 1.0
 KERNELS_AUGMENT, KERNELS_TFIDF = 5.0, 2.0
+TWIN_NRMSE_1, TWIN_NRMSE_50, TWIN_BEATS, TWIN_SPEEDUP = 1e-2, 5e-2, 1.0, 100.0
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -229,6 +230,18 @@ def _wire(name: str) -> Select:
     return select
 
 
+# twin: the default job (jobs/plate_twin.toml on jobs/plate.toml's ensemble), one torch thread, not --quick
+def _twin(name: str) -> Select:
+    def select(r: Record) -> float | None:
+        ok = _attrs(r, job="plate_twin.toml", grid="32x32", steps=50, dataset_scenarios=256, threads=1, quick=0)
+        return float(r.attrs[name]) if ok and name in r.attrs else None
+
+    return select
+
+
+_TWIN_DEFAULT = (
+    "`benchmarks/twin.py`: jobs/plate_twin.toml trained on jobs/plate.toml's 256 scenarios (32×32, 50 steps), "
+)
 _NO_COMM = "vs the loop that communicates nothing"
 
 #: every target of every benchmark, in the page's order
@@ -400,6 +413,56 @@ TARGETS: tuple[Target, ...] = (
         "`benchmarks/kernels.py`: 25,000 documents of about 230 words, 50,000 terms",
         _kernels("tfidf_fit_transform", docs=25000, words=230, terms=50000),
         ".1f",
+    ),
+    Target(
+        "twin_one_step",
+        "twin",
+        "twin accuracy, one step",
+        "held-out nRMSE of the temperature rise, one step ahead from every true state",
+        "<=",
+        TWIN_NRMSE_1,
+        _TWIN_DEFAULT + "the test split",
+        _twin("one_step_nrmse_rise"),
+        ".3g",
+        beside=(Beside("PDEBench nRMSE (absolute K)", _twin("one_step_nrmse"), ".3g"),),
+    ),
+    Target(
+        "twin_50_steps",
+        "twin",
+        "twin accuracy, 50-step rollout",
+        "held-out nRMSE of the temperature rise 50 steps after u[0]",
+        "<=",
+        TWIN_NRMSE_50,
+        _TWIN_DEFAULT + "the test split",
+        _twin("h50_nrmse_rise"),
+        ".3g",
+        beside=(Beside("PDEBench nRMSE (absolute K)", _twin("h50_nrmse"), ".3g"),),
+    ),
+    Target(
+        "twin_vs_baselines",
+        "twin",
+        "twin against persistence and the linear baseline",
+        "twin ÷ the better baseline (nRMSE of the rise), the worst over one step, the horizons and the full rollout",
+        "<",
+        TWIN_BEATS,
+        _TWIN_DEFAULT + "the test split",
+        _twin("worst_ratio_to_baselines"),
+        ".3g",
+    ),
+    Target(
+        "twin_speedup",
+        "twin",
+        "twin speed-up over the simulator",
+        "Numba solver seconds ÷ twin rollout seconds per trajectory, at the best batch",
+        ">=",
+        TWIN_SPEEDUP,
+        _TWIN_DEFAULT + "the test split, 1 torch thread against the serial solver",
+        _twin("speedup_best"),
+        ".1f",
+        beside=(
+            Beside("at batch 1", _twin("speedup_batch1"), ".2f"),
+            Beside("break-even solves", _twin("break_even_solves"), ".4g"),
+        ),
     ),
     Target(
         "wire_casts",

@@ -1,4 +1,5 @@
-"""``twinhpc validate JOB.toml [--run RUN] [--checkpoint best|last|PATH] [--split S] [--json]``."""
+"""``twinhpc validate JOB.toml [--run RUN] [--checkpoint best|last|PATH] [--split S] [--horizons H,...]
+[--no-plots] [--json]``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,18 @@ defaults to the job's train.out. Prints the report, its first line naming the ch
 loss, accuracy, macro F1 and the confusion matrix with per-class precision/recall/F1
 (classification), MAE, RMSE and R2 (regression), or the one-step nRMSE and RMSE (field).
 --json prints it as one JSON object.
+
+A field job (train.task = "field", a twin) is also validated by rollouts (docs/twin.md,
+"Validating the twin"): on the held-out split (data.test_split when the dataset has it, else
+data.val_split; --split), each scenario is rolled out from its true u[0] by the twin and by two
+baselines, persistence and a linear model fitted on the training split, and compared with the
+truth at the --horizons (saved steps, default 1,10,50, clipped to T) and over the full rollout:
+nRMSE of the temperature rise above the ambient T-inf (the figure judged), PDEBench's nRMSE of
+the absolute state, RMSE and max error (state units), and the plate's energy balance (its
+residual as a fraction of the heat input, for the truth too). The scenarios are spread over the
+ranks. Rank 0 prints the table, writes it into RUN/results.h5 as /twin_validation and writes
+RUN/twin_panels.png (truth, twin and error at the horizons for two scenarios) and
+RUN/twin_horizon.png (error against horizon, twin and baselines; --no-plots: none).
 """
 
 
@@ -27,11 +40,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("job", metavar="JOB.toml", help="job file")
     add_checkpoint_choice(p)
-    p.add_argument("--split", help="split to evaluate (default: data.val_split)")
+    p.add_argument(
+        "--split", help="split to evaluate (default: data.val_split; a field job: data.test_split if present)"
+    )
+    p.add_argument(
+        "--horizons",
+        type=_horizons,
+        metavar="H,...",
+        help="a field job's rollout horizons in saved steps (default 1,10,50; clipped to the trajectories' T)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="a field job: write no PNG")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_overrides(p)
     add_common(p)
     return p
+
+
+def _horizons(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected saved steps like 1,10,50, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"horizons must be integers >= 1, got {text!r}")
+    return values
 
 
 def format_report(report: dict) -> str:
@@ -67,8 +99,27 @@ def run(args) -> int:
     setup_logging_for(args, world)
     job = world.run(lambda: load_job(args.job, args.overrides))
     run_dir = args.run or (None if args.checkpoint not in (None, *CHOICES) else run_directory(job))
-    report = validate(job, run_dir, checkpoint=args.checkpoint, split=args.split, world=world)
+    report = validate(job, run_dir, checkpoint=args.checkpoint, split=args.split, world=world, horizons=args.horizons)
+    tv = report.pop("twin_validation", None)
     if world.is_root:
         plain = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in report.items()}
-        print(json.dumps(plain) if args.json else format_report(report), flush=True)
+        pngs = []
+        if tv is not None and not args.no_plots and report.get("results"):
+            from pathlib import Path
+
+            from ..io.results import read_twin_validation
+            from ..report.twin import twin_plots
+
+            pngs = twin_plots(read_twin_validation(report["results"]), Path(report["results"]).parent)
+        if args.json:
+            if tv is not None:
+                plain["twin_validation"] = tv.to_dict()
+            print(json.dumps(plain), flush=True)
+        else:
+            text = format_report(report)
+            if tv is not None:
+                text += "\n\n" + tv.table()
+                where = report.get("results") or "not written (no results.h5 in the run directory)"
+                text += f"\nresults: {where}" + (f"; plots: {', '.join(str(p) for p in pngs)}" if pngs else "")
+            print(text, flush=True)
     return 0

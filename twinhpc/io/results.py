@@ -13,6 +13,9 @@ description, ``tests/golden/results-layout.txt`` the checked one)::
     /report            attrs: scalars (task, accuracy, loss ...); datasets: arrays, class names
     /attempts/<name>   [attempts]         one row per process that trained the run: job_id, restart,
                                           host, ranks, start, end, first_step, last_step, reason
+    /twin_validation   a field job's rollout validation (``twinhpc validate``), written into an
+                       existing file by :func:`write_twin_validation`; read by
+                       :func:`read_twin_validation`
 
 Every 1-D array is chunked with an unlimited maximum shape. A name missing from some rows
 holds NaN there, so every array of a group has the group's length. Every dataset has the
@@ -542,7 +545,8 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
         ``metrics``, ``steps``, ``timing`` (name → numpy array; steps include ``step``, metrics
         leave ``epoch`` out), ``report`` (name → scalar, array, or list of class names; empty if
         none was written), ``attempts`` (one dict per row of ``/attempts``, oldest first; empty
-        for a file without it).
+        for a file without it), ``twin_validation`` (:func:`read_twin_validation`'s dict; empty
+        when the run has none).
 
     Raises
     ------
@@ -591,8 +595,130 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
                     report[name] = list(ds.asstr()[()]) if h5py.check_string_dtype(ds.dtype) else ds[()]
             out["report"] = report
             out["attempts"] = _read_attempts(f["attempts"]) if "attempts" in f else []
+            out["twin_validation"] = _read_twin_validation(f[TWIN]) if TWIN in f else {}
     except TwinError:
         raise
     except (OSError, KeyError, ValueError) as e:  # h5py: not HDF5 / truncated; JSON: damaged
         raise TwinError(f"{path}: unreadable results file ({e})") from None
     return out
+
+
+# -- /twin_validation ---------------------------------------------------------------------------
+#: the group of a field job's rollout validation
+TWIN = "twin_validation"
+#: metric → (units, what it is), for ``/twin_validation/<model>/<metric>[_full|_per_step]``
+TWIN_METRICS = {
+    "nrmse": (
+        "1",
+        "PDEBench nRMSE of the absolute state: ‖pred − true‖₂ / ‖true‖₂ over the grid per scenario and step, "
+        "averaged over the scenarios",
+    ),
+    "nrmse_rise": (
+        "1",
+        "nRMSE of the temperature rise: ‖pred − true‖₂ / ‖true − T∞‖₂ over the grid per scenario and step "
+        "(T∞ the scenario's ambient temperature), averaged over the scenarios",
+    ),
+    "rmse": ("K", "RMSE over every grid value of every scenario"),
+    "max_abs": ("K", "largest absolute error over every grid value of every scenario"),
+    "energy_residual": (
+        "1",
+        "|heat in + edge conduction − face convection − change of stored heat| over a saved interval, as a "
+        "fraction of the scenario's mean heat input, averaged over the scenarios",
+    ),
+}
+#: ``/twin_validation/<model>`` → what the model is
+TWIN_MODELS = {
+    "twin": "the twin (the run's surrogate) rolled out from the true u[0]",
+    "persistence": "the persistence baseline (u[t] = u[0])",
+    "linear": "the linear baseline (least squares in POD coordinates, fitted on the training split)",
+    "truth": "the simulated trajectories themselves (the energy balance's floor)",
+}
+TWIN_FIXED = {
+    "horizon": ("1", "horizons, in saved steps after u[0], of the rows of every per-horizon dataset"),
+    "step": ("1", "saved steps 1..T of the rows of every *_per_step dataset"),
+    "scenario_index": ("1", "indices within the split of the scenarios rolled out"),
+    "examples/index": ("1", "indices within the split of the example scenarios"),
+    "examples/time": ("1", "saved steps of the example fields (the horizons)"),
+    "examples/truth": ("state units", "the true field of each example scenario at each example time"),
+    "examples/twin": ("state units", "the twin's field of each example scenario at each example time"),
+}
+
+
+def describe_twin(path: str) -> tuple[str, str]:
+    """``(units, description)`` of ``/twin_validation/<path>``."""
+    if path in TWIN_FIXED:
+        return TWIN_FIXED[path]
+    model, _, name = path.partition("/")
+    if name.startswith("one_step_"):
+        units, what = TWIN_METRICS.get(name.removeprefix("one_step_"), ("1", name))
+        return (
+            units,
+            f"{TWIN_MODELS.get(model, model)}: {what}, one step ahead from every true state u[t] (teacher forcing)",
+        )
+    suffixes = {"_full": "over the full rollout (every step)", "_per_step": "at each saved step (rows: step)"}
+    suffix = next((x for x in suffixes if name.endswith(x)), "")
+    metric = name.removesuffix(suffix) if suffix else name
+    where = suffixes.get(suffix, "at each horizon (rows: horizon)")
+    units, what = TWIN_METRICS.get(metric, ("1", metric))
+    return units, f"{TWIN_MODELS.get(model, model)}: {what}, {where}"
+
+
+def write_twin_validation(path: str | os.PathLike[str], attrs: Mapping[str, Any], datasets: Mapping[str, Any]) -> Path:
+    """Replace ``/twin_validation`` of an existing results file (a file or a run directory):
+    ``attrs`` become the group's attributes, ``datasets`` (``"twin/nrmse"``: array or scalar)
+    its datasets, each with ``units`` and ``description`` (:func:`describe_twin`).
+
+    The file is copied to ``results.h5.tmp``, changed there, fsynced and renamed over
+    ``results.h5``: a reader sees the old file or the new one. Training again rewrites
+    ``results.h5`` without the group (the validation described a checkpoint it replaces).
+
+    Raises
+    ------
+    TwinError
+        Naming the file: missing or not a twinhpc results file.
+    """
+    import shutil
+
+    import h5py
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS
+    read_results(path)  # refuses a missing, foreign or damaged file
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            if TWIN in f:
+                del f[TWIN]
+            g = f.create_group(TWIN)
+            for name, value in attrs.items():
+                g.attrs[name] = value
+            for name, value in datasets.items():
+                ds = g.create_dataset(name, data=np.asarray(value))
+                ds.attrs["units"], ds.attrs["description"] = describe_twin(name)
+        atomic.replace_durably(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_twin_validation(group: Any) -> dict[str, Any]:
+    import h5py
+
+    out: dict[str, Any] = {"attrs": {k: _scalar(v) for k, v in group.attrs.items()}}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            out[name] = obj[()] if obj.shape else _scalar(obj[()])
+
+    group.visititems(visit)
+    return out
+
+
+def read_twin_validation(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``/twin_validation`` of a results file (or run directory): ``{"attrs": {...},
+    "horizon": array, "twin/nrmse": array, "twin/nrmse_full": float, ...}``; ``{}`` when the run
+    has none. Raises :class:`TwinError` as :func:`read_results`."""
+    return dict(read_results(path)["twin_validation"])

@@ -7,8 +7,8 @@
 
 Reads ``RUN/results.h5`` with :func:`twinhpc.io.results.read_results` (``docs/results-format.md``)
 and writes ``loss.png`` (per epoch, and per recorded step beside it), ``metric.png``, ``lr.png``,
-``confusion.png`` (classification) and ``timing.png`` (:mod:`.plots`), each titled with the
-run's name (its directory's).
+``confusion.png`` (classification) and ``timing.png`` (:mod:`.plots`), and for a validated twin ``twin_panels.png`` and
+``twin_horizon.png`` (:mod:`.twin`), each titled with the run's name (its directory's).
 
 Note:
     The report only reads: it works on a run that is still training (``results.h5`` is always a
@@ -87,6 +87,19 @@ def summary(results: dict[str, Any], run: str | os.PathLike = "RUN") -> str:
         lines += ["", _report_text(rep)]
     else:
         lines += ["", "final report: none yet (written when training ends)"]
+    tv = results.get("twin_validation") or {}
+    if tv and "horizon" in tv:
+        a = tv["attrs"]
+        judged = str(a.get("judged_on", "nrmse"))
+        lines += [
+            "",
+            f"twin validation ({a.get('split', '?')} split, {a.get('n', '?')} scenarios, {judged}; "
+            "twin / persistence / linear): "
+            + ", ".join(
+                f"h={int(h)} " + " / ".join(_fmt(tv[f"{m}/{judged}"][i]) for m in ("twin", "persistence", "linear"))
+                for i, h in enumerate(tv["horizon"])
+            ),
+        ]
     timing = {k: float(np.nansum(v)) for k, v in results["timing"].items()}
     if timing:
         total = sum(timing.values()) or 1.0
@@ -139,6 +152,10 @@ def write_plots(results: dict[str, Any], directory: str | os.PathLike, name: str
         out.append(plots.confusion_plot(results["report"], directory / "confusion.png", name))
     if results["timing"] and results["epochs"]:
         out.append(plots.timing_plot(results, directory / "timing.png", name))
+    if results.get("twin_validation"):
+        from .twin import twin_plots
+
+        out += twin_plots(results["twin_validation"], directory, name)
     return out
 
 

@@ -70,6 +70,7 @@ def provenance(cfg: SimulateConfig) -> dict:
             "rho_c": cfg.rho_c,
             "thickness": cfg.thickness,
             "source_width": cfg.source_width,
+            "conductivity": "k",
             "convection_coefficient": "h",
             "ambient_temperature": "t_inf",
             "edge_temperature": "t_edge",

@@ -69,37 +69,74 @@ def _prepared(job: Job, world: World, prepared):
 
 
 def validate(
-    job: Job, run=None, *, checkpoint=None, split: str | None = None, world: World | None = None, prepared=None
+    job: Job,
+    run=None,
+    *,
+    checkpoint=None,
+    split: str | None = None,
+    world: World | None = None,
+    prepared=None,
+    horizons=None,
+    save: bool = True,
 ) -> dict:
     """Evaluate a checkpoint on a split of the preprocessed data; collective.
+
+    A field job (``train.task = "field"``) is evaluated one step ahead and, besides, rolled out
+    over the split (:func:`~twinhpc.train.twin_validation.validate_twin`: errors at ``horizons``
+    against persistence and a linear baseline, the energy balance), which rank 0 writes into the
+    run's results.h5 as ``/twin_validation`` (``save``; when the run directory has a results.h5).
 
     Parameters
     ----------
     run : the run directory.
     checkpoint : ``"last"`` (default) or ``"best"`` checkpoint of ``run``, or a checkpoint file.
-    split : default ``data.val_split``.
+    split : default ``data.val_split``; for a field job ``data.test_split`` when the dataset has
+        it, else ``data.val_split``.
+    horizons : a field job's rollout horizons in saved steps (default 1, 10, 50; clipped to T).
 
     Returns
     -------
     dict
         The report (as results.h5's ``/report``: accuracy, confusion, per-class precision,
-        recall, F1, or MAE, RMSE, R²; ``loss``, ``split``) plus ``checkpoint`` (its path) and
-        ``which`` (``"last, step N"``, ``"best, step N"`` or ``"file"``); on every rank.
+        recall, F1, or MAE, RMSE, R², or a field job's one-step MSE, nRMSE, RMSE; ``loss``,
+        ``split``) plus ``checkpoint`` (its path) and ``which`` (``"last, step N"``, ``"best,
+        step N"`` or ``"file"``); a field job's also ``twin_validation`` (a
+        :class:`~twinhpc.train.twin_validation.TwinValidation`) and ``results`` (the results.h5
+        written, or ``None``); on every rank.
     """
     world = world or get_world()
     world.stall_timeout = job.train.stall_timeout
     prep = _prepared(job, world, prepared)
     path, which = world.run(lambda: find_checkpoint(run, checkpoint), name="find checkpoint")
     model = world.run(lambda: load_model(job, prep, path), name="load model")
-    loader = split_loader(prep.dataset_dir, split or job.data.val_split, job, world, prep.fields)
     field = None
     if job.train.task == "field":
         from .field import FieldTask
+        from .twin_validation import default_split
 
         field = FieldTask(prep.field)
+        split = split or default_split(Manifest.load(prep.dataset_dir), job)
+    loader = split_loader(prep.dataset_dir, split or job.data.val_split, job, world, prep.fields)
     with loader:
         ev = evaluate(model, loader, prep.transform, job, world, tuple(prep.classes), field=field)
-    return {**ev.report(), "checkpoint": str(path), "which": which}
+    report = {**ev.report(), "checkpoint": str(path), "which": which}
+    if field is None:
+        return report
+    from .twin_validation import HORIZONS, validate_twin
+
+    tv = validate_twin(
+        job, run, checkpoint=path, split=split, horizons=horizons or HORIZONS, world=world, prepared=prep
+    )
+    tv.which = which
+    run_dir = Path(run) if run is not None else path.parent.parent
+
+    def write() -> Path | None:
+        if not (save and world.is_root and (run_dir / "results.h5").is_file()):
+            return None
+        return tv.save(run_dir)
+
+    written = world.run(write, name="twin validation: write")
+    return {**report, "twin_validation": tv, "results": None if written is None else str(written)}
 
 
 def predict(
