@@ -46,8 +46,9 @@ The stream is HDF5 (`twinhpc simulate JOB --stream FILE.h5`) or CSV (a header ti
 (forcing, parameters, sensor positions) are read from --inputs FILE.h5 (default: the .h5 file of
 the same name). The twin steps with the stream's forcing and is corrected toward the readings
 after each sample (optimal interpolation with gain --gain; sensors in alarm are left out); the
-residuals (readings - twin) feed three statistics: a CUSUM per sensor (drift), the CUSUM of the
-sensors' mean (an unexpected heat source), and the flatness of each reading (a stuck sensor).
+residuals (readings - twin) feed three statistics over a window of --window samples: each
+sensor's mean residual (drift), the mean over the sensors (an unexpected heat source), and the
+flatness of each reading (a stuck sensor).
 Each statistic's level is its --quantile (default 1: the maximum) on the fault-free stream
 --calibrate (default: the first --calibrate-fraction of the stream itself) times --threshold;
 an alarm is a sample where a statistic exceeds its level.

@@ -17,7 +17,7 @@ Rollout (``format = "twinhpc-twin-rollout"``)::
 Monitor report (``format = "twinhpc-twin-monitor"``)::
 
     /time, /sensors, /twin, /residual, /score, /alarm, /alarm_sensor, /assimilated
-    /stats/{z, cusum, flat} (N, K), /stats/spatial (N,)
+    /stats/{z, mean, flat} (N, K), /stats/spatial (N,)
     /label, /label_sensor, /label_fault   (when the stream has labels)
     /calibration/{mu, sigma, floor} (K,), /calibration/levels/<statistic>, /calibration/peaks/<statistic>
 """
@@ -136,8 +136,8 @@ def write_monitor(
             _put(f, name, a.astype(np.int8) if a.dtype == bool else a, units, desc)
         docs = {
             "z": ("1", "standardised residual (residual - mu) / sigma"),
-            "cusum": ("1", "two-sided CUSUM of z per sensor"),
-            "spatial": ("1", "two-sided CUSUM of the mean of z over the sensors times sqrt(K)"),
+            "mean": ("1", "|mean of z over the window| * sqrt(n) per sensor"),
+            "spatial": ("1", "|mean of z over the sensors and the window| * sqrt(n K)"),
             "flat": ("1", "flatness: calibrated floor / windowed mean |change| of the reading"),
         }
         for name, a in stats.items():

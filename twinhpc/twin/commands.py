@@ -47,7 +47,7 @@ def rollout(
     params = apply_overrides(start, twin.params, list(overrides))
     warnings = out_of_range(params, twin.params)
     for w in warnings:
-        log.warning("twin rollout: %s", w)
+        log.warning("twin rollout: warning: %s", w)
     if steps is not None and steps < 1:
         raise TwinError(f"--steps must be at least 1, got {steps}")
     if repeat < 1:

@@ -20,18 +20,19 @@ fault, once flagged, is not absorbed into the state.
 sensor; standardised by its mean and standard deviation on the fault-free calibration stream,
 ``z = (e − μ) / σ``.
 
-**Statistics** (each per sample, :class:`Detector`):
+**Statistics** (each per sample, over the last ``window`` samples, :class:`Detector`):
 
-- ``cusum`` per sensor: the two-sided CUSUM ``S⁺ = max(0, S⁺ + z − κ)``, ``S⁻ = max(0, S⁻ − z − κ)``
-  (``κ = 0.5``), its larger side: accumulates a slow drift long before one residual stands out;
-- ``spatial``: the same CUSUM of the mean of ``z`` over the sensors times √K: an unexpected
-  heat source raises several sensors together, and their mean rises while each alone is still
-  within its noise;
-- ``flat`` per sensor: the noise floor over the last ``window`` samples divided by the mean
-  absolute change of the reading over them: a stuck sensor stops changing (its noise vanishes)
-  however close its frozen value stays to the twin.
+- ``mean`` per sensor: ``|mean of z| · √n`` over the window: a drift or a stuck reading moves
+  one sensor's residual away from its calibrated mean;
+- ``spatial``: ``|mean of z over the sensors and the window| · √(n K)``: an unexpected heat
+  source raises several sensors together, and their mean rises while each alone is still
+  within its own spread;
+- ``flat`` per sensor: the noise floor (the smallest windowed mean absolute change of the
+  reading on the calibration stream) divided by the mean absolute change over the window: a
+  stuck sensor stops changing (its noise vanishes) however close its frozen value stays to the
+  twin.
 
-Each CUSUM is capped at twice its level, so it falls back within a few samples of a fault's
+A window bounds each statistic's memory: it falls back within ``window`` samples of a fault's
 end. **Calibration** runs the same twin and statistics over a fault-free stream with nothing
 gated; a statistic's *level* is its ``quantile`` (default 1: the largest value) on that stream,
 times ``threshold`` (default 1.5). The score of a sample is the largest ratio of a statistic
