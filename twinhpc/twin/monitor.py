@@ -13,8 +13,8 @@ steady-state Kalman update with a fixed background covariance::
 the observation-to-background variance ratio of the gain ``g`` (``--gain``; a lone sensor's
 node moves the fraction ``g`` of the way to its reading; 0: no correction, the twin runs open
 loop). Only sensors that are *in control* are assimilated: a sensor whose own statistics are
-in alarm is left out, and while the spatial statistic is in alarm no sensor is used, so a
-fault, once flagged, is not absorbed into the state.
+in alarm is left out of the correction, so a sensor fault, once flagged, is not absorbed into
+the state.
 
 **Residuals.** The innovation ``e = y − H u`` (before the correction) is the residual of each
 sensor; standardised by its mean and standard deviation on the fault-free calibration stream,
