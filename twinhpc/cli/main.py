@@ -44,6 +44,7 @@ VERBS = (
     "train",
     "validate",
     "predict",
+    "twin",
     "report",
     "sbatch",
     "submit",

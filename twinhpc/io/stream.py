@@ -14,13 +14,17 @@ HDF5 (``format = "twinhpc-sensor-stream"``, version 1), N+1 samples, K sensors, 
     /forcing       float32 (N, H, W)   the known (commanded) source power density over step t -> t+1
     /params        float32 (N, P)      the scenario parameters in force over step t -> t+1
 
-CSV: a header ``time,<sensor names...>,label,label_sensor,label_fault`` and one row per sample.
+CSV: a header ``time,<sensor names...>,label,label_sensor,label_fault`` and one row per sample
+(:func:`read_stream_csv`; the label columns may be left out).
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ VERSION = 1
 #: fault kind codes of /label
 KINDS = {"none": 0, "drift": 1, "stuck": 2, "source": 3}
 FAULT_COLUMNS = ("kind", "sensor", "start", "end", "magnitude", "x", "y")
+LABELS = ("label", "label_sensor", "label_fault")
 ARRAYS = ("time", "sensors", "truth", "label", "label_sensor", "label_fault", "field", "forcing", "params")
 
 
@@ -83,14 +88,126 @@ def write_stream_csv(path: str | Path, arrays: dict[str, np.ndarray], sensor_nam
                 )
 
 
+def check_readings(
+    path: Path, time: np.ndarray, sensors: np.ndarray, names: list[str], time_name: str, where: Callable[[int], str]
+) -> None:
+    """Refuse NaN (or infinite) readings and timestamps that are not finite or not strictly
+    increasing, naming ``path``, the column and the row (``where(i)`` describes row ``i``)."""
+    bad = ~np.isfinite(sensors)
+    if bad.any():
+        i, k = (int(v) for v in np.argwhere(bad)[0])
+        raise TwinError(
+            f"{path}: column {names[k]!r}, {where(i)}: the reading is {sensors[i, k]} "
+            f"({int(bad.sum())} non-finite reading(s))"
+        )
+    if not np.isfinite(time).all():
+        i = int(np.flatnonzero(~np.isfinite(time))[0])
+        raise TwinError(f"{path}: column {time_name!r}, {where(i)}: the timestamp is {time[i]}")
+    step = np.diff(time)
+    if len(step) and not (step > 0).all():
+        i = int(np.flatnonzero(~(step > 0))[0]) + 1
+        raise TwinError(
+            f"{path}: column {time_name!r}, {where(i)}: timestamps out of order "
+            f"({time[i]!r} after {time[i - 1]!r}; they must increase strictly)"
+        )
+
+
+def _timestamp(text: str) -> float:
+    """Seconds: a number, or an ISO 8601 date and time (seconds since the epoch, UTC if no zone)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    moment = _dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.UTC)
+    return moment.timestamp()
+
+
+def read_stream_csv(path: str | Path, sensor_names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The readings (and labels, when the file has them) of a CSV stream: ``time`` float64
+    (N,) in seconds from the first row, ``sensors`` float32 (N, K) and, if present, ``label``,
+    ``label_sensor``, ``label_fault``.
+
+    The header names the columns: ``time``, the sensors (``sensor_names``, default every column
+    named ``s<k>``, in order) and optionally ``label``, ``label_sensor``, ``label_fault``. A
+    timestamp is a number of seconds or an ISO 8601 date and time.
+
+    Raises
+    ------
+    TwinError
+        Naming the file and the column or row: no header, a missing column, an empty or
+        non-numeric value, a NaN reading, timestamps out of order.
+    """
+    path = Path(path)
+    try:
+        fh = open(path, newline="")
+    except OSError as e:
+        raise TwinError(f"{path}: cannot read ({e.strerror or e})") from None
+    with fh:
+        rows = csv.reader(fh)
+        header = [h.strip() for h in next(rows, [])]
+        if not header or header == [""]:
+            raise TwinError(f"{path}: empty file (expected a header time,s0,...,label,label_sensor,label_fault)")
+        names = sensor_names or [h for h in header if re.fullmatch(r"s\d+", h)]
+        if not names:
+            raise TwinError(f"{path}: no sensor column (named s0, s1, ...) in the header {','.join(header)}")
+        missing = [c for c in ("time", *names) if c not in header]
+        if missing:
+            raise TwinError(f"{path}: missing column(s) {', '.join(missing)} (the header has {','.join(header)})")
+        labels = [c for c in LABELS if c in header]
+        if labels and len(labels) != len(LABELS):
+            gone = [c for c in LABELS if c not in header]
+            raise TwinError(f"{path}: missing column(s) {', '.join(gone)} (give all of {', '.join(LABELS)} or none)")
+        cols = {c: header.index(c) for c in ("time", *names, *labels)}
+        time, values, marks = [], [], []
+        for line, row in enumerate(rows, start=2):
+            if not row or row == [""]:
+                continue
+            if len(row) != len(header):
+                raise TwinError(f"{path}: row {line} has {len(row)} values, the header {len(header)}")
+            text = row[cols["time"]].strip()
+            try:
+                time.append(_timestamp(text))
+            except ValueError:
+                raise TwinError(f"{path}: column 'time', row {line}: {text!r} is not a timestamp") from None
+            rec = []
+            for c in names:
+                text = row[cols[c]].strip()
+                try:
+                    rec.append(float(text))
+                except ValueError:
+                    raise TwinError(f"{path}: column {c!r}, row {line}: {text!r} is not a number") from None
+            values.append(rec)
+            if labels:
+                try:
+                    marks.append([int(row[cols[c]]) for c in labels])
+                except ValueError:
+                    raise TwinError(f"{path}: row {line}: the labels {', '.join(labels)} must be integers") from None
+    if not time:
+        raise TwinError(f"{path}: no rows after the header")
+    t = np.asarray(time, np.float64)
+    sensors = np.asarray(values, np.float64)
+    check_readings(path, t, sensors, names, "time", lambda i: f"row {i + 2}")
+    out = {"time": t - t[0], "sensors": sensors.astype(np.float32)}
+    if labels:
+        m = np.asarray(marks, np.int64)
+        out["label"], out["label_sensor"], out["label_fault"] = (
+            m[:, 0].astype(np.int8),
+            m[:, 1].astype(np.int16),
+            m[:, 2].astype(np.int16),
+        )
+    return out
+
+
 def read_stream(path: str | Path) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], dict[str, Any]]:
     """``(arrays, faults, attrs)`` of a stream file written by :func:`write_stream`.
 
     Raises
     ------
     TwinError
-        Naming the file: not a stream file, a missing array, NaN readings or timestamps that
-        are not strictly increasing.
+        Naming the file: not a stream file, a missing array; NaN readings or timestamps that
+        are not strictly increasing, naming the column and the sample.
     """
     path = Path(path)
     try:
@@ -104,15 +221,16 @@ def read_stream(path: str | Path) -> tuple[dict[str, np.ndarray], list[dict[str,
             )
         missing = [n for n in ARRAYS if n not in f]
         if missing:
-            raise TwinError(f"{path}: missing {', '.join(missing)}")
+            raise TwinError(
+                f"{path}: missing dataset(s) {', '.join('/' + n for n in missing)} "
+                f"(a sensor stream has {', '.join(ARRAYS)})"
+            )
         arrays = {n: f[n][...] for n in ARRAYS}
         faults = [
             {c: (v.decode() if isinstance(v, bytes) else v.item()) for c, v in zip(FAULT_COLUMNS, row, strict=True)}
             for row in zip(*(f["faults"][c][...] for c in FAULT_COLUMNS), strict=True)
         ]
         attrs = {k: json.loads(v) for k, v in f.attrs.items() if k not in ("format", "version")}
-    if np.isnan(arrays["sensors"]).any():
-        raise TwinError(f"{path}: /sensors holds NaN readings")
-    if not (np.diff(arrays["time"]) > 0).all():
-        raise TwinError(f"{path}: /time is not strictly increasing")
+    names = attrs.get("sensor_names") or [f"s{k}" for k in range(arrays["sensors"].shape[1])]
+    check_readings(path, arrays["time"], arrays["sensors"], names, "/time", lambda i: f"sample {i}")
     return arrays, faults, attrs

@@ -1,0 +1,354 @@
+"""``twinhpc twin monitor``: the twin kept in step with a sensor stream, and anomalies flagged.
+
+**Keeping the twin in step.** The twin starts from the plate at rest (uniform ``t0``, edges at
+``t_edge``: the stream's first parameters) and advances one saved step at a time with the
+stream's known forcing and parameters (:class:`~twinhpc.twin.model.Stepper`). After each step
+its forecast ``u`` is corrected toward the readings ``y`` by optimal interpolation, the
+steady-state Kalman update with a fixed background covariance::
+
+    u ← u + G (y − H u),     G = B Hᵀ (H B Hᵀ + r I)⁻¹,     B_ij = exp(−|x_i − x_j|² / 2L²)
+
+``H`` is the bilinear interpolation at the sensors, ``B`` a Gaussian correlation of length
+``L`` over the interior nodes (the edges are held by the boundary condition), ``r = (1 − g)/g``
+the observation-to-background variance ratio of the gain ``g`` (``--gain``; a lone sensor's
+node moves the fraction ``g`` of the way to its reading; 0: no correction, the twin runs open
+loop). Only sensors that are *in control* are assimilated: a sensor whose own statistics are
+in alarm is left out of the correction, so a sensor fault, once flagged, is not absorbed into
+the state.
+
+**Residuals.** The innovation ``e = y − H u`` (before the correction) is the residual of each
+sensor; standardised by its mean and standard deviation on the fault-free calibration stream,
+``z = (e − μ) / σ``.
+
+**Statistics** (each per sample, over the last ``window`` samples, :class:`Detector`):
+
+- ``mean`` per sensor: ``|mean of z| · √n`` over the window: a drift or a stuck reading moves
+  one sensor's residual away from its calibrated mean;
+- ``spatial``: ``|mean of z over the sensors and the window| · √(n K)``: an unexpected heat
+  source raises several sensors together, and their mean rises while each alone is still
+  within its own spread;
+- ``flat`` per sensor: the noise floor (the smallest windowed mean absolute change of the
+  reading on the calibration stream) divided by the mean absolute change over the window: a
+  stuck sensor stops changing (its noise vanishes) however close its frozen value stays to the
+  twin.
+
+A window bounds each statistic's memory: it falls back within ``window`` samples of a fault's
+end. **Calibration** runs the same twin and statistics over a fault-free stream with nothing
+gated; a statistic's *level* is its ``quantile`` (default 1: the largest value) on that stream,
+times ``threshold`` (default 1.5). The score of a sample is the largest ratio of a statistic
+to its level; a sample is an alarm when the score exceeds 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import TwinError
+from .model import Twin, torch_threads
+from .whatif import initial_field
+
+STATISTICS = ("mean", "spatial", "flat")
+
+
+@dataclass
+class Stream:
+    """What the monitor reads: the readings and their times, and the twin's known inputs."""
+
+    time: np.ndarray  # (N,) s
+    sensors: np.ndarray  # (N, K) readings
+    forcing: np.ndarray  # (N-1, H, W) over step t -> t+1
+    params: np.ndarray  # (N-1, P)
+    positions: list  # [[x, y] m] per sensor
+    names: list[str]
+    param_names: list[str]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # label, label_sensor, label_fault
+    faults: list[dict] = field(default_factory=list)
+    path: str = ""
+
+
+def gain_matrix(plate, positions: np.ndarray, gain: float, length: float, use: np.ndarray) -> np.ndarray:
+    """``G`` (H·W, K) of optimal interpolation for the sensors ``use`` (bool, K) (zero columns
+    for the others)."""
+    h, w = plate.h, plate.w
+    k = len(use)
+    g = np.zeros((h * w, k))
+    if gain <= 0 or not use.any():
+        return g
+    eye = np.eye(h * w).reshape(h * w, h, w)
+    hop = plate.sensors(eye).T  # (K, H·W)
+    yy, xx = np.meshgrid(plate.y, plate.x, indexing="ij")
+    interior = np.zeros((h, w), bool)
+    interior[1:-1, 1:-1] = True
+    pts = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    sel = np.flatnonzero(use)
+    hs = hop[sel]
+    # B Hᵀ without forming B: the correlation of every node with each sensor's footprint
+    d2 = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1) if h * w <= 4096 else None
+    if d2 is None:
+        raise TwinError(f"twin monitor: a {h}×{w} grid is too large for the dense gain (at most 4096 nodes)")
+    b = np.exp(-d2 / (2 * length**2)) * interior.ravel()[:, None] * interior.ravel()[None, :]
+    bht = b @ hs.T  # (HW, k)
+    r = (1 - gain) / gain
+    g[:, sel] = bht @ np.linalg.inv(hs @ bht + r * np.eye(len(sel)))
+    return g
+
+
+class Detector:
+    """The residual statistics of :mod:`this module <twinhpc.twin.monitor>`, one sample at a time."""
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray, floor: np.ndarray, window: int):
+        self.mu, self.sigma, self.floor, self.window = mu, sigma, floor, int(window)
+        self.zs: list[np.ndarray] = []
+        self.changes: list[np.ndarray] = []
+        self.last: np.ndarray | None = None
+
+    def update(self, e: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        w = self.window
+        z = (e - self.mu) / self.sigma
+        self.zs.append(z)
+        if len(self.zs) > w:
+            self.zs.pop(0)
+        if self.last is not None:
+            self.changes.append(np.abs(y - self.last))
+            if len(self.changes) > w:
+                self.changes.pop(0)
+        self.last = y.copy()
+        recent = np.mean(self.zs, axis=0)
+        n = len(self.zs)
+        flat = (
+            self.floor / np.maximum(np.mean(self.changes, axis=0), 1e-12)
+            if len(self.changes) == w
+            else np.zeros_like(z)
+        )
+        return {
+            "z": z,
+            "mean": np.abs(recent) * np.sqrt(n),
+            "spatial": np.array(abs(recent.mean()) * np.sqrt(n * len(z))),
+            "flat": flat,
+        }
+
+
+@dataclass
+class Settings:
+    gain: float = 0.5
+    length: float | None = None  # m; default 1.5 grid spacings
+    window: int = 10
+    quantile: float = 1.0
+    threshold: float = 1.5
+    gate: bool = True
+    threads: int = 1
+
+
+@dataclass
+class Calibration:
+    """Per-sensor residual mean and std, the flatness floor, each statistic's level, and where
+    they came from."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    floor: np.ndarray
+    levels: dict[str, np.ndarray]
+    peaks: dict[str, np.ndarray]  # the quantile of each statistic on the calibration stream
+    source: str
+    samples: int
+
+
+@dataclass
+class Result:
+    time: np.ndarray
+    sensors: np.ndarray
+    twin: np.ndarray  # (N, K) the twin's forecast at the sensors
+    residual: np.ndarray  # (N, K) innovation y − H u
+    stats: dict[str, np.ndarray]  # z, mean, flat (N, K); spatial (N,)
+    score: np.ndarray  # (N,)
+    alarm: np.ndarray  # (N,) bool
+    alarm_sensor: np.ndarray  # (N,) int16: the sensor most in alarm, -1 for the spatial statistic
+    assimilated: np.ndarray  # (N, K) bool: the sensors used to correct the state after sample t
+    twin_seconds: float = 0.0
+
+
+def _plate_for(twin: Twin, stream: Stream):
+    names = twin.names
+    if twin.surrogate.task.params and list(stream.param_names) != names:
+        raise TwinError(
+            f"{stream.path}: its parameters ({', '.join(stream.param_names)}) are not the twin's ({', '.join(names)})"
+        )
+    if stream.forcing.shape[1:] != tuple(twin.cfg.grid):
+        raise TwinError(
+            f"{stream.path}: its forcing's grid {stream.forcing.shape[1:]} is not the twin's {tuple(twin.cfg.grid)}"
+        )
+    from ..config import SimulateConfig
+    from ..sim.plate import Plate
+
+    return Plate(SimulateConfig.from_dict({**twin.cfg.to_dict(), "sensors": [list(p) for p in stream.positions]}))
+
+
+def run_twin(twin: Twin, stream: Stream, settings: Settings, calibration: Calibration | None) -> Result:
+    """The twin over the stream: forecast, residuals, statistics, alarms, gated assimilation.
+    With ``calibration`` None nothing is scored or gated (the calibration pass itself: the
+    statistics are computed with zero mean and unit std and returned raw)."""
+    import time as _time
+
+    plate = _plate_for(twin, stream)
+    n, k = stream.sensors.shape
+    length = settings.length if settings.length is not None else 1.5 * max(plate.dx, plate.dy)
+    names = stream.param_names
+    p0 = stream.params[0]
+    u = initial_field(plate, p0[names.index("t0")], p0[names.index("t_edge")])[None]
+    step = twin.stepper()
+    positions = np.asarray(stream.positions, np.float64)
+    gains: dict[bytes, np.ndarray] = {}
+    hop = plate.sensors(np.eye(plate.h * plate.w).reshape(-1, plate.h, plate.w)).T  # (K, HW)
+    cal = calibration
+    det = (
+        Detector(cal.mu, cal.sigma, cal.floor, settings.window)
+        if cal
+        else Detector(np.zeros(k), np.ones(k), np.ones(k), settings.window)
+    )
+    out = {s: [] for s in ("z", *STATISTICS)}
+    twin_at, resid, score, alarm, alarm_sensor, used = [], [], [], [], [], []
+    seconds = 0.0
+    with torch_threads(settings.threads):
+        for t in range(n):
+            y = stream.sensors[t].astype(np.float64)
+            hu = hop @ u[0].ravel()
+            e = y - hu
+            st = det.update(e, y)
+            for name in out:
+                out[name].append(st[name])
+            use = np.ones(k, bool)
+            if cal:
+                ratios = {s: st[s] / cal.levels[s] for s in STATISTICS}
+                per_sensor = np.maximum(ratios["mean"], ratios["flat"])
+                sc = max(float(per_sensor.max()), float(ratios["spatial"]))
+                alarm.append(sc > 1.0)
+                alarm_sensor.append(-1 if float(ratios["spatial"]) >= per_sensor.max() else int(per_sensor.argmax()))
+                score.append(sc)
+                if settings.gate:
+                    use = per_sensor <= 1.0
+            twin_at.append(hu)
+            resid.append(e)
+            used.append(use)
+            key = use.tobytes()
+            if key not in gains:
+                gains[key] = gain_matrix(plate, positions, settings.gain, length, use)
+            u = u + (gains[key] @ e).reshape(1, plate.h, plate.w)
+            if t + 1 < n:
+                start = _time.perf_counter()
+                u = step(u, stream.forcing[t][None], stream.params[t][None])
+                seconds += _time.perf_counter() - start
+    stats = {s: np.asarray(v) for s, v in out.items()}
+    return Result(
+        time=stream.time,
+        sensors=stream.sensors,
+        twin=np.asarray(twin_at),
+        residual=np.asarray(resid),
+        stats=stats,
+        score=np.asarray(score) if cal else np.zeros(n),
+        alarm=np.asarray(alarm, bool) if cal else np.zeros(n, bool),
+        alarm_sensor=np.asarray(alarm_sensor, np.int16) if cal else np.full(n, -1, np.int16),
+        assimilated=np.asarray(used),
+        twin_seconds=seconds,
+    )
+
+
+def calibrate(twin: Twin, stream: Stream, settings: Settings, source: str, samples: slice | None = None) -> Calibration:
+    """The calibration of :mod:`this module <twinhpc.twin.monitor>` on the fault-free ``stream``
+    (or its ``samples``)."""
+    if samples is not None:
+        stream = Stream(
+            stream.time[samples],
+            stream.sensors[samples],
+            stream.forcing[samples],
+            stream.params[samples],
+            stream.positions,
+            stream.names,
+            stream.param_names,
+            path=stream.path,
+        )
+    n = len(stream.time)
+    if n < 4 * settings.window:
+        raise TwinError(f"{source}: {n} samples are too few to calibrate on (at least {4 * settings.window})")
+    raw = run_twin(twin, stream, settings, None)
+    e = raw.residual
+    mu = np.median(e, axis=0)
+    sigma = np.maximum(1.4826 * np.median(np.abs(e - mu), axis=0), 1e-6)
+    changes = np.abs(np.diff(stream.sensors.astype(np.float64), axis=0))
+    # the flatness floor: the smallest windowed mean change on the calibration stream
+    kernel = np.ones(settings.window) / settings.window
+    means = np.stack([np.convolve(changes[:, j], kernel, mode="valid") for j in range(changes.shape[1])], axis=1)
+    floor = means.min(axis=0)
+    # the statistics again, now standardised (the residuals do not depend on them: nothing gated)
+    det = Detector(mu, sigma, floor, settings.window)
+    stats = {s: [] for s in STATISTICS}
+    for t in range(n):
+        st = det.update(e[t], stream.sensors[t].astype(np.float64))
+        for s in STATISTICS:
+            stats[s].append(st[s])
+    peaks, levels = {}, {}
+    for s in STATISTICS:
+        a = np.asarray(stats[s])
+        peaks[s] = np.quantile(a, settings.quantile, axis=0)
+        levels[s] = np.maximum(peaks[s] * settings.threshold, 1e-9)
+    if not (floor > 0).all():  # noise-free readings: flatness tells nothing
+        levels["flat"] = np.where(floor > 0, levels["flat"], np.inf)
+    return Calibration(mu, sigma, floor, levels, peaks, source, n)
+
+
+# -- scoring against the labels -------------------------------------------------------------------
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """The ``[start, end)`` index ranges of the runs of True in ``mask``."""
+    m = np.concatenate([[False], np.asarray(mask, bool), [False]])
+    d = np.flatnonzero(np.diff(m.astype(np.int8)))
+    return list(zip(d[0::2].tolist(), d[1::2].tolist(), strict=True))
+
+
+def score_alarms(time: np.ndarray, alarm: np.ndarray, label: np.ndarray, faults: list[dict]) -> dict:
+    """Per-sample precision, recall and F1 of ``alarm`` against ``label > 0``; per fault its
+    detection (the first alarm in ``[start, end)``) and delay; false alarms: runs of alarms
+    that start on a fault-free sample, per 10⁴ fault-free samples."""
+    truth = label > 0
+    tp = int((alarm & truth).sum())
+    fp = int((alarm & ~truth).sum())
+    fn = int((~alarm & truth).sum())
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    per_fault = []
+    for n, f in enumerate(faults):
+        inside = (time >= f["start"]) & (time < f["end"])
+        hits = np.flatnonzero(inside & alarm)
+        first = np.flatnonzero(inside)
+        row = {
+            "fault": n,
+            "kind": f["kind"],
+            "sensor": int(f.get("sensor", -1)),
+            "start": float(f["start"]),
+            "end": float(f["end"]),
+            "samples": int(inside.sum()),
+            "detected": bool(len(hits)),
+            "delay_s": float(time[hits[0]] - f["start"]) if len(hits) else float("inf"),
+            "delay_samples": int(hits[0] - first[0]) if len(hits) else -1,
+            "recall": float(len(hits) / max(1, inside.sum())),
+        }
+        per_fault.append(row)
+    free = int((~truth).sum())
+    false_runs = [(a, b) for a, b in runs(alarm) if not truth[a]]
+    return {
+        "samples": int(len(alarm)),
+        "fault_samples": int(truth.sum()),
+        "fault_free_samples": free,
+        "alarm_samples": int(alarm.sum()),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "false_alarms": len(false_runs),
+        "false_alarms_per_1e4": 1e4 * len(false_runs) / free if free else float("nan"),
+        "false_positive_samples_per_1e4": 1e4 * fp / free if free else float("nan"),
+        "faults": per_fault,
+    }
