@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The main job, end to end on one machine: set everything up, simulate an ensemble of driven,
-# damped oscillators (the physical system to twin), ingest it into a sharded HDF5 dataset on
-# NP MPI ranks, inspect and verify it, benchmark the rank-aware loader on it, then fit the
-# preprocessing, train the twin (jobs/oscillator_regime.toml: an MLP that tells the regime from
-# the trajectory) data-parallel on NP ranks, validate it and report (PNG plots beside results.h5).
+# The main job, end to end on one machine: a digital twin of a heated plate.
+#
+# Set everything up, simulate an ensemble of heated-plate scenarios on NP MPI ranks straight
+# into a sharded HDF5 dataset (jobs/plate.toml), inspect and verify it, fit the preprocessing,
+# train the twin — a 2-D Fourier neural operator that advances the temperature field by one
+# saved step (jobs/plate_twin.toml) — data-parallel on NP ranks, validate it on held-out
+# scenarios against persistence and a linear model (rollouts to 50 steps, the plate's energy
+# balance), run a what-if scenario on the twin and on the simulator (speed-up, error), and
+# monitor a sensor stream with injected faults. docs/twin.md explains each step.
 #
 #   bash jobs/main.sh                 # NP=2 ranks, results under out/main
 #   NP=4 WORK=/scratch/me bash jobs/main.sh
@@ -13,45 +17,50 @@ bash scripts/setup.sh
 
 NP=${NP:-2}
 WORK=${WORK:-out/main}
-MEMBERS=${MEMBERS:-20000}
 export PATH="$PWD/${VENV:-.venv}/bin:$PATH"
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 if [ "$NP" -gt "$(nproc)" ]; then export OMPI_MCA_rmaps_base_oversubscribe=1; fi
+export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$PWD/build/numba-cache}
 mkdir -p "$WORK"
 step() { printf '\n== %s\n' "$*"; }
 
-step "simulating $MEMBERS oscillators"
-python jobs/oscillator_ensemble.py --out "$WORK/oscillators.npz" --members "$MEMBERS"
+DATA="$WORK/plate"
+RUN="$WORK/runs/plate_twin"
+SETS=(--set "data.dataset=$DATA" --set "preprocess.out=$WORK/plate-pre" --set "train.out=$RUN")
 
-step "ingest on $NP ranks (per-rank logs in $WORK/logs)"
-mpirun -n "$NP" twinhpc ingest npz "$WORK/oscillators.npz" --out "$WORK/oscillators" --label regime \
-  --shards 4 --val-fraction 0.1 --test-fraction 0.1 --overwrite --log-dir "$WORK/logs"
+step "simulate the plate ensemble on $NP ranks (jobs/plate.toml -> $DATA; per-rank logs in $WORK/logs)"
+mpirun -n "$NP" twinhpc simulate jobs/plate.toml --out "$DATA" --overwrite --log-dir "$WORK/logs"
 
 step "inspect"
-twinhpc inspect "$WORK/oscillators"
+twinhpc inspect "$DATA"
 
 step "verify on $NP ranks"
-mpirun -n "$NP" twinhpc verify "$WORK/oscillators"
+mpirun -n "$NP" twinhpc verify "$DATA"
 
-step "loader benchmark on $NP ranks (a new record in $WORK/bench/loader/)"
-mpirun -n "$NP" twinhpc bench loader "$WORK/oscillators" --seconds 2 --results "$WORK/bench"
+step "preprocess on $NP ranks (field statistics)"
+mpirun -n "$NP" twinhpc preprocess jobs/plate_twin.toml "${SETS[@]}" --log-dir "$WORK/logs"
 
-JOB=jobs/oscillator_regime.toml
-RUN="$WORK/runs/oscillator_regime"
-SETS=(--set "data.dataset=$WORK/oscillators" --set "preprocess.out=$WORK/oscillators-prep" --set "train.out=$RUN")
-step "preprocess on $NP ranks ($JOB)"
-mpirun -n "$NP" twinhpc preprocess "$JOB" "${SETS[@]}" --log-dir "$WORK/logs"
-
-step "train on $NP ranks (run $RUN, started afresh; per-rank logs in $RUN/logs)"
+step "train the twin on $NP ranks (run $RUN, started afresh; per-rank logs in $RUN/logs)"
 rm -rf "$RUN"
 # --bind-to none: Open MPI would pin each rank to one core, where the loader's prefetch thread
 # and the all-reduce engine's thread would queue behind the compute thread
-mpirun -n "$NP" --bind-to none twinhpc train "$JOB" "${SETS[@]}"
+mpirun -n "$NP" --bind-to none twinhpc train jobs/plate_twin.toml "${SETS[@]}"
 
-step "validate on $NP ranks"
-mpirun -n "$NP" twinhpc validate "$JOB" "${SETS[@]}" --run "$RUN"
+step "validate on $NP ranks: rollouts of the held-out scenarios against persistence and a linear model"
+mpirun -n "$NP" twinhpc validate jobs/plate_twin.toml "${SETS[@]}" --run "$RUN" --checkpoint best
 
 step "report"
 twinhpc report "$RUN"
 
-step "done: dataset $WORK/oscillators, loader benchmark record in $WORK/bench/loader/, run $RUN (results.h5, *.png)"
+step "what-if: a stronger first heat source, on the twin and on the simulator"
+twinhpc twin rollout "$RUN" --scenario-index 0 --set scenario.source0.power=12 --out "$WORK/whatif.h5"
+
+step "sensor streams: fault-free (calibration) and with a drifting sensor, a stuck sensor and an extra heat source"
+twinhpc simulate jobs/plate.toml --stream "$WORK/stream-calib.h5" --faults none --stream-seed 1
+twinhpc simulate jobs/plate.toml --stream "$WORK/stream-faults.h5" --faults default --stream-seed 2
+
+step "monitor the faulty stream with the twin"
+twinhpc twin monitor "$RUN" --stream "$WORK/stream-faults.h5" --calibrate "$WORK/stream-calib.h5" \
+  --out "$WORK/monitor.h5"
+
+step "done: dataset $DATA; twin $RUN (results.h5 with /twin_validation, twin_panels.png, twin_horizon.png); what-if $WORK/whatif.h5 (+ PNGs); monitor report $WORK/monitor.h5 (+ PNG)"
