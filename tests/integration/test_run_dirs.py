@@ -7,7 +7,9 @@ records.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -96,13 +98,34 @@ def whole(digits) -> Path:
     return digits / "runs" / "whole"
 
 
+def stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP: state T in /proc/PID/stat)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        return False
+
+
 def test_a_second_train_on_the_same_out_is_refused_and_the_first_completes(digits, whole):
-    first = start(MPIRUN2 + TWINHPC + ["train", JOB, "--out", "runs/busy"] + SHORT, digits)
+    """The first run's rank 0 stops itself at its second step (TWINHPC_FAULT), so that however
+    fast the machine, the first run holds its lock mid-training while the second is refused;
+    continued, it completes with the records of the uninterrupted run."""
+    first = subprocess.Popen(
+        MPIRUN2 + TWINHPC + ["train", JOB, "--out", "runs/busy"] + SHORT,
+        cwd=digits,
+        env={**ENV, "TWINHPC_FAULT": "0:step:stop:2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         lock = digits / "runs" / "busy" / "twinhpc.lock"
         wait_for(lock.is_file, first, what="the first run's lock")
         holder = json.loads(lock.read_text())
+        wait_for(lambda: stopped(holder["pid"]), first, what="rank 0 of the first run stopped at its second step")
         second = run(MPIRUN2 + TWINHPC + ["train", JOB, "--out", "runs/busy"] + SHORT, digits, check=False)
+        os.kill(holder["pid"], signal.SIGCONT)
         assert second.returncode == 2, second.stdout + second.stderr
         assert f"the run is in use by pid {holder['pid']} on host {holder['host']}" in second.stderr, second.stderr
         output = first.communicate(timeout=240)[0]
