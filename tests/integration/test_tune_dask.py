@@ -21,6 +21,13 @@ pytest.importorskip("dask.distributed")
 __all__ = ["prepared"]  # the module's data fixture
 
 
+#: Open MPI's shared-memory transport (btl vader) has crashed these concurrent 2-rank segments at
+#: start-up (SIGSEGV in mca_btl_vader_poll_handle_frag under MPI_Comm_split_type) in full-suite
+#: runs on the project's VM, never when the file runs alone; cause not established. What these
+#: tests check is the executor, not the transport: its segments use TCP between their ranks.
+SEGMENT_TRANSPORT = {"OMPI_MCA_btl": "self,tcp"}
+
+
 def wait_states(executor, ids, want, deadline_s: float, polls: list | None = None) -> dict:
     """Poll ``states`` until every id is in ``want``; each poll's states go to ``polls``."""
     deadline = time.monotonic() + deadline_s
@@ -34,7 +41,11 @@ def wait_states(executor, ids, want, deadline_s: float, polls: list | None = Non
         time.sleep(0.5)
 
 
-def test_local_cluster_runs_two_rank_segments_a_crash_fails_with_its_log_and_an_unknown_key_is_gone(prepared):
+def test_local_cluster_runs_two_rank_segments_a_crash_fails_with_its_log_and_an_unknown_key_is_gone(
+    prepared, monkeypatch
+):
+    for name, value in SEGMENT_TRANSPORT.items():  # inherited by the segments (sbatch, Dask workers)
+        monkeypatch.setenv(name, value)
     sweep = make_sweep(prepared, "dask-sweep", trials=4, epochs=2)
     works = sweep.next_trials()
     assert len(works) == 4
