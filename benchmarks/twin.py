@@ -161,6 +161,7 @@ def main(argv=None) -> int:
     from twinhpc.train.twin_validation import (
         FIT_SCENARIOS,
         LINEAR_RANK,
+        STABILITY_STEPS,
         Roles,
         default_split,
         evaluate_scenarios,
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     linear = LinearBaseline.fit(
         train[roles.state], train.get(roles.forcing or ""), train.get(roles.params or ""), rank=LINEAR_RANK
     )
-    rows, _ = evaluate_scenarios(twin, linear, u, f, p, roles)
+    rows, _ = evaluate_scenarios(twin, linear, u, f, p, roles, stability_steps=STABILITY_STEPS)
     hs = horizons_of(steps)
     figures, full, _, one_step = summary_of(rows, int(np.prod(u.shape[2:])), hs)
     accuracy_s = time.perf_counter() - t0
@@ -237,6 +238,11 @@ def main(argv=None) -> int:
         "speedup_best": sim_kernel / twin_s[best],
         "speedup_best_wall": sim_wall / twin_s[best],
         "break_even_solves": break_even,
+        # validate's stability check (not a target): excursion beyond the physical span, in its widths
+        "stability_steps": STABILITY_STEPS,
+        "stability_excursion_max": float(np.max(rows["stability_excursion"])),
+        "stability_excursion_median": float(np.median(rows["stability_excursion"])),
+        "stability_diverged": int((rows["stability_diverged_at"] >= 0).sum()),
         **cost,
     }
     checks = {
@@ -280,6 +286,11 @@ def main(argv=None) -> int:
         f"(absolute {fig['one_step_nrmse']:.3g}), {hs[h50]}-step {fig['h50_nrmse_rise']:.3g} (absolute "
         f"{fig['h50_nrmse']:.3g}); twin ÷ the better baseline, worst over the horizons: "
         f"{fig['worst_ratio_to_baselines']:.3g}"
+    )
+    print(
+        f"stability ({STABILITY_STEPS} steps from u[T], sources off; not a target): excursion beyond the span "
+        f"largest {fig['stability_excursion_max']:.3g}, median {fig['stability_excursion_median']:.3g} widths; "
+        f"non-finite in {fig['stability_diverged']} of {n} scenarios"
     )
     for ok, text in checks.values():
         print(f"  {'PASS' if ok else 'FAIL'}  {text}" + ("  (--quick: not judged)" if args.quick else ""))

@@ -55,9 +55,9 @@ twinhpc report "$RUN"
 step "what-if: a stronger first heat source, on the twin and on the simulator"
 twinhpc twin rollout "$RUN" --scenario-index 0 --set scenario.source0.power=12 --out "$WORK/whatif.h5"
 
-step "sensor streams: fault-free (calibration) and with a drifting sensor, a stuck sensor and an extra heat source"
-twinhpc simulate jobs/plate.toml --stream "$WORK/stream-calib.h5" --faults none --stream-seed 1
-twinhpc simulate jobs/plate.toml --stream "$WORK/stream-faults.h5" --faults default --stream-seed 2
+step "sensor streams of one plate: a fault-free history (calibration) and a day with a drifting sensor, a stuck sensor and an extra heat source"
+twinhpc simulate jobs/plate.toml --stream "$WORK/stream-calib.h5" --faults none --plate-seed 0 --stream-seed 1
+twinhpc simulate jobs/plate.toml --stream "$WORK/stream-faults.h5" --faults default --plate-seed 0 --stream-seed 2
 
 step "monitor the faulty stream with the twin"
 twinhpc twin monitor "$RUN" --stream "$WORK/stream-faults.h5" --calibrate "$WORK/stream-calib.h5" \

@@ -99,3 +99,14 @@ def small_image_job(tmp_path_factory):
 
     train = "epochs = 2\ncheckpoint_every = 4\nkeep_checkpoints = 1\nkeep_best = true\nlog_every = 1"
     return prepare_image_job(tmp_path_factory.mktemp("small-image-job"), small_cnn_job("{dir}/data", 0.05, train))
+
+
+@pytest.fixture
+def mpi_started_here():
+    """MPI initialised in this (pytest) process, as it is once any in-process test used MPI, or in
+    a driver that imported mpi4py: Open MPI then put its per-job variables into the C-level
+    environment, and every job launched from here must leave them behind
+    (:func:`twinhpc.env.launch_environ`)."""
+    from twinhpc.comm.world import get_world
+
+    get_world()

@@ -64,6 +64,18 @@ MPIRUN_INTERNAL_MCA = ("orte_", "ess", "pmix", "initial_wdir", "shmem_RUNTIME_QU
 #: longest value shown; longer ones are left out
 MAX_VALUE_CHARS = 256
 
+#: the variables an MPI runtime sets for the processes it starts (Open MPI's ``mpirun`` and its
+#: singleton ``MPI_Init``, PMIx, MPICH's PMI and hydra). A new ``mpirun`` or ``srun`` that
+#: inherits them joins a job that is not its own: Open MPI's shared-memory transport then opens
+#: another job's segments (same job id and transport key) and crashes at start-up. The user's
+#: own ``OMPI_MCA_*`` settings (``btl``, ``rmaps_base_oversubscribe``...) are not among them.
+RUNTIME_VAR_RE = re.compile(
+    r"^(PMIX_|PMI_|HYDRA_|ORTE_|OMPI_COMM_WORLD_|OMPI_APP_CTX_|OMPI_MCA_orte_|OMPI_MCA_ess"
+    r"|OMPI_MCA_pmix|OMPI_MCA_initial_wdir$|OMPI_MCA_shmem_RUNTIME_QUERY_hint$"
+    r"|OMPI_(UNIVERSE_SIZE|NUM_APP_CTX|FIRST_RANKS|FILE_LOCATION|COMMAND|ARGV)$"
+    r"|MPI_LOCALRANKID$|MPI_LOCALNRANKS$)"
+)
+
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -128,6 +140,30 @@ def launcher_vars(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
         for n in sorted(names)
         if not any(f in n.upper() for f in HIDDEN_FRAGMENTS) and len(environ[n]) <= MAX_VALUE_CHARS
     }
+
+
+def is_runtime_var(name: str) -> bool:
+    """Whether ``name`` is one of an MPI runtime's per-job variables (:data:`RUNTIME_VAR_RE`)."""
+    return RUNTIME_VAR_RE.match(name) is not None
+
+
+def launch_environ(environ: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a new MPI job (``mpirun``, ``srun``, ``sbatch``, a detached driver)
+    started from this process: ``environ`` (default ``os.environ``) without an MPI runtime's
+    per-job variables (:data:`RUNTIME_VAR_RE`), plus ``extra``.
+
+    Always pass it explicitly (``env=``): a child started without ``env`` inherits the C-level
+    environment, where ``MPI_Init`` of this process (mpi4py) put its variables without Python's
+    ``os.environ`` seeing them.
+    """
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if not is_runtime_var(k)} | extra
+
+
+def unset_runtime_vars_line() -> str:
+    """A bash line that unsets the MPI runtime variables (:data:`RUNTIME_VAR_RE`) a batch script
+    inherited from the shell or process that submitted it (``sbatch`` exports everything)."""
+    return f"unset $(compgen -e | grep -E '{RUNTIME_VAR_RE.pattern}')"
 
 
 def devices() -> list[str]:

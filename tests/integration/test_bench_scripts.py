@@ -297,6 +297,9 @@ def test_twin_benchmark_quick_records_times_ratios_and_accuracy(tmp_path):
     assert a["one_step_nrmse_rise"] == pytest.approx(one) and printed["one_step_nrmse_rise"] == pytest.approx(one)
     (h8,) = [x["value"] for x in acc if (x["model"], x["metric"], x["horizon"]) == ("twin", "nrmse_rise", 8)]
     assert a["h50_nrmse_rise"] == pytest.approx(h8)  # 50 clipped to T = 8
+    # validate's stability check, recorded beside the targets
+    assert a["stability_steps"] == 500 and a["stability_diverged"] == 0 and "stability (500 steps" in r.stdout
+    assert 0 <= a["stability_excursion_median"] <= a["stability_excursion_max"]
     # a --quick record of a tiny job is not the default configuration: no target reads it
     for t in TARGETS:
         if t.benchmark == "twin":

@@ -197,12 +197,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
 
 
-@pytest.mark.xfail(
-    reason="known: after ENOSPC, rank 0 can crash with SIGSEGV in HDF5's library shutdown (H5_term_library -> "
-    "H5D_close on a dataset of the failed results.h5.tmp) instead of exiting 2; seen once in a full-suite run, "
-    "not understood yet",
-    strict=False,
-)
 def test_a_disk_that_fills_up_mid_run_ends_with_one_line_and_resume_completes(digits, whole, small_disk):
     out = small_disk / "run"
     proc = start(MPIRUN2 + TWINHPC + ["train", JOB, "--out", out] + SHORT, digits)

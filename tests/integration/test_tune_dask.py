@@ -34,12 +34,9 @@ def wait_states(executor, ids, want, deadline_s: float, polls: list | None = Non
         time.sleep(0.5)
 
 
-@pytest.mark.skip(
-    reason="known failure, not understood: in full-suite runs every concurrent 2-rank segment of this test "
-    "crashes at start-up with SIGSEGV in Open MPI's mca_btl_vader (MPI_Comm_split_type); passes when "
-    "the file runs alone; forcing TCP did not help (session note of 2026-12-03)"
-)
-def test_local_cluster_runs_two_rank_segments_a_crash_fails_with_its_log_and_an_unknown_key_is_gone(prepared):
+def test_local_cluster_runs_two_rank_segments_a_crash_fails_with_its_log_and_an_unknown_key_is_gone(
+    prepared, mpi_started_here
+):
     sweep = make_sweep(prepared, "dask-sweep", trials=4, epochs=2)
     works = sweep.next_trials()
     assert len(works) == 4

@@ -10,6 +10,7 @@ Skipped when no Slurm controller answers.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -108,12 +109,7 @@ def max_overlap(rows: list[dict]) -> int:
 
 
 @needs_slurm
-@pytest.mark.skip(
-    reason="known failure, not understood: in full-suite runs every concurrent 2-rank segment of this test "
-    "crashes at start-up with SIGSEGV in Open MPI's mca_btl_vader (MPI_Comm_split_type); passes when "
-    "the file runs alone; forcing TCP did not help (session note of 2026-12-03)"
-)
-def test_six_trials_run_as_throttled_arrays_split_at_max_array_size(prepared):
+def test_six_trials_run_as_throttled_arrays_split_at_max_array_size(prepared, mpi_started_here):
     sweep = make_sweep(prepared, "six", trials=6, epochs=2)
     works = sweep.next_trials()
     executor = make("slurm", sweep.directory, sweep.job, 2)
@@ -220,3 +216,40 @@ def test_a_requeued_array_element_resumes_to_an_undisturbed_segments_results_and
 
     gone = executor.states(["999999_0"])["999999_0"]
     assert gone.state == "gone", gone
+
+
+@needs_slurm
+def test_states_of_live_jobs_come_from_the_controller_when_accounting_lags(tmp_path, monkeypatch):
+    """Accounting learns of a start a moment after slurmctld (seconds, under load). Here a wrapper
+    around the real sacct answers every job as PENDING, as a lagging slurmdbd would: a running
+    array element is still `running` (squeue), the throttled one `pending`, and an ended job gets
+    its state and exit code from sacct."""
+    import shutil
+    import stat
+
+    ended = slurm("sbatch", "--parsable", "-o", "/dev/null", "--wrap", "exit 3").strip()
+    wait_for(f"job {ended} ended", lambda: not squeue(ended).strip(), 60, every=0.5)
+    wait_for(
+        f"job {ended} in accounting",
+        lambda: "FAILED" in slurm("sacct", "-X", "-n", "-P", "-j", ended, "-o", "State"),
+        60,
+        every=0.5,
+    )
+    array = slurm("sbatch", "--parsable", "-a", "0-1%1", "-o", "/dev/null", "--wrap", "sleep 60").strip()
+    try:
+        wait_for(f"{array}_0 running", lambda: f"{array}_0 RUNNING" in squeue(f"{array}_0"), 60, every=0.5)
+        lagging = tmp_path / "bin" / "sacct"
+        lagging.parent.mkdir()
+        real = shutil.which("sacct")
+        lagging.write_text(
+            f"#!/bin/sh\n{real} \"$@\" | sed -e 's/|RUNNING|/|PENDING|/' -e 's/|COMPLETING|/|PENDING|/'\n"
+        )
+        lagging.chmod(lagging.stat().st_mode | stat.S_IXUSR)
+        monkeypatch.setenv("PATH", f"{lagging.parent}:{os.environ['PATH']}")
+        ids = [f"{array}_0", f"{array}_1", ended]
+        rows = slurm_states(ids)
+    finally:
+        subprocess.run(["scancel", array], timeout=60)
+    assert [rows[j]["state"] for j in ids] == ["RUNNING", "PENDING", "FAILED"], rows
+    assert rows[ended]["exit_code"] == "3:0", rows[ended]
+    assert rows[f"{array}_1"]["start"] == "Unknown", rows  # squeue's forecast is not a start

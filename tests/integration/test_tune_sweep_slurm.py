@@ -10,9 +10,11 @@
   statuses, metric at every rung, epochs) and decisions:
   - its promoted trial's segment (epochs 1 → 3) is requeued with ``scontrol requeue``
     mid-training and resumes from its checkpoint. Mid-training by construction: the driver's
-    environment holds ``TWINHPC_FAULT=0:step:stop:12``, which makes rank 0 of every segment stop
-    itself (SIGSTOP) at its 12th step; only a promoted segment (18 steps) gets there, in its last
-    epoch, and the test requeues it while it is stopped (Slurm's SIGTERM then waits for it);
+    environment holds ``TWINHPC_FAULT=0:step:hold:12``, which makes rank 0 of every segment stop
+    itself (SIGSTOP) at its 12th step and, once continued, wait for a stop signal there; only a
+    promoted segment (18 steps) gets there, in its last epoch, and the test requeues it while it
+    is stopped (Slurm sends SIGCONT, then SIGTERM: the rank must not finish its last six steps in
+    between);
   - the driver is SIGKILLed while a segment runs, and ``twinhpc sweep resume`` finishes the sweep
     with every segment run once (each trial's results.h5 ``/attempts``; sacct: every segment job
     ran once and no job was submitted twice for one segment).
@@ -69,8 +71,9 @@ max_epochs = 3
 [sweep.space."optim.lr"]
 loguniform = [0.01, 0.3]
 """
-#: rank 0 of a segment stops itself at its 12th step: only a promoted segment (18 steps) gets there
-STOP_AT_STEP_12 = "0:step:stop:12"
+#: rank 0 of a segment stops itself at its 12th step and, continued, waits there for a stop signal:
+#: only a promoted segment (18 steps) gets there
+STOP_AT_STEP_12 = "0:step:hold:12"
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ sources = 1
 #: strong faults, so that a twin trained for seconds catches each of them
 FAULTS = (
     "drift:sensor=1,start=200,end=500,rate=0.2;stuck:sensor=0,start=700,end=1000;"
-    "source:start=1100,end=1400,power=15,x=0.3,y=0.7"
+    "source:start=1100,end=1400,power=40,x=0.3,y=0.7"
 )
 
 
@@ -66,8 +66,10 @@ def plate(tmp_path_factory):
     run([*TWINHPC, "preprocess", "plate.toml"], d)
     run([*TWINHPC, "train", "plate.toml"], d, timeout=400)
     stream = [*TWINHPC, "simulate", "plate.toml", "--stream-steps", "300", "--stream"]
-    run([*stream, "calib.h5", "--stream-seed", "1"], d)
-    run([*stream, "calib2.h5", "--stream-seed", "2"], d)
+    # the fault-free histories of the monitored plate (plate seed 0), on other days (stream seeds)
+    run([*stream, "calib.h5", "--stream-seed", "1", "--plate-seed", "0"], d)
+    run([*stream, "calib2.h5", "--stream-seed", "2", "--plate-seed", "0"], d)
+    run([*stream, "other-plate.h5", "--stream-seed", "3"], d)
     run([*stream, "faults.h5", "--faults", FAULTS, "--csv", "faults.csv"], d)
     return d
 
@@ -128,6 +130,7 @@ def test_monitor_detects_each_fault_with_levels_from_fault_free_data(plate):
         plate, "monitor", "runs/twin", "--stream", "faults.h5", "--calibrate", "calib.h5", "--out", "m.h5", "--json"
     )
     rep = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "another plate" not in r.stderr
     faults = rep["scores"]["faults"]
     assert [f["kind"] for f in faults] == ["drift", "stuck", "source"]
     assert all(f["detected"] and np.isfinite(f["delay_s"]) for f in faults), faults
@@ -161,6 +164,9 @@ def test_monitor_detects_each_fault_with_levels_from_fault_free_data(plate):
     assert rep2["levels"]["spatial"] != rep["levels"]["spatial"]
     with h5py.File(plate / "m2.h5", "r") as f:
         np.testing.assert_allclose(f["calibration/levels/mean"][...], 3 * f["calibration/peaks/mean"][...])
+    # a fault-free stream of another plate calibrates, with a warning naming what differs
+    r4 = twin(plate, "monitor", "runs/twin", "--stream", "faults.h5", "--calibrate", "other-plate.h5", "--out", "m4.h5")
+    assert re.search(r"--calibrate other-plate.h5 is another plate than faults.h5: k \S+ against \S+", r4.stderr)
     # a stream with faults is refused for calibration
     r3 = twin(plate, "monitor", "runs/twin", "--stream", "calib.h5", "--calibrate", "faults.h5", check=False)
     assert r3.returncode == 2 and "faults.h5: the stream has" in r3.stderr and "faulty samples" in r3.stderr

@@ -45,6 +45,9 @@ def test_validate_twin_on_two_ranks_and_one(tmp_path):
     assert tv["horizons"] == [1, 4, 8] and tv["steps"] == 8  # 50 clipped to T = 8
     assert tv["judged_on"] == "nrmse_rise" and tv["linear_rank"] > 0 and tv["linear_params"]
     assert set(tv["models"]) == {"twin", "persistence", "linear", "truth"}
+    st = tv["stability"]  # the default check: 500 steps from u[T] with the sources off
+    assert st["steps"] == 500 and st["span"] == "u[T], t_edge and T∞" and st["stable"] in (True, False)
+    assert 0 <= st["excursion_median"] <= st["excursion_max"] and st["diverged"] == 0, st
 
     # persistence and the truth's energy balance, computed here from the test split itself
     u, f, p = _test_split(tmp_path)
@@ -69,6 +72,9 @@ def test_validate_twin_on_two_ranks_and_one(tmp_path):
     assert stored["linear/one_step_nrmse"] == pytest.approx(tv["models"]["linear"]["one_step_nrmse"])
     assert stored["examples/truth"].shape == (2, 3, 10, 10)
     assert np.array_equal(stored["examples/truth"][:, 1], u[[0, 1], 4])  # scenarios 0, 1 at step 4
+    assert stored["attrs"]["stability_steps"] == 500 and stored["stability/excursion"].shape == (4,)
+    assert stored["stability/excursion"].max() == pytest.approx(st["excursion_max"])
+    assert list(stored["stability/diverged_at"]) == [-1] * 4
     with h5py.File(tmp_path / "runs/twin/results.h5") as h:
         g = h["twin_validation"]
         described = []
@@ -83,8 +89,14 @@ def test_validate_twin_on_two_ranks_and_one(tmp_path):
     # one rank: the same figures (scenarios spread over ranks and gathered, each once)
     one = run([*TWINHPC, *args, "--no-plots"], tmp_path, timeout=300).stdout
     assert "twin validation: 4 test scenarios rolled out 8 steps" in one and "energy residual" in one
+    assert "stability: 500 more steps from u[T] with the forcing off: " in one, one
     assert "the twin " in one and "both baselines" in one
     again = read_twin_validation(tmp_path / "runs/twin")
     assert again["attrs"]["ranks"] == 1
     for key in ("twin/nrmse_rise", "linear/rmse", "persistence/max_abs_full", "truth/energy_residual"):
         assert again[key] == pytest.approx(stored[key], rel=1e-5), key
+    assert again["stability/excursion"] == pytest.approx(stored["stability/excursion"], rel=1e-4, abs=1e-6)
+    # --stability-steps 0: no check, said so
+    none = run([*TWINHPC, *args, "--no-plots", "--stability-steps", "0"], tmp_path, timeout=300).stdout
+    assert "stability: not checked" in none, none
+    assert "stability/excursion" not in read_twin_validation(tmp_path / "runs/twin")

@@ -62,7 +62,10 @@ def children(pid: int) -> list[int]:
 
 def storm(args, cwd, sig=signal.SIGUSR2, timeout=240, ranks=0) -> tuple[int, str, str, int]:
     """Run ``args``; once the process started (with ``ranks``: that many of its children, the
-    ranks mpirun starts) catches ``sig``, send it to the process every 0.2 s until it ends.
+    ranks mpirun starts) catches ``sig``, send it to the process every 0.2 s until it ends —
+    with ``ranks``, until its ranks have ended: mpirun forwards signals while its job runs, and
+    one arriving while it shuts down after the ranks exited can end mpirun itself (Open MPI's
+    handlers are gone by then), which says nothing about twinhpc.
     Returns (exit status, stdout, stderr, signals sent)."""
     proc = subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, sent = time.monotonic() + timeout, 0
@@ -76,12 +79,12 @@ def storm(args, cwd, sig=signal.SIGUSR2, timeout=240, ranks=0) -> tuple[int, str
             assert proc.poll() is None, f"ended before it caught {sig!r}: {proc.communicate()}"
             assert time.monotonic() < deadline, "no handler installed in time"
             time.sleep(0.01)
-        while proc.poll() is None:
+        while proc.poll() is None and (not ranks or children(proc.pid)):
             assert time.monotonic() < deadline, "did not end in time"
             proc.send_signal(sig)
             sent += 1
             time.sleep(0.2)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=max(30, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -118,6 +118,72 @@ def test_unrolled_training_feeds_the_model_its_own_prediction(trained):
     assert [float(c[0, 0]) for c in calls] == pytest.approx([0.0, inc, 2 * inc])
 
 
+def test_preprocess_marks_the_nodes_no_step_changes_as_held(heat, tmp_path):
+    """A boundary row held at a per-scenario value (a Dirichlet edge) is ``held``; the rest not."""
+    _, arrays = heat
+    edged = {k: v.copy() for k, v in arrays.items()}
+    edged["field"][:, :, 0, :] = np.arange(N, dtype=np.float32)[:, None, None]  # row 0: constant in time
+    np.savez(tmp_path / "edged.npz", **edged)
+    ingest("npz", tmp_path / "edged.npz", tmp_path / "data", val_fraction=0.25, test_fraction=0.0, world=get_world())
+    (tmp_path / "job.toml").write_text(field_job(str(tmp_path / "data"), structure="width = 4\nmodes = 3"))
+    job = load_job(tmp_path / "job.toml")
+    preprocess(job, world=get_world())
+    held = open_prepared(job).field.stats["held"]
+    want = np.zeros((GRID, GRID))
+    want[0] = 1
+    assert np.array_equal(held, want)
+
+
+def test_without_held_nodes_nothing_is_recorded(trained):
+    _, job = trained
+    assert "held" not in open_prepared(job).field.stats
+
+
+class Constant(torch.nn.Module):
+    """A model whose increment is 1 everywhere; records its inputs' state channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x[:, 0].clone())
+        return torch.ones_like(x[:, :1])
+
+
+def held_task(trained, **kw) -> FieldTask:
+    _, job = trained
+    field = open_prepared(job).field
+    held = np.zeros((1, 5))
+    held[0, [0, 4]] = 1  # a 1-D row of 5 nodes, both ends held
+    return FieldTask(Field(field.fields, {**field.stats, "held": held}), **kw)
+
+
+def test_a_step_keeps_the_held_nodes_at_their_input_value(trained):
+    task = held_task(trained, unroll=2)
+    u = torch.arange(5, dtype=torch.float32).reshape(1, 1, 5)
+    out = task.step(Constant(), u, torch.zeros(1, 1, 5), torch.zeros(1, 2))
+    inc = (task.step_std + task.step_mean) / task.state_std
+    assert torch.equal(out[0, 0, [0, 4]], u[0, 0, [0, 4]])
+    assert torch.allclose(out[0, 0, 1:4], u[0, 0, 1:4] + inc)
+
+
+def test_noise_perturbs_the_start_states_in_training_only_and_never_the_held_nodes(trained):
+    task = held_task(trained, noise=0.5)
+    x = {"state": torch.zeros(2, 4, 1, 5), "forcing": torch.zeros(2, 3, 1, 5), "params": torch.zeros(2, 2)}
+    model = Constant()
+    torch.manual_seed(0)
+    pred, true, _ = task.forward(model, x)
+    start = model.seen[-1][:, 0]  # (chains, 5)
+    assert start.shape == (6, 5) and torch.all(start[:, [0, 4]] == 0)
+    inner = start[:, 1:4]
+    assert 0.3 < float(inner.std()) < 0.7 and torch.all(inner != 0)
+    assert torch.equal(true, torch.zeros_like(true))  # the targets stay the true states
+    model.eval()
+    task.forward(model, x)
+    assert torch.all(model.seen[-1] == 0)  # evaluation: no noise
+
+
 def test_rollout_returns_the_physical_trajectory_of_the_checkpoint(trained, heat):
     work, job = trained
     _, arrays = heat
@@ -168,6 +234,8 @@ def test_field_job_errors_name_the_key(heat, tmp_path):
     work, _ = heat
     with pytest.raises(JobFileError, match="train.unroll: is 2, but unrolled training needs train.task = 'field'"):
         load_job_text(tmp_path, field_job("d", train="unroll = 2").replace('task = "field"', 'task = "regression"'))
+    with pytest.raises(JobFileError, match="train.noise: is 0.1, but state noise needs train.task = 'field'"):
+        load_job_text(tmp_path, field_job("d", train="noise = 0.1").replace('task = "field"', 'task = "regression"'))
     with pytest.raises(JobFileError, match="data.inputs: is not read by train.task = 'field'"):
         load_job_text(tmp_path, field_job("d").replace("batch_size = 4", 'batch_size = 4\ninputs = ["x"]'))
     with pytest.raises(JobFileError, match="data.state: names a field of train.task = 'field', but the task is"):

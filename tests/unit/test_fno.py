@@ -10,7 +10,7 @@ import torch
 
 from twinhpc.errors import TwinError
 from twinhpc.models import build
-from twinhpc.models.fno import SpectralConv
+from twinhpc.models.fno import Pointwise, SpectralConv
 
 
 def weights(layer: SpectralConv) -> list[np.ndarray]:
@@ -95,6 +95,17 @@ def test_fno2d_modes_per_axis_and_padding_keep_the_grid():
     assert model.spectral[0].modes == (5, 3)
     assert tuple(model.spectral[0].weights[0].shape) == (6, 6, 5, 3, 2)
     assert model(torch.randn(2, 3, 10, 14)).shape == (2, 2, 10, 14)
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_the_pointwise_map_is_a_1x1_convolution_with_its_parameters(dims):
+    torch.manual_seed(0)
+    conv = (torch.nn.Conv1d if dims == 1 else torch.nn.Conv2d)(5, 3, 1)
+    layer = Pointwise(dims, 5, 3)
+    assert {k: v.shape for k, v in layer.state_dict().items()} == {k: v.shape for k, v in conv.state_dict().items()}
+    layer.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 5, *(7, 4)[:dims])
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-6)
 
 
 def test_the_grid_channels_are_the_coordinates_in_the_unit_interval():

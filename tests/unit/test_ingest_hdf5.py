@@ -129,6 +129,24 @@ def test_pdebench_2d_one_group_per_sample(tmp_path):
     assert d["arrays"] == {}
 
 
+def test_a_channel_of_the_last_axis_in_both_layouts(tmp_path):
+    src = fx.write_pdebench_2d(tmp_path / "dr.h5", n=12, t=4, x=8, y=6, c=2)
+    out = tmp_path / "uv"
+    fields = ["u=*/data[0]", "v=*/data[ 1 ]"]
+    m = ingest("hdf5", tmp_path / "dr.h5", out, shards=2, seed=1, options={"field": fields})
+    assert [(f.name, f.shape) for f in m.fields] == [("u", (4, 8, 6)), ("v", (4, 8, 6))]
+    assert_byte_equal(out, {"u": src["data"][..., 0].copy(), "v": src["data"][..., 1].copy()}, 1, 0.1, 0.1)
+    d = Manifest.load(out).provenance["details"]["fields"]
+    assert d["u"]["channel"] == 0 and d["v"]["channel"] == 1 and d["u"]["shape"] == [4, 8, 6, 2]
+    # whole arrays: the same, read in slabs
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f["tensor"] = src["data"]
+    out2 = tmp_path / "t"
+    m2 = ingest("hdf5", tmp_path / "t.h5", out2, shards=2, seed=1, options={"field": ["v=tensor[1]"]})
+    assert [(f.name, f.shape) for f in m2.fields] == [("v", (4, 8, 6))]
+    assert_byte_equal(out2, {"v": src["data"][..., 1].copy()}, 1, 0.1, 0.1)
+
+
 def test_diffusion_sorption_layout_with_many_root_attributes(tmp_path):
     """PDEBench's 1-D diffusion-sorption file: ``0000/data`` (T, X, 1) per sample and one root
     attribute ``0000/config`` per sample; the provenance keeps the first 100 attributes."""
@@ -335,6 +353,10 @@ BAD = [
     ("label-not-a-field", _tensor_and_coords, ["u=tensor"], {"label": "y"}, ["--label", "'y'"]),
     ("label-not-integer", _tensor_and_coords, ["u=tensor"], {"label": "u"}, ["--label u", "integer field"]),
     ("unknown-option", _tensor_and_coords, ["u=tensor"], {"text_field": "t"}, ["--text-field"]),
+    ("channel-past-the-axis", _tensor_and_coords, ["u=tensor[4]"], {}, ["/tensor has 4 channel(s)", "0..3"]),
+    ("channel-of-a-group-array", _groups, ["u=*/data[3]"], {}, ["/0000/data has 3 channel(s)", "0..2"]),
+    ("channel-of-a-vector", lambda f: f.create_dataset("v", data=np.zeros(3)), ["u=v[0]"], {}, ["no per-sample axis"]),
+    ("channel-syntax", _tensor_and_coords, ["u=tensor[a]"], {}, ["one integer in brackets"]),
 ]
 
 

@@ -1,6 +1,7 @@
 """`twinhpc jobs SWEEP`: one row per trial handed to an executor, from sweep.h5; debug trials as
 such, local trials from submitit's result file (never unpickled) and their process, Slurm
-trials from one batched sacct call (the real sacct, counted through a wrapper on PATH)."""
+trials from one batched squeue and one sacct call (the real tools, counted through wrappers on
+PATH)."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def counted_sacct(tmp_path, monkeypatch):
     return calls
 
 
-def test_slurm_trials_of_two_sweeps_with_one_sacct_and_one_squeue_call(tmp_path, counted_sacct, cli):
+def test_slurm_trials_of_two_sweeps_with_one_squeue_and_one_sacct_call(tmp_path, counted_sacct, cli):
     """Job ids Slurm has never seen are UNKNOWN; all trials of both sweeps are asked in one call."""
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
@@ -130,13 +131,13 @@ def test_slurm_trials_of_two_sweeps_with_one_sacct_and_one_squeue_call(tmp_path,
     r = cli("jobs", one / "sweep", two / "sweep")
     assert r.returncode == 0, r.stderr
     calls = counted_sacct.read_text().splitlines()
-    # one sacct call for all (array elements asked by their array's id), then one squeue call for
-    # the ids accounting does not know (yet)
-    assert [c.split()[0] for c in calls] == ["sacct", "squeue"], calls
-    asked = calls[0].split(" -j ")[1].split()[0].split(",")
-    assert sorted(asked) == sorted({f"{987650 + t}" for t in range(6)} | {f"{987660 + t}" for t in range(6)})
-    queued = calls[1].split(" -j ")[1].split()[0].split(",")
+    # one squeue call for all (the controller's live view), then one sacct call for the ids the
+    # controller does not hold (array elements asked by their array's id)
+    assert [c.split()[0] for c in calls] == ["squeue", "sacct"], calls
+    queued = calls[0].split(" -j ")[1].split()[0].split(",")
     assert sorted(queued) == sorted([f"{987650 + t}_{t}" for t in range(6)] + [f"{987660 + t}" for t in range(6)])
+    asked = calls[1].split(" -j ")[1].split()[0].split(",")
+    assert sorted(asked) == sorted({f"{987650 + t}" for t in range(6)} | {f"{987660 + t}" for t in range(6)})
     lines = r.stdout.splitlines()
     assert lines[0] == f"sweep {one / 'sweep'}: 6 trial job(s)" and f"sweep {two / 'sweep'}: 6 trial job(s)" in lines
     rows = [line for line in lines if line.split()[2:3] == ["slurm"]]

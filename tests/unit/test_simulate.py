@@ -194,6 +194,23 @@ def test_stream_labels_mark_each_fault_at_its_times():
     assert attrs["param_names"][0] == "k"
 
 
+def test_the_plate_seed_picks_the_plate_and_the_stream_seed_its_schedule():
+    cfg = small_cfg()
+    g = 5  # k, h, t_inf, t_edge, t0
+    a, _, attrs = make_stream(cfg, 20, [], noise=0.05, stream_seed=1, plate_seed=0)
+    b, _, _ = make_stream(cfg, 20, [], noise=0.05, stream_seed=2, plate_seed=0)
+    own, _, _ = make_stream(cfg, 20, [], noise=0.05, stream_seed=0)
+    default, _, _ = make_stream(cfg, 20, [], noise=0.05, stream_seed=1)
+    # one plate, two days: the same plate parameters, other sources and other noise
+    assert np.array_equal(a["params"][:, :g], b["params"][:, :g])
+    assert np.array_equal(a["params"][:, :g], own["params"][:, :g])
+    assert not np.array_equal(a["params"][:, g:], b["params"][:, g:])
+    assert attrs["plate_seed"] == 0 and attrs["stream_seed"] == 1
+    # without a plate seed the stream seed draws the plate too, as before
+    assert not np.array_equal(default["params"][:, :g], a["params"][:, :g])
+    assert np.array_equal(default["params"][:, g:], a["params"][:, g:])
+
+
 def test_stream_command_writes_hdf5_and_csv_that_read_back(cli, tmp_path):
     h5, csv_path = tmp_path / "s.h5", tmp_path / "s.csv"
     r = cli(

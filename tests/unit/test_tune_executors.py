@@ -12,6 +12,7 @@ import pytest
 
 from tests.unit.test_batch import check_golden
 from twinhpc.config import Job
+from twinhpc.tune.executors import slurm as slurm_executor
 from twinhpc.tune.executors.dask import _error_line, launcher_prefix
 from twinhpc.tune.executors.slurm import ArrayPlan, SlurmTrials, array_plan
 from twinhpc.tune.submit import _array_elements, result_error
@@ -102,6 +103,7 @@ def test_segment_states_from_slurm_and_submitit_results(tmp_path):
         assert ex._state("7_1", row(state)).state == "pending", state
     for state in ("RUNNING", "COMPLETING"):
         assert ex._state("7_1", row(state)).state == "running", state
+    ex.unknown_grace = 0.0
     assert ex._state("7_1", None).state == "gone"
     missing = ex._state("7_1", row("COMPLETED"))  # COMPLETED without submitit's result
     assert missing.state == "failed" and "no result from submitit" in missing.error
@@ -140,3 +142,49 @@ def test_dask_workers_start_segments_with_mpirun_or_srun(tmp_path):
     log = tmp_path / "0001-1.log"
     log.write_text("$ mpirun ...\n[rank 0] twinhpc train: error: no data\n-----\nmpirun detected that ...\n----\n")
     assert _error_line(str(log)) == "[rank 0] twinhpc train: error: no data"
+
+
+def test_the_dask_slurm_cluster_worker_script_carries_the_slurm_table(tmp_path):
+    """The batch script of a ``SLURMCluster`` worker (dask_jobqueue writes it; nothing is
+    submitted): the job's partition, account, QOS (a directive: SLURMCluster has no argument for
+    it), tasks and time."""
+    pytest.importorskip("dask_jobqueue")
+    from twinhpc.tune.executors.dask import slurm_cluster
+
+    text = JOB.replace('partition = "cpu"', 'partition = "cpu"\naccount = "proj7"\nqos = "debug"')
+    cluster = slurm_cluster(Job.from_dict(tomllib.loads(text)), 3, tmp_path)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    for expected in ("-p cpu", "-A proj7", "--qos=debug", "--nodes=2", "--ntasks-per-node=2", "-t 01:30:00"):
+        assert any(line.endswith(expected) for line in directives), (expected, directives)
+    assert "--resources twinhpc_segment=1" in script
+
+
+def test_a_job_neither_squeue_nor_sacct_lists_counts_as_running_for_the_grace(tmp_path, monkeypatch):
+    """A job that has just ended can have left squeue before accounting records it: within the
+    grace it is running, unless submitit's result says it succeeded; past the grace an error
+    result fails it, no result leaves it gone; a listed job clears its clock."""
+    ex = executor(tmp_path)
+    now = [1000.0]
+    monkeypatch.setattr(slurm_executor.time, "monotonic", lambda: now[0])
+    waiting = ex._state("8_0", None)
+    assert (waiting.state, waiting.error) == ("running", "in neither squeue nor sacct yet")
+    now[0] += ex.unknown_grace - 1
+    assert ex._state("8_0", None).state == "running"
+    now[0] += 2
+    assert ex._state("8_0", None).state == "gone"
+    traceback = "Traceback (most recent call last):\nValueError: batch of 7\n"
+    (ex.folder / "8_1_0_result.pkl").write_bytes(pickle.dumps(("error", traceback)))
+    assert ex._state("8_1", None).state == "running"
+    now[0] += ex.unknown_grace
+    failed = ex._state("8_1", None)
+    assert failed.state == "failed" and failed.error == "Slurm state unknown (not in sacct): ValueError: batch of 7"
+    (ex.folder / "8_2_0_result.pkl").write_bytes(pickle.dumps(("success", {"verb": "train"})))
+    assert ex._state("8_2", None).state == "done"  # success needs no accounting
+    assert ex._state("8_3", None).state == "running"
+    ex._state("8_3", {"state": "RUNNING", "exit_code": "", "nodes": "n1", "submit": "", "start": "", "end": ""})
+    now[0] += ex.unknown_grace + 1
+    assert ex._state("8_3", None).state == "running"  # its clock started again

@@ -15,6 +15,7 @@ from twinhpc.train.twin_metrics import (
     LinearBaseline,
     PlatePhysics,
     energy_terms,
+    excursion,
     horizons_of,
     persistence,
     residual_fraction,
@@ -173,3 +174,48 @@ def test_physics_from_provenance():
     assert PlatePhysics.from_provenance(None) is None
     with pytest.raises(TwinError, match="lists 29 parameters; the twin reads 3"):
         PlatePhysics.from_provenance(prov, 3)
+
+
+# -- stability -----------------------------------------------------------------------------------
+def test_excursion_is_the_share_of_the_span_width_beyond_it():
+    span_low, span_high = np.array([290.0, 290.0, 290.0, 300.0]), np.array([310.0, 310.0, 310.0, 300.0])
+    low, high = np.array([295.0, 280.0, 291.0, 300.0]), np.array([305.0, 310.0, 340.0, 300.003])
+    got = excursion(low, high, span_low, span_high)
+    # inside; 10 K below a 20 K span; 30 K above it; a span of width 0 counts as 1e-6 of 300 K
+    assert got == pytest.approx([0.0, 0.5, 1.5, 0.003 / 3e-4])
+
+
+class _Scale:
+    """A field model whose increment is ``c`` times the state channel: u[t+1] = (1 + c) u[t]."""
+
+    def __init__(self, c: float):
+        self.c = c
+
+    def __call__(self, x):
+        return self.c * x[:, :1]
+
+
+def _surrogate(c: float):
+    import torch
+
+    from twinhpc.preprocess.transform import Field
+    from twinhpc.train.rollout import Surrogate
+
+    stats = {"state_mean": 0.0, "state_std": 1.0, "step_mean": 0.0, "step_std": 1.0}
+    norm = Field({"state": ("u", (5, 4, 4))}, stats)
+    return Surrogate(None, _Scale(c), norm, None, torch.device("cpu"))
+
+
+def test_extremes_follow_a_rollout_without_keeping_it_and_name_the_step_it_blew_up():
+    u0 = np.stack([np.ones((4, 4)), np.zeros((4, 4)), -np.ones((4, 4))]).astype(np.float32)
+    # doubling: 2^127 is the last finite float32 power of 2; scenario 1 stays 0
+    low, high, diverged = _surrogate(1.0).extremes(u0, steps=200, batch_size=2)
+    assert list(diverged) == [128, -1, 128]
+    assert (low[0], low[1], high[1], high[2]) == (1.0, 0.0, 0.0, -1.0)
+    assert high[0] == pytest.approx(2.0**127) and low[2] == pytest.approx(-(2.0**127))
+    # halving: bounded, the extremes are u0's; the same as the kept trajectory's
+    s = _surrogate(-0.5)
+    low, high, diverged = s.extremes(u0, steps=20)
+    traj = s.rollout(u0, steps=20)
+    assert list(diverged) == [-1, -1, -1]
+    assert np.allclose(low, traj.reshape(3, -1).min(1)) and np.allclose(high, traj.reshape(3, -1).max(1))

@@ -86,3 +86,26 @@ def test_report_line_and_plots(tmp_path):
     assert [p.name for p in pngs] == ["twin_panels.png", "twin_horizon.png"]
     assert all(p.stat().st_size > 1000 for p in pngs)
     assert twin_plots({}, run) == []
+
+
+def test_report_states_the_stability_check_when_it_ran(tmp_path):
+    run = _run(tmp_path)
+    attrs, data = _group()
+    write_twin_validation(run, attrs, data)
+    assert "twin stability" not in summary(read_results(run), run)  # validated without the check
+    attrs = {**attrs, "stability_steps": 500, "stability_tolerance": 10.0}
+    bounded = {
+        **data,
+        "stability/excursion": np.array([0.0, 0.5, 2.0]),
+        "stability/diverged_at": np.array([-1, -1, -1]),
+    }
+    write_twin_validation(run, attrs, bounded)
+    text = summary(read_results(run), run)
+    assert "twin stability (500 steps from u[T], forcing off): stable (bounded): " in text
+    assert "largest 2 (median 0.5) widths" in text and "non-finite" not in text
+    blown = {**bounded, "stability/diverged_at": np.array([-1, 312, -1])}
+    write_twin_validation(run, attrs, blown)
+    assert "UNSTABLE (blows up): " in (text := summary(read_results(run), run)) and "non-finite in 1 of 3" in text
+    far = {**bounded, "stability/excursion": np.array([0.0, 0.5, 20.0])}
+    write_twin_validation(run, attrs, far)
+    assert "UNSTABLE (blows up): excursion beyond the span largest 20" in summary(read_results(run), run)

@@ -137,3 +137,43 @@ def test_score_alarms_precision_recall_delay_and_false_alarms():
     assert not s["faults"][1]["detected"] and s["faults"][1]["delay_s"] == float("inf")
     assert s["false_alarms"] == 1 and s["false_alarms_per_1e4"] == pytest.approx(1e4 / 70)
     assert runs(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]
+
+
+def test_a_twin_that_blows_up_on_the_stream_stops_the_monitor_naming_the_sample():
+    """A twin whose state grows without bound (here ×1.5 per step) is an error naming the stream,
+    the sample and the stability check, not a report of NaN levels."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from twinhpc.config import SimulateConfig
+    from twinhpc.sim.plate import param_table
+    from twinhpc.twin.model import Twin
+    from twinhpc.twin.monitor import Settings, Stream, run_twin
+
+    cfg = SimulateConfig.from_dict({"grid": [8, 8], "sensors": [[0.03, 0.03], [0.07, 0.07]], "sources": 1, "steps": 5})
+    table = param_table(cfg)
+    n = 30
+    params = np.tile(middle(table), (n - 1, 1)).astype(np.float32)
+    stream = Stream(
+        time=np.arange(n) * 5.0,
+        sensors=np.full((n, 2), 300.0, np.float32),
+        forcing=np.zeros((n - 1, 8, 8), np.float32),
+        params=params,
+        positions=[[0.03, 0.03], [0.07, 0.07]],
+        names=["s0", "s1"],
+        param_names=[p["name"] for p in table],
+        path="plant.h5",
+    )
+
+    class Growing(Twin):
+        def stepper(self):
+            return lambda u, f, p: u * 1.5
+
+    twin = Growing(SimpleNamespace(task=SimpleNamespace(params=len(table))), cfg, table, None, "test", Path("run"))
+    with pytest.raises(TwinError, match=r"plant.h5: the twin blew up at sample (\d+) of 30 .*'stability:'") as info:
+        run_twin(twin, stream, Settings(gain=0.0), None)
+    # 300 K × 1.5^s passes 1e4 K at s = 9
+    assert "at sample 9 of 30 (45 s)" in str(info.value), info.value
+    steady = Growing(SimpleNamespace(task=SimpleNamespace(params=len(table))), cfg, table, None, "test", Path("run"))
+    steady.stepper = lambda: lambda u, f, p: u
+    assert len(run_twin(steady, stream, Settings(gain=0.0), None).residual) == n

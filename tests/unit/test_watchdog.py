@@ -4,6 +4,10 @@ tests/integration/test_faults.py."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -180,6 +184,7 @@ def test_fault_specs_are_checked():
     f = wd._parse_fault("1:checkpoint:stop:2")
     assert (f.rank, f.point, f.action, f.nth) == (1, "checkpoint", "stop", 2)
     assert wd._parse_fault("0:step:kill").nth == 1
+    assert wd._parse_fault("0:step:hold:12").action == "hold"
     for bad in ("1:nowhere:stop", "x:step:stop", "0:step:explode", "0:step:stop:0", "0:step", "0:step:stop:1:2"):
         with pytest.raises(TwinError, match=r"\$TWINHPC_FAULT: expected RANK:POINT:ACTION\[:N\]"):
             wd._parse_fault(bad)
@@ -199,6 +204,41 @@ def test_the_fault_hook_acts_on_its_rank_at_its_pass_only(monkeypatch):
     monkeypatch.setattr(wd, "_fault_read", False)
     monkeypatch.delenv(wd.FAULT_ENV)
     wd.fault_point("validation")
+
+
+HOLD = """
+import sys
+from twinhpc import signals
+from twinhpc.comm import watchdog
+signals.install()
+watchdog.fault_point("step")
+print("passed, signal", signals.received(), flush=True)
+"""
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_hold_fault_stops_and_once_continued_waits_for_a_stop_signal():
+    """``hold``: SIGSTOP at the point; a SIGCONT alone does not let the process pass it, the
+    stop signal that follows does (the order Slurm sends them in when it requeues a job)."""
+    env = {**os.environ, wd.FAULT_ENV: "0:step:hold"}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _state(proc.pid) != "T":
+            assert proc.poll() is None and time.monotonic() < deadline, "never stopped"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.5)
+        assert proc.poll() is None and _state(proc.pid) != "T", "passed the point without a stop signal"
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and out.strip() == f"passed, signal {int(signal.SIGTERM)}", out
 
 
 # -- agreeing on failure (one rank) --------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Job, load_job
+from ..env import launch_environ
 from ..errors import TwinError
 from ..io.bench_results import Record, read_record, read_records, write_results
 from ..io.results import read_results
@@ -218,7 +219,7 @@ def run_point(
     for item in [*overrides, *train_overrides(point, steps, warmup)]:
         args += ["--set", item]
     cmd = launch_command(launcher, point, args, open_mpi)
-    env = {**os.environ, "OMP_NUM_THREADS": str(point.threads)}
+    env = launch_environ(OMP_NUM_THREADS=str(point.threads))
     work.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         out.write(f"$ {shlex.join(cmd)}\n")

@@ -423,10 +423,14 @@ def _submit_scaling(args, ranks) -> int:
         os.replace(tmp, script)
     finally:
         tmp.unlink(missing_ok=True)
+    from ..env import launch_environ
+
     cmd = ["sbatch", "--parsable"] + (["--wait"] if args.wait else []) + [str(script)]
     print(f"scaling: submitting {script} ({shlex.join(cmd)})", flush=True)
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=None if args.wait else 120)
+        r = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=None if args.wait else 120, env=launch_environ()
+        )
     except FileNotFoundError:
         raise ScalingError(f"--submit: sbatch not found (not a Slurm login node?); the script is {script}") from None
     job_id = r.stdout.strip().split(";")[0]

@@ -14,8 +14,9 @@ SWEEP (a folder holding sweep.h5): one row per trial handed to an executor, its 
 job as sweep.h5 records it: trial, job id, executor, state, node, the trial's status in the
 sweep, and its log.
 
-Slurm's states come from one batched sacct call for all the jobs of all the paths (squeue when
-accounting does not answer); a local job's from submitit's result file (read without
+Slurm's states come from one batched squeue call for all the jobs of all the paths (the
+controller's live view) and one sacct call for those that have ended or that it no longer holds
+(the exit code); a local job's from submitit's result file (read without
 unpickling it) and its process; a debug trial ran in the sweep driver's own process.
 """
 

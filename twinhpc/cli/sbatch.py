@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..env import launch_environ
 from ..errors import TwinError
 from .main import add_overrides
 
@@ -66,7 +67,9 @@ def submit(script: Path | None, text: str) -> str:
     """``sbatch --parsable`` the script (the file, else ``text`` on stdin); the job id."""
     cmd = ["sbatch", "--parsable"] + ([str(script)] if script else [])
     try:
-        r = subprocess.run(cmd, input=None if script else text, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            cmd, input=None if script else text, capture_output=True, text=True, timeout=120, env=launch_environ()
+        )
     except FileNotFoundError:
         raise TwinError(
             "--submit: sbatch not found (is this a Slurm login node?); --script PATH writes the script"

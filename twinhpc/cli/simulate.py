@@ -75,7 +75,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="S",
-        help="which realisation of the plate and its schedule (default 0; use another for a calibration stream)",
+        help="which realisation of the sources' schedule and the noise (default 0; another for a calibration stream)",
+    )
+    s.add_argument(
+        "--plate-seed",
+        type=int,
+        default=None,
+        metavar="P",
+        help="which plate (k, h, t_inf, t_edge, t0 drawn from the ranges; default: the stream seed); give "
+        "a calibration stream and the monitored stream the same plate seed",
     )
     add_common(p)
     return p
@@ -119,7 +127,7 @@ def run(args) -> int:
 
         cfg = job.simulate
         faults = parse_faults(args.faults, args.stream_steps * cfg.dt_save, len(cfg.sensors))
-        arrays, rows, attrs = make_stream(cfg, args.stream_steps, faults, args.noise, args.stream_seed)
+        arrays, rows, attrs = make_stream(cfg, args.stream_steps, faults, args.noise, args.stream_seed, args.plate_seed)
         attrs["command"] = "twinhpc " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         write_stream(args.stream, arrays, rows, attrs)
         if args.csv:

@@ -93,6 +93,7 @@ def drive(sweep, args) -> int:
 def detach(sweep, args) -> int:
     """Start ``twinhpc sweep resume SWEEP`` in a new session, its output appended to
     SWEEP/driver.log; return once it has launched its first trials (or has ended)."""
+    from ..env import launch_environ
     from ..errors import TwinError
     from ..io.sweep import read_sweep
     from ..tune.driver import DRIVER_LOG
@@ -104,7 +105,12 @@ def detach(sweep, args) -> int:
     log_path = folder / DRIVER_LOG
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=launch_environ(),
         )
     deadline = time.monotonic() + float(os.environ.get("TWINHPC_DETACH_WAIT_S", "600"))
     launched = False

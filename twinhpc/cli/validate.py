@@ -1,5 +1,5 @@
 """``twinhpc validate JOB.toml [--run RUN] [--checkpoint best|last|PATH] [--split S] [--horizons H,...]
-[--no-plots] [--json]``."""
+[--stability-steps N] [--no-plots] [--json]``."""
 
 from __future__ import annotations
 
@@ -24,8 +24,13 @@ baselines, persistence and a linear model fitted on the training split, and comp
 truth at the --horizons (saved steps, default 1,10,50, clipped to T) and over the full rollout:
 nRMSE of the temperature rise above the ambient T-inf (the figure judged), PDEBench's nRMSE of
 the absolute state, RMSE and max error (state units), and the plate's energy balance (its
-residual as a fraction of the heat input, for the truth too). The scenarios are spread over the
-ranks. Rank 0 prints the table, writes it into RUN/results.h5 as /twin_validation and writes
+residual as a fraction of the heat input, for the truth too). Then the stability check: from
+each scenario's last true state the twin runs --stability-steps more saved steps (default 500)
+with the sources off; the plate then only relaxes toward its edges' and the air's temperature,
+so its field must stay within the span of that state, t_edge and T-inf. The twin is reported
+UNSTABLE when its state becomes non-finite or leaves that span by more than 10 times the span's
+width (it blows up, and cannot follow a stream: twinhpc twin monitor). The scenarios are spread over the ranks.
+Rank 0 prints the table, writes it into RUN/results.h5 as /twin_validation and writes
 RUN/twin_panels.png (truth, twin and error at the horizons for two scenarios) and
 RUN/twin_horizon.png (error against horizon, twin and baselines; --no-plots: none).
 """
@@ -49,11 +54,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
         metavar="H,...",
         help="a field job's rollout horizons in saved steps (default 1,10,50; clipped to the trajectories' T)",
     )
+    p.add_argument(
+        "--stability-steps",
+        type=_non_negative,
+        metavar="N",
+        help="a field job's stability check: saved steps past the data with the forcing off (default 500; 0: none)",
+    )
     p.add_argument("--no-plots", action="store_true", help="a field job: write no PNG")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_overrides(p)
     add_common(p)
     return p
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _horizons(text: str) -> tuple[int, ...]:
@@ -99,7 +120,15 @@ def run(args) -> int:
     setup_logging_for(args, world)
     job = world.run(lambda: load_job(args.job, args.overrides))
     run_dir = args.run or (None if args.checkpoint not in (None, *CHOICES) else run_directory(job))
-    report = validate(job, run_dir, checkpoint=args.checkpoint, split=args.split, world=world, horizons=args.horizons)
+    report = validate(
+        job,
+        run_dir,
+        checkpoint=args.checkpoint,
+        split=args.split,
+        world=world,
+        horizons=args.horizons,
+        stability_steps=args.stability_steps,
+    )
     tv = report.pop("twin_validation", None)
     if world.is_root:
         plain = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in report.items()}

@@ -36,8 +36,12 @@ Exiting ranks:
 
 Test hook:
     ``TWINHPC_FAULT=RANK:POINT:ACTION[:N]`` makes rank RANK, the N-th time (default 1) it passes
-    :func:`fault_point` ``POINT``, ``stop`` (SIGSTOP itself), ``kill`` (SIGKILL itself) or
-    ``raise`` (a :class:`~twinhpc.errors.TwinError`), after printing one line saying so. Points:
+    :func:`fault_point` ``POINT``, ``stop`` (SIGSTOP itself), ``hold`` (SIGSTOP itself and, once
+    continued, wait until the process has received a stop signal, SIGUSR2 or SIGTERM: at most
+    :data:`HOLD_S` seconds), ``kill`` (SIGKILL itself) or ``raise`` (a
+    :class:`~twinhpc.errors.TwinError`), after printing one line saying so. ``hold`` makes a
+    signal land at that point whatever order it and a SIGCONT arrive in (Slurm sends SIGCONT
+    before SIGTERM, and the rest of a short run can finish in between). Points:
     ``step`` (before a step's gradient all-reduce), ``step_loss`` (before the per-step loss
     reduction), ``validation`` (before validation's rows are gathered), ``checkpoint`` (after
     the RNG states are gathered, before rank 0 writes). For fault-injection tests only.
@@ -83,7 +87,9 @@ ABORT_GRACE_S = 10.0
 FAULT_ENV = "TWINHPC_FAULT"
 #: the points :func:`fault_point` is called at
 FAULT_POINTS = ("step", "step_loss", "validation", "checkpoint")
-FAULT_ACTIONS = ("stop", "kill", "raise")
+FAULT_ACTIONS = ("stop", "hold", "kill", "raise")
+#: the longest a ``hold`` fault waits for a stop signal once continued
+HOLD_S = 120.0
 
 # one record per rank of a node on the board
 RECORD = np.dtype(
@@ -422,9 +428,14 @@ def fault_point(point: str) -> None:
     if f.seen != f.nth:
         return
     os.write(2, f"twinhpc: {FAULT_ENV}: rank {f.rank} {f.action}s at {point!r} (pass {f.nth})\n".encode())
-    if f.action == "stop":
-        os.kill(os.getpid(), signal.SIGSTOP)
-    elif f.action == "kill":
+    if f.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    else:
+    elif f.action == "raise":
         raise TwinError(f"injected fault at {point!r} on rank {f.rank} (${FAULT_ENV})")
+    os.kill(os.getpid(), signal.SIGSTOP)
+    if f.action == "hold":
+        from .. import signals
+
+        deadline = time.monotonic() + HOLD_S
+        while signals.received() is None and time.monotonic() < deadline:
+            time.sleep(0.01)

@@ -241,6 +241,13 @@ class TrainConfig(Table):
         "mean over the `unroll` predicted states (1: one-step training).",
         ge=1,
     )
+    noise: float = key(
+        0.0,
+        "Field task: std of the Gaussian noise added to the start state of every training chain, in units of the "
+        "state's std (held nodes excepted); the targets stay the true states, so the model learns to pull a "
+        "perturbed state back and long rollouts stay stable (0: none).",
+        ge=0,
+    )
     device: str = key(
         "cpu",
         "Where the model trains: `cpu`; `cuda` (rank r of a node uses GPU "
@@ -298,6 +305,8 @@ class TrainConfig(Table):
         losses, metrics = TASK_CHOICES[self.task]
         if self.unroll > 1 and self.task != "field":
             raise JobFileError("train.unroll", f"is {self.unroll}, but unrolled training needs train.task = 'field'")
+        if self.noise > 0 and self.task != "field":
+            raise JobFileError("train.noise", f"is {self.noise}, but state noise needs train.task = 'field'")
         if self.loss is not None and self.loss not in losses:
             raise JobFileError(
                 "train.loss",

@@ -7,9 +7,11 @@ Every change a run makes to its directory's entries goes through :func:`replace_
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import TwinError
 
@@ -40,6 +42,38 @@ def remove_durably(path: Path) -> None:
     """Delete ``path`` (if it exists) and fsync its directory."""
     path.unlink(missing_ok=True)
     fsync_directory(path.parent)
+
+
+_IMAGES = itertools.count()
+
+
+@contextlib.contextmanager
+def hdf5_image(tmp: Path, base: Path | None = None, **options: Any) -> Iterator[Any]:
+    """Yield an ``h5py.File`` held in memory; when the block ends without error its image is
+    written to ``tmp`` with Python's own file I/O.
+
+    ``base``: an existing HDF5 file to start from (read into memory, edited there), else an
+    empty one; ``options`` go to ``h5py.File`` (``track_order``, ``libver`` ...).
+
+    Note:
+        HDF5 never writes to the disk itself, so a full disk (ENOSPC) or a failing file system
+        is an ``OSError`` of ``write``: HDF5 does not end up holding objects of a half-written
+        file, which it fails to close at interpreter exit (a crash in ``H5_term_library``).
+        The price is one copy of the file in memory: for checkpoints, records and result files,
+        never for the data set's shards.
+    """
+    import h5py
+
+    if base is None:
+        name, mode = f"twinhpc-image-{os.getpid()}-{next(_IMAGES)}.h5", "w"
+    else:
+        name, mode = str(base), "r+"
+    with h5py.File(name, mode, driver="core", backing_store=False, **options) as f:
+        yield f
+        f.flush()
+        image = f.id.get_file_image()
+    with open(tmp, "wb") as fh:
+        fh.write(image)
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import TwinError
-from .atomic import fsync_directory
+from .atomic import fsync_directory, hdf5_image
 from .results import UNKNOWN, command_line, source_commit
 
 #: bytes of a string column (longer strings are cut by numpy)
@@ -286,7 +286,6 @@ def write_record(
         Naming the folder (as ``--results FOLDER``) when it cannot be created or written; no
         temporary file is left behind.
     """
-    import h5py
 
     folder = Path(folder) / benchmark
     stamp = record_stamp(
@@ -302,7 +301,7 @@ def write_record(
     tmp = folder / f".{name}.tmp-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with h5py.File(tmp, "w") as f:
+        with hdf5_image(tmp) as f:
             for table, rows in tables.items():
                 f.create_dataset(table, data=table_array(rows))
             for key, value in {**attrs, **stamp}.items():

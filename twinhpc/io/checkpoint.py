@@ -267,8 +267,6 @@ def save_checkpoint(
         are deleted too: they belong to a run that was continued from an earlier checkpoint, and
         :func:`latest` must not resume from them.
     """
-    import h5py
-
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     final = checkpoint_path(run_dir, step)
@@ -276,7 +274,7 @@ def save_checkpoint(
     tmp = final.with_name(f".{final.name}.tmp")
     states = [rng_state()] if rng is None else [rng] if isinstance(rng, Mapping) else list(rng)
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic.hdf5_image(tmp) as f:
             f.attrs.update(
                 {
                     "format": FORMAT_NAME,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import replace_durably
+from .atomic import hdf5_image, replace_durably
 
 FORMAT_NAME = "twinhpc-predictions"
 FORMAT_VERSION = 1
@@ -55,12 +55,11 @@ def write_predictions(
     OSError
         When the file cannot be written; the temporary file is removed and ``out`` is left as it was.
     """
-    import h5py
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        with h5py.File(tmp, "w") as f:
+        with hdf5_image(tmp) as f:
             f.attrs.update(
                 {
                     "format": FORMAT_NAME,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TwinError
-from .atomic import replace_durably
+from .atomic import hdf5_image, replace_durably
 
 STATE = "state.h5"
 STATE_FORMAT = "twinhpc-preprocess-state"
@@ -51,7 +51,7 @@ def write_prepared_state(
 
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with h5py.File(tmp, "w", track_order=True) as f:
+        with hdf5_image(tmp, track_order=True) as f:
             f.attrs["format"] = STATE_FORMAT
             f.attrs["version"] = STATE_VERSION
             f.attrs["kind"] = kind

@@ -266,9 +266,10 @@ class ResultsWriter:
         With ``resume``, when the existing file cannot be read (it is named).
 
     Note:
-        Each :meth:`flush` writes the whole file to ``results.h5.tmp``, fsyncs it and renames it
-        over ``results.h5``. A reader (``twinhpc report`` during training) or a crash therefore
-        always finds a complete file: the previous flush or this one. Appending in place would be
+        Each :meth:`flush` builds the whole file in memory (HDF5's core driver), writes its image
+        to ``results.h5.tmp``, fsyncs it and renames it over ``results.h5``. A reader
+        (``twinhpc report`` during training) or a crash therefore always finds a complete file:
+        the previous flush or this one. Appending in place would be
         cheaper, but an HDF5 file whose writer dies mid-update can be unreadable as a whole
         (HDF5 has no journal; SWMR needs one writer kept open and readers that opt in), and a
         file held open for days is fragile on parallel file systems. The price is rewriting a
@@ -421,12 +422,10 @@ class ResultsWriter:
         OSError
             When the run directory cannot be written; ``results.h5`` is then the previous flush.
         """
-        import h5py
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            with h5py.File(tmp, "w") as f:
+            with atomic.hdf5_image(tmp) as f:
                 f.attrs["format"] = FORMAT_NAME
                 f.attrs["version"] = FORMAT_VERSION
                 f.attrs["config"] = self.config_json
@@ -641,7 +640,25 @@ TWIN_FIXED = {
     "examples/time": ("1", "saved steps of the example fields (the horizons)"),
     "examples/truth": ("state units", "the true field of each example scenario at each example time"),
     "examples/twin": ("state units", "the twin's field of each example scenario at each example time"),
+    "stability/excursion": (
+        "1",
+        "stability check, per scenario (rows: scenario_index): the largest excursion of the twin's rollout of "
+        "stability_steps saved steps from the last true state with the forcing off beyond the span that bounds "
+        "it (stability_span), as a share of that span's width; 0: inside",
+    ),
+    "stability/diverged_at": (
+        "1",
+        "stability check, per scenario (rows: scenario_index): the first step of that rollout whose state is "
+        "not finite; -1: none",
+    ),
 }
+
+
+def twin_stable(excursion: Any, diverged_at: Any, tolerance: float) -> bool:
+    """The stability check's verdict (``/twin_validation/stability``, docs/twin.md): no
+    scenario's state became non-finite (``diverged_at`` all −1) and no ``excursion`` exceeds
+    ``tolerance`` widths of the span."""
+    return bool((np.asarray(diverged_at) < 0).all() and np.max(excursion) <= tolerance)
 
 
 def describe_twin(path: str) -> tuple[str, str]:
@@ -677,18 +694,13 @@ def write_twin_validation(path: str | os.PathLike[str], attrs: Mapping[str, Any]
     TwinError
         Naming the file: missing or not a twinhpc results file.
     """
-    import shutil
-
-    import h5py
-
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS
     read_results(path)  # refuses a missing, foreign or damaged file
     tmp = path.with_name(path.name + ".tmp")
     try:
-        shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "r+") as f:
+        with atomic.hdf5_image(tmp, base=path) as f:
             if TWIN in f:
                 del f[TWIN]
             g = f.create_group(TWIN)

@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from ..errors import TwinError
-from .atomic import writing
+from .atomic import hdf5_image, writing
 
 FORMAT = "twinhpc-sensor-stream"
 VERSION = 1
@@ -51,7 +51,7 @@ def write_stream(
     positions, parameter names, dt, noise ...)."""
     path = Path(path)
     with writing(path, lambda e: f"--stream {path}: cannot write ({e.strerror or e})") as tmp:
-        with h5py.File(tmp, "w", track_order=True) as f:
+        with hdf5_image(tmp, track_order=True) as f:
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION
             f.attrs["kinds"] = json.dumps(KINDS)

@@ -42,7 +42,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import TwinError
-from .atomic import writing
+from .atomic import hdf5_image, writing
 
 SWEEP_FILE = "sweep.h5"
 FORMAT_NAME = "twinhpc-sweep"
@@ -213,14 +213,13 @@ def write_sweep(path: str | os.PathLike[str], f: SweepFile) -> Path:
         Naming the file when its folder cannot be created or written; no temporary file is
         left behind.
     """
-    import h5py
 
     path = Path(path)
     for key, kind in f.params.items():
         if kind not in PARAM_TYPES:
             raise ValueError(f"parameter {key}: column type {kind!r} is not one of {PARAM_TYPES}")
     with writing(path, lambda e: f"{path}: cannot write the sweep file ({e.strerror or e})") as tmp:
-        with h5py.File(tmp, "w", track_order=True) as h:
+        with hdf5_image(tmp, track_order=True) as h:
             attrs = h.attrs
             attrs["format"] = FORMAT_NAME
             attrs["version"] = FORMAT_VERSION

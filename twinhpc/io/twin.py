@@ -16,10 +16,11 @@ Rollout (``format = "twinhpc-twin-rollout"``)::
 
 Monitor report (``format = "twinhpc-twin-monitor"``)::
 
-    /time, /sensors, /twin, /residual, /score, /alarm, /alarm_sensor, /assimilated
+    /time, /sensors, /twin, /residual, /innovation, /score, /alarm, /alarm_sensor, /assimilated
     /stats/{z, mean, flat} (N, K), /stats/spatial (N,)
     /label, /label_sensor, /label_fault   (when the stream has labels)
-    /calibration/{mu, sigma, floor} (K,), /calibration/levels/<statistic>, /calibration/peaks/<statistic>
+    /calibration/{mu, sigma, floor, mu_all, sigma_all} (K,)
+    /calibration/levels/<statistic>, /calibration/peaks/<statistic>
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .atomic import writing
+from .atomic import hdf5_image, writing
 
 ROLLOUT_FORMAT = "twinhpc-twin-rollout"
 MONITOR_FORMAT = "twinhpc-twin-monitor"
@@ -47,7 +48,7 @@ def _put(f: h5py.Group, name: str, data: np.ndarray, units: str, description: st
 
 def _write(path: Path, fmt: str, attrs: Mapping[str, Any], fill: Callable[[h5py.File], None]) -> None:
     with writing(path, lambda e: f"--out {path}: cannot write ({e.strerror or e})") as tmp:
-        with h5py.File(tmp, "w", track_order=True) as f:
+        with hdf5_image(tmp, track_order=True) as f:
             f.attrs["format"] = fmt
             f.attrs["version"] = VERSION
             for k, v in attrs.items():
@@ -111,8 +112,9 @@ def write_rollout(
 MONITOR_ARRAYS = (
     ("time", "s", "time of each sample"),
     ("sensors", "K", "the readings"),
-    ("twin", "K", "the twin's forecast at the sensors, before the sample is assimilated"),
-    ("residual", "K", "readings - twin (the innovation)"),
+    ("twin", "K", "the twin's forecast at each sensor by the filter that leaves that sensor out, before the sample"),
+    ("residual", "K", "readings - twin (the leave-one-out residual)"),
+    ("innovation", "K", "readings - the forecast of the filter of all sensors"),
     ("score", "1", "largest ratio of a statistic to its calibrated level; an alarm above 1"),
     ("alarm", "1", "1 where the score exceeds 1"),
     ("alarm_sensor", "1", "the sensor whose statistic is largest, -1: the spatial statistic"),
@@ -144,9 +146,10 @@ def write_monitor(
             _put(f, f"stats/{name}", a, *docs[name])
         for name, a in labels.items():
             _put(f, name, a, "1", "the stream's ground-truth " + name.replace("_", " "))
-        for name in ("mu", "sigma", "floor"):
+        for name in ("mu", "sigma", "floor", "mu_all", "sigma_all"):
             unit = "K" if name != "floor" else "K per sample"
-            _put(f, f"calibration/{name}", calibration[name], unit, f"calibrated residual {name} per sensor")
+            what = "innovation (filter of all sensors)" if name.endswith("_all") else "residual"
+            _put(f, f"calibration/{name}", calibration[name], unit, f"calibrated {what} {name} per sensor")
         for group in ("levels", "peaks"):
             for name, a in calibration[group].items():
                 _put(f, f"calibration/{group}/{name}", a, "1", f"{group[:-1]} of the {name} statistic")

@@ -149,7 +149,8 @@ def fit_image(world: World, directory: Path, split: SplitInfo, spec: FieldSpec, 
 def fit_field(world: World, directory: Path, split: SplitInfo, fields: dict[str, FieldSpec]) -> Field:
     """The statistics of a field task's fields over ``split`` (collective): the mean and std of
     every value of the state, of the state's increment over one saved step, of the forcing, and
-    of each parameter (see :class:`~twinhpc.preprocess.transform.Field`).
+    of each parameter, and the grid nodes no step changes (``held``; see
+    :class:`~twinhpc.preprocess.transform.Field`).
 
     Parameters
     ----------
@@ -182,14 +183,22 @@ def fit_field(world: World, directory: Path, split: SplitInfo, fields: dict[str,
     rows = field_block_rows(specs)
 
     def local():
-        return [
-            (b.index, moments(read_rows(directory, b.file, specs, b.lo, b.hi))) for b in _my_blocks(world, split, rows)
-        ]
+        out = []
+        for b in _my_blocks(world, split, rows):
+            block = read_rows(directory, b.file, specs, b.lo, b.hi)
+            state = np.asarray(block[fields["state"].name])
+            change = np.abs(np.diff(state, axis=1)).max(axis=(0, 1)) if len(state) else None
+            out.append((b.index, moments(block), change))
+        return out
 
     mine = world.run(local, DatasetError)
-    total = _merge_block_moments(world, mine, len(columns))
+    total = _merge_block_moments(world, [(i, m) for i, m, _ in mine], len(columns))
     if split.count == 0:
         raise TwinError(f"split {split.name!r} has no samples to fit the field statistics on")
+    # the nodes whose value no step of any scenario changes (a Dirichlet boundary): the
+    # surrogate holds them (FieldTask.step); NaN compares false, so such a node is not held
+    changes = [c for part in world.allgather([c for _, _, c in mine]) for c in part if c is not None]
+    held = np.logical_and.reduce([c == 0 for c in changes]) if changes else None
     # NaN values are skipped by the moments (a smaller count), inf values make them non-finite
     frames, grid = fields["state"].shape[0], int(np.prod(fields["state"].shape[1:], dtype=np.int64))
     expected = {
@@ -216,6 +225,8 @@ def fit_field(world: World, directory: Path, split: SplitInfo, fields: dict[str,
         stat |= {"forcing_mean": total.mean[2], "forcing_std": std[2]}
     if params:
         stat |= {"params_mean": total.mean[-params:], "params_std": std[-params:]}
+    if held is not None and held.any() and not held.all():
+        stat["held"] = held.astype(np.float64)
     return Field({role: (fields[role].name, fields[role].shape) for role in roles}, stat)
 
 

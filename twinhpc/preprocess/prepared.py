@@ -708,6 +708,7 @@ def _summary(transform) -> str:
             f"fields: state {transform.fields['state'][0]!r} ({transform.steps} steps on a grid {transform.grid}) "
             f"mean {float(st['state_mean']):.4g} std {float(st['state_std']):.4g}, step std {float(st['step_std']):.4g}"
             + "".join(f", {role} {name!r}" for role, (name, _) in transform.fields.items() if role != "state")
+            + (f"; {int(np.sum(st['held']))} held nodes (no step changes them)" if "held" in st else "")
         )
     return (
         f"tabular: {transform.width} features ({len(transform.mean)} numeric"

@@ -423,7 +423,9 @@ class Field:
     stats : ``<role>_mean``, ``<role>_std`` per role (float64; a scalar for the state and the
         forcing, one per parameter for the params), and ``step_mean``, ``step_std``: the mean and
         std of the state's increment over one saved step, ``state[t+1] − state[t]``, in the
-        state's physical units. A std of 0 is stored as 1.
+        state's physical units. A std of 0 is stored as 1. ``held`` (optional, 1/0 over the grid):
+        the nodes whose value no step of any training scenario changed, such as a boundary held
+        at a set value; the surrogate keeps them at their input value.
 
     Attributes
     ----------

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.results import RESULTS, read_results
+from ..io.results import RESULTS, read_results, twin_stable
 from . import plots
 
 #: at most this many epoch rows in the table (the first and the last ones beyond it)
@@ -100,6 +100,15 @@ def summary(results: dict[str, Any], run: str | os.PathLike = "RUN") -> str:
                 for i, h in enumerate(tv["horizon"])
             ),
         ]
+        if "stability/excursion" in tv:
+            exc, div = np.asarray(tv["stability/excursion"]), np.asarray(tv["stability/diverged_at"])
+            stable = twin_stable(exc, div, float(a.get("stability_tolerance", np.inf)))
+            lines.append(
+                f"twin stability ({int(a.get('stability_steps', 0))} steps from u[T], forcing off): "
+                + ("stable (bounded)" if stable else "UNSTABLE (blows up)")
+                + f": excursion beyond the span largest {_fmt(exc.max())} (median {_fmt(np.median(exc))}) widths"
+                + (f"; non-finite in {int((div >= 0).sum())} of {len(div)} scenarios" if (div >= 0).any() else "")
+            )
     timing = {k: float(np.nansum(v)) for k, v in results["timing"].items()}
     if timing:
         total = sum(timing.values()) or 1.0

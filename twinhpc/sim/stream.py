@@ -120,11 +120,21 @@ def parse_faults(spec: str, duration: float, sensors: int) -> list[Fault]:
     return ordered
 
 
-def make_stream(cfg: SimulateConfig, steps: int, faults: list[Fault], noise: float, stream_seed: int = 0):
+def make_stream(
+    cfg: SimulateConfig,
+    steps: int,
+    faults: list[Fault],
+    noise: float,
+    stream_seed: int = 0,
+    plate_seed: int | None = None,
+):
     """Simulate the stream: ``(arrays, fault rows, attrs)`` for :func:`twinhpc.io.stream.write_stream`.
 
     ``steps`` saved steps (``steps + 1`` samples, ``cfg.dt_save`` apart); ``noise`` the standard
-    deviation (K) of the sensors' Gaussian noise."""
+    deviation (K) of the sensors' Gaussian noise. ``plate_seed`` (default ``stream_seed``) draws
+    the plate (its global parameters ``k, h, t_inf, t_edge, t0``), ``stream_seed`` the sources'
+    schedule of every cycle and the noise: two streams with one plate seed and two stream seeds
+    are one plate on two different days (a calibration history and the monitored stream)."""
     if steps < 1:
         raise TwinError(f"--stream-steps must be at least 1, got {steps}")
     if noise < 0:
@@ -133,7 +143,7 @@ def make_stream(cfg: SimulateConfig, steps: int, faults: list[Fault], noise: flo
     g = len(GLOBAL_PARAMS)
     cycle = cfg.steps
     cycles = -(-steps // cycle)
-    base = draw_params(cfg, 0, stream=1 + stream_seed)
+    base = draw_params(cfg, 0, stream=1 + (stream_seed if plate_seed is None else plate_seed))
     height, width = cfg.size
     t_step = np.arange(cycle * plate.every) * plate.dt
     fields, forcings, params = [], [], []
@@ -194,6 +204,7 @@ def make_stream(cfg: SimulateConfig, steps: int, faults: list[Fault], noise: flo
         "noise": noise,
         "seed": cfg.seed,
         "stream_seed": stream_seed,
+        "plate_seed": stream_seed if plate_seed is None else plate_seed,
         "simulate": cfg.to_dict(),
     }
     return arrays, [f.row() for f in faults], attrs

@@ -11,13 +11,18 @@ A sample of the dataset is a scenario: its state trajectory ``u`` (T+1, *grid), 
 The model predicts the *increment* of the state over one step, in units of its training std
 (``σ_Δ``, ``μ_Δ``: the fitted std and mean of ``u[t+1] − u[t]``; ``σ_u``: the state's std): the
 increment of one saved step is small beside the state, so a model that outputs 0 is persistence
-(u[t+1] = u[t]) and learns only the change, with an output of order 1.
+(u[t+1] = u[t]) and learns only the change, with an output of order 1. The nodes the fitted
+statistics mark ``held`` (no step of any training scenario changed them: a Dirichlet boundary)
+keep their input value, so a rollout cannot drift there.
 
 Training (:meth:`FieldTask.forward`): every start time ``t = 0 … T−k`` of every scenario of the
 batch is a chain, all stacked as one batch of ``n·(T−k+1)``; each chain is rolled out ``k =
 train.unroll`` steps from the true ``u[t]``, its own predictions fed back (the gradient flows
 through the whole unroll), and the loss is the MSE of the normalised predicted states
-``u[t+1] … u[t+k]`` against the true ones. ``k = 1`` is one-step training.
+``u[t+1] … u[t+k]`` against the true ones. ``k = 1`` is one-step training. With ``train.noise``
+= s the start state of every chain gets Gaussian noise of std s (normalised units; not on held
+nodes) while the targets stay the true states: the model learns to pull a perturbed state back
+toward the trajectory, which keeps long rollouts, fed their own errors, from growing them.
 
 Metrics: the nRMSE of PDEBench, ``‖pred − true‖₂ / ‖true‖₂`` over the grid for each sample and
 predicted step, in physical units, averaged over samples and steps; and the RMSE in physical
@@ -44,15 +49,24 @@ class FieldTask:
     norm : the fitted :class:`~twinhpc.preprocess.transform.Field` (the preprocessed data's
         transform, or the one a checkpoint records).
     unroll : steps of unrolled training (``train.unroll``).
+    noise : std of the noise on each chain's start state in training (``train.noise``).
     """
 
-    def __init__(self, norm: Field, unroll: int = 1):
-        self.norm, self.unroll = norm, int(unroll)
+    def __init__(self, norm: Field, unroll: int = 1, noise: float = 0.0):
+        self.norm, self.unroll, self.noise = norm, int(unroll), float(noise)
         st = norm.stats
         self.state_mean, self.state_std = float(st["state_mean"]), float(st["state_std"])
         self.step_mean, self.step_std = float(st["step_mean"]), float(st["step_std"])
         self.has_forcing = "forcing" in norm.fields
         self.params = norm.params_count
+        held = st.get("held")
+        self._held = None if held is None else torch.from_numpy(np.asarray(held) > 0)
+
+    def held(self, device: torch.device) -> torch.Tensor | None:
+        """The held nodes (bool, *grid) on ``device``; None when no node is held."""
+        if self._held is not None and self._held.device != device:
+            self._held = self._held.to(device)
+        return self._held
 
     # -- one step -----------------------------------------------------------------------------
     def inputs(self, u: torch.Tensor, f: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
@@ -70,7 +84,9 @@ class FieldTask:
         """The normalised state one saved step after ``u`` (n, *grid): ``u`` plus the model's
         increment, scaled from its units (``σ_Δ``, ``μ_Δ``) to the state's."""
         out = model(self.inputs(u, f, p))[:, 0].float()
-        return u + (out * self.step_std + self.step_mean) / self.state_std
+        new = u + (out * self.step_std + self.step_mean) / self.state_std
+        held = self.held(u.device)
+        return new if held is None else torch.where(held, u, new)
 
     # -- training -----------------------------------------------------------------------------
     def chains(self, x: dict[str, torch.Tensor], k: int):
@@ -94,6 +110,10 @@ class FieldTask:
         every chain ``(m, k, *grid)``, the true ones, and the mean squared error between them."""
         k = self.unroll if k is None else k
         u, forcing, params, true = self.chains(x, k)
+        if self.noise > 0 and model.training:
+            jitter = torch.randn_like(u) * self.noise
+            held = self.held(u.device)
+            u = u + (jitter if held is None else jitter.masked_fill(held, 0.0))
         preds = []
         for j in range(k):
             u = self.step(model, u, forcing[:, j] if forcing is not None else None, params)

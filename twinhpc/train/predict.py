@@ -78,6 +78,7 @@ def validate(
     prepared=None,
     horizons=None,
     save: bool = True,
+    stability_steps: int | None = None,
 ) -> dict:
     """Evaluate a checkpoint on a split of the preprocessed data; collective.
 
@@ -93,6 +94,8 @@ def validate(
     split : default ``data.val_split``; for a field job ``data.test_split`` when the dataset has
         it, else ``data.val_split``.
     horizons : a field job's rollout horizons in saved steps (default 1, 10, 50; clipped to T).
+    stability_steps : a field job's stability check, in saved steps (default
+        :data:`~twinhpc.train.twin_validation.STABILITY_STEPS`; 0: none).
 
     Returns
     -------
@@ -122,10 +125,17 @@ def validate(
     report = {**ev.report(), "checkpoint": str(path), "which": which}
     if field is None:
         return report
-    from .twin_validation import HORIZONS, validate_twin
+    from .twin_validation import HORIZONS, STABILITY_STEPS, validate_twin
 
     tv = validate_twin(
-        job, run, checkpoint=path, split=split, horizons=horizons or HORIZONS, world=world, prepared=prep
+        job,
+        run,
+        checkpoint=path,
+        split=split,
+        horizons=horizons or HORIZONS,
+        world=world,
+        prepared=prep,
+        stability_steps=STABILITY_STEPS if stability_steps is None else stability_steps,
     )
     tv.which = which
     run_dir = Path(run) if run is not None else path.parent.parent

@@ -87,6 +87,21 @@ class Surrogate:
             raise TwinError("rollout: give steps (the surrogate has no forcing to count them)")
         return int(steps)
 
+    def _batches(self, u0: np.ndarray, forcing: np.ndarray | None, params: np.ndarray | None, batch_size: int):
+        """``(lo, hi, u, f, p)`` per batch of ``batch_size`` scenarios: their rows ``lo:hi`` of
+        ``u0``, ``forcing`` and ``params`` (checked arrays), normalised, as tensors on the device
+        (``None`` for a role the surrogate does not read)."""
+        norm, device, size = self.norm, self.device, max(1, int(batch_size))
+
+        def tensor(role: str, values: np.ndarray | None) -> torch.Tensor | None:
+            return None if values is None else torch.from_numpy(norm.normalize(role, values)).to(device)
+
+        for lo in range(0, len(u0), size):
+            hi = min(lo + size, len(u0))
+            p = None if params is None else params[lo:hi].reshape(hi - lo, -1)
+            f = None if forcing is None else forcing[lo:hi]
+            yield lo, hi, tensor("state", u0[lo:hi]), tensor("forcing", f), tensor("params", p)
+
     @torch.no_grad()
     def rollout(
         self,
@@ -119,24 +134,53 @@ class Surrogate:
         steps = self._check(u0, forcing, params, steps)
         out = np.empty((len(u0), steps + 1, *self.grid), np.float32)
         out[:, 0] = u0
-        norm, device = self.norm, self.device
-        for lo in range(0, len(u0), max(1, int(batch_size))):
-            hi = min(lo + max(1, int(batch_size)), len(u0))
-            u = torch.from_numpy(norm.normalize("state", u0[lo:hi])).to(device)
-            f = (
-                torch.from_numpy(norm.normalize("forcing", forcing[lo:hi, :steps])).to(device)
-                if forcing is not None
-                else None
-            )
-            p = (
-                torch.from_numpy(norm.normalize("params", params[lo:hi].reshape(hi - lo, -1))).to(device)
-                if params is not None
-                else None
-            )
+        window = None if forcing is None else forcing[:, :steps]
+        for lo, hi, u, f, p in self._batches(u0, window, params, batch_size):
             for t in range(steps):
                 u = self.task.step(self.model, u, f[:, t] if f is not None else None, p)
                 out[lo:hi, t + 1] = self.task.physical(u).cpu().numpy()
         return out
+
+    @torch.no_grad()
+    def extremes(
+        self,
+        u0: np.ndarray,
+        forcing: np.ndarray | None = None,
+        params: np.ndarray | None = None,
+        *,
+        steps: int,
+        batch_size: int = 64,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The smallest and the largest value of each scenario's rollout of ``steps`` saved steps
+        from ``u0`` (n, *grid) with one forcing frame held over every step (``forcing`` (n,
+        *grid)), without keeping the trajectories: ``(low (n,), high (n,), diverged_at (n,))``,
+        physical units (float64); ``diverged_at`` is the first step whose state is not finite
+        (its scenario then stops there, low/high over the steps before), −1 for none."""
+        u0 = np.asarray(u0)
+        held = None if forcing is None else np.asarray(forcing)[:, None]
+        params = None if params is None else np.asarray(params)
+        self._check(u0, held, params, 1)
+        n = len(u0)
+        low, high = u0.reshape(n, -1).min(1).astype(np.float64), u0.reshape(n, -1).max(1).astype(np.float64)
+        diverged = np.full(n, -1, np.int64)
+        frame = None if held is None else held[:, 0]
+        for lo, hi, u, f, p in self._batches(u0, frame, params, batch_size):
+            live = np.arange(lo, hi)
+            for t in range(1, int(steps) + 1):
+                u = self.task.step(self.model, u, f, p)
+                x = self.task.physical(u).flatten(1)
+                finite = torch.isfinite(x).all(1).cpu().numpy()
+                if not finite.all():
+                    diverged[live[~finite]] = t
+                    keep = torch.from_numpy(finite).to(u.device)
+                    live, u, x = live[finite], u[keep], x[keep]
+                    f = None if f is None else f[keep]
+                    p = None if p is None else p[keep]
+                    if not len(live):
+                        break
+                low[live] = np.minimum(low[live], x.min(1).values.cpu().numpy())
+                high[live] = np.maximum(high[live], x.max(1).values.cpu().numpy())
+        return low, high, diverged
 
 
 def load_surrogate(run=None, checkpoint=None, *, device: str = "cpu") -> Surrogate:

@@ -321,3 +321,14 @@ def summarize_full(rows: dict[str, np.ndarray], grid_values: int) -> dict[str, f
         if name in rows:
             out[name] = float(np.nanmean(rows[name]))
     return out
+
+
+def excursion(low: np.ndarray, high: np.ndarray, span_low: np.ndarray, span_high: np.ndarray) -> np.ndarray:
+    """How far each rollout's values ``[low, high]`` (n,) went beyond the span ``[span_low,
+    span_high]`` (n,) that bounds them, as a share of the span's width (0: inside it); a width of
+    0 counts as 10⁻⁶ of the span's magnitude (at least 10⁻⁶)."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    span_low, span_high = np.asarray(span_low, np.float64), np.asarray(span_high, np.float64)
+    width = np.maximum(span_high - span_low, 1e-6 * np.maximum(np.abs(span_high), 1.0))
+    beyond = np.maximum(np.maximum(high - span_high, span_low - low), 0.0)
+    return beyond / width

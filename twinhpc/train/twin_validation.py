@@ -13,6 +13,18 @@ truth at every step: nRMSE (PDEBench's, on the absolute temperature), nRMSE of t
 the scenario's ambient ``T∞`` (for a ``twinhpc simulate`` dataset), RMSE, max error, and the
 plate's energy balance. docs/twin.md ("Validating the twin") describes the figures.
 
+**Stability**: a twin may validate well over ``T`` steps and still blow up over the thousands a
+monitored stream needs. From each scenario's last true state ``u[T]`` the twin runs
+``stability_steps`` more saved steps with the forcing off (0 in physical units; the params
+unchanged). Without sources the plate relaxes toward the steady state of its held edges and the
+ambient air, so by the maximum principle its field stays within the span of ``u[T]``, ``t_edge``
+and ``T∞`` (a dataset without a plate's provenance: the span of ``u[T]``). Per scenario: the
+largest excursion of the twin beyond that span as a share of its width (0: it stayed inside),
+and the first step whose state is not finite (−1: none). The twin is *unstable* when a state is
+not finite or an excursion exceeds :data:`STABILITY_TOLERANCE` widths (a blow-up; a twin that
+relaxes to a field a little off the true one stays within a few). The excursions of a stable
+twin say how far it strays from the physics far from its training data.
+
 Note:
     The held-out scenarios are spread over the ranks: each rank reads its share of the split
     (the evaluation loader, ``policy="pad"``), rolls out the twin and both baselines on it, and
@@ -35,12 +47,14 @@ from ..comm.world import World
 from ..config import Job
 from ..data.format import Manifest
 from ..errors import TwinError
+from ..io.results import twin_stable
 from .twin_metrics import (
     HORIZONS,
     MODELS,
     LinearBaseline,
     PlatePhysics,
     energy_terms,
+    excursion,
     horizons_of,
     persistence,
     residual_fraction,
@@ -57,6 +71,12 @@ LINEAR_RANK, FIT_SCENARIOS = 32, 128
 EXAMPLES = 2
 #: the metrics, in table order
 METRICS = ("nrmse_rise", "nrmse", "rmse", "max_abs", "energy_residual")
+#: saved steps of the stability check (from each held-out scenario's last true state, forcing off)
+STABILITY_STEPS = 500
+#: an excursion beyond the allowed span larger than this many times the span's width, or a state
+#: that is not finite, makes the twin "unstable": a rollout that blows up grows without bound,
+#: one that settles a little off the true field stays within a few widths
+STABILITY_TOLERANCE = 10.0
 
 
 @dataclass
@@ -70,7 +90,9 @@ class TwinValidation:
     ``twin``, ``persistence``, ``linear``, and ``truth`` (the energy residual only). Metrics:
     ``nrmse``, ``rmse`` (K), ``max_abs`` (K), and with a plate's provenance ``nrmse_rise`` and
     ``energy_residual``. ``examples``: ``index`` (k,), ``time`` (m,), ``truth`` and ``twin``
-    (k, m, *grid) float32, for the panels.
+    (k, m, *grid) float32, for the panels. ``stability``: ``steps``, ``span`` (what bounds the
+    field) and per scenario ``excursion`` and ``diverged_at`` (the module's note); ``steps`` 0
+    when the check did not run.
     """
 
     split: str
@@ -91,6 +113,33 @@ class TwinValidation:
     ranks: int = 1
     seconds: float = 0.0
     scenario_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    stability: dict[str, Any] = field(default_factory=lambda: {"steps": 0, "span": "not run"})
+
+    @property
+    def stable(self) -> bool | None:
+        """Whether the twin passed the stability check (None when it did not run)."""
+        st = self.stability
+        if not st.get("steps"):
+            return None
+        return twin_stable(st["excursion"], st["diverged_at"], STABILITY_TOLERANCE)
+
+    def stability_summary(self) -> dict[str, Any]:
+        """``steps``, ``span``, ``stable``, ``diverged`` (scenarios), ``first_diverged`` (the
+        earliest step, −1: none), ``excursion_median`` and ``excursion_max``."""
+        st = self.stability
+        if not st.get("steps"):
+            return {"steps": 0, "span": st.get("span", "not run"), "stable": None}
+        exc, div = np.asarray(st["excursion"], np.float64), np.asarray(st["diverged_at"], np.int64)
+        bad = div[div >= 0]
+        return {
+            "steps": int(st["steps"]),
+            "span": st["span"],
+            "stable": self.stable,
+            "diverged": int(len(bad)),
+            "first_diverged": int(bad.min()) if len(bad) else -1,
+            "excursion_median": float(np.median(exc)),
+            "excursion_max": float(np.max(exc)),
+        }
 
     def attrs(self) -> dict[str, Any]:
         """The scalar settings (results.h5's ``/twin_validation`` attributes)."""
@@ -106,6 +155,9 @@ class TwinValidation:
             "ranks": self.ranks,
             "seconds": self.seconds,
             **{f"linear_{k}": v for k, v in self.linear.items()},
+            "stability_steps": int(self.stability.get("steps", 0)),
+            "stability_span": str(self.stability.get("span", "not run")),
+            "stability_tolerance": STABILITY_TOLERANCE,
         }
 
     def datasets(self) -> dict[str, np.ndarray]:
@@ -126,6 +178,9 @@ class TwinValidation:
         for name in ("index", "time", "truth", "twin"):
             if name in self.examples:
                 out[f"examples/{name}"] = np.asarray(self.examples[name])
+        if self.stability.get("steps"):
+            out["stability/excursion"] = np.asarray(self.stability["excursion"], np.float64)
+            out["stability/diverged_at"] = np.asarray(self.stability["diverged_at"], np.int64)
         return out
 
     def save(self, run_dir) -> Any:
@@ -146,7 +201,12 @@ class TwinValidation:
             for m in (*MODELS, "truth")
             if m in self.full
         }
-        return {**self.attrs(), "horizons": list(self.horizons), "models": models}
+        return {
+            **self.attrs(),
+            "horizons": list(self.horizons),
+            "models": models,
+            "stability": self.stability_summary(),
+        }
 
     def beats_baselines(self, metric: str | None = None) -> bool:
         """Whether the twin's ``metric`` (default: the judged one) is below both baselines' at
@@ -186,7 +246,26 @@ class TwinValidation:
         lines.append(f"the twin {verdict} both baselines on {_label(self.judged_on)} at every horizon")
         if self.energy_balance.startswith("none"):
             lines.append(f"energy balance: {self.energy_balance}")
+        lines.append(self.stability_line())
         return "\n".join(lines)
+
+    def stability_line(self) -> str:
+        """One line on the stability check."""
+        st = self.stability_summary()
+        if not st["steps"]:
+            return "stability: not checked"
+        head = f"stability: {st['steps']} more steps from u[T] with the forcing off"
+        if st["diverged"]:
+            return (
+                f"{head}: UNSTABLE: the twin's state became non-finite in {st['diverged']} of {self.n} "
+                f"scenarios (first at step {st['first_diverged']}); do not use it for long rollouts or monitoring"
+            )
+        verdict = "stable (bounded)" if st["stable"] else "UNSTABLE (blows up)"
+        return (
+            f"{head}: {verdict}: largest excursion beyond the span of {st['span']} "
+            f"{st['excursion_max']:.3g} times its width (median {st['excursion_median']:.3g}; "
+            f"unstable above {STABILITY_TOLERANCE:g})"
+        )
 
 
 def _label(metric: str) -> str:
@@ -259,11 +338,21 @@ class Roles:
 
 
 def evaluate_scenarios(
-    twin, linear: LinearBaseline | None, u: np.ndarray, f, p, roles: Roles, *, batch_size: int = 64
+    twin,
+    linear: LinearBaseline | None,
+    u: np.ndarray,
+    f,
+    p,
+    roles: Roles,
+    *,
+    batch_size: int = 64,
+    stability_steps: int = 0,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Roll the twin and both baselines out over the scenarios ``u`` (n, T+1, *grid) with their
     forcing ``f`` and params ``p``; per-step rows ``{"<model>/<metric>": (n, T)}`` (and
-    ``truth/energy_residual``) and the twin's trajectories (n, T+1, *grid)."""
+    ``truth/energy_residual``) and the twin's trajectories (n, T+1, *grid). With
+    ``stability_steps``, the stability check too (the module's note): rows
+    ``stability_excursion`` and ``stability_diverged_at`` (n,)."""
     steps = u.shape[1] - 1
     preds = {
         "twin": twin.rollout(u[:, 0], f, p, steps=steps, batch_size=batch_size),
@@ -307,6 +396,17 @@ def evaluate_scenarios(
             rows[f"{model}/{k}"] = v
         if energy:
             rows[f"{model}/energy_residual"] = residual_fraction(energy_terms(pred, f, p, phys))
+    if stability_steps > 0:
+        last = u[:, -1]
+        off = None if f is None else np.zeros_like(f[:, -1])
+        low, high, diverged = twin.extremes(last, off, p, steps=stability_steps, batch_size=batch_size)
+        span_low = last.reshape(n, -1).min(axis=1).astype(np.float64)
+        span_high = last.reshape(n, -1).max(axis=1).astype(np.float64)
+        if phys is not None:  # the maximum principle: the edges and the ambient air bound it too
+            for i in (phys.t_edge, phys.t_inf):
+                span_low, span_high = np.minimum(span_low, p[:, i]), np.maximum(span_high, p[:, i])
+        rows["stability_excursion"] = excursion(low, high, span_low, span_high)
+        rows["stability_diverged_at"] = diverged
     return rows, preds["twin"]
 
 
@@ -350,10 +450,12 @@ def validate_twin(
     linear_rank: int = LINEAR_RANK,
     fit_scenarios: int = FIT_SCENARIOS,
     batch_size: int = 64,
+    stability_steps: int = STABILITY_STEPS,
 ) -> TwinValidation:
     """Roll the field job's twin out over a held-out split against the truth and two baselines;
     collective (see the module's note). ``split`` defaults to :func:`default_split`; horizons
-    beyond the trajectories' ``T`` are clipped to it.
+    beyond the trajectories' ``T`` are clipped to it; ``stability_steps`` 0 skips the stability
+    check.
 
     Raises
     ------
@@ -433,6 +535,7 @@ def validate_twin(
                 arrays.get(r.params) if r.params else None,
                 r,
                 batch_size=batch_size,
+                stability_steps=stability_steps,
             )
             for k, v in out.items():
                 rows.setdefault(k, []).append(v)
@@ -503,6 +606,14 @@ def validate_twin(
             ranks=world.size,
             seconds=time.perf_counter() - start,
             scenario_index=rows["index"],
+            stability={
+                "steps": int(stability_steps),
+                "span": "u[T], t_edge and T∞" if phys is not None else "u[T]",
+                "excursion": rows["stability_excursion"],
+                "diverged_at": rows["stability_diverged_at"],
+            }
+            if stability_steps > 0
+            else {"steps": 0, "span": "not run"},
         )
 
     tv = world.run(summarise, name="twin validation: summary")

@@ -20,7 +20,7 @@ when submitted (written to ``RUN/<verb>.job.toml``), with its resources from the
   job's result is asked for.
 
 Submissions are recorded in ``RUN/submitted.json`` (atomically, one entry per submission), which
-``twinhpc jobs RUN`` reads (:func:`job_states`: one batched ``sacct`` call for all of them).
+``twinhpc jobs RUN`` reads (:func:`job_states`: one batched ``squeue`` and one ``sacct`` call for all of them).
 
 Note:
     *Preemption, time limits and requeue follow submitit's protocol.* The submitted callable
@@ -64,6 +64,7 @@ from submitit.helpers import Checkpointable
 
 from ..config import Job, load_job
 from ..config.load import override
+from ..env import launch_environ, unset_runtime_vars_line
 from ..errors import TwinError
 from ..io.atomic import replace_durably
 from ..io.sweep import SWEEP_FILE, read_sweep
@@ -146,7 +147,8 @@ class VerbCall(Checkpointable):
 
         previous = {sig: signal.signal(sig, forward) for sig in SIGNALS}
         try:
-            proc = subprocess.Popen(self.command(restart))
+            env = launch_environ() if self.launcher == "mpirun" else None  # srun's tasks: their own
+            proc = subprocess.Popen(self.command(restart), env=env)
             if received:  # arrived before the verb started: pass it on now
                 forward(received[-1], None)
             status = proc.wait()
@@ -227,6 +229,7 @@ def make_executor(kind: str, folder: str | os.PathLike[str], job: Job) -> submit
     params = job.slurm.submitit_parameters()
     if kind == "slurm":
         params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}), "requeue": True}
+        params["slurm_setup"] = [unset_runtime_vars_line()]
         ex.update_parameters(**params)
     else:
         ex.update_parameters(name=params["name"], timeout_min=params["timeout_min"], tasks_per_node=1, nodes=1)
@@ -371,7 +374,7 @@ def _append_record(
     write_json(run_dir / RECORD, {"submissions": records})
 
 
-#: what :func:`slurm_states` reads of each job from sacct
+#: what :func:`slurm_states` reads of each job from sacct (squeue: the same fields but the exit code)
 SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "NodeList", "Submit", "Start", "End")
 #: a row of sacct for the pending elements of an array: ``1234_[5-9,12%2]``
 _ARRAY_ROW = re.compile(r"^(?P<array>\d+)_\[(?P<ranges>[\d,\-]+)(?:%\d+)?\]$")
@@ -390,15 +393,42 @@ def _array_elements(job_id: str) -> list[str]:
     return out
 
 
+#: job states after which Slurm runs nothing more of the job (sacct then has its exit code)
+ENDED = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+)
+
+
+#: job states in which it waits for a start (again)
+_NOT_STARTED = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
+
+
 def slurm_states(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
     """State, exit code, elapsed time, nodes and the submit, start and end times of Slurm jobs,
-    with one ``sacct`` call, and one ``squeue`` call for the ids sacct does not know (yet: slurmctld
-    tells accounting a new job a moment after ``sbatch``; or accounting does not answer). The
-    newest row of a requeued job counts. An array element (``1234_5``) is asked for through its
-    array (``1234``): sacct lists the elements that have not started as one row ``1234_[5-9%2]``.
+    with one ``squeue`` call and one ``sacct`` call for all of them.
+
+    A job the controller still holds and that has not ended is answered by ``squeue``: it is
+    slurmctld's own view, while accounting learns of a start or a requeue a moment later (under
+    load, seconds: sacct would still call a running array element pending). An ended job, or one
+    the controller has forgotten, is answered by ``sacct`` (it has the exit code); the newest row
+    of a requeued job counts. An array element (``1234_5``) is asked of sacct through its array
+    (``1234``): sacct lists the elements that have not started as one row ``1234_[5-9%2]``.
     Ids neither knows are not in the answer."""
     if not job_ids:
         return {}
+    wanted = set(job_ids)
+    queued = _squeue_states(sorted(wanted))
+    out = {j: row for j, row in queued.items() if row["state"] not in ENDED}
+    asked = sorted(wanted - set(out))
+    if asked:
+        accounted = _sacct_states(asked)
+        out.update(accounted)
+        out.update({j: row for j, row in queued.items() if j not in out})
+    return out
+
+
+def _sacct_states(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """:func:`slurm_states` of ``job_ids`` as accounting records them (one ``sacct`` call)."""
     wanted = set(job_ids)
     asked = ",".join(sorted({j.split("_")[0] for j in wanted}))
     out: dict[str, dict[str, str]] = {}
@@ -410,39 +440,48 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
             timeout=60,
         )
     except (FileNotFoundError, subprocess.TimeoutExpired):
-        r = None
-    if r is not None and r.returncode == 0:
-        rows = [line.split("|") for line in r.stdout.splitlines()]
-        rows = [row for row in rows if len(row) == len(SACCT_FIELDS)]
-        rows.sort(key=lambda row: _ARRAY_ROW.match(row[0]) is None)  # an element's own rows win
-        for jid, state, code, elapsed, nodes, submitted, start, end in rows:
-            for element in _array_elements(jid):
-                if element in wanted:
-                    out[element] = {
-                        "state": state.split()[0] if state else "UNKNOWN",
-                        "exit_code": code,
-                        "elapsed": elapsed,
-                        "nodes": nodes,
-                        "submit": submitted,
-                        "start": start,
-                        "end": end,
-                    }
-    missing = sorted(wanted - set(out))
-    if not missing:
         return out
+    if r.returncode != 0:
+        return out
+    rows = [line.split("|") for line in r.stdout.splitlines()]
+    rows = [row for row in rows if len(row) == len(SACCT_FIELDS)]
+    rows.sort(key=lambda row: _ARRAY_ROW.match(row[0]) is None)  # an element's own rows win
+    for jid, state, code, elapsed, nodes, submitted, start, end in rows:
+        for element in _array_elements(jid):
+            if element in wanted:
+                out[element] = {
+                    "state": state.split()[0] if state else "UNKNOWN",
+                    "exit_code": code,
+                    "elapsed": elapsed,
+                    "nodes": nodes,
+                    "submit": submitted,
+                    "start": start,
+                    "end": end,
+                }
+    return out
+
+
+def _squeue_states(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """:func:`slurm_states` of the ``job_ids`` the controller holds (one ``squeue`` call; array
+    elements one per line). No exit code: sacct has it once the job has ended."""
+    out: dict[str, dict[str, str]] = {}
     try:
         q = subprocess.run(
-            ["squeue", "-h", "-r", "-j", ",".join(missing), "-o", "%i|%T|%M|%N|%V|%S"],
+            ["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%M|%N|%V|%S"],
             capture_output=True,
             text=True,
             timeout=60,
         )
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return out
+    wanted = set(job_ids)
     for line in q.stdout.splitlines():
         parts = line.split("|")
         if len(parts) == 6 and parts[0] in wanted:
             jid, state, elapsed, nodes, submitted, start = parts
+            state = state.split()[0] if state else "UNKNOWN"
+            if state in _NOT_STARTED:
+                start = "Unknown"  # squeue's start of a waiting job is a forecast; sacct's is Unknown
             out[jid] = {
                 "state": state,
                 "exit_code": "",

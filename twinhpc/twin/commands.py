@@ -152,6 +152,24 @@ def load_stream(path, inputs=None) -> Stream:
     )
 
 
+#: the parameters that make a plate (the rest describe its sources)
+PLATE_PARAMS = ("k", "h", "t_inf", "t_edge")
+
+
+def other_plate(calibration: Stream, monitored: Stream) -> list[str]:
+    """How the plate of a calibration stream differs from the monitored stream's (its first
+    sample's ``k``, ``h``, ``t_inf``, ``t_edge``); empty when it is the same plate. Levels
+    calibrated on another plate reflect the twin's errors there, not on the monitored one."""
+    out = []
+    for name in PLATE_PARAMS:
+        if name in calibration.param_names and name in monitored.param_names:
+            a = float(calibration.params[0][calibration.param_names.index(name)])
+            b = float(monitored.params[0][monitored.param_names.index(name)])
+            if not np.isclose(a, b, rtol=1e-6, atol=0):
+                out.append(f"{name} {a:.4g} against {b:.4g}")
+    return [", ".join(out)] if out else []
+
+
 def monitor(
     run,
     stream,
@@ -190,6 +208,8 @@ def monitor(
                 f"--calibrate {calibrate_on}: the stream has {int((cal_stream.labels['label'] > 0).sum())} faulty "
                 "samples; calibrate on a fault-free one (twinhpc simulate --stream ... --faults none)"
             )
+        for w in other_plate(cal_stream, data):
+            log.warning("twin monitor: warning: --calibrate %s is another plate than %s: %s", calibrate_on, stream, w)
         cal: Calibration = calibrate(twin, cal_stream, settings, str(calibrate_on))
     else:
         n = int(len(data.time) * calibrate_fraction)
@@ -222,13 +242,22 @@ def monitor(
             "sensors": result.sensors,
             "twin": result.twin,
             "residual": result.residual,
+            "innovation": result.innovation,
             "score": result.score,
             "alarm": result.alarm,
             "alarm_sensor": result.alarm_sensor,
             "assimilated": result.assimilated,
         },
         result.stats,
-        {"mu": cal.mu, "sigma": cal.sigma, "floor": cal.floor, "levels": cal.levels, "peaks": cal.peaks},
+        {
+            "mu": cal.mu,
+            "sigma": cal.sigma,
+            "floor": cal.floor,
+            "mu_all": cal.mu_all,
+            "sigma_all": cal.sigma_all,
+            "levels": cal.levels,
+            "peaks": cal.peaks,
+        },
         data.labels,
         {"description": "twin monitor report: residuals, statistics, alarms (docs/twin.md)", **report},
     )

@@ -16,17 +16,26 @@ loop). Only sensors that are *in control* are assimilated: a sensor whose own st
 in alarm is left out of the correction, so a sensor fault, once flagged, is not absorbed into
 the state.
 
-**Residuals.** The innovation ``e = y − H u`` (before the correction) is the residual of each
-sensor; standardised by its mean and standard deviation on the fault-free calibration stream,
-``z = (e − μ) / σ``.
+**A bank of leave-one-out filters.** The twin runs K + 1 copies of the state, advanced together
+as one batch: copy ``i < K`` assimilates every in-control sensor except sensor ``i``, copy ``K``
+every in-control sensor. A filter that assimilated a sensor would follow it: a slow drift is
+absorbed step by step and its innovation stays near ``drift per step / g``, below any calibrated
+level. Copy ``i`` never sees
+sensor ``i``, so its forecast there is what the twin and the *other* sensors say, and a drifting
+or biased sensor moves away from it for as long as the fault lasts.
+
+**Residuals.** ``e_i = y_i − H_i u⁽ⁱ⁾``: sensor ``i``'s reading minus the forecast of the copy
+that does not assimilate it (before the correction); standardised by its mean and standard
+deviation on the fault-free calibration stream, ``z = (e − μ) / σ``.
 
 **Statistics** (each per sample, over the last ``window`` samples, :class:`Detector`):
 
 - ``mean`` per sensor: ``|mean of z| · √n`` over the window: a drift or a stuck reading moves
   one sensor's residual away from its calibrated mean;
-- ``spatial``: ``|mean of z over the sensors and the window| · √(n K)``: an unexpected heat
-  source raises several sensors together, and their mean rises while each alone is still
-  within its own spread;
+- ``spatial``: ``|mean of z over the sensors and the window| · √(n K)``, here with ``z`` the
+  standardised innovations of the filter of *all* sensors: an unexpected heat source raises
+  several sensors together, and their mean rises while each alone is still within its own
+  spread (the leave-one-out forecasts, each from fewer sensors, are noisier for this);
 - ``flat`` per sensor: the noise floor (the smallest windowed mean absolute change of the
   reading on the calibration stream) divided by the mean absolute change over the window: a
   stuck sensor stops changing (its noise vanishes) however close its frozen value stays to the
@@ -50,6 +59,8 @@ from .model import Twin, torch_threads
 from .whatif import initial_field
 
 STATISTICS = ("mean", "spatial", "flat")
+#: a twin state beyond this (K) has blown up: the monitor stops with an error
+BLOWN_UP_K = 1e4
 
 
 @dataclass
@@ -98,18 +109,35 @@ def gain_matrix(plate, positions: np.ndarray, gain: float, length: float, use: n
 class Detector:
     """The residual statistics of :mod:`this module <twinhpc.twin.monitor>`, one sample at a time."""
 
-    def __init__(self, mu: np.ndarray, sigma: np.ndarray, floor: np.ndarray, window: int):
+    def __init__(
+        self,
+        mu: np.ndarray,
+        sigma: np.ndarray,
+        floor: np.ndarray,
+        window: int,
+        mu_all: np.ndarray | None = None,
+        sigma_all: np.ndarray | None = None,
+    ):
         self.mu, self.sigma, self.floor, self.window = mu, sigma, floor, int(window)
+        self.mu_all = np.zeros_like(mu) if mu_all is None else mu_all
+        self.sigma_all = np.ones_like(sigma) if sigma_all is None else sigma_all
         self.zs: list[np.ndarray] = []
+        self.zs_all: list[np.ndarray] = []
         self.changes: list[np.ndarray] = []
         self.last: np.ndarray | None = None
 
-    def update(self, e: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    def update(self, e: np.ndarray, y: np.ndarray, e_all: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The statistics after one sample: ``e`` the leave-one-out residuals (per sensor),
+        ``y`` the readings, ``e_all`` the innovations of the filter of all sensors (the spatial
+        statistic's; ``e`` when not given)."""
         w = self.window
         z = (e - self.mu) / self.sigma
+        z_all = z if e_all is None else (e_all - self.mu_all) / self.sigma_all
         self.zs.append(z)
+        self.zs_all.append(z_all)
         if len(self.zs) > w:
             self.zs.pop(0)
+            self.zs_all.pop(0)
         if self.last is not None:
             self.changes.append(np.abs(y - self.last))
             if len(self.changes) > w:
@@ -125,7 +153,7 @@ class Detector:
         return {
             "z": z,
             "mean": np.abs(recent) * np.sqrt(n),
-            "spatial": np.array(abs(recent.mean()) * np.sqrt(n * len(z))),
+            "spatial": np.array(abs(np.mean(self.zs_all)) * np.sqrt(n * len(z))),
             "flat": flat,
         }
 
@@ -149,6 +177,8 @@ class Calibration:
     mu: np.ndarray
     sigma: np.ndarray
     floor: np.ndarray
+    mu_all: np.ndarray  # the same for the innovations of the filter of all sensors
+    sigma_all: np.ndarray
     levels: dict[str, np.ndarray]
     peaks: dict[str, np.ndarray]  # the quantile of each statistic on the calibration stream
     source: str
@@ -159,8 +189,9 @@ class Calibration:
 class Result:
     time: np.ndarray
     sensors: np.ndarray
-    twin: np.ndarray  # (N, K) the twin's forecast at the sensors
-    residual: np.ndarray  # (N, K) innovation y − H u
+    twin: np.ndarray  # (N, K) the twin's forecast at each sensor, by the filter without that sensor
+    residual: np.ndarray  # (N, K) y − that forecast
+    innovation: np.ndarray  # (N, K) y − the forecast of the filter of all sensors
     stats: dict[str, np.ndarray]  # z, mean, flat (N, K); spatial (N,)
     score: np.ndarray  # (N,)
     alarm: np.ndarray  # (N,) bool
@@ -196,26 +227,31 @@ def run_twin(twin: Twin, stream: Stream, settings: Settings, calibration: Calibr
     length = settings.length if settings.length is not None else 1.5 * max(plate.dx, plate.dy)
     names = stream.param_names
     p0 = stream.params[0]
-    u = initial_field(plate, p0[names.index("t0")], p0[names.index("t_edge")])[None]
+    # the filter bank (module docstring): filter i < K assimilates every usable sensor but
+    # sensor i, filter K every usable sensor
+    u = np.repeat(initial_field(plate, p0[names.index("t0")], p0[names.index("t_edge")])[None], k + 1, axis=0)
     step = twin.stepper()
+    others = np.vstack([~np.eye(k, dtype=bool), np.ones((1, k), bool)])  # others[i]: the sensors filter i may use
     positions = np.asarray(stream.positions, np.float64)
     gains: dict[bytes, np.ndarray] = {}
     hop = plate.sensors(np.eye(plate.h * plate.w).reshape(-1, plate.h, plate.w)).T  # (K, HW)
     cal = calibration
     det = (
-        Detector(cal.mu, cal.sigma, cal.floor, settings.window)
+        Detector(cal.mu, cal.sigma, cal.floor, settings.window, cal.mu_all, cal.sigma_all)
         if cal
         else Detector(np.zeros(k), np.ones(k), np.ones(k), settings.window)
     )
     out = {s: [] for s in ("z", *STATISTICS)}
-    twin_at, resid, score, alarm, alarm_sensor, used = [], [], [], [], [], []
+    twin_at, resid, innov, score, alarm, alarm_sensor, used = [], [], [], [], [], [], []
     seconds = 0.0
     with torch_threads(settings.threads):
         for t in range(n):
             y = stream.sensors[t].astype(np.float64)
-            hu = hop @ u[0].ravel()
+            forecast = u.reshape(k + 1, -1) @ hop.T  # (filters, K): every filter's forecast at every sensor
+            hu = np.diag(forecast[:k]).copy()  # sensor i as filter i, which never used it, forecasts it
             e = y - hu
-            st = det.update(e, y)
+            e_all = y - forecast[k]
+            st = det.update(e, y, e_all)
             for name in out:
                 out[name].append(st[name])
             use = np.ones(k, bool)
@@ -230,21 +266,33 @@ def run_twin(twin: Twin, stream: Stream, settings: Settings, calibration: Calibr
                     use = per_sensor <= 1.0
             twin_at.append(hu)
             resid.append(e)
+            innov.append(e_all)
             used.append(use)
-            key = use.tobytes()
-            if key not in gains:
-                gains[key] = gain_matrix(plate, positions, settings.gain, length, use)
-            u = u + (gains[key] @ e).reshape(1, plate.h, plate.w)
+            for i in range(k + 1):
+                mask = use & others[i]
+                key = mask.tobytes()
+                if key not in gains:
+                    gains[key] = gain_matrix(plate, positions, settings.gain, length, mask)
+                u[i] += (gains[key] @ (y - forecast[i])).reshape(plate.h, plate.w)
             if t + 1 < n:
                 start = _time.perf_counter()
-                u = step(u, stream.forcing[t][None], stream.params[t][None])
+                bank = k + 1
+                u = step(u, np.repeat(stream.forcing[t][None], bank, 0), np.repeat(stream.params[t][None], bank, 0))
                 seconds += _time.perf_counter() - start
+                if not (np.isfinite(u).all() and np.abs(u).max() <= BLOWN_UP_K):
+                    raise TwinError(
+                        f"{stream.path}: the twin blew up at sample {t + 1} of {n} ({stream.time[t + 1]:g} s): "
+                        f"its state is not finite or beyond {BLOWN_UP_K:g} K; it cannot follow a stream. "
+                        "`twinhpc validate` checks a twin's stability (its 'stability:' line); retrain it "
+                        "(docs/twin.md, 'Validating the twin')"
+                    )
     stats = {s: np.asarray(v) for s, v in out.items()}
     return Result(
         time=stream.time,
         sensors=stream.sensors,
         twin=np.asarray(twin_at),
         residual=np.asarray(resid),
+        innovation=np.asarray(innov),
         stats=stats,
         score=np.asarray(score) if cal else np.zeros(n),
         alarm=np.asarray(alarm, bool) if cal else np.zeros(n, bool),
@@ -275,16 +323,19 @@ def calibrate(twin: Twin, stream: Stream, settings: Settings, source: str, sampl
     e = raw.residual
     mu = np.median(e, axis=0)
     sigma = np.maximum(1.4826 * np.median(np.abs(e - mu), axis=0), 1e-6)
+    ea = raw.innovation
+    mu_all = np.median(ea, axis=0)
+    sigma_all = np.maximum(1.4826 * np.median(np.abs(ea - mu_all), axis=0), 1e-6)
     changes = np.abs(np.diff(stream.sensors.astype(np.float64), axis=0))
     # the flatness floor: the smallest windowed mean change on the calibration stream
     kernel = np.ones(settings.window) / settings.window
     means = np.stack([np.convolve(changes[:, j], kernel, mode="valid") for j in range(changes.shape[1])], axis=1)
     floor = means.min(axis=0)
     # the statistics again, now standardised (the residuals do not depend on them: nothing gated)
-    det = Detector(mu, sigma, floor, settings.window)
+    det = Detector(mu, sigma, floor, settings.window, mu_all, sigma_all)
     stats = {s: [] for s in STATISTICS}
     for t in range(n):
-        st = det.update(e[t], stream.sensors[t].astype(np.float64))
+        st = det.update(e[t], stream.sensors[t].astype(np.float64), ea[t])
         for s in STATISTICS:
             stats[s].append(st[s])
     peaks, levels = {}, {}
@@ -294,7 +345,7 @@ def calibrate(twin: Twin, stream: Stream, settings: Settings, source: str, sampl
         levels[s] = np.maximum(peaks[s] * settings.threshold, 1e-9)
     if not (floor > 0).all():  # noise-free readings: flatness tells nothing
         levels["flat"] = np.where(floor > 0, levels["flat"], np.inf)
-    return Calibration(mu, sigma, floor, levels, peaks, source, n)
+    return Calibration(mu, sigma, floor, mu_all, sigma_all, levels, peaks, source, n)
 
 
 # -- scoring against the labels -------------------------------------------------------------------

@@ -18,6 +18,11 @@ Two layouts, chosen by the form of PATH:
   Every ``*`` field must name the same parent group, and the two layouts cannot be mixed in one
   ingest (their sample orders are unrelated).
 
+``PATH[C]`` keeps only index ``C`` of the array's last axis: PDEBench's 2-D fields are
+(T, X, Y, C), and ``--field 'u=*/data[0]' --field 'v=*/data[1]'`` makes fields of shape (T, X, Y)
+that a field surrogate reads as its state. An index past the last axis is an error naming its
+size.
+
 Fields keep the source's dtype (numeric only: bool, integers, floats) and values bit for bit.
 ``--label NAME`` marks an integer field of per-sample shape ``()`` as the label (classes
 ``0 .. max``, computed from the data alone, so every rank computes the same list).
@@ -65,6 +70,8 @@ MAX_ATTRS = 100
 DENSE = 0.5
 DENSE_ROWS = 256
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+#: a channel picked at the end of a --field PATH: "[C]"
+_CHANNEL = re.compile(r"\[\s*(\d+)\s*\]\s*$")
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -156,11 +163,23 @@ def _deepest(group, parts: list[str]):
 
 
 class _FieldArg:
-    """One ``--field NAME=PATH``: ``parent/*/rest`` split when PATH has a ``*`` component."""
+    """One ``--field NAME=PATH[C]``: ``parent/*/rest`` split when PATH has a ``*`` component;
+    ``[C]`` (optional) picks index ``C`` of the array's last axis (a channel)."""
 
     def __init__(self, text: str, where: str):
         name, eq, path = text.partition("=")
-        name, path = name.strip(), path.strip().strip("/")
+        name, path = name.strip(), path.strip()
+        self.channel: int | None = None
+        picked = _CHANNEL.search(path)
+        if picked:
+            self.channel = int(picked.group(1))
+            path = path[: picked.start()]
+        elif "[" in path or "]" in path:
+            raise IngestError(
+                f"{where}: --field {text!r}: a channel is picked by one integer in brackets at the end "
+                "(e.g. u=*/data[0])"
+            )
+        path = path.strip("/")
         if not eq or not name or not path:
             raise IngestError(f"{where}: --field {text!r} must be NAME=PATH (e.g. u=tensor or u=*/data)")
         if not _NAME.match(name):
@@ -188,8 +207,8 @@ class _FieldArg:
 class Hdf5Source(Source):
     kind = "hdf5"
     option_help = {
-        "field": "NAME=PATH, repeatable: an HDF5 dataset (first axis = samples) or a pattern with one '*' "
-        "for one group per sample (e.g. */data)",
+        "field": "NAME=PATH[C], repeatable: an HDF5 dataset (first axis = samples) or a pattern with one '*' "
+        "for one group per sample (e.g. */data); [C] keeps channel C of the last axis (e.g. u=*/data[0])",
         "label": "name of an integer field of per-sample shape () to use as the label (classes 0..max)",
     }
 
@@ -285,8 +304,21 @@ class Hdf5Source(Source):
                 "(bool, integer and float arrays only)"
             )
 
+    def _check_channel(self, a: _FieldArg, ds, sample_axes: int, what: str) -> None:
+        """A channel ``[C]`` needs a last per-sample axis that holds it."""
+        if a.channel is None:
+            return
+        if sample_axes < 1:
+            raise IngestError(f"{self.path}: {what}: {ds.name} has no per-sample axis to pick channel {a.channel} from")
+        if a.channel >= ds.shape[-1]:
+            raise IngestError(
+                f"{self.path}: {what}: {ds.name} has {ds.shape[-1]} channel(s) on its last axis "
+                f"(shape {tuple(ds.shape)}); pick one of 0..{ds.shape[-1] - 1}"
+            )
+
     def _open_arrays(self, f, args: list[_FieldArg]):
         self._datasets = {}
+        self._channels: dict[str, int | None] = {}
         fields, field_details, lengths = [], {}, {}
         for a in args:
             what = f"--field {a.text}"
@@ -294,15 +326,18 @@ class Hdf5Source(Source):
             self._check_dtype(ds, what)
             if ds.ndim == 0:
                 raise IngestError(f"{self.path}: {what}: {ds.name} is a scalar; it has no first (sample) axis")
+            self._check_channel(a, ds, ds.ndim - 1, what)
             self._datasets[a.name] = ds
+            self._channels[a.name] = a.channel
             lengths[a.name] = (ds.name, int(ds.shape[0]))
-            fields.append(FieldSpec(a.name, ds.dtype.name, tuple(map(int, ds.shape[1:]))))
+            per_sample = tuple(map(int, ds.shape[1:]))
+            fields.append(FieldSpec(a.name, ds.dtype.name, per_sample if a.channel is None else per_sample[:-1]))
             field_details[a.name] = {
                 "path": ds.name,
                 "dtype": str(ds.dtype),
                 "shape": list(map(int, ds.shape)),
                 "attrs": attrs_of(ds),
-            }
+            } | ({} if a.channel is None else {"channel": a.channel})
         first = next(iter(lengths.values()))
         for path, n in lengths.values():
             if n != first[1]:
@@ -339,6 +374,7 @@ class Hdf5Source(Source):
         self._groups = [parent[n] for n in names]
         fields, field_details = [], {}
         self._rest = {}
+        self._channels = {}
         for a in args:
             first = None
             for g in self._groups:
@@ -359,14 +395,17 @@ class Hdf5Source(Source):
                         f"{self.path}: {what}: sample groups disagree: {first.name} is {first.dtype} "
                         f"{tuple(first.shape)}, {ds.name} is {ds.dtype} {tuple(ds.shape)}"
                     )
+            self._check_channel(a, first, first.ndim, f"--field {a.text}")
             self._rest[a.name] = a.rest
-            fields.append(FieldSpec(a.name, first.dtype.name, tuple(map(int, first.shape))))
+            self._channels[a.name] = a.channel
+            shape = tuple(map(int, first.shape))
+            fields.append(FieldSpec(a.name, first.dtype.name, shape if a.channel is None else shape[:-1]))
             field_details[a.name] = {
                 "path": a.path,
                 "dtype": str(first.dtype),
-                "shape": list(map(int, first.shape)),
+                "shape": list(shape),
                 "attrs": attrs_of(first),
-            }
+            } | ({} if a.channel is None else {"channel": a.channel})
         return len(self._groups), fields, field_details
 
     def _group_details(self, args: list[_FieldArg]) -> dict[str, Any]:
@@ -481,12 +520,15 @@ class Hdf5Source(Source):
 
     def _read_field(self, name: str, spec: FieldSpec, indices: np.ndarray) -> np.ndarray:
         out = np.empty((len(indices), *spec.shape), dtype=np.dtype(spec.dtype))
+        c = self._channels.get(name)
         try:
             if self._grouped:
                 rest = self._rest[name]
                 for k, i in enumerate(indices):
                     ds = self._groups[int(i)][rest]
-                    if not spec.shape:
+                    if c is not None:
+                        out[k] = ds[..., c]
+                    elif not spec.shape:
                         out[k] = ds[()]
                     elif out[k].size:
                         ds.read_direct(out, dest_sel=np.s_[k])
@@ -496,9 +538,9 @@ class Hdf5Source(Source):
                 for a, b, lo, hi in slabs(indices, rows):
                     want = indices[a:b]
                     if b - a >= DENSE_ROWS or (b - a) >= DENSE * (hi - lo):
-                        out[a:b] = ds[lo:hi][want - lo]
+                        out[a:b] = (ds[lo:hi] if c is None else ds[lo:hi, ..., c])[want - lo]
                     else:
-                        out[a:b] = ds[want]
+                        out[a:b] = ds[want] if c is None else ds[want, ..., c]
         except (OSError, KeyError, ValueError, TypeError) as e:
             where = self._datasets[name].name if not self._grouped else f"*/{self._rest[name]}"
             raise IngestError(

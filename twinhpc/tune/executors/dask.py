@@ -13,7 +13,7 @@
 
 A Dask worker is not an MPI rank: each segment is a task (:func:`run_segment`) that starts the
 segment's command (:func:`~twinhpc.tune.executors.base.segment_call`) as its own process —
-``mpirun -n N`` for N > 1 ranks, or ``srun -n N`` when the worker itself runs inside a Slurm
+``mpirun -n N`` for N > 1 ranks, or ``srun --ntasks N`` when the worker itself runs inside a Slurm
 allocation (``SLURM_JOB_ID`` set, as under ``"slurm"``) — writes its output to
 ``SWEEP/executor/dask/<trial>-<n>.log`` and returns its exit status; before the command it records
 its key in ``OUT/segment.json`` (:mod:`twinhpc.tune.segments`). The segment's process gets
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import Job
+from ...env import launch_environ
 from ...errors import TwinError
 from ...signals import REQUEUE_EXIT_STATUS
 from ..segments import write_segment_record
@@ -82,7 +83,9 @@ def run_segment(
     with open(log, "ab") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
-        status = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        status = subprocess.call(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=launch_environ(), preexec_fn=_die_with_parent
+        )
     return {"status": status, "log": log, "node": socket.gethostname()}
 
 
@@ -117,12 +120,12 @@ def slurm_cluster(job: Job, concurrent: int, folder: Path) -> Any:
     directives = [f"--nodes={s.nodes}", f"--ntasks-per-node={s.ntasks_per_node}", "--requeue"]
     directives += [f"--gpus-per-node={s.gpus_per_node}"] if s.gpus_per_node else []
     directives += [f"--constraint={s.constraint}"] if s.constraint else []
+    directives += [f"--qos={s.qos}"] if s.qos else []  # dask_jobqueue's SLURMCluster has no qos argument
     directives += [f"--{k}={v}" for k, v in s.additional.items()]
     hours, minutes = divmod(s.minutes, 60)
     return SLURMCluster(
         queue=s.partition,
         account=s.account,
-        qos=s.qos,
         cores=ranks * s.cpus_per_task,
         processes=1,
         memory=f"{s.mem_gb or 1}GB",

@@ -36,6 +36,7 @@ import submitit
 from submitit.local.local import LocalJob
 
 from ...config import Job
+from ...env import launch_environ
 from ...errors import TwinError
 from ..submit import result_outcome
 from ..sweep import TrialWork
@@ -50,7 +51,7 @@ class _SessionLocalExecutor(submitit.LocalExecutor):
     its stderr into its stdout log."""
 
     def _submit_command(self, command: str) -> LocalJob[Any]:
-        env = dict(os.environ)
+        env = launch_environ()
         env.update(
             SUBMITIT_LOCAL_NTASKS="1",
             SUBMITIT_LOCAL_COMMAND=command,

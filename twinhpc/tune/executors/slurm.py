@@ -27,6 +27,7 @@ import datetime
 import math
 import re
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,11 +134,14 @@ class SlurmTrials(TrialExecutor):
 
     name = "slurm"
     default_poll = 5.0  # one sacct call per poll: the controller and its database are shared
+    #: seconds a job unknown to squeue and sacct still counts as running (:meth:`_unknown`)
+    unknown_grace = 60.0
 
     def __init__(self, directory: Path, job: Job, concurrent: int) -> None:
         super().__init__(directory, job, concurrent)
         self.folder = executor_folder(self.directory, self.name)
         self._max_array_size: int | None = None
+        self.unknown_since: dict[str, float] = {}  # job id -> first answer that knew nothing of it
 
     @property
     def max_array_size(self) -> int:
@@ -198,16 +202,17 @@ class SlurmTrials(TrialExecutor):
 
     def _state(self, job_id: str, row: dict[str, str] | None) -> SegmentState:
         log = str(self.log(job_id))
+        result = self.folder / f"{job_id}_0_result.pkl"
+        data = result.read_bytes() if result.is_file() else b""
+        outcome = result_outcome(data) if data else None
         if row is None:
-            return SegmentState(job_id, "gone", log=log, error="unknown to sacct and squeue")
+            return self._unknown(job_id, log, outcome, data, result)
+        self.unknown_since.pop(job_id, None)
         state, node = row["state"], row["nodes"] if row["nodes"] not in ("None assigned", "(null)") else ""
         if state in PENDING:
             return SegmentState(job_id, "pending", node, log=log)
         if state in RUNNING:
             return SegmentState(job_id, "running", node, log=log)
-        result = self.folder / f"{job_id}_0_result.pkl"
-        data = result.read_bytes() if result.is_file() else b""
-        outcome = result_outcome(data) if data else None
         if state == "COMPLETED" and outcome == "success":
             return SegmentState(job_id, "done", node, log=log)
         why = f"Slurm {state}, exit code {row['exit_code'] or '?'}"
@@ -218,6 +223,23 @@ class SlurmTrials(TrialExecutor):
         else:
             why += "; see the log"
         return SegmentState(job_id, "failed", node, error=why, log=log)
+
+    def _unknown(self, job_id: str, log: str, outcome: str | None, data: bytes, result: Path) -> SegmentState:
+        """A job neither ``squeue`` nor ``sacct`` lists. A job that has just ended can have left
+        the controller's queue before accounting records its end (slurmdbd lags under load), so
+        it counts as ``running`` for :attr:`unknown_grace` seconds from the first such answer,
+        unless submitit's result file says it succeeded. Past the grace: a result file decides
+        (an error fails the segment with it), else the job is ``gone``."""
+        if outcome == "success":
+            self.unknown_since.pop(job_id, None)
+            return SegmentState(job_id, "done", log=log)
+        first = self.unknown_since.setdefault(job_id, time.monotonic())
+        if time.monotonic() - first < self.unknown_grace:
+            return SegmentState(job_id, "running", log=log, error="in neither squeue nor sacct yet")
+        if outcome == "error":
+            error = result_error(data) or f"an error (submitit result {result})"
+            return SegmentState(job_id, "failed", log=log, error=f"Slurm state unknown (not in sacct): {error}")
+        return SegmentState(job_id, "gone", log=log, error="unknown to sacct and squeue")
 
     def queue_wait(self, job_ids: Sequence[str]) -> dict[str, float]:
         """Seconds from submission to the start of each segment that has started (sacct's Submit
