@@ -214,6 +214,9 @@ def test_a_requeued_array_element_resumes_to_an_undisturbed_segments_results_and
     assert "TwinError: twinhpc train" in crashed.error and "exit status 2" in crashed.error, crashed.error
     assert "missing" in Path(crashed.log).read_text()
 
+    never = executor.states(["999999_0"])["999999_0"]  # within the grace: perhaps ended, not yet accounted
+    assert (never.state, never.error) == ("running", "in neither squeue nor sacct yet"), never
+    executor.unknown_grace = 0.0
     gone = executor.states(["999999_0"])["999999_0"]
     assert gone.state == "gone", gone
 

@@ -118,6 +118,34 @@ def test_unrolled_training_feeds_the_model_its_own_prediction(trained):
     assert [float(c[0, 0]) for c in calls] == pytest.approx([0.0, inc, 2 * inc])
 
 
+def test_the_first_step_weight_counts_the_chains_from_u0_w_times_in_the_loss(trained):
+    """The loss is the mean over chains of each chain's squared error, the chains that start at
+    u[0] (the first of each scenario) weighted w times; w = 1 is the plain mean."""
+    _, job = trained
+    field = open_prepared(job).field
+
+    class Zero(torch.nn.Module):  # predicts no increment: u[t+1] = u[t] in normalised units
+        def forward(self, x):
+            return torch.full_like(x[:, :1], -FieldTask(field).step_mean / FieldTask(field).step_std)
+
+    torch.manual_seed(0)
+    x = {"state": torch.randn(2, 4, 5), "forcing": torch.randn(2, 3, 5), "params": torch.randn(2, 2)}
+    plain = FieldTask(field)
+    pred, true, loss = plain.forward(Zero(), x)
+    per_chain = ((pred - true) ** 2).mean(dim=(1, 2))  # 2 scenarios x 3 starts, scenario-major
+    assert torch.allclose(loss, per_chain.mean())
+    first = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    for w in (3.0, 0.5):
+        _, _, weighted = FieldTask(field, first_step_weight=w).forward(Zero(), x)
+        weights = 1 + (w - 1) * first
+        assert torch.allclose(weighted, (weights * per_chain).sum() / weights.sum()), w
+    _, _, two = FieldTask(field, unroll=2, first_step_weight=3.0).forward(Zero(), x)
+    pred2, true2, _ = FieldTask(field, unroll=2).forward(Zero(), x)
+    chains2 = ((pred2 - true2) ** 2).mean(dim=(1, 2))  # 2 scenarios x 2 starts
+    w2 = torch.tensor([3.0, 1.0, 3.0, 1.0])
+    assert torch.allclose(two, (w2 * chains2).sum() / w2.sum())
+
+
 def test_preprocess_marks_the_nodes_no_step_changes_as_held(heat, tmp_path):
     """A boundary row held at a per-scenario value (a Dirichlet edge) is ``held``; the rest not."""
     _, arrays = heat
@@ -236,6 +264,12 @@ def test_field_job_errors_name_the_key(heat, tmp_path):
         load_job_text(tmp_path, field_job("d", train="unroll = 2").replace('task = "field"', 'task = "regression"'))
     with pytest.raises(JobFileError, match="train.noise: is 0.1, but state noise needs train.task = 'field'"):
         load_job_text(tmp_path, field_job("d", train="noise = 0.1").replace('task = "field"', 'task = "regression"'))
+    with pytest.raises(JobFileError, match="train.first_step_weight: is 3.0, but it weights chains of train.task"):
+        load_job_text(
+            tmp_path, field_job("d", train="first_step_weight = 3.0").replace('task = "field"', 'task = "regression"')
+        )
+    with pytest.raises(JobFileError, match="train.first_step_weight"):
+        load_job_text(tmp_path, field_job("d", train="first_step_weight = 0.0"))
     with pytest.raises(JobFileError, match="data.inputs: is not read by train.task = 'field'"):
         load_job_text(tmp_path, field_job("d").replace("batch_size = 4", 'batch_size = 4\ninputs = ["x"]'))
     with pytest.raises(JobFileError, match="data.state: names a field of train.task = 'field', but the task is"):

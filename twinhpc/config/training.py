@@ -248,6 +248,13 @@ class TrainConfig(Table):
         "perturbed state back and long rollouts stay stable (0: none).",
         ge=0,
     )
+    first_step_weight: float = key(
+        1.0,
+        "Field task: weight in the training loss of the chains that start at a scenario's first state `u[0]`, "
+        "against 1 for every other start (the loss is the weighted mean). The first step from rest, as the sources "
+        "switch on, is the one a rollout starts with and the least like the others (1: no extra weight).",
+        gt=0,
+    )
     device: str = key(
         "cpu",
         "Where the model trains: `cpu`; `cuda` (rank r of a node uses GPU "
@@ -307,6 +314,10 @@ class TrainConfig(Table):
             raise JobFileError("train.unroll", f"is {self.unroll}, but unrolled training needs train.task = 'field'")
         if self.noise > 0 and self.task != "field":
             raise JobFileError("train.noise", f"is {self.noise}, but state noise needs train.task = 'field'")
+        if self.first_step_weight != 1.0 and self.task != "field":
+            raise JobFileError(
+                "train.first_step_weight", f"is {self.first_step_weight}, but it weights chains of train.task = 'field'"
+            )
         if self.loss is not None and self.loss not in losses:
             raise JobFileError(
                 "train.loss",

@@ -23,6 +23,9 @@ through the whole unroll), and the loss is the MSE of the normalised predicted s
 = s the start state of every chain gets Gaussian noise of std s (normalised units; not on held
 nodes) while the targets stay the true states: the model learns to pull a perturbed state back
 toward the trajectory, which keeps long rollouts, fed their own errors, from growing them.
+With ``train.first_step_weight`` = w the chains that start at ``u[0]`` count w times in the
+loss (a weighted mean): a rollout starts with that step, from the plate at rest as its sources
+switch on, and it is one chain in ``T`` of the others.
 
 Metrics: the nRMSE of PDEBench, ``‖pred − true‖₂ / ‖true‖₂`` over the grid for each sample and
 predicted step, in physical units, averaged over samples and steps; and the RMSE in physical
@@ -50,10 +53,13 @@ class FieldTask:
         transform, or the one a checkpoint records).
     unroll : steps of unrolled training (``train.unroll``).
     noise : std of the noise on each chain's start state in training (``train.noise``).
+    first_step_weight : weight in the loss of the chains that start at ``u[0]``
+        (``train.first_step_weight``).
     """
 
-    def __init__(self, norm: Field, unroll: int = 1, noise: float = 0.0):
+    def __init__(self, norm: Field, unroll: int = 1, noise: float = 0.0, first_step_weight: float = 1.0):
         self.norm, self.unroll, self.noise = norm, int(unroll), float(noise)
+        self.first_step_weight = float(first_step_weight)
         st = norm.stats
         self.state_mean, self.state_std = float(st["state_mean"]), float(st["state_std"])
         self.step_mean, self.step_std = float(st["step_mean"]), float(st["step_std"])
@@ -119,7 +125,14 @@ class FieldTask:
             u = self.step(model, u, forcing[:, j] if forcing is not None else None, params)
             preds.append(u)
         pred = torch.stack(preds, dim=1)
-        return pred, true, ((pred - true) ** 2).mean()
+        err = (pred - true) ** 2
+        if self.first_step_weight == 1.0:
+            return pred, true, err.mean()
+        starts = x["state"].shape[1] - k  # chains per scenario, scenario-major: start 0 first
+        weight = torch.ones(err.shape[0], device=err.device, dtype=err.dtype)
+        weight[::starts] = self.first_step_weight
+        per_chain = err.reshape(err.shape[0], -1).mean(dim=1)
+        return pred, true, (weight * per_chain).sum() / weight.sum()
 
     # -- metrics ------------------------------------------------------------------------------
     def physical(self, u: torch.Tensor) -> torch.Tensor:

@@ -310,7 +310,9 @@ class TrainingRun:
             self.optimizer = make_optimizer(self.model.parameters(), ocfg)
             self.schedule = Schedule(ocfg, self.steps_per_epoch, int(self.total_steps))
             self.loss_fn = make_loss(cfg.task_loss)
-            self.field = FieldTask(prep.field, cfg.unroll, cfg.noise) if cfg.task == "field" else None
+            self.field = (
+                FieldTask(prep.field, cfg.unroll, cfg.noise, cfg.first_step_weight) if cfg.task == "field" else None
+            )
             self.n_out = len(prep.classes) or int(prep.model_defaults.get("classes", 1))
             self.stats_len = len(FIELD_STATS) if self.field is not None else stats_size(cfg.task, self.n_out)
             torch.manual_seed(cfg.seed + world.rank)  # dropout: per rank
