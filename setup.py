@@ -12,6 +12,8 @@ Both use the torch already installed (hence no build isolation). Environment:
     TORCH_CUDA_ARCH_LIST   GPU architectures to compile for (default: those torch was compiled
                            for that nvcc supports; never only the GPUs visible at build time)
     MPICXX                 the MPI C++ compiler wrapper to take flags from (default: mpicxx)
+    CXX                    the C++ compiler; one that finds only a static libstdc++ gets the
+                           shared libstdc++.so.6 linked explicitly (one C++ runtime with torch)
     MAX_JOBS               parallel compile jobs (torch's ninja build)
 """
 
@@ -22,7 +24,15 @@ import sys
 from setuptools import setup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from twinhpc._build import BuildError, cuda_from_env, default_cuda_arch_list, find_nvcc, mpi_flags  # noqa: E402
+from twinhpc._build import (  # noqa: E402
+    BuildError,
+    cuda_from_env,
+    cxx_compiler,
+    default_cuda_arch_list,
+    find_nvcc,
+    libstdcxx_link_args,
+    mpi_flags,
+)
 
 #: macros that keep mpi.h from pulling in the deprecated MPI C++ bindings
 MPI_MACROS = [("OMPI_SKIP_MPICXX", "1"), ("MPICH_SKIP_MPICXX", "1")]
@@ -45,13 +55,24 @@ def extensions():
         compile_args["nvcc"] = ["-O3"]
         macros.append(("TWINHPC_WITH_CUDA", "1"))
     kind = CUDAExtension if with_cuda else CppExtension
+    cxx = cxx_compiler()
+    runtime = libstdcxx_link_args(cxx)  # [] unless the compiler would link libstdc++ statically
+    if runtime:
+        print(
+            f"twinhpc: {cxx} finds no libstdc++.so; linking {runtime[0]} so that twinhpc._C shares torch's C++ runtime",
+            file=sys.stderr,
+        )
     print(
         f"twinhpc: building twinhpc._C with CUDA {'on' if with_cuda else 'off'}, MPI flags from {mpi.wrapper}",
         file=sys.stderr,
     )
     return [
         kind(
-            "twinhpc._C", sources, define_macros=macros, extra_compile_args=compile_args, extra_link_args=mpi.link_args
+            "twinhpc._C",
+            sources,
+            define_macros=macros,
+            extra_compile_args=compile_args,
+            extra_link_args=mpi.link_args + runtime,
         )
     ]
 

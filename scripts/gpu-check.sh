@@ -10,8 +10,9 @@
 #      mpirun; a 2-rank barrier proves it starts;
 #   3. build twinhpc._C with CUDA (TWINHPC_CUDA=1, sm_90 unless TORCH_CUDA_ARCH_LIST says);
 #   4. GPU tests in one process: tests/gpu (kernels bit for bit against the CPU, the numba.cuda
-#      transform, the engine and DataParallel on CUDA tensors), tests/unit/test_device.py and the
-#      CUDA training run of tests/unit/test_train_loop.py;
+#      transform, the CuPy heat solver, the engine and DataParallel on CUDA tensors),
+#      tests/unit/test_device.py, the CUDA training run of tests/unit/test_train_loop.py and the
+#      extension's C++ runtime check of tests/unit/test_build.py;
 #   5. tests/gpu/test_mpi_cuda.py on 2 ranks sharing the GPU (all-reduce of CUDA tensors for
 #      every dtype and algorithm, 2-rank DataParallel on the GPU = 1 process);
 #   6. benchmarks/train_throughput.py: ResNet-18, batch 256, bf16 autocast, twinhpc vs plain
@@ -99,7 +100,8 @@ rc=$?; verdict $rc
 
 step "GPU tests, one process"
 run 150 "$PY" -m pytest -q -p no:cacheprovider --color=no -rs tests/gpu tests/unit/test_device.py \
-  "tests/unit/test_train_loop.py::test_device_runs_track_the_cpu_run"
+  "tests/unit/test_train_loop.py::test_device_runs_track_the_cpu_run" \
+  "tests/unit/test_build.py::test_extension_shares_the_shared_cxx_runtime_and_raises_its_errors"
 rc=$?; new -E "passed|failed|error|no tests ran" | tail -1 | tee -a "$SUMMARY"; verdict $rc
 
 if [ $MULTI -eq 0 ]; then
@@ -109,7 +111,7 @@ if [ $MULTI -eq 0 ]; then
 fi
 
 step "ResNet-18 training throughput on the GPU (batch 256, bf16): twinhpc vs plain PyTorch"
-LAUNCH=(mpirun -n 1); [ $MULTI -eq 0 ] || LAUNCH=()   # one process: MPI starts as a singleton
+LAUNCH=(mpirun -n 1 --bind-to none); [ $MULTI -eq 0 ] || LAUNCH=()   # one process, not bound to one core (its loader threads); else MPI as a singleton
 run 200 "${LAUNCH[@]}" "$PY" benchmarks/train_throughput.py --models resnet18 --batch 256 --device cuda --bf16 \
   --threads 8 --steps 50 --rounds 3 --results "$RECORDS"
 rc=$?; new -A3 -E "^ +model +ranks|Error|cannot run on" | tail -6 | tee -a "$SUMMARY"; verdict $rc

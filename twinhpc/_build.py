@@ -199,3 +199,35 @@ def mpi_flags(environ: Mapping[str, str] = os.environ) -> MPIFlags:
             "(Open MPI) nor -show (MPICH); set MPICXX to a working MPI C++ wrapper"
         )
     return split_mpi_flags(wrapper, shlex.split(show)[1:])
+
+
+def cxx_compiler(environ: Mapping[str, str] = os.environ) -> str:
+    """The C++ compiler that links the extension: ``$CXX``, else Python's configured one, else ``c++``."""
+    import sysconfig
+
+    cxx = environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    return shlex.split(cxx)[0]
+
+
+def libstdcxx_link_args(cxx: str) -> list[str]:
+    """Link arguments that make ``twinhpc._C`` use the shared C++ runtime, ``libstdc++.so.6``.
+
+    A compiler whose search path holds only the static ``libstdc++.a`` (a relocated GCC without
+    ``libstdc++.so``, such as a ``CXX=/opt/gcc/bin/g++`` that some GPU images set) copies the C++
+    runtime into the extension. torch then runs with two runtimes in one process, and the first
+    error message the extension formats (``TORCH_CHECK`` streaming an integer) crashes with
+    SIGSEGV instead of raising. For such a compiler this returns the path of the shared runtime
+    it would load at run time (``-print-file-name=libstdc++.so.6``), given after the objects so
+    that the linker takes every C++ runtime symbol from it. Returns ``[]`` when the compiler
+    finds ``libstdc++.so`` itself (the usual case), or when it cannot say (not GCC-like).
+    """
+
+    def find(name: str) -> str | None:
+        out = _run([cxx, f"-print-file-name={name}"])
+        path = out.strip() if out else ""
+        return path if os.path.isabs(path) and os.path.exists(path) else None
+
+    if find("libstdc++.so") is not None:
+        return []
+    shared = find("libstdc++.so.6")
+    return [os.path.normpath(shared)] if shared else []

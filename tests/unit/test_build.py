@@ -94,6 +94,38 @@ def test_mpi_flags_from_this_machines_wrapper():
     assert not set(flags.link_args) & set(_build.MPI_CXX_LIBS)
 
 
+# -- the C++ runtime ---------------------------------------------------------------------------
+def _fake_cxx(tmp_path, found):
+    """A compiler that answers -print-file-name=NAME with a path for the names in ``found``."""
+    for name in found:
+        (tmp_path / name).write_text("")
+    cxx = tmp_path / "g++"
+    cxx.write_text(
+        "#!/bin/sh\nname=${1#-print-file-name=}\n"
+        f'if [ -e "{tmp_path}/$name" ]; then echo "{tmp_path}/$name"; else echo "$name"; fi\n'
+    )
+    cxx.chmod(0o755)
+    return str(cxx)
+
+
+def test_a_compiler_with_the_shared_runtime_needs_no_extra_link_argument(tmp_path):
+    assert _build.libstdcxx_link_args(_fake_cxx(tmp_path, ["libstdc++.so", "libstdc++.so.6"])) == []
+
+
+def test_a_compiler_with_only_the_static_runtime_links_the_shared_one(tmp_path):
+    args = _build.libstdcxx_link_args(_fake_cxx(tmp_path, ["libstdc++.so.6"]))
+    assert args == [str(tmp_path / "libstdc++.so.6")]
+
+
+def test_a_compiler_that_cannot_say_gets_no_extra_link_argument(tmp_path):
+    assert _build.libstdcxx_link_args(_fake_cxx(tmp_path, [])) == []
+    assert _build.libstdcxx_link_args(str(tmp_path / "no-such-compiler")) == []
+
+
+def test_cxx_compiler_is_cxx_first_word():
+    assert _build.cxx_compiler({"CXX": "/opt/gcc/bin/g++ -m64"}) == "/opt/gcc/bin/g++"
+
+
 # -- the CUDA source compiles ------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH")
 def test_cuda_kernels_compile_with_nvcc(tmp_path):
@@ -115,6 +147,20 @@ def test_extension_loads_from_the_source_tree():
 
     assert os.path.dirname(_C.__file__) == os.path.join(ROOT, "twinhpc")
     assert ops.build_info()["torch"] == torch.__version__.split("+")[0], "built against another torch: rebuild"
+
+
+@pytest.mark.skipif(not ops.available(), reason=f"twinhpc._C is not built; {ops.BUILD_HINT}")
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="no readelf (binutils) on PATH")
+def test_extension_shares_the_shared_cxx_runtime_and_raises_its_errors():
+    """twinhpc._C needs libstdc++.so.6 (no private copy of the C++ runtime: with one, the
+    error below crashed the process instead of raising) and its argument errors arrive as
+    Python exceptions with the index in the message."""
+    from twinhpc import _C
+
+    dynamic = subprocess.run(["readelf", "-d", _C.__file__], capture_output=True, text=True, check=True).stdout
+    assert "[libstdc++.so.6]" in dynamic, dynamic
+    with pytest.raises(TypeError, match=r"tensors\[1\] has dtype int32 but tensors\[0\] has float32"):
+        ops.pack([torch.ones(2), torch.ones(2, dtype=torch.int32)])
 
 
 def test_ops_without_the_extension_raise_a_clear_error(monkeypatch):
