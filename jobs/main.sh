@@ -22,7 +22,8 @@ if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_RO
 if [ "$NP" -gt "$(nproc)" ]; then export OMPI_MCA_rmaps_base_oversubscribe=1; fi
 export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$PWD/build/numba-cache}
 mkdir -p "$WORK"
-step() { printf '\n== %s\n' "$*"; }
+T0=$SECONDS   # the job's own clock (setup excluded): each step's header shows it
+step() { local t=$((SECONDS - T0)); printf '\n== [%d:%02d] %s\n' $((t / 60)) $((t % 60)) "$*"; }
 
 DATA="$WORK/plate"
 RUN="$WORK/runs/plate_twin"
