@@ -37,3 +37,19 @@ def test_launcher_environment_agrees_with_mpi(world):
         assert info.pid == os.getpid()
 
     collective(world, body)
+
+
+def test_local_rank_is_the_rank_among_the_ranks_of_its_node(world):
+    """World.local_rank (the GPU index of `simulate.device = "cuda"`) agrees with the launcher's
+    local rank where it sets one, and the local ranks of each node are 0 … n−1."""
+    local = world.local_rank()
+    hosts = world.allgather((os.uname().nodename, local))
+
+    def body():
+        info = process_info()
+        if info.launcher in ("openmpi", "pmi"):
+            assert local == info.local_rank
+        for host in {h for h, _ in hosts}:
+            assert sorted(r for h, r in hosts if h == host) == list(range(sum(1 for h, _ in hosts if h == host)))
+
+    collective(world, body)

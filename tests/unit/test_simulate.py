@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -60,6 +62,7 @@ def test_the_limit_is_taken_over_the_whole_range():
         (["simulate.sensors=[[0.2, 0.05]]"], r"simulate\.sensors: sensor 0 at \[0\.2, 0\.05\] m lies outside"),
         (["simulate.val_fraction=0.6", "simulate.test_fraction=0.5"], "val_fraction \\+ test_fraction must be < 1"),
         (["simulate.ranges.source_x=[0.2, 1.5]"], r"simulate\.ranges\.source_x: must lie in \[0, 1\]"),
+        (["simulate.device='gpu'"], r"simulate\.device: .*gpu"),
     ],
 )
 def test_bad_values_are_errors_naming_the_key(sets, match):
@@ -145,6 +148,26 @@ def test_an_out_that_holds_something_else_is_refused(cli, tmp_path):
         r = cli("simulate", JOB, "--out", other, *sets, *flags)
         assert r.returncode == 2 and said in r.stderr, r.stderr
         assert os.listdir(other) == ["notes.txt"] and sorted(os.listdir(tmp_path)) == ["mine"]
+
+
+def test_the_cuda_solver_without_cupy_or_a_gpu_is_an_error_naming_the_key(monkeypatch):
+    from twinhpc.errors import TwinError
+    from twinhpc.sim.plate import Plate
+
+    cfg = load_job(JOB, [*SMALL, "simulate.device='cuda'"]).simulate
+    monkeypatch.setitem(sys.modules, "cupy", None)  # importing it fails, as without the [gpu] extra
+    with pytest.raises(TwinError, match=r'simulate\.device = "cuda": CuPy is not installed .*twinhpc\[gpu\]'):
+        Plate(cfg)
+    Plate(load_job(JOB, SMALL).simulate)  # the default, the Numba kernel, needs neither
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_simulate_on_cuda_without_cupy_exits_2_and_writes_nothing(cli, tmp_path):
+    out = tmp_path / "plate"
+    r = cli("simulate", JOB, "--out", out, *(a for s in [*SMALL, "simulate.device='cuda'"] for a in ("--set", s)))
+    assert r.returncode == 2, r.stderr
+    assert 'simulate.device = "cuda": CuPy is not installed' in r.stderr
+    assert not out.exists()
 
 
 def test_a_job_without_simulate_is_refused(cli, tmp_path):

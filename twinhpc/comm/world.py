@@ -212,6 +212,16 @@ class World:
                 node.Free()
         return count
 
+    def local_rank(self, name: str = "local rank") -> int:
+        """This rank's index among the ranks of its node (shared-memory domain); collective."""
+        with self.region(name):
+            node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+            try:
+                index: int = node.Get_rank()
+            finally:
+                node.Free()
+        return index
+
     def abort(self, code: int = 1) -> None:
         self.comm.Abort(code)
 

@@ -123,6 +123,12 @@ class SimulateConfig(Table):
         "Point sensors: positions [x, y] (m; x along the width, y along the height).",
         check=_sensors_problem,
     )
+    device: str = key(
+        "cpu",
+        "The solver: `cpu` (the Numba kernel) or `cuda` (the CuPy kernel on the rank's GPU, "
+        "`local rank % GPUs`; the optional `[gpu]` extra). The fields agree to float64 rounding.",
+        choices=("cpu", "cuda"),
+    )
     ranges: RangesConfig = key(RangesConfig(), "Parameter ranges: `[simulate.ranges]` below.")
 
     def check(self) -> None:

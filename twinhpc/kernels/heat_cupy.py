@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import TwinError
 from .heat import _as_f64, _check
 
 #: threads per block
@@ -102,6 +103,30 @@ def heat_run_cupy(u0, ax, ay, bd, t_inf, t_edge, shapes, amps, dt, saves, every)
             n += 1
         out[:, k + 1] = cur
     return out
+
+
+def use_device(local_rank: int) -> int:
+    """Make GPU ``local_rank % visible GPUs`` CuPy's current device (one rank per GPU of a node
+    when launched one per GPU); returns its index.
+
+    Raises
+    ------
+    TwinError
+        Without CuPy, or when no CUDA device is visible.
+    """
+    try:
+        import cupy
+    except ImportError as e:
+        raise TwinError(f"CuPy is not installed ({e}); install the [gpu] extra: pip install 'twinhpc[gpu]'") from None
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as e:  # noqa: BLE001 -- cupy's CUDARuntimeError: no driver, no device
+        raise TwinError(f"no CUDA device is visible ({type(e).__name__}: {e})") from None
+    if count == 0:
+        raise TwinError("no CUDA device is visible")
+    index = local_rank % count
+    cupy.cuda.Device(index).use()
+    return index
 
 
 def heat_run_torch(*args, dtype: str = "float32"):

@@ -107,7 +107,7 @@ def simulate(
     plans = plan_shards(splits, min(cfg.shards, cfg.scenarios))
     mine = shards_of_rank(plans, world.rank, world.size)
     fields = dataset_fields(cfg)
-    plate = Plate(cfg)
+    plate = world.run(lambda: Plate(cfg, world.local_rank() if cfg.device == "cuda" else 0))
     log.info(
         "simulate %d scenarios (%s) of %d saved steps × %d solver steps (dt %.4g s, limit %.4g s) on a %d×%d grid "
         "-> %s in %d shards on %d rank(s)",

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import SimulateConfig
 from ..config.simulate import GLOBAL_PARAMS, SOURCE_PARAMS, UNITS
+from ..errors import TwinError
 from ..kernels.heat import heat_run
 
 
@@ -68,7 +69,9 @@ class Source:
 class Plate:
     """The plate of a ``[simulate]`` table: grid, material and sensors (see docs/twin.md)."""
 
-    def __init__(self, cfg: SimulateConfig):
+    def __init__(self, cfg: SimulateConfig, local_rank: int = 0):
+        """``local_rank``: this process's index among the ranks of its node; with
+        ``cfg.device = "cuda"`` it runs on GPU ``local_rank % visible GPUs``."""
         self.cfg = cfg
         self.h, self.w = cfg.grid
         self.dy, self.dx = cfg.spacing
@@ -76,6 +79,19 @@ class Plate:
         self.x = np.arange(self.w) * self.dx
         self.dt, self.every = cfg.solver_dt, cfg.substeps
         self._sensor_weights = [self._bilinear(x, y) for x, y in cfg.sensors]
+        self._solver = heat_run if cfg.device == "cpu" else self._cuda_solver(local_rank)
+
+    @staticmethod
+    def _cuda_solver(local_rank: int):
+        """``simulate.device = "cuda"``: the CuPy kernel on this rank's GPU, its result copied to
+        the host (the dataset is written from there)."""
+        from ..kernels import heat_cupy
+
+        try:
+            heat_cupy.use_device(local_rank)
+        except TwinError as e:
+            raise TwinError(f'simulate.device = "cuda": {e}; or set simulate.device = "cpu"') from None
+        return lambda *args: heat_cupy.heat_run_cupy(*args).get()
 
     # -- pieces ---------------------------------------------------------------------------
     def footprint(self, x: float, y: float) -> np.ndarray:
@@ -137,7 +153,7 @@ class Plate:
             else np.zeros((1, cfg.steps * self.every, 0))
         )
         start = time.perf_counter()
-        field = heat_run(
+        field = self._solver(
             u0[None],
             np.array([alpha * self.dt / self.dx**2]),
             np.array([alpha * self.dt / self.dy**2]),

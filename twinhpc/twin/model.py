@@ -50,8 +50,10 @@ class Twin:
         """The simulator's plate, with ``steps`` saved steps instead of the table's; with
         ``params``, a solver step that is stable for them too (a scenario's ``k`` or ``h`` above
         the trained range lowers the stability limit: the ranges of the table are widened to
-        include them and ``dt`` is chosen again, as ``simulate`` chooses it)."""
-        table = self.cfg.to_dict()
+        include them and ``dt`` is chosen again, as ``simulate`` chooses it). The solver is the
+        CPU's (``device = "cpu"``) whatever the dataset was simulated on: the twin is compared
+        with the simulator on the machine that runs the twin."""
+        table = {**self.cfg.to_dict(), "device": "cpu"}
         if steps is not None:
             table["steps"] = int(steps)
         if params is not None:

@@ -213,7 +213,8 @@ def _plate_for(twin: Twin, stream: Stream):
     from ..config import SimulateConfig
     from ..sim.plate import Plate
 
-    return Plate(SimulateConfig.from_dict({**twin.cfg.to_dict(), "sensors": [list(p) for p in stream.positions]}))
+    table = {**twin.cfg.to_dict(), "sensors": [list(p) for p in stream.positions], "device": "cpu"}
+    return Plate(SimulateConfig.from_dict(table))
 
 
 def run_twin(twin: Twin, stream: Stream, settings: Settings, calibration: Calibration | None) -> Result:
