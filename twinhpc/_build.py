@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -203,8 +204,6 @@ def mpi_flags(environ: Mapping[str, str] = os.environ) -> MPIFlags:
 
 def cxx_compiler(environ: Mapping[str, str] = os.environ) -> str:
     """The C++ compiler that links the extension: ``$CXX``, else Python's configured one, else ``c++``."""
-    import sysconfig
-
     cxx = environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
     return shlex.split(cxx)[0]
 

@@ -112,6 +112,10 @@ def test_rollout_against_the_simulator_warns_out_of_range_and_writes_hdf5(plate)
     held = twin(plate, "rollout", "runs/twin", "--scenario-index", "1", "--steps", "5", "--out", "held.h5", "--json")
     rep = json.loads(held.stdout.strip().splitlines()[-1])
     assert rep["scenario"].startswith("test scenario 1 of") and rep["steps"] == 5 and rep["warnings"] == []
+    # a plate simulated on a GPU (simulate.device = "cuda"): the twin still runs the CPU solver
+    (plate / "plate-cuda.toml").write_text(JOB.replace("[simulate]\n", '[simulate]\ndevice = "cuda"\n'))
+    gpu_job = twin(plate, "rollout", "runs/twin", "--job", "plate-cuda.toml", "--steps", "3", "--out", "g.h5", "--json")
+    assert json.loads(gpu_job.stdout.strip().splitlines()[-1])["steps"] == 3
 
 
 @pytest.mark.timeout(600)

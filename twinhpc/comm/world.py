@@ -202,25 +202,25 @@ class World:
             self.comm.Gatherv(arr.reshape(-1), recv if self.rank == root else None, root=root)
         return out if self.rank == root else None
 
+    def _node_rank(self) -> int:
+        """This rank's index among the ranks of its node (shared-memory domain); collective."""
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        try:
+            index: int = node.Get_rank()
+        finally:
+            node.Free()
+        return index
+
     def node_count(self, name: str = "node count") -> int:
         """How many nodes (shared-memory domains) the ranks span; collective."""
         with self.region(name):
-            node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
-            try:
-                count: int = self.comm.allreduce(1 if node.Get_rank() == 0 else 0)
-            finally:
-                node.Free()
+            count: int = self.comm.allreduce(1 if self._node_rank() == 0 else 0)
         return count
 
     def local_rank(self, name: str = "local rank") -> int:
         """This rank's index among the ranks of its node (shared-memory domain); collective."""
         with self.region(name):
-            node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
-            try:
-                index: int = node.Get_rank()
-            finally:
-                node.Free()
-        return index
+            return self._node_rank()
 
     def abort(self, code: int = 1) -> None:
         self.comm.Abort(code)

@@ -10,7 +10,7 @@ the parameter names in the order of the params vector, and the trained ranges.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,9 @@ class Twin:
     Attributes
     ----------
     surrogate : :class:`twinhpc.train.rollout.Surrogate`
-    cfg : the ``[simulate]`` table of the data it was trained on.
+    cfg : the ``[simulate]`` table of the data it was trained on, with ``device = "cpu"``: the
+        twin's commands run the simulator on the machine that runs the twin, whatever the data
+        was simulated on.
     params : ``[{"name", "unit", "low", "high"}, ...]``: the params vector, with the trained ranges.
     dataset : the dataset directory the run was trained on (None when not found).
     ranges_from : where the ranges were read (a manifest or a job file).
@@ -50,10 +52,8 @@ class Twin:
         """The simulator's plate, with ``steps`` saved steps instead of the table's; with
         ``params``, a solver step that is stable for them too (a scenario's ``k`` or ``h`` above
         the trained range lowers the stability limit: the ranges of the table are widened to
-        include them and ``dt`` is chosen again, as ``simulate`` chooses it). The solver is the
-        CPU's (``device = "cpu"``) whatever the dataset was simulated on: the twin is compared
-        with the simulator on the machine that runs the twin."""
-        table = {**self.cfg.to_dict(), "device": "cpu"}
+        include them and ``dt`` is chosen again, as ``simulate`` chooses it)."""
+        table = self.cfg.to_dict()
         if steps is not None:
             table["steps"] = int(steps)
         if params is not None:
@@ -175,6 +175,7 @@ def load_twin(run, checkpoint=None, job=None, *, device: str = "cpu") -> Twin:
         raise TwinError(
             f"{run}: the twin takes {surrogate.task.params} parameters, the plate has {len(table)} ({where})"
         )
+    cfg = replace(cfg, device="cpu")
     return Twin(surrogate, cfg, [dict(p) for p in table], dataset, where, run)
 
 

@@ -213,8 +213,7 @@ def _plate_for(twin: Twin, stream: Stream):
     from ..config import SimulateConfig
     from ..sim.plate import Plate
 
-    table = {**twin.cfg.to_dict(), "sensors": [list(p) for p in stream.positions], "device": "cpu"}
-    return Plate(SimulateConfig.from_dict(table))
+    return Plate(SimulateConfig.from_dict({**twin.cfg.to_dict(), "sensors": [list(p) for p in stream.positions]}))
 
 
 def run_twin(twin: Twin, stream: Stream, settings: Settings, calibration: Calibration | None) -> Result:
