@@ -32,7 +32,10 @@ Errors:
     ``stall_timeout`` seconds makes rank 0's stall inspector print the missing ranks and abort
     the job (``MPI_Abort``, non-zero exit); every blocking call and ``wait()`` is also a watched
     region of the engine's :class:`~twinhpc.comm.world.World` (:mod:`twinhpc.comm.watchdog`), so a
-    rank waiting for a stopped rank 0 aborts the job too.
+    rank waiting for a stopped rank 0 aborts the job too. The watchdog gives those regions
+    :data:`INSPECTOR_FIRST_S` more than ``stall_timeout``: rank 0's inspector, whose clock starts
+    when the operation starts (after the region opened), names the missing ranks first, and the
+    watchdog stays the bound when rank 0 itself is stopped.
 
 Closing:
     :meth:`Engine.close` (or leaving a ``with Engine() as eng:`` block) is collective: every rank
@@ -85,6 +88,9 @@ ALGO_ENV = "TWINHPC_ALLREDUCE_ALGO"
 CUDA_AWARE_ENV = "TWINHPC_MPI_CUDA_AWARE"
 #: bytes per ring message and per shared-memory round (fits the last-level cache several times)
 DEFAULT_SEGMENT_BYTES = 512 << 10
+#: seconds the watchdog adds to ``stall_timeout`` for the engine's own waits, so that rank 0's
+#: stall inspector (which names the missing ranks of the operation) speaks first
+INSPECTOR_FIRST_S = 1.0
 
 
 def _core() -> ModuleType:
@@ -422,8 +428,9 @@ class Engine:
                 self.world.free()
 
     def region(self, name: str) -> Region:
-        """A watched wait of :attr:`stall_timeout` in the engine's World (see :meth:`World.region`)."""
-        return self.world.region(name, self.stall_timeout)
+        """A watched wait in the engine's World (see :meth:`World.region`): :attr:`stall_timeout`
+        plus :data:`INSPECTOR_FIRST_S` (0: unwatched, as the inspector is off then)."""
+        return self.world.region(name, self.stall_timeout + INSPECTOR_FIRST_S if self.stall_timeout > 0 else 0.0)
 
     def __del__(self) -> None:
         # The garbage collector runs at a different moment on every rank: no collective here.
