@@ -296,6 +296,8 @@ def main(argv=None) -> int:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}" + ("  (--quick: not judged)" if args.quick else ""))
     attrs = {
         "job": Path(args.job).name,
+        "prior": job.train.prior,
+        "forcing_window": job.train.forcing_window,
         "run": str(run),
         "dataset": str(dataset),
         "dataset_scenarios": int(sum(s.count for s in manifest.splits)),

@@ -3,8 +3,8 @@
 #
 # Set everything up, simulate an ensemble of heated-plate scenarios on NP MPI ranks straight
 # into a sharded HDF5 dataset (jobs/plate.toml), inspect and verify it, fit the preprocessing,
-# train the twin — a 2-D Fourier neural operator that advances the temperature field by one
-# saved step (jobs/plate_twin.toml) — data-parallel on NP ranks, validate it on held-out
+# train the twin — the plate's physics advanced one saved step in closed form, corrected by a
+# 2-D Fourier neural operator (jobs/plate_twin.toml) — data-parallel on NP ranks, validate it on held-out
 # scenarios against persistence and a linear model (rollouts to 50 steps, the plate's energy
 # balance), run a what-if scenario on the twin and on the simulator (speed-up, error), and
 # monitor a sensor stream with injected faults. docs/twin.md explains each step.

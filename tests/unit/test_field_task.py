@@ -99,6 +99,29 @@ def test_a_batch_of_scenarios_becomes_every_chain_of_k_steps(trained):
     assert x.shape == (4, 4, 3) and torch.equal(x[2, 2], torch.full((3,), 3.0)) and torch.equal(x[2, 1], f[2, 0])
 
 
+def test_a_forcing_window_of_3_gives_each_step_the_frames_before_and_after_its_own(trained):
+    _, job = trained
+    field = open_prepared(job).field
+    task = FieldTask(Field(field.fields, field.stats, forcing_window=3))
+    assert task.window == 3 and Field(field.fields, field.stats, forcing_window=3).model_defaults()["in_channels"] == 6
+    again = Field.from_state(*Field(field.fields, field.stats, forcing_window=3).state())
+    assert again.forcing_window == 3 and Field.from_state(*field.state()).forcing_window == 1
+    state = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)  # 2 scenarios, T = 3, 1-D grid of 3
+    forcing = -torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(2, 3, 3)
+    params = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    u0, f, p, true = task.chains({"state": state, "forcing": forcing, "params": params}, 2)
+    assert f.shape == (4, 2, 3, 3)  # chains, steps, frames t-1 / t / t+1, grid
+    for i, (s_, t) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        for j in range(2):
+            frames = [max(t + j - 1, 0), t + j, min(t + j + 1, 2)]  # the ends repeat their own frame
+            assert torch.equal(f[i, j], forcing[s_, frames])
+            assert torch.equal(task.context(forcing, t + j)[s_], forcing[s_, frames])
+    x = task.inputs(u0, f[:, 0], p)
+    assert x.shape == (4, 6, 3) and torch.equal(x[2, 1:4], f[2, 0]) and torch.equal(x[2, 4], torch.full((3,), 3.0))
+    one = FieldTask(field)
+    assert torch.equal(one.context(forcing, 1), forcing[:, 1]) and torch.equal(one.contexts(forcing), forcing)
+
+
 def test_unrolled_training_feeds_the_model_its_own_prediction(trained):
     _, job = trained
     task = FieldTask(open_prepared(job).field, unroll=3)
@@ -270,6 +293,18 @@ def test_field_job_errors_name_the_key(heat, tmp_path):
         )
     with pytest.raises(JobFileError, match="train.first_step_weight"):
         load_job_text(tmp_path, field_job("d", train="first_step_weight = 0.0"))
+    with pytest.raises(JobFileError, match="train.prior: is 'plate', but a physics prior needs train.task = 'field'"):
+        load_job_text(
+            tmp_path, field_job("d", train='prior = "plate"').replace('task = "field"', 'task = "regression"')
+        )
+    with pytest.raises(JobFileError, match="train.prior: must be one of 'none', 'plate', got 'heat'"):
+        load_job_text(tmp_path, field_job("d", train='prior = "heat"'))
+    with pytest.raises(JobFileError, match="train.forcing_window: must be 1 or 3, got 2"):
+        load_job_text(tmp_path, field_job("d", train="forcing_window = 2"))
+    with pytest.raises(JobFileError, match="train.forcing_window: is 3, but a forcing window needs train.task"):
+        load_job_text(
+            tmp_path, field_job("d", train="forcing_window = 3").replace('task = "field"', 'task = "regression"')
+        )
     with pytest.raises(JobFileError, match="data.inputs: is not read by train.task = 'field'"):
         load_job_text(tmp_path, field_job("d").replace("batch_size = 4", 'batch_size = 4\ninputs = ["x"]'))
     with pytest.raises(JobFileError, match="data.state: names a field of train.task = 'field', but the task is"):
@@ -290,6 +325,10 @@ def test_field_job_errors_name_the_key(heat, tmp_path):
     shapes = r"\(7, 12, 12\), but the state 'field' of shape \(7, 12, 12\) needs forcing of shape \(6, 12, 12\)"
     with pytest.raises(TwinError, match=r"data.forcing: field 'field' has per-sample shape " + shapes):
         preprocess(with_data(forcing="field"), world=world)
+    # the plate prior needs a `twinhpc simulate` dataset: this one was ingested from npz
+    hybrid = dataclasses.replace(job, train=dataclasses.replace(job.train, prior="plate"))
+    with pytest.raises(TwinError, match=r"train.prior: is 'plate', but the dataset .* has no provenance.simulate"):
+        preprocess(hybrid, world=world)
     mlp = dataclasses.replace(job, model=dataclasses.replace(job.model, name="mlp", structure={}))
     with pytest.raises(
         TwinError, match="model.name: is 'mlp', .* needs a model that reads fields: fno1d, fno2d, unet2d"
@@ -304,6 +343,9 @@ def test_field_job_errors_name_the_key(heat, tmp_path):
     preprocess(alone, world=world)
     prep = open_prepared(alone)
     assert prep.fields == ("field",) and prep.model_defaults["in_channels"] == 1
+    windowed = dataclasses.replace(alone, train=dataclasses.replace(alone.train, forcing_window=3))
+    with pytest.raises(TwinError, match=r"train.forcing_window: is 3, but the job has no forcing \(data.forcing\)"):
+        preprocess(windowed, world=world)
 
 
 def load_job_text(tmp_path, text: str):

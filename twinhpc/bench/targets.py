@@ -230,17 +230,20 @@ def _wire(name: str) -> Select:
     return select
 
 
-# twin: the default job (jobs/plate_twin.toml on jobs/plate.toml's ensemble), one torch thread, not --quick
+# twin: the default job (jobs/plate_twin.toml on jobs/plate.toml's ensemble: the hybrid twin), one torch
+# thread, not --quick; records of the job before it had a prior (no `prior` attribute) are another configuration
 def _twin(name: str) -> Select:
     def select(r: Record) -> float | None:
         ok = _attrs(r, job="plate_twin.toml", grid="32x32", steps=50, dataset_scenarios=256, threads=1, quick=0)
+        ok = ok and _attrs(r, prior="plate", forcing_window=3)
         return float(r.attrs[name]) if ok and name in r.attrs else None
 
     return select
 
 
 _TWIN_DEFAULT = (
-    "`benchmarks/twin.py`: jobs/plate_twin.toml trained on jobs/plate.toml's 256 scenarios (32×32, 50 steps), "
+    "`benchmarks/twin.py`: jobs/plate_twin.toml (the hybrid twin: the plate's spectral step + an FNO) trained on "
+    "jobs/plate.toml's 256 scenarios (32×32, 50 steps), "
 )
 _NO_COMM = "vs the loop that communicates nothing"
 

@@ -47,10 +47,11 @@ The stream is HDF5 (`twinhpc simulate JOB --stream FILE.h5`) or CSV (a header ti
 the same name). The twin steps with the stream's forcing and is corrected toward the readings
 after each sample (optimal interpolation with gain --gain; sensors in alarm are left out); the
 residuals (readings - twin) feed three statistics over a window of --window samples: each
-sensor's mean residual (drift), the mean over the sensors (an unexpected heat source), and the
-flatness of each reading (a stuck sensor).
+sensor's mean residual (drift), the mean over the sensors (an unexpected heat source), and, over
+--flat-window samples, the flatness of each reading (a stuck sensor).
 Each statistic's level is its --quantile (default 1: the maximum) on the fault-free stream
---calibrate (default: the first --calibrate-fraction of the stream itself) times --threshold;
+--calibrate (default: the first --calibrate-fraction of the stream itself) times --threshold
+(default 2; the per-sensor mean residual has one level for all sensors, from the largest);
 an alarm is a sample where a statistic exceeds its level.
 
 With labels (the stream's ground truth) it prints precision, recall and F1 per sample, each
@@ -116,7 +117,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="without --calibrate: calibrate on this first fraction of the stream itself (default 0.1)",
     )
     m.add_argument(
-        "--threshold", type=float, default=1.5, metavar="X", help="level = X × the calibrated quantile (default 1.5)"
+        "--threshold", type=float, default=2.0, metavar="X", help="level = X × the calibrated quantile (default 2)"
     )
     m.add_argument(
         "--quantile",
@@ -132,7 +133,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
         metavar="G",
         help="assimilation gain in [0, 1); 0: the twin runs open loop (default 0.5)",
     )
-    m.add_argument("--window", type=int, default=10, metavar="W", help="samples of the flatness window (default 10)")
+    m.add_argument(
+        "--window",
+        type=int,
+        default=10,
+        metavar="W",
+        help="samples of the residual statistics' window (mean, spatial; default 10)",
+    )
+    m.add_argument(
+        "--flat-window",
+        type=int,
+        default=20,
+        metavar="F",
+        help="samples of the flatness statistic's window: a stuck sensor is flagged once its reading's noise "
+        "(the mean |second difference|) falls below the calibrated floor over them (default 20)",
+    )
     m.add_argument("--out", metavar="REPORT.h5", help="the report (default RUN/twin/monitor.h5)")
     m.add_argument(
         "--checkpoint", metavar="best|last|PATH", help="RUN's newest checkpoint (last, default), its best, or a file"
@@ -236,6 +251,7 @@ def run(args) -> int:
             quantile=args.quantile,
             gain=args.gain,
             window=args.window,
+            flat_window=args.flat_window,
             calibrate_fraction=args.calibrate_fraction,
             out=args.out,
             checkpoint=args.checkpoint,

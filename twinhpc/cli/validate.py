@@ -91,7 +91,7 @@ def format_report(report: dict) -> str:
     """The report as text: the headline figures, then a per-class table (classification)."""
     lines = [
         f"{report['split']} split, {report['n']} samples, checkpoint {report['checkpoint']} ({report['which']})",
-        f"loss {report['loss']:.4f}",
+        f"loss {report['loss']:.4g}",
     ]
     if report["task"] == "classification":
         lines[-1] += f"  accuracy {report['accuracy']:.4f}  macro F1 {report['macro_f1']:.4f}"

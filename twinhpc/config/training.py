@@ -255,6 +255,23 @@ class TrainConfig(Table):
         "switch on, is the one a rollout starts with and the least like the others (1: no extra weight).",
         gt=0,
     )
+    prior: str = key(
+        "none",
+        "Field task: the physics the model starts from. `none`: the model predicts the whole increment of a "
+        "step; `plate`: a hybrid twin of a `twinhpc simulate` plate dataset, whose step is the plate's linear "
+        "physics advanced one saved interval in closed form (with the interval's mean forcing and the scenario's "
+        "`k`, `h`, `t_inf`, `t_edge`) plus the model's correction, trained on what that step misses "
+        "(docs/surrogates.md). Needs the dataset's `provenance.simulate`, its forcing and its params.",
+        choices=("none", "plate"),
+    )
+    forcing_window: int = key(
+        1,
+        "Field task: forcing frames the model reads per step: 1, the step's own (the mean over its interval); "
+        "3, also those of the steps before and after it (the first and last step repeat their own), which tell "
+        "the model how the forcing changes within the interval: when a source switched on, how steep its ramp is.",
+        ge=1,
+        le=3,
+    )
     device: str = key(
         "cpu",
         "Where the model trains: `cpu`; `cuda` (rank r of a node uses GPU "
@@ -318,6 +335,14 @@ class TrainConfig(Table):
             raise JobFileError(
                 "train.first_step_weight", f"is {self.first_step_weight}, but it weights chains of train.task = 'field'"
             )
+        if self.forcing_window not in (1, 3):
+            raise JobFileError("train.forcing_window", f"must be 1 or 3, got {self.forcing_window}")
+        if self.forcing_window != 1 and self.task != "field":
+            raise JobFileError(
+                "train.forcing_window", f"is {self.forcing_window}, but a forcing window needs train.task = 'field'"
+            )
+        if self.prior != "none" and self.task != "field":
+            raise JobFileError("train.prior", f"is {self.prior!r}, but a physics prior needs train.task = 'field'")
         if self.loss is not None and self.loss not in losses:
             raise JobFileError(
                 "train.loss",

@@ -39,6 +39,7 @@ from ..data.format import FieldSpec, SplitInfo
 from ..data.shards import open_shard
 from ..errors import DatasetError, TwinError
 from ..kernels import stats, text, tfidf
+from ..kernels.heat_spectral import PlateConstants, spectral_step_reference
 from .transform import Field, Image, Tabular, stop_word_list
 
 #: samples per block of the fitting pass (the unit of the per-block moments)
@@ -146,7 +147,14 @@ def fit_image(world: World, directory: Path, split: SplitInfo, spec: FieldSpec, 
     return Image(spec.name, spec.shape, total.mean / 255, np.where(std > 0, std, 1.0), config.crop_padding, config.flip)
 
 
-def fit_field(world: World, directory: Path, split: SplitInfo, fields: dict[str, FieldSpec]) -> Field:
+def fit_field(
+    world: World,
+    directory: Path,
+    split: SplitInfo,
+    fields: dict[str, FieldSpec],
+    prior: PlateConstants | None = None,
+    forcing_window: int = 1,
+) -> Field:
     """The statistics of a field task's fields over ``split`` (collective): the mean and std of
     every value of the state, of the state's increment over one saved step, of the forcing, and
     of each parameter, and the grid nodes no step changes (``held``; see
@@ -155,6 +163,11 @@ def fit_field(world: World, directory: Path, split: SplitInfo, fields: dict[str,
     Parameters
     ----------
     fields : role (``state``, ``forcing``, ``params``) → its field's spec.
+    prior : the plate of a hybrid twin (``train.prior = "plate"``): the increment's statistics
+        are then those of what its spectral step misses, ``state[t+1] − prior(state[t])``
+        (:func:`~twinhpc.kernels.heat_spectral.spectral_step_reference`), and the transform
+        records the prior. Needs the forcing and the params roles.
+    forcing_window : forcing frames the model reads per step, recorded in the transform.
 
     Raises
     ------
@@ -168,11 +181,24 @@ def fit_field(world: World, directory: Path, split: SplitInfo, fields: dict[str,
     # columns of the merged moments: state, step, forcing (when present), then one per parameter
     columns = ["state", "step"] + (["forcing"] if "forcing" in fields else []) + ["params"] * params
 
+    def increments(rows: dict[str, np.ndarray]) -> np.ndarray:
+        state = np.asarray(rows[fields["state"].name])
+        if prior is None:
+            return np.diff(state, axis=1)
+        forcing = np.asarray(rows[fields["forcing"].name])
+        p = np.asarray(rows[fields["params"].name], np.float64).reshape(len(state), -1)
+        steps = state.shape[1] - 1
+        start = state[:, :-1].reshape(-1, *state.shape[2:])
+        stepped = spectral_step_reference(
+            prior, start, forcing.reshape(start.shape), np.repeat(p, steps, axis=0)
+        ).reshape(len(state), steps, *state.shape[2:])
+        return state[:, 1:] - stepped
+
     def moments(rows: dict[str, np.ndarray]) -> stats.Moments:
         state = np.asarray(rows[fields["state"].name])
         parts = [
             stats.tabular_moments(state.reshape(-1, 1)),
-            stats.tabular_moments(np.diff(state, axis=1).reshape(-1, 1)),
+            stats.tabular_moments(increments(rows).reshape(-1, 1)),
         ]
         if "forcing" in fields:
             parts.append(stats.tabular_moments(np.asarray(rows[fields["forcing"].name]).reshape(-1, 1)))
@@ -227,7 +253,8 @@ def fit_field(world: World, directory: Path, split: SplitInfo, fields: dict[str,
         stat |= {"params_mean": total.mean[-params:], "params_std": std[-params:]}
     if held is not None and held.any() and not held.all():
         stat["held"] = held.astype(np.float64)
-    return Field({role: (fields[role].name, fields[role].shape) for role in roles}, stat)
+    record = None if prior is None else {"kind": "plate", **prior.to_dict()}
+    return Field({role: (fields[role].name, fields[role].shape) for role in roles}, stat, record, forcing_window)
 
 
 @dataclass(frozen=True)

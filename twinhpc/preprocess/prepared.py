@@ -69,6 +69,7 @@ from ..data.shards import write_shard
 from ..data.staging import install, staging
 from ..errors import DatasetError, TwinError
 from ..io.prepared_state import STATE, read_prepared_state, write_prepared_state
+from ..kernels.heat_spectral import PlateConstants
 from . import fit
 from .transform import FIELD_ROLES, KINDS, Field, Image, MiniLM, Sequence, Tfidf
 
@@ -89,10 +90,13 @@ class Plan:
     label : the label field, or ``None`` (a dataset without labels; always for a field task).
     categorical : ``(field, levels)`` of the tabular inputs holding categorical codes.
     roles : a field task's fields by role (``state``, ``forcing``, ``params``); else empty.
+    prior : the plate of a hybrid twin (``train.prior = "plate"``); else None.
     """
 
     def __init__(self, job: Job, manifest: Manifest):
         self.roles: dict[str, FieldSpec] = {}
+        self.prior: PlateConstants | None = None
+        self.forcing_window = 1
         self.categorical, self.text_mode = [], None
         if job.train.task == "field":
             self._field_task(job, manifest)
@@ -195,19 +199,30 @@ class Plan:
             )
         self.inputs = tuple(self.roles[r] for r in FIELD_ROLES if r in self.roles)
         self.label, self.kind, self.numeric = None, "field", ()
+        self.prior = _plate_prior(job, manifest, self.roles) if job.train.prior == "plate" else None
+        self.forcing_window = job.train.forcing_window
+        if self.forcing_window != 1 and "forcing" not in self.roles:
+            raise JobFileError(
+                "train.forcing_window", f"is {self.forcing_window}, but the job has no forcing (data.forcing)"
+            )
         if job.model.name in models.names():
             _check_model_input(job.model.name, self.kind, self.inputs, data.dataset)
 
     def settings(self, job: Job) -> dict[str, Any]:
         """The job keys that shape the preprocessed data (the fingerprint's configuration)."""
         if self.kind == "field":
-            return {
+            settings = {
                 "train_split": job.data.train_split,
                 "inputs": [f.name for f in self.inputs],
                 "label": None,
                 "kind": self.kind,
                 "roles": {role: spec.name for role, spec in self.roles.items()},
             }
+            if self.prior is not None:
+                settings["prior"] = "plate"
+            if self.forcing_window != 1:
+                settings["forcing_window"] = self.forcing_window
+            return settings
         table = {"image": job.preprocess.image, "text": job.preprocess.text, "tabular": job.preprocess.tabular}[
             self.kind
         ].to_dict()
@@ -221,6 +236,36 @@ class Plan:
             "text_mode": self.text_mode,
             f"preprocess.{self.kind}": table,
         }
+
+
+def _plate_prior(job: Job, manifest: Manifest, roles: dict[str, FieldSpec]) -> PlateConstants:
+    """The plate of ``train.prior = "plate"``, from the dataset's ``provenance.simulate``, checked
+    against the job's fields: a 2-D state on the plate's grid, a forcing and the params."""
+    where = f"is 'plate', but the dataset {job.data.dataset}"
+    simulate = (manifest.provenance or {}).get("simulate")
+    if not simulate:
+        raise JobFileError(
+            "train.prior", f"{where} has no provenance.simulate (only a `twinhpc simulate` plate dataset has one)"
+        )
+    try:
+        c = PlateConstants.from_provenance(simulate)
+    except (KeyError, ValueError, TypeError) as e:
+        raise JobFileError("train.prior", f"{where} has an incomplete provenance.simulate ({e})") from None
+    missing = [f"data.{role}" for role in ("forcing", "params") if role not in roles]
+    if missing:
+        raise JobFileError(
+            "train.prior", f"is 'plate', which needs {' and '.join(missing)} (the plate's step reads them)"
+        )
+    grid = roles["state"].shape[1:]
+    if tuple(grid) != (c.H, c.W):
+        raise JobFileError("train.prior", f"{where} simulated a {c.H}×{c.W} plate, but its state has grid {grid}")
+    if roles["params"].shape != (len(simulate["params"]),):
+        raise JobFileError(
+            "train.prior",
+            f"{where}: its params field has shape {roles['params'].shape}, the plate has "
+            f"{len(simulate['params'])} parameters",
+        )
+    return c
 
 
 #: a model's input kind → the inputs it can read, in words
@@ -479,7 +524,7 @@ def _fit(world: World, job: Job, manifest: Manifest, plan: Plan):
     directory = Path(job.data.dataset)
     train = manifest.split(job.data.train_split)
     if plan.kind == "field":
-        return fit.fit_field(world, directory, train, plan.roles)
+        return fit.fit_field(world, directory, train, plan.roles, plan.prior, plan.forcing_window)
     if plan.kind == "image":
         return fit.fit_image(world, directory, train, plan.inputs[0], job.preprocess.image)
     if plan.kind == "tabular":

@@ -423,9 +423,14 @@ class Field:
     stats : ``<role>_mean``, ``<role>_std`` per role (float64; a scalar for the state and the
         forcing, one per parameter for the params), and ``step_mean``, ``step_std``: the mean and
         std of the state's increment over one saved step, ``state[t+1] − state[t]``, in the
-        state's physical units. A std of 0 is stored as 1. ``held`` (optional, 1/0 over the grid):
+        state's physical units (with a ``prior``: of ``state[t+1] − prior(state[t])``, what the
+        prior's step misses). A std of 0 is stored as 1. ``held`` (optional, 1/0 over the grid):
         the nodes whose value no step of any training scenario changed, such as a boundary held
         at a set value; the surrogate keeps them at their input value.
+    prior : the physics prior of a hybrid twin (``train.prior``): ``{"kind": "plate", ...}``
+        with the fields of :class:`~twinhpc.kernels.heat_spectral.PlateConstants`; None: none.
+    forcing_window : forcing frames the model reads per step (``train.forcing_window``): 1, the
+        step's own, or 3, those of the steps before and after it too.
 
     Attributes
     ----------
@@ -435,9 +440,11 @@ class Field:
 
     kind = "field"
 
-    def __init__(self, fields, stats):
+    def __init__(self, fields, stats, prior: dict | None = None, forcing_window: int = 1):
         self.fields = {role: (name, tuple(int(s) for s in shape)) for role, (name, shape) in fields.items()}
         self.stats = {k: np.asarray(v, np.float64) for k, v in stats.items()}
+        self.prior = dict(prior) if prior else None
+        self.forcing_window = int(forcing_window)
         shape = self.fields["state"][1]
         self.steps, self.grid = shape[0] - 1, shape[1:]
 
@@ -471,15 +478,25 @@ class Field:
         return out
 
     def model_defaults(self) -> dict[str, Any]:
-        """One input channel for the state, one for the forcing, one per parameter; one output."""
-        return {"in_channels": 1 + ("forcing" in self.fields) + self.params_count, "out_channels": 1}
+        """One input channel for the state, ``forcing_window`` for the forcing, one per parameter;
+        one output."""
+        forcing = self.forcing_window if "forcing" in self.fields else 0
+        return {"in_channels": 1 + forcing + self.params_count, "out_channels": 1}
 
     def state(self):
-        return dict(self.stats), {"fields": {role: [name, list(shape)] for role, (name, shape) in self.fields.items()}}
+        settings: dict[str, Any] = {
+            "fields": {role: [name, list(shape)] for role, (name, shape) in self.fields.items()}
+        }
+        if self.prior:
+            settings["prior"] = self.prior
+        if self.forcing_window != 1:
+            settings["forcing_window"] = self.forcing_window
+        return dict(self.stats), settings
 
     @classmethod
     def from_state(cls, arrays, s) -> Field:
-        return cls({role: (name, shape) for role, (name, shape) in s["fields"].items()}, arrays)
+        fields = {role: (name, shape) for role, (name, shape) in s["fields"].items()}
+        return cls(fields, arrays, s.get("prior"), int(s.get("forcing_window", 1)))
 
 
 #: kind → transform class (the ``kind`` attribute of state.h5)

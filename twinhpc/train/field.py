@@ -8,6 +8,11 @@ A sample of the dataset is a scenario: its state trajectory ``u`` (T+1, *grid), 
     x = [u[t], f[t], p₁ … p_P]                  channels (n, 1 + 1 + P, *grid); p broadcast
     u[t+1] = u[t] + (model(x) · σ_Δ + μ_Δ) / σ_u  in normalised units
 
+With ``train.prior = "plate"`` (a hybrid twin) ``u[t]`` in that sum is replaced by the plate's
+physics advanced one step in closed form from ``u[t]``, ``f[t]`` and ``p``
+(:class:`~twinhpc.train.prior.PlatePrior`), and ``σ_Δ``, ``μ_Δ`` are the statistics of what
+that step misses: the model learns the correction to the known physics.
+
 The model predicts the *increment* of the state over one step, in units of its training std
 (``σ_Δ``, ``μ_Δ``: the fitted std and mean of ``u[t+1] − u[t]``; ``σ_u``: the state's std): the
 increment of one saved step is small beside the state, so a model that outputs 0 is persistence
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 
 from ..preprocess.transform import Field
+from .prior import plate_prior
 
 #: the statistics of one batch that add up over batches and ranks (see :meth:`FieldTask.stats`)
 STATS = ("n_steps", "sum_nrmse", "n_values", "sum_sq_err")
@@ -67,6 +73,12 @@ class FieldTask:
         self.params = norm.params_count
         held = st.get("held")
         self._held = None if held is None else torch.from_numpy(np.asarray(held) > 0)
+        self.prior = plate_prior(norm.prior)
+        self.window = norm.forcing_window if self.has_forcing else 1
+        if self.prior is not None:
+            self.forcing_mean, self.forcing_std = float(st["forcing_mean"]), float(st["forcing_std"])
+            self._params_mean = torch.from_numpy(np.asarray(st["params_mean"], np.float64))
+            self._params_std = torch.from_numpy(np.asarray(st["params_std"], np.float64))
 
     def held(self, device: torch.device) -> torch.Tensor | None:
         """The held nodes (bool, *grid) on ``device``; None when no node is held."""
@@ -75,24 +87,57 @@ class FieldTask:
         return self._held
 
     # -- one step -----------------------------------------------------------------------------
+    def context(self, forcing: torch.Tensor, t: int) -> torch.Tensor:
+        """The forcing a step from ``t`` reads, from a trajectory ``forcing`` (n, T, *grid): frame
+        ``t`` (n, *grid), or with a window of 3 the frames ``t−1, t, t+1`` (n, 3, *grid), the
+        trajectory's first and last frame standing in beyond its ends."""
+        if self.window == 1:
+            return forcing[:, t]
+        last = forcing.shape[1] - 1
+        return forcing[:, [max(t - 1, 0), t, min(t + 1, last)]]
+
+    def contexts(self, forcing: torch.Tensor) -> torch.Tensor:
+        """:meth:`context` of every ``t`` of the trajectory: (n, T, *grid), or (n, T, 3, *grid)."""
+        if self.window == 1:
+            return forcing
+        before = torch.cat([forcing[:, :1], forcing[:, :-1]], dim=1)
+        after = torch.cat([forcing[:, 1:], forcing[:, -1:]], dim=1)
+        return torch.stack([before, forcing, after], dim=2)
+
     def inputs(self, u: torch.Tensor, f: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
         """The model input ``(n, channels, *grid)``: the state ``u`` (n, *grid), the forcing ``f``
-        (n, *grid) when the task has one, and each parameter of ``p`` (n, P) as a constant channel."""
+        when the task has one ((n, *grid), or its window (n, 3, *grid): :meth:`context`), and each
+        parameter of ``p`` (n, P) as a constant channel."""
         channels = [u.unsqueeze(1)]
         if self.has_forcing:
-            channels.append(f.unsqueeze(1))
+            channels.append(f if f.dim() > u.dim() else f.unsqueeze(1))
         if self.params:
             grid = u.shape[1:]
             channels.append(p.reshape(p.shape[0], -1, *([1] * len(grid))).expand(-1, -1, *grid))
         return torch.cat(channels, dim=1)
 
     def step(self, model, u: torch.Tensor, f: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
-        """The normalised state one saved step after ``u`` (n, *grid): ``u`` plus the model's
-        increment, scaled from its units (``σ_Δ``, ``μ_Δ``) to the state's."""
+        """The normalised state one saved step after ``u`` (n, *grid): ``u`` (with a prior: the
+        prior's step from ``u``) plus the model's increment, scaled from its units (``σ_Δ``,
+        ``μ_Δ``) to the state's."""
         out = model(self.inputs(u, f, p))[:, 0].float()
-        new = u + (out * self.step_std + self.step_mean) / self.state_std
+        base = u if self.prior is None else self.prior_step(u, f, p)
+        new = base + (out * self.step_std + self.step_mean) / self.state_std
         held = self.held(u.device)
         return new if held is None else torch.where(held, u, new)
+
+    def prior_step(self, u: torch.Tensor, f: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """The prior's step from the normalised ``u`` with the normalised forcing ``f`` and params
+        ``p``, normalised: the physics in physical units, between the two scalings."""
+        pm, ps = self._params_mean.to(p.device), self._params_std.to(p.device)
+        if f.dim() > u.dim():  # a window: the step's own frame is the middle one
+            f = f[:, f.shape[1] // 2]
+        phys = self.prior(
+            u * self.state_std + self.state_mean,
+            f * self.forcing_std + self.forcing_mean,
+            p.double() * ps + pm,
+        )
+        return (phys - self.state_mean) / self.state_std
 
     # -- training -----------------------------------------------------------------------------
     def chains(self, x: dict[str, torch.Tensor], k: int):
@@ -107,7 +152,8 @@ class FieldTask:
         window = window.movedim(-1, 2).reshape(n * starts, k + 1, *state.shape[2:])
         forcing = None
         if self.has_forcing:
-            forcing = x["forcing"].unfold(1, k, 1).movedim(-1, 2).reshape(n * starts, k, *state.shape[2:])
+            ctx = self.contexts(x["forcing"])  # (n, T, [3,] *grid)
+            forcing = ctx.unfold(1, k, 1).movedim(-1, 2).reshape(n * starts, k, *ctx.shape[2:])
         params = x["params"].repeat_interleave(starts, dim=0) if self.params else None
         return window[:, 0], forcing, params, window[:, 1:]
 

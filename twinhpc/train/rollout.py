@@ -134,10 +134,11 @@ class Surrogate:
         steps = self._check(u0, forcing, params, steps)
         out = np.empty((len(u0), steps + 1, *self.grid), np.float32)
         out[:, 0] = u0
-        window = None if forcing is None else forcing[:, :steps]
+        # the forcing up to one frame past the last step: a window of 3 reads it
+        window = None if forcing is None else forcing[:, : steps + 1]
         for lo, hi, u, f, p in self._batches(u0, window, params, batch_size):
             for t in range(steps):
-                u = self.task.step(self.model, u, f[:, t] if f is not None else None, p)
+                u = self.task.step(self.model, u, self.task.context(f, t) if f is not None else None, p)
                 out[lo:hi, t + 1] = self.task.physical(u).cpu().numpy()
         return out
 
@@ -165,6 +166,8 @@ class Surrogate:
         diverged = np.full(n, -1, np.int64)
         frame = None if held is None else held[:, 0]
         for lo, hi, u, f, p in self._batches(u0, frame, params, batch_size):
+            if f is not None and self.task.window > 1:  # the frame held before and after, too
+                f = f.unsqueeze(1).expand(-1, self.task.window, *f.shape[1:])
             live = np.arange(lo, hi)
             for t in range(1, int(steps) + 1):
                 u = self.task.step(self.model, u, f, p)

@@ -548,7 +548,7 @@ class TrainingRun:
             "samples_per_s": state.steps_in_epoch * self.samples_per_step / max(train_time, 1e-9),
         }
         log.info(
-            "epoch %d/%d - %d steps - loss: %.4f - %s: %.4f - val_loss: %.4f - val_%s: %.4f - %.1fs - %.0f samples/s",
+            "epoch %d/%d - %d steps - loss: %.4g - %s: %.4g - val_loss: %.4g - val_%s: %.4g - %.1fs - %.0f samples/s",
             epoch + 1,
             cfg.epochs,
             state.steps_in_epoch,

@@ -176,10 +176,11 @@ def monitor(
     *,
     calibrate_on=None,
     inputs=None,
-    threshold: float = 1.5,
+    threshold: float = 2.0,
     quantile: float = 1.0,
     gain: float = 0.5,
     window: int = 10,
+    flat_window: int = 20,
     calibrate_fraction: float = 0.1,
     out=None,
     checkpoint=None,
@@ -198,9 +199,11 @@ def monitor(
         raise TwinError(f"--gain must lie in [0, 1), got {gain}")
     if window < 2:
         raise TwinError(f"--window must be at least 2, got {window}")
+    if flat_window < 2:
+        raise TwinError(f"--flat-window must be at least 2, got {flat_window}")
     twin = load_twin(run, checkpoint, job)
     data = load_stream(stream, inputs)
-    settings = Settings(gain=gain, window=window, quantile=quantile, threshold=threshold)
+    settings = Settings(gain=gain, window=window, flat_window=flat_window, quantile=quantile, threshold=threshold)
     if calibrate_on is not None:
         cal_stream = load_stream(calibrate_on)
         if cal_stream.labels and (cal_stream.labels["label"] > 0).any():
@@ -224,7 +227,14 @@ def monitor(
         "stream": str(stream),
         "calibration": cal.source,
         "calibration_samples": cal.samples,
-        "settings": {"gain": gain, "window": window, "quantile": quantile, "threshold": threshold, "kappa": 0.5},
+        "settings": {
+            "gain": gain,
+            "window": window,
+            "flat_window": flat_window,
+            "quantile": quantile,
+            "threshold": threshold,
+            "kappa": 0.5,
+        },
         "levels": {k: np.asarray(v).tolist() for k, v in cal.levels.items()},
         "samples": int(len(data.time)),
         "alarm_samples": int(result.alarm.sum()),

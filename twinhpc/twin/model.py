@@ -76,11 +76,14 @@ class Twin:
 
 class Stepper:
     """One saved step of the surrogate at a time, in physical units (numpy float64 in and out):
-    ``u[t+1] = step(u[t], forcing[t], params[t])`` for a batch of states (n, H, W)."""
+    ``u[t+1] = step(u[t], forcing[t], params[t])`` for a batch of states (n, H, W); with a
+    forcing window of 3 (``window``) the forcing is ``forcing[t−1], forcing[t], forcing[t+1]``
+    (n, 3, H, W)."""
 
     def __init__(self, surrogate):
         self.s = surrogate
         self.norm, self.task, self.device = surrogate.norm, surrogate.task, surrogate.device
+        self.window = self.task.window
 
     @torch.no_grad()
     def __call__(self, u: np.ndarray, forcing: np.ndarray | None, params: np.ndarray | None) -> np.ndarray:

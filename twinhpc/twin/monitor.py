@@ -36,15 +36,21 @@ deviation on the fault-free calibration stream, ``z = (e − μ) / σ``.
   standardised innovations of the filter of *all* sensors: an unexpected heat source raises
   several sensors together, and their mean rises while each alone is still within its own
   spread (the leave-one-out forecasts, each from fewer sensors, are noisier for this);
-- ``flat`` per sensor: the noise floor (the smallest windowed mean absolute change of the
-  reading on the calibration stream) divided by the mean absolute change over the window: a
-  stuck sensor stops changing (its noise vanishes) however close its frozen value stays to the
-  twin.
+- ``flat`` per sensor, over its own window of ``flat_window`` samples: the noise floor (the
+  smallest windowed mean absolute second difference ``|y[t] − 2y[t−1] + y[t−2]|`` of the reading
+  on the calibration stream) divided by that mean over the window: a stuck sensor stops
+  changing (its noise vanishes) however close its frozen value stays to the twin. The second
+  difference cancels the plate's smooth changes, so the floor is the sensor's noise, not the
+  quietest stretch of the calibration day.
 
-A window bounds each statistic's memory: it falls back within ``window`` samples of a fault's
-end. **Calibration** runs the same twin and statistics over a fault-free stream with nothing
+A window bounds each statistic's memory: it falls back within ``window`` (``flat_window``)
+samples of a fault's end. **Calibration** runs the same twin and statistics over a fault-free stream with nothing
 gated; a statistic's *level* is its ``quantile`` (default 1: the largest value) on that stream,
-times ``threshold`` (default 1.5). The score of a sample is the largest ratio of a statistic
+times ``threshold`` (default 2). The ``mean`` statistic has one level for every sensor, from the
+largest of their quantiles: each sensor's ``z`` is already in units of its own spread, and a
+calibration stream short beside the monitored one sees few of the rare moments the twin errs
+most (a source switching on) near a given sensor, so a per-sensor level would be set by chance
+low for the sensor that happened to see none. The score of a sample is the largest ratio of a statistic
 to its level; a sample is an alarm when the score exceeds 1.
 """
 
@@ -117,14 +123,16 @@ class Detector:
         window: int,
         mu_all: np.ndarray | None = None,
         sigma_all: np.ndarray | None = None,
+        flat_window: int | None = None,
     ):
         self.mu, self.sigma, self.floor, self.window = mu, sigma, floor, int(window)
+        self.flat_window = int(flat_window or window)
         self.mu_all = np.zeros_like(mu) if mu_all is None else mu_all
         self.sigma_all = np.ones_like(sigma) if sigma_all is None else sigma_all
         self.zs: list[np.ndarray] = []
         self.zs_all: list[np.ndarray] = []
         self.changes: list[np.ndarray] = []
-        self.last: np.ndarray | None = None
+        self.last: list[np.ndarray] = []  # the previous two readings
 
     def update(self, e: np.ndarray, y: np.ndarray, e_all: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The statistics after one sample: ``e`` the leave-one-out residuals (per sensor),
@@ -138,16 +146,16 @@ class Detector:
         if len(self.zs) > w:
             self.zs.pop(0)
             self.zs_all.pop(0)
-        if self.last is not None:
-            self.changes.append(np.abs(y - self.last))
-            if len(self.changes) > w:
+        if len(self.last) == 2:
+            self.changes.append(np.abs(y - 2.0 * self.last[1] + self.last[0]))
+            if len(self.changes) > self.flat_window:
                 self.changes.pop(0)
-        self.last = y.copy()
+        self.last = [*self.last[-1:], y.copy()]
         recent = np.mean(self.zs, axis=0)
         n = len(self.zs)
         flat = (
             self.floor / np.maximum(np.mean(self.changes, axis=0), 1e-12)
-            if len(self.changes) == w
+            if len(self.changes) == self.flat_window
             else np.zeros_like(z)
         )
         return {
@@ -163,8 +171,9 @@ class Settings:
     gain: float = 0.5
     length: float | None = None  # m; default 1.5 grid spacings
     window: int = 10
+    flat_window: int = 20
     quantile: float = 1.0
-    threshold: float = 1.5
+    threshold: float = 2.0
     gate: bool = True
     threads: int = 1
 
@@ -216,6 +225,12 @@ def _plate_for(twin: Twin, stream: Stream):
     return Plate(SimulateConfig.from_dict({**twin.cfg.to_dict(), "sensors": [list(p) for p in stream.positions]}))
 
 
+def _window(t: int, frames: int, width: int):
+    """The forcing frame(s) a step from ``t`` reads: ``t``, or ``t−1, t, t+1`` clamped to the
+    stream's frames (:meth:`twinhpc.train.field.FieldTask.context`)."""
+    return t if width == 1 else [max(t - 1, 0), t, min(t + 1, frames - 1)]
+
+
 def run_twin(twin: Twin, stream: Stream, settings: Settings, calibration: Calibration | None) -> Result:
     """The twin over the stream: forecast, residuals, statistics, alarms, gated assimilation.
     With ``calibration`` None nothing is scored or gated (the calibration pass itself: the
@@ -237,9 +252,9 @@ def run_twin(twin: Twin, stream: Stream, settings: Settings, calibration: Calibr
     hop = plate.sensors(np.eye(plate.h * plate.w).reshape(-1, plate.h, plate.w)).T  # (K, HW)
     cal = calibration
     det = (
-        Detector(cal.mu, cal.sigma, cal.floor, settings.window, cal.mu_all, cal.sigma_all)
+        Detector(cal.mu, cal.sigma, cal.floor, settings.window, cal.mu_all, cal.sigma_all, settings.flat_window)
         if cal
-        else Detector(np.zeros(k), np.ones(k), np.ones(k), settings.window)
+        else Detector(np.zeros(k), np.ones(k), np.ones(k), settings.window, flat_window=settings.flat_window)
     )
     out = {s: [] for s in ("z", *STATISTICS)}
     twin_at, resid, innov, score, alarm, alarm_sensor, used = [], [], [], [], [], [], []
@@ -277,7 +292,8 @@ def run_twin(twin: Twin, stream: Stream, settings: Settings, calibration: Calibr
             if t + 1 < n:
                 start = _time.perf_counter()
                 bank = k + 1
-                u = step(u, np.repeat(stream.forcing[t][None], bank, 0), np.repeat(stream.params[t][None], bank, 0))
+                frames = stream.forcing[_window(t, len(stream.forcing), getattr(step, "window", 1))]
+                u = step(u, np.repeat(frames[None], bank, 0), np.repeat(stream.params[t][None], bank, 0))
                 seconds += _time.perf_counter() - start
                 if not (np.isfinite(u).all() and np.abs(u).max() <= BLOWN_UP_K):
                     raise TwinError(
@@ -317,8 +333,9 @@ def calibrate(twin: Twin, stream: Stream, settings: Settings, source: str, sampl
             path=stream.path,
         )
     n = len(stream.time)
-    if n < 4 * settings.window:
-        raise TwinError(f"{source}: {n} samples are too few to calibrate on (at least {4 * settings.window})")
+    least = 4 * max(settings.window, settings.flat_window)
+    if n < least:
+        raise TwinError(f"{source}: {n} samples are too few to calibrate on (at least {least})")
     raw = run_twin(twin, stream, settings, None)
     e = raw.residual
     mu = np.median(e, axis=0)
@@ -326,13 +343,13 @@ def calibrate(twin: Twin, stream: Stream, settings: Settings, source: str, sampl
     ea = raw.innovation
     mu_all = np.median(ea, axis=0)
     sigma_all = np.maximum(1.4826 * np.median(np.abs(ea - mu_all), axis=0), 1e-6)
-    changes = np.abs(np.diff(stream.sensors.astype(np.float64), axis=0))
+    changes = np.abs(np.diff(stream.sensors.astype(np.float64), n=2, axis=0))
     # the flatness floor: the smallest windowed mean change on the calibration stream
-    kernel = np.ones(settings.window) / settings.window
+    kernel = np.ones(settings.flat_window) / settings.flat_window
     means = np.stack([np.convolve(changes[:, j], kernel, mode="valid") for j in range(changes.shape[1])], axis=1)
     floor = means.min(axis=0)
     # the statistics again, now standardised (the residuals do not depend on them: nothing gated)
-    det = Detector(mu, sigma, floor, settings.window, mu_all, sigma_all)
+    det = Detector(mu, sigma, floor, settings.window, mu_all, sigma_all, settings.flat_window)
     stats = {s: [] for s in STATISTICS}
     for t in range(n):
         st = det.update(e[t], stream.sensors[t].astype(np.float64), ea[t])
@@ -343,6 +360,7 @@ def calibrate(twin: Twin, stream: Stream, settings: Settings, source: str, sampl
         a = np.asarray(stats[s])
         peaks[s] = np.quantile(a, settings.quantile, axis=0)
         levels[s] = np.maximum(peaks[s] * settings.threshold, 1e-9)
+    levels["mean"] = np.full_like(levels["mean"], levels["mean"].max())  # one level for every sensor
     if not (floor > 0).all():  # noise-free readings: flatness tells nothing
         levels["flat"] = np.where(floor > 0, levels["flat"], np.inf)
     return Calibration(mu, sigma, floor, mu_all, sigma_all, levels, peaks, source, n)
