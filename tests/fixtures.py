@@ -444,15 +444,16 @@ def field_job(
     )
 
 
-def tiny_plate_twin_job(out: str = "runs/twin", epochs: int = 2, prior: str = "none") -> str:
+def tiny_plate_twin_job(out: str = "runs/twin", epochs: int = 2, prior: str = "none", forcing_window: int = 1) -> str:
     """The TOML of a tiny plate twin: ``[simulate]`` 16 scenarios of 8 steps on a 10×10 grid
     (test and val 4 each, into data/plate) and a small fno2d field job on them (``train.out``
-    ``out``, ``train.prior`` ``prior``)."""
+    ``out``, ``train.prior`` ``prior``, ``train.forcing_window`` ``forcing_window``)."""
     return (
         '[data]\ndataset = "data/plate"\nbatch_size = 4\n[model]\nname = "fno2d"\n[model.structure]\n'
         "width = 8\nmodes = 3\nlayers = 2\nprojection = 16\npadding = 2\n"
         '[optim]\nname = "adam"\nlr = 0.003\n'
-        f'[train]\ntask = "field"\nepochs = {epochs}\nout = "{out}"\nprior = "{prior}"\n'
+        f'[train]\ntask = "field"\nepochs = {epochs}\nout = "{out}"\n'
+        f'prior = "{prior}"\nforcing_window = {forcing_window}\n'
         "[simulate]\nscenarios = 16\ngrid = [10, 10]\nsteps = 8\nval_fraction = 0.25\ntest_fraction = 0.25\n"
         "shards = 2\n"
     )

@@ -1,6 +1,7 @@
 """`twinhpc twin rollout` and `twinhpc twin monitor` as a user runs them, on a real twin: a tiny
 plate job (16×16 grid, 16 scenarios of 20 steps, one source) simulated, preprocessed and trained
-(an fno2d, 3 epochs) once for the module, and sensor streams of the same plate."""
+(the hybrid twin of jobs/plate_twin.toml with a small fno2d, 3 epochs) once for the module, and
+sensor streams of the same plate."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ lr = 3e-3
 
 [train]
 task = "field"
+prior = "plate"
+forcing_window = 3
 epochs = 3
 metric = "nrmse"
 keep_best = true
