@@ -8,6 +8,9 @@ A sample of the dataset is a scenario: its state trajectory ``u`` (T+1, *grid), 
     x = [u[t], f[t], p₁ … p_P]                  channels (n, 1 + 1 + P, *grid); p broadcast
     u[t+1] = u[t] + (model(x) · σ_Δ + μ_Δ) / σ_u  in normalised units
 
+With ``train.forcing_window = 3`` the forcing channels are ``f[t−1], f[t], f[t+1]``
+(:meth:`FieldTask.context`: the trajectory's first and last frame stand in beyond its ends).
+
 With ``train.prior = "plate"`` (a hybrid twin) ``u[t]`` in that sum is replaced by the plate's
 physics advanced one step in closed form from ``u[t]``, ``f[t]`` and ``p``
 (:class:`~twinhpc.train.prior.PlatePrior`), and ``σ_Δ``, ``μ_Δ`` are the statistics of what
