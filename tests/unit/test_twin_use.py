@@ -118,6 +118,29 @@ def test_detector_statistics_see_a_shift_and_a_stuck_reading():
     assert flat[5:30, 1].max() < 2
 
 
+def test_flatness_reads_the_noise_whatever_the_plate_does_and_has_its_own_window():
+    """The flatness statistic's mean |second difference| cancels a smooth change of the reading:
+    on a steep warm-up it stays at the noise's level, where the mean |first difference| would
+    follow the slope; a stuck reading still drives it to infinity, within its own window."""
+    rng = np.random.default_rng(2)
+    n, sigma = 200, 0.05
+    noise = sigma * rng.standard_normal((n, 1))
+    warm = 300.0 + 0.5 * np.arange(n)[:, None] + noise  # 0.5 K per sample, ten times the noise
+    floor = np.mean(np.abs(np.diff(noise, n=2, axis=0)))
+    det = Detector(np.zeros(1), np.ones(1), np.array([floor]), window=5, flat_window=20)
+    quiet = np.array([det.update(np.zeros(1), noise[t])["flat"][0] for t in range(n)])
+    det = Detector(np.zeros(1), np.ones(1), np.array([floor]), window=5, flat_window=20)
+    ramp = np.array([det.update(np.zeros(1), warm[t])["flat"][0] for t in range(n)])
+    assert np.array_equal(ramp[:21], np.zeros(21)) and ramp[22] > 0  # 2 readings, then 20 differences
+    assert np.allclose(ramp[22:], quiet[22:], rtol=1e-6, atol=1e-9)  # the slope cancels exactly
+    assert 0.5 < np.median(ramp[22:]) < 2
+    stuck = warm.copy()
+    stuck[100:] = stuck[99]
+    det = Detector(np.zeros(1), np.ones(1), np.array([floor]), window=5, flat_window=20)
+    flat = np.array([det.update(np.zeros(1), stuck[t])["flat"][0] for t in range(n)])
+    assert flat[121:].min() > 1e6 and flat[95:100].max() < 3
+
+
 def test_score_alarms_precision_recall_delay_and_false_alarms():
     time = np.arange(100) * 5.0
     label = np.zeros(100, np.int8)
