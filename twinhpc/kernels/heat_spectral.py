@@ -34,6 +34,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..config.simulate import DT_SAFETY
+from .heat import stable_dt
+
 #: the parameters the step reads, by their role in ``provenance.simulate.constants``
 ROLES = {
     "k": "conductivity",
@@ -80,7 +83,7 @@ class PlateConstants:
         names = [p["name"] for p in simulate["params"]]
         index = {}
         for key, role in ROLES.items():
-            name = const[role]
+            name = const.get(role, key)  # the plate's own parameter names by default
             if name not in names:
                 raise ValueError(f"constants.{role} names parameter {name!r}, which is not among {names}")
             index[key] = names.index(name)
@@ -128,10 +131,9 @@ def laplacian_eigenvalues(n: int, spacing: float) -> np.ndarray:
 def substeps(c: PlateConstants, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Forward-Euler substeps per saved interval for each scenario: the dataset's ``every``, or
     for a scenario whose step would be unstable at that ``dt`` (``k`` or ``h`` above the
-    simulated range), the smallest count whose step is ≤ 0.9 × its stability limit, as
-    ``twinhpc simulate`` chooses it (int64, the shape of ``alpha``)."""
-    limit = 1.0 / (2.0 * alpha * (1.0 / c.dx**2 + 1.0 / c.dy**2) + beta)
-    n = np.ceil(c.dt_save / (0.9 * limit) - 1e-9).astype(np.int64)
+    simulated range), the smallest count whose step is ≤ ``DT_SAFETY`` × its stability limit,
+    as ``twinhpc simulate`` chooses it (int64, the shape of ``alpha``)."""
+    n = np.ceil(c.dt_save / (DT_SAFETY * stable_dt(alpha, beta, c.dx, c.dy)) - 1e-9).astype(np.int64)
     return np.maximum(n, c.every)
 
 
@@ -159,6 +161,4 @@ def spectral_step_reference(c: PlateConstants, u: np.ndarray, q: np.ndarray, par
     v = u[:, 1:-1, 1:-1] - e
     s = q[:, 1:-1, 1:-1] / c.rho_c - beta[:, None, None] * (e - t_inf[:, None, None])
     out = sy @ (g * (sy @ v @ sx) + (g - 1.0) / lam * (sy @ s @ sx)) @ sx
-    new = np.broadcast_to(e, u.shape).copy()
-    new[:, 1:-1, 1:-1] = out + e
-    return new
+    return np.pad(out, ((0, 0), (1, 1), (1, 1))) + e  # the edges: v = 0

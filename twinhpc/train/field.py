@@ -132,7 +132,9 @@ class FieldTask:
     def prior_step(self, u: torch.Tensor, f: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """The prior's step from the normalised ``u`` with the normalised forcing ``f`` and params
         ``p``, normalised: the physics in physical units, between the two scalings."""
-        pm, ps = self._params_mean.to(p.device), self._params_std.to(p.device)
+        if self._params_mean.device != p.device:  # moved once, not every step
+            self._params_mean, self._params_std = self._params_mean.to(p.device), self._params_std.to(p.device)
+        pm, ps = self._params_mean, self._params_std
         if f.dim() > u.dim():  # a window: the step's own frame is the middle one
             f = f[:, f.shape[1] // 2]
         phys = self.prior(

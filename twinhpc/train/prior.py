@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ..config.simulate import DT_SAFETY
+from ..kernels.heat import stable_dt
 from ..kernels.heat_spectral import PlateConstants, dst_matrix, laplacian_eigenvalues
 
 
@@ -51,8 +53,7 @@ class PlatePrior:
         k, h, t_inf, t_edge = (p[:, c.index[key]] for key in ("k", "h", "t_inf", "t_edge"))
         alpha, beta = k / c.rho_c, c.faces * h / (c.rho_c * c.thickness)
         # the mode-wise gains in float64 (gⁿ − 1 is small for the slow modes), then u's dtype
-        limit = 1.0 / (2.0 * alpha * (1.0 / c.dx**2 + 1.0 / c.dy**2) + beta)
-        n = torch.clamp(torch.ceil(c.dt_save / (0.9 * limit) - 1e-9), min=c.every)
+        n = torch.clamp(torch.ceil(c.dt_save / (DT_SAFETY * stable_dt(alpha, beta, c.dx, c.dy)) - 1e-9), min=c.every)
         lam = -alpha[:, None, None] * lap - beta[:, None, None]
         g = torch.pow(1.0 + (c.dt_save / n)[:, None, None] * lam, n[:, None, None])
         gain = ((g - 1.0) / lam).to(u.dtype)
@@ -60,8 +61,8 @@ class PlatePrior:
         e = t_edge.to(u.dtype)[:, None, None]
         v = u[:, 1:-1, 1:-1] - e
         s = q[:, 1:-1, 1:-1] / c.rho_c - (beta[:, None, None] * (t_edge - t_inf)[:, None, None]).to(u.dtype)
-        inner = sy @ (g * (sy @ v @ sx) + gain * (sy @ s @ sx)) @ sx + e
-        return torch.nn.functional.pad(inner - e, (1, 1, 1, 1)) + e
+        out = sy @ (g * (sy @ v @ sx) + gain * (sy @ s @ sx)) @ sx
+        return torch.nn.functional.pad(out, (1, 1, 1, 1)) + e  # the edges: v = 0
 
 
 def plate_prior(settings: dict | None) -> PlatePrior | None:

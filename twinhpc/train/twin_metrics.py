@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import TwinError
+from ..kernels.heat_spectral import PlateConstants
 
 #: the horizons (saved steps) reported by default, clipped to the trajectories' length
 HORIZONS = (1, 10, 50)
@@ -60,26 +61,30 @@ def step_errors(pred: np.ndarray, true: np.ndarray, reference: np.ndarray | None
 
 
 # -- the plate's energy balance -----------------------------------------------------------------
-@dataclass(frozen=True)
-class PlatePhysics:
+class PlatePhysics(PlateConstants):
     """What the plate's energy balance needs, from a ``twinhpc simulate`` manifest
-    (``provenance.simulate``, docs/twin.md): node spacing ``dx``, ``dy`` (m), ``thickness`` (m),
-    ``rho_c`` (J/(m³·K)), ``faces`` (2), the saved interval ``dt_save`` and the solver's step
-    ``dt`` (s), and the positions in
-    the params vector of the conductivity ``k``, the convection coefficient ``h``, the ambient
-    ``t_inf`` and the edge temperature ``t_edge``."""
+    (``provenance.simulate``, docs/twin.md): the fields of
+    :class:`~twinhpc.kernels.heat_spectral.PlateConstants` (node spacing ``dx``, ``dy`` (m),
+    ``thickness`` (m), ``rho_c`` (J/(m³·K)), ``faces`` (2), the saved interval ``dt_save`` and the
+    solver's step ``dt`` (s)), and as attributes the positions in the params vector of the
+    conductivity ``k``, the convection coefficient ``h``, the ambient ``t_inf`` and the edge
+    temperature ``t_edge``."""
 
-    dx: float
-    dy: float
-    thickness: float
-    rho_c: float
-    faces: int
-    dt_save: float
-    dt: float
-    k: int
-    h: int
-    t_inf: int
-    t_edge: int
+    @property
+    def k(self) -> int:
+        return int(self.index["k"])
+
+    @property
+    def h(self) -> int:
+        return int(self.index["h"])
+
+    @property
+    def t_inf(self) -> int:
+        return int(self.index["t_inf"])
+
+    @property
+    def t_edge(self) -> int:
+        return int(self.index["t_edge"])
 
     @classmethod
     def from_provenance(cls, simulate: dict | None, params: int | None = None) -> PlatePhysics | None:
@@ -88,29 +93,13 @@ class PlatePhysics:
         vector the twin reads (checked against the record's list)."""
         if not simulate or "constants" not in simulate:
             return None
-        c, g = simulate["constants"], simulate["grid"]
         names = [p["name"] for p in simulate["params"]]
         if params is not None and params != len(names):
             raise TwinError(f"the dataset's provenance lists {len(names)} parameters; the twin reads {params}")
-        want = {
-            "k": c.get("conductivity", "k"),
-            "h": c["convection_coefficient"],
-            "t_inf": c["ambient_temperature"],
-            "t_edge": c["edge_temperature"],
-        }
-        missing = [v for v in want.values() if v not in names]
-        if missing:
-            raise TwinError(f"the dataset's provenance names parameters {missing} that its params list lacks")
-        return cls(
-            dx=float(g["dx"]),
-            dy=float(g["dy"]),
-            thickness=float(c["thickness"]),
-            rho_c=float(c["rho_c"]),
-            faces=int(c.get("faces", 2)),
-            dt_save=float(simulate["dt_save"]),
-            dt=float(simulate.get("dt", simulate["dt_save"])),
-            **{k: names.index(v) for k, v in want.items()},
-        )
+        try:
+            return super().from_provenance(simulate)
+        except (KeyError, ValueError) as e:
+            raise TwinError(f"the dataset's provenance.simulate is incomplete: {e}") from None
 
 
 def energy_terms(
